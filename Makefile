@@ -1,0 +1,60 @@
+# tuneops: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
+PYTEST_ARGS ?=
+
+.PHONY: help setup kube llamacpp vllm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
+
+help:
+	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
+	@echo "make test   run every test (installs and builds what it needs on first run)"
+	@echo "make setup | kube | llamacpp | vllm | crds | lint | bench"
+
+setup:            ## the project's Python environment (.venv): operator, workers, dev tools
+	scripts/setup-venv.sh $(VENV)
+
+kube: ## kube-apiserver + kube-controller-manager built from Debian's source package (cached)
+	scripts/build-kube.sh
+
+llamacpp: ## llama.cpp tools (converter, quantizer, server), built once and cached
+	scripts/build-llamacpp.sh
+
+vllm: ## the CPU build of vLLM in its own environment (cached)
+	scripts/setup-vllm.sh
+
+crds: setup
+	$(BIN)/tuneops crds --output crds
+
+lint: setup
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy
+
+test: setup kube llamacpp vllm lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup kube
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-workers: setup llamacpp
+	$(BIN)/pytest tests/workers $(PYTEST_ARGS)
+
+test-serving: setup llamacpp vllm
+	$(BIN)/pytest tests/serving $(PYTEST_ARGS)
+
+test-e2e: setup kube llamacpp vllm
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/tuneops demo
+
+bench: setup kube llamacpp vllm
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
