@@ -1,0 +1,108 @@
+"""Summarises per-pod adapter truth into per-adapter counts and the AdaptersReady condition."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from tuneops.adapters.types import (
+    AdapterPodState,
+    AdaptersSummary,
+    AdapterState,
+    AdapterSummary,
+    DesiredAdapter,
+    PodResult,
+)
+
+REASON_NO_ADAPTERS = "NoAdapters"
+REASON_ALL_SERVED = "AllAdaptersServed"
+REASON_NO_READY_PODS = "NoReadyPods"
+REASON_LOAD_FAILED = "AdapterLoadFailed"
+REASON_UNLOAD_FAILED = "AdapterUnloadFailed"
+REASON_LOADING = "AdaptersLoading"
+REASON_POD_UNREACHABLE = "PodUnreachable"
+
+
+def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) -> AdaptersSummary:
+    """Count, per desired adapter, the ready pods that serve it, and decide AdaptersReady.
+
+    ``pods`` holds one result per pod Kubernetes reports Ready; an unreachable pod counts in the total
+    but serves nothing. AdaptersReady is True only when every desired adapter is served on every such pod
+    and no adapter that was removed from the spec is still served.
+    """
+    total = len(pods)
+    adapters: list[AdapterSummary] = []
+    failures: list[str] = []
+    for name in sorted(desired):
+        want = desired[name]
+        ready = 0
+        failed: list[tuple[str, AdapterPodState]] = []
+        for pod in pods:
+            state = pod.states.get(name)
+            if state is None:
+                continue
+            if state.state is AdapterState.READY:
+                ready += 1
+            elif state.state is AdapterState.FAILED:
+                failed.append((pod.pod, state))
+        if failed:
+            aggregate = AdapterState.FAILED
+            pod_name, first = failed[0]
+            message = (
+                f"adapter {name} failed to load on {len(failed)}/{total} pod(s) "
+                f"(pod {pod_name}, {first.attempts} attempt(s)): {first.message}"
+            )
+            failures.append(message)
+        elif total and ready == total:
+            aggregate, message = AdapterState.READY, ""
+        else:
+            aggregate, message = AdapterState.LOADING, f"served on {ready}/{total} ready pod(s)"
+        adapters.append(
+            AdapterSummary(
+                name=name,
+                digest=want.digest,
+                ready_pods=ready,
+                total_pods=total,
+                state=aggregate,
+                message=message,
+            )
+        )
+
+    stale: list[str] = []
+    stale_failed: list[str] = []
+    for pod in pods:
+        for state in pod.states.values():
+            if state.desired:
+                continue
+            if state.state is AdapterState.FAILED:
+                stale_failed.append(
+                    f"adapter {state.name} could not be unloaded on pod {pod.pod}: {state.message}"
+                )
+            else:
+                stale.append(f"{state.name} on {pod.pod}")
+    unreachable = [f"{pod.pod}: {pod.error}" for pod in pods if not pod.reachable]
+
+    if failures:
+        return _done(adapters, False, REASON_LOAD_FAILED, "; ".join(failures))
+    if stale_failed:
+        return _done(adapters, False, REASON_UNLOAD_FAILED, "; ".join(stale_failed))
+    if not desired and not stale and not unreachable:
+        return _done(adapters, True, REASON_NO_ADAPTERS, "no adapters requested")
+    if total == 0:
+        return _done(adapters, False, REASON_NO_READY_PODS, "no ready pods to serve adapters on")
+    if unreachable:
+        return _done(
+            adapters, False, REASON_POD_UNREACHABLE, "cannot read adapters from " + "; ".join(unreachable)
+        )
+    pending = [a for a in adapters if a.state is not AdapterState.READY]
+    if pending or stale:
+        parts = [f"{a.name} served on {a.ready_pods}/{a.total_pods} pod(s)" for a in pending]
+        if stale:
+            parts.append("unloading " + ", ".join(stale))
+        return _done(adapters, False, REASON_LOADING, "; ".join(parts))
+    return _done(
+        adapters, True, REASON_ALL_SERVED, f"{len(adapters)} adapter(s) served on {total} ready pod(s)"
+    )
+
+
+def _done(adapters: list[AdapterSummary], ready: bool, reason: str, message: str) -> AdaptersSummary:
+    return AdaptersSummary(adapters=tuple(adapters), ready=ready, reason=reason, message=message)

@@ -1,0 +1,176 @@
+"""Data types shared by the runtime LoRA adapter planner, executor and status summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class DesiredAdapter(BaseModel):
+    """An adapter the InferenceService asks for: the path the server reads it from and its content digest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: str
+    digest: str
+
+
+class ServedModels(BaseModel):
+    """What one server reports on GET /v1/models: base models and LoRA adapters (entries with a parent)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_models: tuple[str, ...] = ()
+    # adapter name -> the path vLLM loaded it from (the entry's `root`)
+    adapters: dict[str, str] = Field(default_factory=dict)
+    # adapter name -> the base model it is served on (the entry's `parent`)
+    parents: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_openai_models(cls, body: Mapping[str, Any]) -> ServedModels:
+        """Parse an OpenAI-style model list; vLLM marks a LoRA entry by a non-null `parent`."""
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise ValueError("model list has no 'data' array")
+        bases: list[str] = []
+        adapters: dict[str, str] = {}
+        parents: dict[str, str] = {}
+        for entry in data:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
+                raise ValueError(f"malformed model entry: {entry!r}")
+            name: str = entry["id"]
+            parent = entry.get("parent")
+            if parent:
+                adapters[name] = str(entry.get("root") or "")
+                parents[name] = str(parent)
+            else:
+                bases.append(name)
+        return cls(base_models=tuple(bases), adapters=adapters, parents=parents)
+
+
+class ActionKind(StrEnum):
+    LOAD = "load"
+    LOAD_INPLACE = "load_inplace"
+    UNLOAD = "unload"
+
+
+class AdapterAction(BaseModel):
+    """One call to the server's runtime LoRA API."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ActionKind
+    name: str
+    path: str = ""
+    digest: str = ""
+    reason: str = ""
+
+
+class AdapterState(StrEnum):
+    READY = "Ready"
+    LOADING = "Loading"
+    FAILED = "Failed"
+    # served by the pod but no longer desired; being unloaded
+    UNLOADING = "Unloading"
+
+
+class AdapterPodState(BaseModel):
+    """The state of one adapter on one pod."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    state: AdapterState
+    desired: bool = True
+    digest: str = ""
+    attempts: int = 0
+    message: str = ""
+
+
+class FailureRecord(BaseModel):
+    """Failed attempts to bring one adapter (at one digest) to its desired state on one pod."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # the digest the attempts were for ("" for unloads); a new digest starts a fresh count
+    digest: str = ""
+    attempts: int = 0
+    message: str = ""
+
+
+class PodMemory(BaseModel):
+    """What the reconciler remembers about one pod between passes (kept in status or an annotation).
+
+    ``loaded`` holds the digest last loaded under each adapter name: /v1/models shows names and paths but not
+    content, so without it a same-name update could keep serving stale weights.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    loaded: dict[str, str] = Field(default_factory=dict)
+    failures: dict[str, FailureRecord] = Field(default_factory=dict)
+
+
+class PodPlan(BaseModel):
+    """The actions one pass runs against one pod, and the state each adapter is in before they run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actions: tuple[AdapterAction, ...] = ()
+    states: dict[str, AdapterPodState] = Field(default_factory=dict)
+
+
+class ActionResult(BaseModel):
+    """The server's answer to one action."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: AdapterAction
+    ok: bool
+    status: int = 0
+    message: str = ""
+    seconds: float = 0.0
+
+
+class PodResult(BaseModel):
+    """The outcome of one reconcile pass on one pod: the truth read back from /v1/models afterwards."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pod: str
+    reachable: bool
+    error: str = ""
+    served: ServedModels | None = None
+    results: tuple[ActionResult, ...] = ()
+    states: dict[str, AdapterPodState] = Field(default_factory=dict)
+    memory: PodMemory = Field(default_factory=PodMemory)
+
+
+class AdapterSummary(BaseModel):
+    """Per adapter: on how many ready pods it is served (status.adapters[])."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    digest: str
+    ready_pods: int
+    total_pods: int
+    state: AdapterState
+    message: str = ""
+
+
+class AdaptersSummary(BaseModel):
+    """Per-adapter counts and the AdaptersReady condition for an InferenceService."""
+
+    model_config = ConfigDict(frozen=True)
+
+    adapters: tuple[AdapterSummary, ...] = ()
+    ready: bool
+    reason: str
+    message: str
