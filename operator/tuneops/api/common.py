@@ -1,0 +1,203 @@
+"""Building blocks shared by the three kinds: refs, URIs, job templates, conditions, artifacts."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+# Bounds: every string and list in the CRDs is bounded (the API server's CEL cost checks need them,
+# and an unbounded field is an easy way to stuff etcd).
+NAME_MAX = 253
+URI_MAX = 2048
+MESSAGE_MAX = 32768
+SHORT_MAX = 63
+LIST_MAX = 64
+
+URI_SCHEMES = ("hf", "s3", "pvc", "file")
+_URI_RE = re.compile(r"^(hf|s3|pvc|file)://[^\s]+$")
+
+DNSName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    ),
+]
+DNSLabel = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=SHORT_MAX, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+ShortStr = Annotated[str, StringConstraints(max_length=SHORT_MAX)]
+Str = Annotated[str, StringConstraints(max_length=NAME_MAX)]
+LongStr = Annotated[str, StringConstraints(max_length=URI_MAX)]
+Message = Annotated[str, StringConstraints(max_length=MESSAGE_MAX)]
+# Kubernetes quantities are int-or-string ("4", 4, "16Gi", "500m").
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
+]
+
+
+def check_uri(value: str) -> str:
+    """Refuse URIs whose path climbs out of their root (pvc://claim/../../etc) or whose scheme is unknown."""
+    if not _URI_RE.match(value):
+        raise ValueError(f"unsupported URI {value!r}: use one of {', '.join(s + '://' for s in URI_SCHEMES)}")
+    rest = value.split("://", 1)[1]
+    if any(part == ".." for part in rest.split("/")):
+        raise ValueError(f"URI {value!r} must not contain '..' path segments")
+    if "\x00" in value:
+        raise ValueError("URI must not contain NUL bytes")
+    return value
+
+
+Uri = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=URI_MAX, pattern=r"^(hf|s3|pvc|file)://[^\s]+$"),
+    AfterValidator(check_uri),
+    Field(description="Artifact URI: hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or file:///path."),
+]
+
+
+class Model(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields refused, field docs from docstrings."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in Kubernetes (camelCase, unset fields omitted)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ObjectRef(Model):
+    """A reference to another tuneops resource."""
+
+    name: DNSName
+    """Name of the referenced resource."""
+    namespace: DNSLabel | None = None
+    """Namespace of the referenced resource; defaults to this resource's namespace. Other namespaces are
+    refused unless the operator is configured to allow cross-namespace references."""
+
+
+class SecretKeyRef(Model):
+    """A key in a Secret in the resource's namespace. Secrets are only ever passed as env valueFrom."""
+
+    name: DNSName
+    """Name of the Secret."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z0-9]+$")] = (
+        "token"
+    )
+    """Key inside the Secret."""
+
+
+class Toleration(Model):
+    """A Pod toleration (same fields as core/v1 Toleration)."""
+
+    key: Str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: Str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class ResourceRequirements(Model):
+    """Compute resources of a container (core/v1 ResourceRequirements)."""
+
+    limits: dict[ShortStr, Quantity] | None = Field(default=None, max_length=16)
+    requests: dict[ShortStr, Quantity] | None = Field(default=None, max_length=16)
+
+
+class EnvVar(Model):
+    """An environment variable for the container (core/v1 EnvVar)."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    value: LongStr | None = None
+    value_from: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A source for the value (core/v1 EnvVarSource), e.g. secretKeyRef."""
+
+
+class Scheduling(Model):
+    """Where the Pods run."""
+
+    node_selector: dict[Str, Str] | None = Field(default=None, max_length=32)
+    """Node labels the Pod's node must have."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=LIST_MAX)
+    """Tolerations added to the Pod (a GPU toleration is added automatically when GPUs are requested)."""
+    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """core/v1 Affinity, passed through unchanged."""
+    priority_class_name: DNSName | None = None
+    """PriorityClass of the Pods."""
+    service_account_name: DNSName | None = None
+    """ServiceAccount the Pods run as."""
+
+
+class JobTemplate(Scheduling):
+    """How the operator runs a step's Job."""
+
+    image: LongStr | None = None
+    """Container image; defaults to the operator's configured worker image for the step."""
+    resources: ResourceRequirements | None = None
+    """Resources of the worker container."""
+    active_deadline_seconds: int = Field(default=21600, ge=60, le=604800)
+    """Wall-clock limit of one attempt of the Job."""
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    """Pod retries inside one Job before the step is reported failed."""
+
+
+class OutputSpec(Model):
+    """Where the step writes its artifact."""
+
+    uri: Uri
+    """Destination URI; written atomically (temporary sibling, then rename) with a tuneops-artifact.json manifest."""
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    type: ShortStr
+    status: ConditionStatus
+    reason: ShortStr = ""
+    message: Message = ""
+    last_transition_time: ShortStr = ""
+    observed_generation: int | None = None
+
+
+class Artifact(Model):
+    """An artifact a step produced, as recorded from the Job's termination message."""
+
+    uri: LongStr
+    digest: Str | None = None
+    """sha256 of the artifact manifest (content address of the whole artifact)."""
+    size_bytes: int | None = Field(default=None, ge=0)
+    format: ShortStr | None = None
+    """safetensors, compressed-tensors, gguf or peft."""
+    files: list[Str] | None = Field(default=None, max_length=LIST_MAX)
+    """Notable files inside the artifact (e.g. one per GGUF quantization type)."""
+
+
+Phase = Literal["Pending", "Waiting", "Running", "Ready", "Failed"]
+
+
+class BaseStatus(Model):
+    """Status fields every kind has."""
+
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    phase: Phase | None = None
+    """Summary derived from the conditions (for humans; tools should read conditions)."""
+    conditions: list[Condition] | None = Field(default=None, max_length=LIST_MAX)
+    """Conditions in the Kubernetes convention; Ready is the overall one."""
+    artifact: Artifact | None = None
+    """The artifact this resource produced."""

@@ -1,0 +1,127 @@
+"""Condition types and reasons (declared once), and the pure helpers that update a condition list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tuneops.api.common import Condition, ConditionStatus, Phase
+
+# Condition types.
+READY = "Ready"
+INSPECTED = "Inspected"
+MERGED = "Merged"
+QUANTIZED = "Quantized"
+QUALITY_GATE_PASSED = "QualityGatePassed"
+AVAILABLE = "Available"
+ADAPTERS_READY = "AdaptersReady"
+PROGRESSING = "Progressing"
+ROLLOUT = "RolloutStrategy"
+
+
+class Reason:
+    """CamelCase reasons. Terminal ones are those a person must act on; the rest resolve by themselves."""
+
+    RECONCILING = "Reconciling"
+    SUCCEEDED = "Succeeded"
+    WAITING_FOR_SOURCE = "WaitingForSource"
+    SOURCE_NOT_FOUND = "SourceNotFound"
+    INVALID_SPEC = "InvalidSpec"
+    INCOMPATIBLE_ADAPTER = "IncompatibleAdapter"
+    JOB_PENDING = "JobPending"
+    JOB_RUNNING = "JobRunning"
+    JOB_FAILED = "JobFailed"
+    OOM_KILLED = "OOMKilled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    QUALITY_GATE_FAILED = "QualityGateFailed"
+    QUALITY_GATE_SKIPPED = "QualityGateSkipped"
+    MERGE_DISABLED = "MergeDisabled"
+    DEPLOYING = "Deploying"
+    MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
+    MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
+    SCALED_TO_ZERO = "ScaledToZero"
+    ADAPTERS_LOADING = "AdaptersLoading"
+    ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
+    NO_ADAPTERS = "NoAdapters"
+    MAX_SURGE_ZERO = "MaxSurgeZeroNoSpareGPU"
+    SURGE_ALLOWED = "SurgeAllowed"
+
+
+TERMINAL_REASONS = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.INCOMPATIBLE_ADAPTER,
+        Reason.JOB_FAILED,
+        Reason.OOM_KILLED,
+        Reason.DEADLINE_EXCEEDED,
+        Reason.QUALITY_GATE_FAILED,
+        Reason.SOURCE_NOT_FOUND,
+        Reason.ADAPTER_LOAD_FAILED,
+    }
+)
+
+
+def find(conditions: Iterable[Condition] | None, type_: str) -> Condition | None:
+    for cond in conditions or ():
+        if cond.type == type_:
+            return cond
+    return None
+
+
+def set_condition(
+    conditions: list[Condition] | None,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
+    """Return a new list with `type_` set. lastTransitionTime only moves when the status flips, so an
+    unchanged condition yields an identical list (a level-based reconciler then writes nothing)."""
+    out: list[Condition] = []
+    found = False
+    for cond in conditions or []:
+        if cond.type != type_:
+            out.append(cond)
+            continue
+        found = True
+        ltt = cond.last_transition_time if cond.status == status and cond.last_transition_time else now
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message[:4096],
+                last_transition_time=ltt,
+                observed_generation=generation,
+            )
+        )
+    if not found:
+        out.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message[:4096],
+                last_transition_time=now,
+                observed_generation=generation,
+            )
+        )
+    return out
+
+
+def derive_phase(conditions: Iterable[Condition] | None) -> Phase:
+    """One word for humans, derived from Ready: Ready, Failed (terminal reason), Waiting, Running or Pending."""
+    ready = find(conditions, READY)
+    if ready is None:
+        return "Pending"
+    if ready.status == "True":
+        return "Ready"
+    if ready.reason in TERMINAL_REASONS:
+        return "Failed"
+    if ready.reason == Reason.WAITING_FOR_SOURCE:
+        return "Waiting"
+    if ready.reason in {Reason.JOB_RUNNING, Reason.DEPLOYING, Reason.ADAPTERS_LOADING, Reason.RECONCILING,
+                        Reason.MINIMUM_REPLICAS_UNAVAILABLE}:
+        return "Running"
+    return "Pending"

@@ -1,0 +1,111 @@
+"""FineTunedModel: a base model plus a LoRA adapter, optionally merged into one model by a Job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tuneops.api.common import (
+    LIST_MAX,
+    BaseStatus,
+    JobTemplate,
+    Model,
+    OutputSpec,
+    SecretKeyRef,
+    ShortStr,
+    Str,
+    Uri,
+)
+
+KIND = "FineTunedModel"
+PLURAL = "finetunedmodels"
+SINGULAR = "finetunedmodel"
+SHORT_NAMES = ["ftm"]
+
+Dtype = Literal["float16", "bfloat16", "float32"]
+
+
+class BaseModelSpec(Model):
+    """The model the adapter was trained on."""
+
+    uri: Uri
+    """Where the base model's weights are (a Hugging Face-format folder)."""
+    revision: Str | None = None
+    """Revision (branch, tag or commit) for hf:// URIs; pinned into the artifact manifest."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding the token for private hf:// or s3:// sources (passed as env, never as an argument)."""
+
+
+class AdapterSpec(Model):
+    """The LoRA adapter (peft format: adapter_config.json + adapter_model.safetensors)."""
+
+    uri: Uri
+    """Where the adapter is."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding the token for a private adapter source."""
+
+
+class MergeSpec(Model):
+    """Merging the adapter into the base weights (peft merge_and_unload semantics, in full precision)."""
+
+    enabled: bool = True
+    """Run the merge Job. When false the resource only inspects the adapter (for multi-LoRA serving)."""
+    dtype: Dtype = "float16"
+    """Precision of the merged weights. Merging happens in float32 and is cast once to this dtype."""
+    device: Literal["cpu", "gpu"] = "cpu"
+    """Where the merge runs. The streaming merge on CPU needs memory for one shard, not the whole model."""
+    method: Literal["stream", "peft"] = "stream"
+    """stream merges shard by shard (bit-identical to peft); peft loads the whole model (DoRA and other adapter types)."""
+
+
+class FineTunedModelSpec(Model):
+    """Desired state of a FineTunedModel."""
+
+    base_model: BaseModelSpec
+    """The base model."""
+    adapter: AdapterSpec
+    """The LoRA adapter trained on the base model."""
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    """Whether and how to merge the adapter into the base."""
+    output: OutputSpec | None = None
+    """Where the merged model goes; defaults to the operator's artifact root (<root>/<namespace>/<name>)."""
+    job: JobTemplate = Field(default_factory=JobTemplate)
+    """Template for the inspect and merge Jobs."""
+
+
+class AdapterFacts(Model):
+    """What the inspect Job read from adapter_config.json."""
+
+    type: ShortStr | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    rs_lora: bool | None = None
+    use_dora: bool | None = None
+    target_modules: list[ShortStr] | None = Field(default=None, max_length=LIST_MAX)
+    modules_to_save: list[ShortStr] | None = Field(default=None, max_length=LIST_MAX)
+    base_model_name: Str | None = None
+    max_rank: int | None = None
+    """Largest rank across rank_pattern (what vLLM's max_lora_rank must cover)."""
+
+
+class FineTunedModelStatus(BaseStatus):
+    """Observed state of a FineTunedModel."""
+
+    adapter: AdapterFacts | None = None
+    """Facts about the adapter, from the inspect Job."""
+    adapter_digest: Str | None = None
+    """Content digest of the adapter files."""
+    job_name: Str | None = None
+    """The Job currently or last run for this resource."""
+
+
+PRINTER_COLUMNS = [
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+    {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel.uri"},
+    {"name": "Merge", "type": "boolean", "jsonPath": ".spec.merge.enabled"},
+    {"name": "Rank", "type": "integer", "jsonPath": ".status.adapter.rank", "priority": 1},
+    {"name": "Artifact", "type": "string", "jsonPath": ".status.artifact.uri", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

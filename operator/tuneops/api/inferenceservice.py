@@ -1,0 +1,311 @@
+"""InferenceService: an OpenAI-compatible endpoint served by vLLM (GPU, TP/PP, multi-LoRA) or llama.cpp (GGUF, CPU)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from tuneops.api.common import (
+    LIST_MAX,
+    BaseStatus,
+    DNSName,
+    EnvVar,
+    LongStr,
+    Message,
+    Model,
+    ObjectRef,
+    Quantity,
+    Scheduling,
+    SecretKeyRef,
+    ShortStr,
+    Str,
+    Uri,
+)
+
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+SINGULAR = "inferenceservice"
+SHORT_NAMES = ["tisvc"]
+
+# vLLM accepts only these values for --max-lora-rank.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+# Served model names and adapter names travel in the OpenAI request's "model" field.
+ServedName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:/]*$")]
+ExtraArg = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class ModelSource(Model):
+    """The model to serve: exactly one of fineTunedModelRef, quantizationJobRef or uri."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.fineTunedModelRef) ? 1 : 0) + (has(self.quantizationJobRef) ? 1 : 0)"
+                    " + (has(self.uri) ? 1 : 0) == 1",
+                    "message": "set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri",
+                }
+            ]
+        }
+    }
+
+    fine_tuned_model_ref: ObjectRef | None = None
+    """Serve a FineTunedModel: its merged model, or (merge disabled) its base model with the adapter."""
+    quantization_job_ref: ObjectRef | None = None
+    """Serve a QuantizationJob's artifact (AWQ with vLLM, GGUF with llama.cpp)."""
+    uri: Uri | None = None
+    """Serve a model folder (vLLM) or a GGUF file or folder (llama.cpp) directly."""
+    file: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^/]+$")] | None = None
+    """llama.cpp: the GGUF file inside the artifact (default: the one matching ggufType, else the only .gguf)."""
+    gguf_type: ShortStr | None = None
+    """llama.cpp: which quantization of a GGUF QuantizationJob to serve (default: the first one listed)."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding the token for a private hf:// or s3:// uri (used by the download init container)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        n = sum(x is not None for x in (self.fine_tuned_model_ref, self.quantization_job_ref, self.uri))
+        if n != 1:
+            raise ValueError("set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri")
+        return self
+
+
+class Resources(Model):
+    """Compute for each replica."""
+
+    gpus: int = Field(default=0, ge=0, le=64)
+    """GPUs per replica (nvidia.com/gpu). Must equal tensorParallelSize x pipelineParallelSize on one node."""
+    gpu_product: Str | None = None
+    """Required nvidia.com/gpu.product node label value (e.g. NVIDIA-H100-80GB-HBM3)."""
+    cpu: Quantity | None = None
+    """CPU request and limit."""
+    memory: Quantity | None = None
+    """Memory request and limit."""
+
+
+class VllmSpec(Model):
+    """vLLM engine settings."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    """GPUs one model replica is split across (must divide the attention head count)."""
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
+    """Pipeline stages (with nodes > 1, across nodes)."""
+    nodes: int = Field(default=1, ge=1, le=64)
+    """Nodes per replica; above 1 the service is rendered as a LeaderWorkerSet."""
+    max_model_len: int | None = Field(default=None, ge=16, le=10_000_000)
+    """Context length; lower it to fit the KV cache in memory."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Activation dtype."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of GPU memory vLLM may use."""
+    served_model_name: ServedName | None = None
+    """Name clients put in the request's model field; defaults to the resource name."""
+    enable_prefix_caching: bool | None = None
+    """Pass --enable-prefix-caching / --no-enable-prefix-caching."""
+    shutdown_timeout_seconds: int = Field(default=30, ge=0, le=3600)
+    """How long in-flight requests may finish after SIGTERM."""
+    startup_timeout_seconds: int = Field(default=1800, ge=60, le=14400)
+    """How long the model may take to load before the startup probe gives up."""
+    extra_args: list[ExtraArg] | None = Field(default=None, max_length=LIST_MAX)
+    """Further vLLM arguments, appended verbatim."""
+
+
+class LlamaCppSpec(Model):
+    """llama.cpp server settings."""
+
+    ctx_size: int = Field(default=4096, ge=16, le=1_048_576)
+    """Context size (--ctx-size)."""
+    parallel: int = Field(default=4, ge=1, le=256)
+    """Concurrent request slots (--parallel)."""
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    """CPU threads; defaults to the CPU limit."""
+    extra_args: list[ExtraArg] | None = Field(default=None, max_length=LIST_MAX)
+    """Further llama-server arguments, appended verbatim."""
+
+
+class LoraAdapterRef(Model):
+    """One LoRA adapter served on top of the base model, selected by name in the request."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.fineTunedModelRef) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+                    "message": "set exactly one of fineTunedModelRef or uri for each adapter",
+                }
+            ]
+        }
+    }
+
+    name: ServedName
+    """Name clients put in the request's model field to use this adapter."""
+    fine_tuned_model_ref: ObjectRef | None = None
+    """A FineTunedModel whose adapter is served (its base must be this service's base)."""
+    uri: Uri | None = None
+    """An adapter folder."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LoraAdapterRef:
+        if (self.fine_tuned_model_ref is None) == (self.uri is None):
+            raise ValueError(f"adapter {self.name!r}: set exactly one of fineTunedModelRef or uri")
+        return self
+
+
+class LoraSpec(Model):
+    """Multi-LoRA serving: one base model, many adapters chosen per request by name."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+                    "message": "adapter names must be unique",
+                }
+            ]
+        }
+    }
+
+    adapters: list[LoraAdapterRef] = Field(default_factory=list, max_length=512)
+    """Adapters given to vLLM at startup (--lora-modules) and, when dynamic, loaded into running Pods."""
+    max_loras: int = Field(default=4, ge=1, le=512)
+    """Adapters in one batch on the GPU (--max-loras)."""
+    max_lora_rank: LoraRank = 16
+    """Largest adapter rank (--max-lora-rank); vLLM accepts only 1, 8, 16, 32, 64, 128, 256, 320, 512."""
+    max_cpu_loras: int | None = Field(default=None, ge=1, le=4096)
+    """Adapters cached in CPU memory (--max-cpu-loras)."""
+    dynamic: bool = True
+    """Load and unload adapters on running Pods through vLLM's runtime API instead of restarting them."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> LoraSpec:
+        names = [a.name for a in self.adapters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"adapter names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class ServicePort(Model):
+    """How the endpoint is exposed inside the cluster."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class InferenceServiceSpec(Scheduling):
+    """Desired state of an InferenceService."""
+
+    model_config = Scheduling.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.runtime == 'vllm' || !has(self.lora) || size(self.lora.adapters) == 0",
+                    "message": "LoRA adapters are served by the vllm runtime only",
+                },
+                {
+                    "rule": "!has(self.vllm) || self.resources.gpus == 0 || "
+                    "self.resources.gpus == self.vllm.tensorParallelSize * "
+                    "(self.vllm.nodes > 1 ? 1 : self.vllm.pipelineParallelSize)",
+                    "message": "resources.gpus must equal vllm.tensorParallelSize x pipelineParallelSize",
+                },
+            ]
+        }
+    }
+
+    model: ModelSource
+    """What to serve."""
+    runtime: Literal["vllm", "llamacpp"] = "vllm"
+    """vllm (GPU; the upstream image) or llamacpp (GGUF on CPU)."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Pod count (scale subresource: kubectl scale and HPA work)."""
+    resources: Resources = Field(default_factory=Resources)
+    """Compute per replica."""
+    vllm: VllmSpec | None = None
+    """vLLM settings."""
+    llamacpp: LlamaCppSpec | None = None
+    """llama.cpp settings."""
+    lora: LoraSpec | None = None
+    """Multi-LoRA settings."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret with the API key clients must send as a bearer token."""
+    image: LongStr | None = None
+    """Server image; defaults to the operator's configured vLLM or llama.cpp image."""
+    env: list[EnvVar] | None = Field(default=None, max_length=LIST_MAX)
+    """Extra environment for the server container."""
+    runtime_class_name: DNSName | None = None
+    """RuntimeClass of the Pods (e.g. nvidia)."""
+    queue_name: DNSName | None = None
+    """Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label."""
+    service: ServicePort = Field(default_factory=ServicePort)
+    """The Service in front of the Pods."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InferenceServiceSpec:
+        if self.runtime == "llamacpp" and self.lora is not None and self.lora.adapters:
+            raise ValueError("LoRA adapters are served by the vllm runtime only")
+        v = self.vllm_settings()
+        per_node = v.tensor_parallel_size * (1 if v.nodes > 1 else v.pipeline_parallel_size)
+        if self.runtime == "vllm" and self.resources.gpus and self.resources.gpus != per_node:
+            raise ValueError(
+                f"resources.gpus ({self.resources.gpus}) must equal vllm.tensorParallelSize x "
+                f"pipelineParallelSize ({per_node})"
+            )
+        return self
+
+    def vllm_settings(self) -> VllmSpec:
+        return self.vllm or VllmSpec()
+
+    def llamacpp_settings(self) -> LlamaCppSpec:
+        return self.llamacpp or LlamaCppSpec()
+
+
+class AdapterState(Model):
+    """Where one adapter is served."""
+
+    name: ServedName
+    digest: Str | None = None
+    ready_pods: int = 0
+    """Ready Pods whose /v1/models lists this adapter."""
+    state: Literal["Ready", "Loading", "Failed", "Pending"] = "Pending"
+    message: Message | None = None
+
+
+class PodAdapters(Model):
+    """What one Pod actually serves (from its /v1/models)."""
+
+    pod: DNSName
+    adapters: list[ServedName] = Field(default_factory=list, max_length=1024)
+
+
+class InferenceServiceStatus(BaseStatus):
+    """Observed state of an InferenceService."""
+
+    url: LongStr | None = None
+    """In-cluster base URL of the OpenAI-compatible API (…/v1)."""
+    served_models: list[ServedName] | None = Field(default=None, max_length=1024)
+    """Names accepted in the request's model field: the base name and each adapter."""
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: Str | None = None
+    """Label selector of the Pods (for the scale subresource and HPA)."""
+    model_digest: Str | None = None
+    """Digest of the served model artifact; a new upstream digest rolls the Pods."""
+    adapters: list[AdapterState] | None = Field(default=None, max_length=1024)
+    """Per adapter: on how many ready Pods it is served."""
+    pods: list[PodAdapters] | None = Field(default=None, max_length=1024)
+    """Per Pod: which adapters it serves."""
+
+
+PRINTER_COLUMNS = [
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
+    {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+    {"name": "Adapters", "type": "string", "jsonPath": '.status.conditions[?(@.type=="AdaptersReady")].status',
+     "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

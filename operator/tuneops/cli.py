@@ -1,0 +1,168 @@
+"""The `tuneops` command: crds, validate, render, run (the operator), worker, local and demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneops import __version__
+
+
+def _load_documents(paths: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for p in paths:
+        text = sys.stdin.read() if p == "-" else Path(p).read_text()
+        for i, doc in enumerate(yaml.safe_load_all(text)):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise SystemExit(f"error: {p} document {i + 1}: expected a mapping, got {type(doc).__name__}")
+            yield f"{p}#{i + 1}", doc
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from tuneops.api import crdgen
+
+    if args.output == "-":
+        sys.stdout.write("---\n".join(crdgen.dump(c) for c in crdgen.all_crds()))
+        return 0
+    for path in crdgen.write(Path(args.output)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tuneops.api import KINDS, SpecError, parse_spec
+
+    failed = 0
+    for where, doc in _load_documents(args.filename):
+        kind = str(doc.get("kind", ""))
+        if kind not in KINDS:
+            continue
+        try:
+            parse_spec(kind, doc)
+        except SpecError as err:
+            failed += 1
+            print(f"error: {where}: {kind} {err.name!r}:", file=sys.stderr)
+            for problem in err.problems:
+                print(f"  {problem}", file=sys.stderr)
+        else:
+            print(f"ok: {where}: {kind} {doc.get('metadata', {}).get('name', '?')}")
+    return 2 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from tuneops.api import SpecError
+    from tuneops.config import OperatorConfig
+    from tuneops.render.plan import render_documents
+
+    config = OperatorConfig.load(args.config)
+    docs = [doc for _, doc in _load_documents(args.filename)]
+    try:
+        manifests = render_documents(docs, config, namespace=args.namespace)
+    except SpecError as err:
+        print(f"error: {err.kind} {err.name!r}:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False, width=120))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tuneops.runner import run_operator
+
+    return run_operator(
+        namespaces=args.namespace or [],
+        all_namespaces=args.all_namespaces,
+        config_path=args.config,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        standalone=args.standalone,
+        peering=args.peering,
+    )
+
+
+def cmd_worker(rest: list[str]) -> int:
+    from tuneops.workers.cli import main as worker_main
+
+    return worker_main(rest)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from tuneops.local.cli import main as local_main
+
+    return local_main(args.local_args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tuneops.local.demo import main as demo_main
+
+    return demo_main(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneops",
+        description="From base model + LoRA adapter to a production endpoint, as Kubernetes resources.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuneops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
+    p.add_argument("--output", "-o", default="crds", help="directory to write to, or - for stdout")
+    p.set_defaults(func=cmd_crds)
+
+    p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")
+    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print every manifest the operator would create for the resources")
+    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)")
+    p.add_argument("-n", "--namespace", default="default", help="namespace of resources that name none")
+    p.add_argument("--config", help="operator config YAML (images, artifact root); default $TUNEOPS_CONFIG")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="run the operator against the cluster in KUBECONFIG or in-cluster config")
+    p.add_argument("-n", "--namespace", action="append", help="namespace to watch (repeatable)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    p.add_argument("--config", help="operator config YAML; default $TUNEOPS_CONFIG")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
+    p.add_argument("--standalone", action="store_true", help="no peering (one operator instance only)")
+    p.add_argument("--peering", default=None, help="peering object name (default: tuneops)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="run a pipeline step (inside a Job): inspect, merge, quantize-*, evaluate")
+    p.add_argument("worker_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)
+
+    p = sub.add_parser("local", help="the embedded default: a local control plane, operator and node")
+    p.add_argument("local_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on this machine and query the endpoints")
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `tuneops worker ...` hands every remaining argument to the worker CLI untouched.
+    if argv and argv[0] == "worker":
+        return cmd_worker(argv[1:])
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
