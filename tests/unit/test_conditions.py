@@ -1,0 +1,58 @@
+"""Conditions: transitions move lastTransitionTime only on a status flip; phase derives from Ready."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneops.api.common import check_uri
+from tuneops.api.conditions import READY, Reason, derive_phase, find, set_condition
+
+
+def test_unchanged_condition_is_identical() -> None:
+    first = set_condition(None, READY, "False", Reason.JOB_RUNNING, "merging", 1, "2026-01-01T00:00:00Z")
+    again = set_condition(first, READY, "False", Reason.JOB_RUNNING, "merging", 1, "2026-01-01T00:05:00Z")
+    assert again == first
+
+
+def test_reason_change_keeps_transition_time_but_status_flip_moves_it() -> None:
+    a = set_condition(None, READY, "False", Reason.JOB_PENDING, "", 1, "t1")
+    b = set_condition(a, READY, "False", Reason.JOB_RUNNING, "", 1, "t2")
+    assert find(b, READY).last_transition_time == "t1"  # type: ignore[union-attr]
+    c = set_condition(b, READY, "True", Reason.SUCCEEDED, "", 1, "t3")
+    assert find(c, READY).last_transition_time == "t3"  # type: ignore[union-attr]
+    assert len(c) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "phase"),
+    [
+        ("True", Reason.SUCCEEDED, "Ready"),
+        ("False", Reason.WAITING_FOR_SOURCE, "Waiting"),
+        ("False", Reason.JOB_RUNNING, "Running"),
+        ("False", Reason.OOM_KILLED, "Failed"),
+        ("False", Reason.QUALITY_GATE_FAILED, "Failed"),
+        ("False", Reason.INVALID_SPEC, "Failed"),
+        ("Unknown", Reason.JOB_PENDING, "Pending"),
+    ],
+)
+def test_phase_is_derived_from_ready(status: str, reason: str, phase: str) -> None:
+    conds = set_condition(None, READY, status, reason, "", 1, "t")  # type: ignore[arg-type]
+    assert derive_phase(conds) == phase
+
+
+def test_phase_without_conditions_is_pending() -> None:
+    assert derive_phase(None) == "Pending"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["pvc://claim/../../etc", "file:///models/../etc/passwd", "ftp://host/x", "http://example.com/m", "pvc://a/b\x00"],
+)
+def test_hostile_uris_are_refused(uri: str) -> None:
+    with pytest.raises(ValueError):
+        check_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["pvc://models/mistral-7b", "s3://bucket/prefix/x", "hf://org/name@main", "file:///tmp/m"])
+def test_good_uris_pass(uri: str) -> None:
+    assert check_uri(uri) == uri
