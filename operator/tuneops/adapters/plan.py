@@ -75,6 +75,11 @@ def plan_pod(
                 reason = "served with unknown digest"
             elif known != want.digest:
                 reason = f"digest changed from {known}"
+                if served_path == want.path:
+                    # vLLM keys prefix-cache blocks by (name, path); same-path reloads can reuse old KV blocks
+                    reason += (
+                        " at the same path (stale prefix-cache blocks possible: use a digest-specific path)"
+                    )
             else:
                 reason = f"served from {served_path}"
         loads.append(AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason))
@@ -127,7 +132,9 @@ def record_results(
     for result in results:
         action = result.action
         if action.kind is ActionKind.UNLOAD:
-            if result.ok:
+            # an unload answered 404 because the adapter is already gone is done, as the listing shows
+            gone = served_after is not None and action.name not in served_after.adapters
+            if result.ok or gone:
                 loaded.pop(action.name, None)
                 failures.pop(action.name, None)
             else:

@@ -1,0 +1,221 @@
+"""Planning and summarising runtime LoRA changes, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneops.adapters import (
+    ActionKind,
+    ActionResult,
+    AdapterAction,
+    AdapterState,
+    DesiredAdapter,
+    FailureRecord,
+    PodMemory,
+    PodResult,
+    ServedModels,
+    error_message,
+    plan_pod,
+    record_results,
+    summarize,
+)
+
+BASE = "base"
+
+
+def served(**adapters: str) -> ServedModels:
+    return ServedModels(base_models=(BASE,), adapters=dict(adapters), parents=dict.fromkeys(adapters, BASE))
+
+
+def want(name: str, digest: str, path: str | None = None) -> DesiredAdapter:
+    return DesiredAdapter(name=name, path=path or f"/adapters/{name}", digest=digest)
+
+
+def desired(*adapters: DesiredAdapter) -> dict[str, DesiredAdapter]:
+    return {a.name: a for a in adapters}
+
+
+def test_parse_openai_model_list() -> None:
+    body = {
+        "object": "list",
+        "data": [
+            {"id": "base", "object": "model", "root": "/models/base", "parent": None},
+            {"id": "a1", "object": "model", "root": "/adapters/a1", "parent": "base"},
+        ],
+    }
+    models = ServedModels.from_openai_models(body)
+    assert models.base_models == ("base",)
+    assert models.adapters == {"a1": "/adapters/a1"}
+    assert models.parents == {"a1": "base"}
+    with pytest.raises(ValueError):
+        ServedModels.from_openai_models({"data": [{"object": "model"}]})
+    with pytest.raises(ValueError):
+        ServedModels.from_openai_models({"object": "list"})
+
+
+def test_missing_adapter_is_loaded_and_extra_is_unloaded_first() -> None:
+    plan = plan_pod(desired(want("a", "d1")), served(old="/adapters/old"), PodMemory())
+    assert [(a.kind, a.name) for a in plan.actions] == [(ActionKind.UNLOAD, "old"), (ActionKind.LOAD, "a")]
+    assert plan.states["a"].state is AdapterState.LOADING
+    assert plan.states["old"].state is AdapterState.UNLOADING
+    assert plan.states["old"].desired is False
+
+
+def test_known_digest_at_desired_path_is_ready_with_no_action() -> None:
+    plan = plan_pod(desired(want("a", "d1")), served(a="/adapters/a"), PodMemory(loaded={"a": "d1"}))
+    assert plan.actions == ()
+    assert plan.states["a"].state is AdapterState.READY
+
+
+@pytest.mark.parametrize(
+    ("loaded", "served_path", "reason_part"),
+    [
+        ({"a": "d0"}, "/adapters/a", "digest changed"),
+        ({}, "/adapters/a", "unknown digest"),
+        ({"a": "d1"}, "/elsewhere/a", "served from"),
+    ],
+)
+def test_same_name_with_other_weights_is_reloaded_in_place(
+    loaded: dict[str, str], served_path: str, reason_part: str
+) -> None:
+    plan = plan_pod(desired(want("a", "d1")), served(a=served_path), PodMemory(loaded=loaded))
+    assert len(plan.actions) == 1
+    action = plan.actions[0]
+    assert action.kind is ActionKind.LOAD_INPLACE
+    assert (action.path, action.digest) == ("/adapters/a", "d1")
+    assert reason_part in action.reason
+
+
+def test_failures_are_bounded_then_failed_with_server_message() -> None:
+    wanted = desired(want("bad", "d1"))
+    memory = PodMemory()
+    for attempt in range(3):
+        plan = plan_pod(wanted, served(), memory, max_attempts=3)
+        assert [a.kind for a in plan.actions] == [ActionKind.LOAD]
+        assert plan.states["bad"].state is AdapterState.LOADING
+        assert plan.states["bad"].attempts == attempt
+        result = ActionResult(action=plan.actions[0], ok=False, status=404, message="No adapter found")
+        memory = record_results(memory, [result], served())
+    plan = plan_pod(wanted, served(), memory, max_attempts=3)
+    assert plan.actions == ()
+    assert plan.states["bad"].state is AdapterState.FAILED
+    assert plan.states["bad"].attempts == 3
+    assert plan.states["bad"].message == "No adapter found"
+    # new weights under the same name get a fresh set of attempts
+    plan = plan_pod(desired(want("bad", "d2")), served(), memory, max_attempts=3)
+    assert [a.kind for a in plan.actions] == [ActionKind.LOAD]
+
+
+def test_accepted_load_that_is_not_listed_counts_as_a_failure() -> None:
+    action = AdapterAction(kind=ActionKind.LOAD, name="a", path="/adapters/a", digest="d1")
+    memory = record_results(PodMemory(), [ActionResult(action=action, ok=True, status=200)], served())
+    assert memory.loaded == {}
+    assert memory.failures["a"].attempts == 1
+    memory = record_results(
+        PodMemory(), [ActionResult(action=action, ok=True, status=200)], served(a="/adapters/a")
+    )
+    assert memory.loaded == {"a": "d1"}
+    assert memory.failures == {}
+
+
+def test_failed_inplace_load_keeps_the_previous_digest() -> None:
+    action = AdapterAction(kind=ActionKind.LOAD_INPLACE, name="a", path="/adapters/a", digest="d2")
+    memory = record_results(
+        PodMemory(loaded={"a": "d1"}),
+        [ActionResult(action=action, ok=False, status=400, message="bad weights")],
+        served(a="/adapters/a"),
+    )
+    assert memory.loaded == {"a": "d1"}
+    assert memory.failures["a"].digest == "d2"
+
+
+def test_restarted_pod_forgets_digests_of_adapters_it_no_longer_lists() -> None:
+    memory = record_results(PodMemory(loaded={"a": "d1", "b": "d2"}), [], served(a="/adapters/a"))
+    assert memory.loaded == {"a": "d1"}
+
+
+def test_unload_failures_are_bounded() -> None:
+    memory = PodMemory()
+    for _ in range(2):
+        plan = plan_pod({}, served(x="/adapters/x"), memory, max_attempts=2)
+        assert [a.kind for a in plan.actions] == [ActionKind.UNLOAD]
+        memory = record_results(
+            memory, [ActionResult(action=plan.actions[0], ok=False, status=500, message="boom")], None
+        )
+    plan = plan_pod({}, served(x="/adapters/x"), memory, max_attempts=2)
+    assert plan.actions == ()
+    assert plan.states["x"].state is AdapterState.FAILED
+    summary = summarize({}, [PodResult(pod="p0", reachable=True, states=plan.states)])
+    assert not summary.ready
+    assert summary.reason == "AdapterUnloadFailed"
+    assert "boom" in summary.message
+
+
+def pod(name: str, wanted: dict[str, DesiredAdapter], models: ServedModels, memory: PodMemory) -> PodResult:
+    return PodResult(pod=name, reachable=True, served=models, states=plan_pod(wanted, models, memory).states)
+
+
+def test_summary_counts_ready_pods_per_adapter() -> None:
+    wanted = desired(want("a", "d1"), want("b", "d2"))
+    full = PodMemory(loaded={"a": "d1", "b": "d2"})
+    both = served(a="/adapters/a", b="/adapters/b")
+    summary = summarize(
+        wanted, [pod("p0", wanted, both, full), pod("p1", wanted, served(a="/adapters/a"), full)]
+    )
+    counts = {a.name: (a.ready_pods, a.total_pods, a.state) for a in summary.adapters}
+    assert counts == {"a": (2, 2, AdapterState.READY), "b": (1, 2, AdapterState.LOADING)}
+    assert not summary.ready
+    assert summary.reason == "AdaptersLoading"
+    assert "b served on 1/2" in summary.message
+
+    summary = summarize(wanted, [pod("p0", wanted, both, full), pod("p1", wanted, both, full)])
+    assert summary.ready
+    assert summary.reason == "AllAdaptersServed"
+
+
+def test_summary_reports_failure_with_message_and_pod() -> None:
+    wanted = desired(want("bad", "d1"))
+    memory = PodMemory(
+        failures={"bad": FailureRecord(digest="d1", attempts=3, message="path does not exist")}
+    )
+    summary = summarize(wanted, [pod("p0", wanted, served(), memory)])
+    assert not summary.ready
+    assert summary.reason == "AdapterLoadFailed"
+    assert "path does not exist" in summary.message
+    assert "p0" in summary.message
+    assert summary.adapters[0].state is AdapterState.FAILED
+
+
+def test_summary_edge_cases() -> None:
+    assert summarize({}, []).ready
+    assert summarize({}, []).reason == "NoAdapters"
+    wanted = desired(want("a", "d1"))
+    assert summarize(wanted, []).reason == "NoReadyPods"
+    down = PodResult(pod="p0", reachable=False, error="ClientConnectorError: refused")
+    summary = summarize(wanted, [down])
+    assert not summary.ready
+    assert summary.reason == "PodUnreachable"
+    assert summary.adapters[0].ready_pods == 0
+
+
+def test_error_message_shapes() -> None:
+    assert error_message(404, '{"error": {"message": "not found", "type": "NotFoundError"}}') == "not found"
+    assert error_message(400, '{"object": "error", "message": "already loaded"}') == "already loaded"
+    assert error_message(422, '{"detail": [{"msg": "field required"}]}') == "[{'msg': 'field required'}]"
+    assert error_message(500, "") == "HTTP 500"
+    assert error_message(502, "Bad Gateway") == "Bad Gateway"
+
+
+def test_unload_of_an_adapter_already_gone_counts_as_done() -> None:
+    action = AdapterAction(kind=ActionKind.UNLOAD, name="x")
+    result = ActionResult(
+        action=action, ok=False, status=404, message="The lora adapter 'x' cannot be found."
+    )
+    memory = record_results(PodMemory(loaded={"x": "d1"}), [result], served())
+    assert memory == PodMemory()
+
+
+def test_same_path_digest_change_warns_about_the_prefix_cache() -> None:
+    plan = plan_pod(desired(want("a", "d2")), served(a="/adapters/a"), PodMemory(loaded={"a": "d1"}))
+    assert plan.actions[0].kind is ActionKind.LOAD_INPLACE
+    assert "same path" in plan.actions[0].reason
