@@ -93,19 +93,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(rest: list[str]) -> int:
     from tuneops.workers.cli import main as worker_main
 
-    return worker_main(rest)
+    return int(worker_main(rest))
 
 
 def cmd_local(args: argparse.Namespace) -> int:
     from tuneops.local.cli import main as local_main
 
-    return local_main(args.local_args)
+    return int(local_main(args.local_args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tuneops.local.demo import main as demo_main
 
-    return demo_main(args.demo_args)
+    return int(demo_main(args.demo_args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,11 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crds)
 
     p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")
-    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)")
+    p.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print every manifest the operator would create for the resources")
-    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)")
+    p.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)"
+    )
     p.add_argument("-n", "--namespace", default="default", help="namespace of resources that name none")
     p.add_argument("--config", help="operator config YAML (images, artifact root); default $TUNEOPS_CONFIG")
     p.set_defaults(func=cmd_render)
@@ -140,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", default=None, help="peering object name (default: tuneops)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("worker", help="run a pipeline step (inside a Job): inspect, merge, quantize-*, evaluate")
+    p = sub.add_parser(
+        "worker", help="run a pipeline step (inside a Job): inspect, merge, quantize-*, evaluate"
+    )
     p.add_argument("worker_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
 

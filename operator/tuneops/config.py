@@ -32,6 +32,8 @@ class Features(BaseModel):
 
     pod_failure_policy: bool = False
     """Job.spec.podFailurePolicy (Kubernetes 1.26+)."""
+    pdb_v1: bool = True
+    """policy/v1 PodDisruptionBudget (Kubernetes 1.21+); older servers get policy/v1beta1."""
 
 
 class OperatorConfig(BaseModel):

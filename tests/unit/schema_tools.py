@@ -18,7 +18,11 @@ def crd_schema(kind: str) -> dict[str, Any]:
 def _strict(node: dict[str, Any]) -> dict[str, Any]:
     """Like the API server with strict field validation: unknown fields are errors, not pruned."""
     node = copy.deepcopy(node)
-    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         node["additionalProperties"] = False
     for key in ("properties",):
         for name, sub in list(node.get(key, {}).items()):

@@ -46,13 +46,21 @@ def test_phase_without_conditions_is_pending() -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["pvc://claim/../../etc", "file:///models/../etc/passwd", "ftp://host/x", "http://example.com/m", "pvc://a/b\x00"],
+    [
+        "pvc://claim/../../etc",
+        "file:///models/../etc/passwd",
+        "ftp://host/x",
+        "http://example.com/m",
+        "pvc://a/b\x00",
+    ],
 )
 def test_hostile_uris_are_refused(uri: str) -> None:
     with pytest.raises(ValueError):
         check_uri(uri)
 
 
-@pytest.mark.parametrize("uri", ["pvc://models/mistral-7b", "s3://bucket/prefix/x", "hf://org/name@main", "file:///tmp/m"])
+@pytest.mark.parametrize(
+    "uri", ["pvc://models/mistral-7b", "s3://bucket/prefix/x", "hf://org/name@main", "file:///tmp/m"]
+)
 def test_good_uris_pass(uri: str) -> None:
     assert check_uri(uri) == uri

@@ -77,19 +77,37 @@ def test_defaults_reach_the_schema() -> None:
 def _isvc(**spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"model": {"uri": "pvc://models/mistral"}}
     base.update(spec)
-    return {"apiVersion": "tuneops.io/v1alpha1", "kind": "InferenceService", "metadata": {"name": "chat"}, "spec": base}
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat"},
+        "spec": base,
+    }
 
 
 def _qjob(**spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"source": {"uri": "pvc://models/merged"}, "method": "gguf"}
     base.update(spec)
-    return {"apiVersion": "tuneops.io/v1alpha1", "kind": "QuantizationJob", "metadata": {"name": "q"}, "spec": base}
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "QuantizationJob",
+        "metadata": {"name": "q"},
+        "spec": base,
+    }
 
 
 def _ftm(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"baseModel": {"uri": "hf://mistralai/Mistral-7B-v0.1"}, "adapter": {"uri": "s3://b/a"}}
+    base: dict[str, Any] = {
+        "baseModel": {"uri": "hf://mistralai/Mistral-7B-v0.1"},
+        "adapter": {"uri": "s3://b/a"},
+    }
     base.update(spec)
-    return {"apiVersion": "tuneops.io/v1alpha1", "kind": "FineTunedModel", "metadata": {"name": "m"}, "spec": base}
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "FineTunedModel",
+        "metadata": {"name": "m"},
+        "spec": base,
+    }
 
 
 # (case, resource, field the error must name, where it is caught: "schema" = OpenAPI, "cel" = CEL rule)
@@ -113,7 +131,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("case", "obj", "field", "where"), INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_resources_are_refused_naming_the_field(case: str, obj: dict[str, Any], field: str, where: str) -> None:
+def test_invalid_resources_are_refused_naming_the_field(
+    case: str, obj: dict[str, Any], field: str, where: str
+) -> None:
     errors = schema_errors(obj) if where == "schema" else cel_errors(obj)
     assert errors, f"{case}: accepted"
     assert any(e.startswith(field.removeprefix("")) or e.startswith(field) for e in errors), errors

@@ -117,9 +117,9 @@ def parse_spec(kind: str, obj: dict[str, Any]) -> BaseModel:
 __all__ = [
     "API_VERSION",
     "CATEGORY",
+    "FINETUNEDMODEL",
     "GROUP",
     "INFERENCESERVICE",
-    "FINETUNEDMODEL",
     "KINDS",
     "QUANTIZATIONJOB",
     "VERSION",

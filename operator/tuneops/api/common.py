@@ -21,9 +21,7 @@ _URI_RE = re.compile(r"^(hf|s3|pvc|file)://[^\s]+$")
 
 DNSName = Annotated[
     str,
-    StringConstraints(
-        min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-    ),
+    StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
 ]
 DNSLabel = Annotated[
     str,
@@ -56,7 +54,9 @@ Uri = Annotated[
     str,
     StringConstraints(min_length=3, max_length=URI_MAX, pattern=r"^(hf|s3|pvc|file)://[^\s]+$"),
     AfterValidator(check_uri),
-    Field(description="Artifact URI: hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or file:///path."),
+    Field(
+        description="Artifact URI: hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or file:///path."
+    ),
 ]
 
 
@@ -91,9 +91,9 @@ class SecretKeyRef(Model):
 
     name: DNSName
     """Name of the Secret."""
-    key: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z0-9]+$")] = (
-        "token"
-    )
+    key: Annotated[
+        str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z0-9]+$")
+    ] = "token"
     """Key inside the Secret."""
 
 
@@ -117,7 +117,9 @@ class ResourceRequirements(Model):
 class EnvVar(Model):
     """An environment variable for the container (core/v1 EnvVar)."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    ]
     value: LongStr | None = None
     value_from: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
@@ -132,7 +134,9 @@ class Scheduling(Model):
     """Node labels the Pod's node must have."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=LIST_MAX)
     """Tolerations added to the Pod (a GPU toleration is added automatically when GPUs are requested)."""
-    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    affinity: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
     """core/v1 Affinity, passed through unchanged."""
     priority_class_name: DNSName | None = None
     """PriorityClass of the Pods."""
@@ -190,6 +194,21 @@ class Artifact(Model):
 Phase = Literal["Pending", "Waiting", "Running", "Ready", "Failed"]
 
 
+StepState = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class StepStatus(Model):
+    """The Job that ran (or runs) one step of the pipeline, and how it ended."""
+
+    name: ShortStr
+    """Step: inspect, merge, quantize or evaluate."""
+    job: Str
+    """Content-addressed Job name: the same inputs always map to the same Job."""
+    state: StepState
+    reason: ShortStr | None = None
+    message: Message | None = None
+
+
 class BaseStatus(Model):
     """Status fields every kind has."""
 
@@ -201,3 +220,5 @@ class BaseStatus(Model):
     """Conditions in the Kubernetes convention; Ready is the overall one."""
     artifact: Artifact | None = None
     """The artifact this resource produced."""
+    steps: list[StepStatus] | None = Field(default=None, max_length=8)
+    """The Job of each pipeline step; a failed step is retried only when its inputs (spec, upstream digest) change."""

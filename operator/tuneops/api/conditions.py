@@ -121,7 +121,12 @@ def derive_phase(conditions: Iterable[Condition] | None) -> Phase:
         return "Failed"
     if ready.reason == Reason.WAITING_FOR_SOURCE:
         return "Waiting"
-    if ready.reason in {Reason.JOB_RUNNING, Reason.DEPLOYING, Reason.ADAPTERS_LOADING, Reason.RECONCILING,
-                        Reason.MINIMUM_REPLICAS_UNAVAILABLE}:
+    if ready.reason in {
+        Reason.JOB_RUNNING,
+        Reason.DEPLOYING,
+        Reason.ADAPTERS_LOADING,
+        Reason.RECONCILING,
+        Reason.MINIMUM_REPLICAS_UNAVAILABLE,
+    }:
         return "Running"
     return "Pending"

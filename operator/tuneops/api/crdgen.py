@@ -52,8 +52,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
     node = _resolve(node, defs)
     if node.get("x-kubernetes-int-or-string"):
-        out = {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")}
-        return out
+        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")}
     if "anyOf" in node:
         variants = [v for v in node["anyOf"] if v.get("type") != "null"]
         if len(variants) != 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -96,11 +96,9 @@ class FineTunedModelStatus(BaseStatus):
     """Facts about the adapter, from the inspect Job."""
     adapter_digest: Str | None = None
     """Content digest of the adapter files."""
-    job_name: Str | None = None
-    """The Job currently or last run for this resource."""
 
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel.uri"},

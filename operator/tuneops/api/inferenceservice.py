@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -33,7 +33,9 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 
 # Served model names and adapter names travel in the OpenAI request's "model" field.
-ServedName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:/]*$")]
+ServedName = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:/]*$")
+]
 ExtraArg = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
@@ -69,7 +71,9 @@ class ModelSource(Model):
     def _exactly_one(self) -> ModelSource:
         n = sum(x is not None for x in (self.fine_tuned_model_ref, self.quantization_job_ref, self.uri))
         if n != 1:
-            raise ValueError("set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri")
+            raise ValueError(
+                "set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri"
+            )
         return self
 
 
@@ -299,13 +303,17 @@ class InferenceServiceStatus(BaseStatus):
     """Per Pod: which adapters it serves."""
 
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "URL", "type": "string", "jsonPath": ".status.url"},
-    {"name": "Adapters", "type": "string", "jsonPath": '.status.conditions[?(@.type=="AdaptersReady")].status',
-     "priority": 1},
+    {
+        "name": "Adapters",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="AdaptersReady")].status',
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -100,12 +100,17 @@ class AwqSpec(Model):
     """Calibration data."""
 
 
+DEFAULT_GGUF_TYPES: tuple[GgufType, ...] = ("Q4_K_M",)
+
+
 class GgufSpec(Model):
     """GGUF conversion and quantization with llama.cpp, for CPU and edge serving."""
 
     outtype: Literal["f16", "bf16", "f32", "q8_0"] = "f16"
     """Precision of the converted (unquantized) GGUF."""
-    quant_types: list[GgufType] = Field(default_factory=lambda: ["Q4_K_M"], min_length=1, max_length=14)
+    quant_types: list[GgufType] = Field(
+        default_factory=lambda: list(DEFAULT_GGUF_TYPES), min_length=1, max_length=14
+    )
     """Quantization types to produce, one file each."""
 
 
@@ -126,9 +131,18 @@ class QuantizationJobSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "self.method == 'awq' || !has(self.awq)", "message": "awq settings need method: awq"},
-                {"rule": "self.method == 'gguf' || !has(self.gguf)", "message": "gguf settings need method: gguf"},
-                {"rule": "self.method == oldSelf.method", "message": "method is immutable; create a new QuantizationJob"},
+                {
+                    "rule": "self.method == 'awq' || !has(self.awq)",
+                    "message": "awq settings need method: awq",
+                },
+                {
+                    "rule": "self.method == 'gguf' || !has(self.gguf)",
+                    "message": "gguf settings need method: gguf",
+                },
+                {
+                    "rule": "self.method == oldSelf.method",
+                    "message": "method is immutable; create a new QuantizationJob",
+                },
             ]
         }
     }
@@ -180,11 +194,9 @@ class QuantizationJobStatus(BaseStatus):
     """Digest of the source artifact this quantization was made from."""
     quality: QualityStatus | None = None
     """Quality gate measurements."""
-    job_name: str | None = Field(default=None, max_length=253)
-    """The Job currently or last run for this resource."""
 
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method"},

@@ -1,1 +1,14 @@
-"""reconcile."""
+"""One level-based reconciler per kind: observe -> decide -> apply -> status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tuneops.reconcile import finetunedmodel, quantizationjob
+from tuneops.reconcile.base import Context, Outcome
+
+RECONCILERS: dict[str, Callable[[Context, dict[str, Any]], Outcome]] = {
+    "FineTunedModel": finetunedmodel.reconcile,
+    "QuantizationJob": quantizationjob.reconcile,
+}

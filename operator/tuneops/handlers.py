@@ -1,0 +1,129 @@
+"""kopf registrations only: each kind's events and resync timer call its level-based reconciler."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from tuneops import GROUP, VERSION, metrics
+from tuneops.api import KINDS
+from tuneops.kube import client as k
+from tuneops.reconcile.base import Context, Outcome
+
+log = logging.getLogger(__name__)
+
+Reconcile = Callable[[Context, dict[str, Any]], Outcome]
+
+
+class Tracker:
+    """Per-object locks (a timer and an event never reconcile the same object at once) and condition gauges."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._states: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    def lock(self, key: tuple[str, str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def record(self, key: tuple[str, str, str], ready: str, reason: str) -> None:
+        with self._guard:
+            self._states[key] = (ready, reason)
+            self._publish()
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        with self._guard:
+            self._states.pop(key, None)
+            self._locks.pop(key, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        counts = Counter((kind, ns, ready, reason) for (kind, ns, _), (ready, reason) in self._states.items())
+        metrics.RESOURCES.clear()
+        for (kind, ns, ready, reason), n in counts.items():
+            metrics.RESOURCES.labels(kind=kind, namespace=ns, ready=ready, reason=reason).set(n)
+
+
+def _result(outcome: Outcome) -> str:
+    if outcome.ready:
+        return "ready"
+    if outcome.reason in ("WaitingForSource",):
+        return "waiting"
+    if outcome.requeue_after is not None:
+        return "progressing"
+    if outcome.reason == "InvalidSpec":
+        return "invalid"
+    return "failed"
+
+
+def make_handler(ctx: Context, tracker: Tracker, kind: str, reconcile: Reconcile) -> Callable[..., None]:
+    def handle(body: kopf.Body, **_: Any) -> None:
+        obj = dict(body)
+        meta = obj.get("metadata") or {}
+        key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if meta.get("deletionTimestamp"):
+            return  # children go with the garbage collector; nothing of ours lives outside the cluster
+        started = time.monotonic()
+        with tracker.lock(key):
+            # A fresh read: the body kopf hands over may predate our own last status write.
+            fresh = ctx.kube.get(k.TYPES[(str(obj.get("apiVersion")), kind)], key[1], key[2])
+            if fresh is None:
+                return
+            try:
+                outcome = reconcile(ctx, fresh)
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+                metrics.RECONCILE_TOTAL.labels(kind=kind, result="error").inc()
+                raise
+            finally:
+                metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+        metrics.RECONCILE_TOTAL.labels(kind=kind, result=_result(outcome)).inc()
+        ready = "True" if outcome.ready else ("False" if outcome.reason else "Unknown")
+        tracker.record(key, ready, outcome.reason)
+        if outcome.requeue_after is not None:
+            raise kopf.TemporaryError(
+                outcome.message or outcome.reason or "in progress", delay=outcome.requeue_after
+            )
+
+    return handle
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    ctx: Context,
+    reconcilers: dict[str, Reconcile],
+    resync_seconds: float,
+) -> Tracker:
+    """Register create/update/resume handlers and a resync timer for each kind on `registry`."""
+    tracker = Tracker()
+    for kind, reconcile in reconcilers.items():
+        info = KINDS[kind]
+        handle = make_handler(ctx, tracker, kind, reconcile)
+        resource = (GROUP, VERSION, info.plural)
+        kopf.on.resume(*resource, registry=registry, id="reconcile")(handle)
+        kopf.on.create(*resource, registry=registry, id="reconcile")(handle)
+        kopf.on.update(*resource, field="spec", registry=registry, id="reconcile")(handle)
+
+        def resync(body: kopf.Body, _handle: Callable[..., None] = handle, **kw: Any) -> None:
+            try:
+                _handle(body=body, **kw)
+            except kopf.TemporaryError:
+                pass  # the event handler's own retries drive progress; the timer only catches drift
+
+        kopf.timer(*resource, interval=resync_seconds, idle=resync_seconds, registry=registry, id="resync")(
+            resync
+        )
+
+        def forget(body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            meta = body.get("metadata") or {}
+            tracker.forget((_kind, str(meta.get("namespace", "")), str(meta.get("name", ""))))
+
+        kopf.on.delete(*resource, optional=True, registry=registry, id="forget")(forget)
+    return tracker

@@ -1,0 +1,96 @@
+"""Reading a step's outcome from its Job and Pods: pending, running, succeeded with a result, or failed why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tuneops.api.conditions import Reason
+
+State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: State
+    reason: str = ""
+    message: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (job.get("status") or {}).get("conditions") or []}
+
+
+def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    status = pod.get("status") or {}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        for key in ("state", "lastState"):
+            term = (cs.get(key) or {}).get("terminated")
+            if term:
+                out.append(term)
+    return out
+
+
+def parse_result(message: str | None) -> dict[str, Any]:
+    """A worker's termination message is one JSON object; anything else is kept as a plain message."""
+    if not message:
+        return {}
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return {"error": message.strip()[-2000:]}
+    return value if isinstance(value, dict) else {"error": str(value)[-2000:]}
+
+
+def _newest(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")), reverse=True
+    )
+
+
+def observe_job(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobOutcome:
+    """Classify a Job. A failure says why: OOMKilled (exit 137 or the kubelet's reason), the deadline, or the
+    worker's own error message from its termination log."""
+    if job is None:
+        return JobOutcome("Missing")
+    conds = _conditions(job)
+    if conds.get("Complete", {}).get("status") == "True":
+        for pod in _newest(pods):
+            for term in _terminated(pod):
+                if term.get("exitCode") == 0:
+                    return JobOutcome("Succeeded", result=parse_result(term.get("message")))
+        return JobOutcome("Succeeded")
+    failed = conds.get("Failed", {})
+    if failed.get("status") == "True":
+        if failed.get("reason") == "DeadlineExceeded":
+            return JobOutcome(
+                "Failed",
+                Reason.DEADLINE_EXCEEDED,
+                failed.get("message") or "the Job ran past activeDeadlineSeconds",
+            )
+        for pod in _newest(pods):
+            for term in _terminated(pod):
+                if term.get("exitCode", 0) == 0:
+                    continue
+                result = parse_result(term.get("message"))
+                detail = str(result.get("error") or term.get("message") or "").strip()
+                if term.get("reason") == "OOMKilled" or term.get("exitCode") == 137:
+                    msg = "the worker ran out of memory (OOMKilled, exit 137); raise job.resources.limits.memory"
+                    return JobOutcome(
+                        "Failed", Reason.OOM_KILLED, f"{msg}: {detail}" if detail else msg, result
+                    )
+                msg = f"exit code {term.get('exitCode')}"
+                return JobOutcome("Failed", Reason.JOB_FAILED, f"{detail} ({msg})" if detail else msg, result)
+        return JobOutcome(
+            "Failed", Reason.JOB_FAILED, failed.get("message") or failed.get("reason") or "Job failed"
+        )
+    status = job.get("status") or {}
+    running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+    if running or (
+        status.get("active") and any((p.get("status") or {}).get("phase") != "Pending" for p in pods)
+    ):
+        return JobOutcome("Running", Reason.JOB_RUNNING)
+    return JobOutcome("Pending", Reason.JOB_PENDING)

@@ -1,0 +1,347 @@
+"""The operator against a real API server: children, status transitions, waiting, failures, restarts, GC."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.operator_bed import ROOT, Cluster, OperatorProcess
+
+ADAPTER_RESULT = {
+    "adapter": {
+        "type": "LORA",
+        "rank": 8,
+        "alpha": 16,
+        "rsLora": False,
+        "targetModules": ["q_proj", "v_proj"],
+        "baseModelName": "tiny-llama",
+        "digest": "sha256:adapter1",
+    },
+    "problems": [],
+}
+
+
+def merge_result(ns: str, digest: str = "sha256:merged1") -> dict[str, Any]:
+    return {
+        "artifact": {
+            "uri": f"pvc://artifacts/{ns}/m",
+            "digest": digest,
+            "sizeBytes": 1234,
+            "format": "safetensors",
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def crds(kubectl: Any, wait_until: Callable[..., Any]) -> None:
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def operator(
+    crds: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def cluster(kube_api: Any) -> Cluster:
+    return Cluster(kube_api)
+
+
+def ftm(name: str, merge: bool = True, dtype: str = "float16") -> dict[str, Any]:
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "FineTunedModel",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": "pvc://models/tiny-llama"},
+            "adapter": {"uri": "pvc://models/adapter-a"},
+            "merge": {"enabled": merge, "dtype": dtype},
+        },
+    }
+
+
+def qjob(name: str, source: str, gate: float | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": {"fineTunedModelRef": {"name": source}}, "method": "gguf",
+                            "gguf": {"quantTypes": ["Q4_K_M"]}}  # fmt: skip
+    if gate is not None:
+        spec["qualityGate"] = {"maxPerplexityIncreasePct": gate}
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "QuantizationJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def job_named(
+    cluster: Cluster, ns: str, step: str, wait: Callable[..., Any], owner: str | None = None
+) -> Any:
+    def find() -> Any:
+        for job in cluster.jobs(ns):
+            labels = job.metadata.labels or {}
+            if labels.get("app.kubernetes.io/component") == step and (
+                owner is None or labels.get("tuneops.io/owner") == owner
+            ):
+                return job
+        return None
+
+    return wait(find, timeout=30, what=f"{step} Job")
+
+
+def ready_reason(cluster: Cluster, plural: str, ns: str, name: str) -> tuple[str, str] | None:
+    cond = cluster.ready(plural, ns, name)
+    return (cond["status"], cond["reason"]) if cond else None
+
+
+def complete(cluster: Cluster, ns: str, job: str, result: dict[str, Any], wait: Callable[..., Any]) -> None:
+    wait(lambda: cluster.finish_pod(ns, job, result), timeout=30, what=f"a Pod of {job}")
+
+
+def test_finetunedmodel_runs_inspect_then_merge_and_records_the_artifact(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(ftm("m"), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    ref = inspect.metadata.owner_references[0]
+    assert (ref.kind, ref.name, ref.controller) == ("FineTunedModel", "m", True)
+    assert inspect.spec.backoff_limit is not None and inspect.spec.ttl_seconds_after_finished
+    assert inspect.spec.active_deadline_seconds
+    wait_until(
+        lambda: (
+            ready_reason(cluster, "finetunedmodels", namespace, "m")
+            in {("False", "JobPending"), ("False", "JobRunning")}
+        ),
+        what="Pending",
+    )
+
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    merge = job_named(cluster, namespace, "merge", wait_until)
+    complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
+        timeout=40,
+        what="Ready",
+    )
+
+    status = cluster.get("finetunedmodels", namespace, "m")["status"]  # type: ignore[index]
+    assert status["artifact"] == merge_result(namespace)["artifact"]
+    assert status["adapter"]["rank"] == 8 and status["adapter"]["targetModules"] == ["q_proj", "v_proj"]
+    assert status["phase"] == "Ready"
+    types = {c["type"]: c["status"] for c in status["conditions"]}
+    assert types == {"Ready": "True", "Inspected": "True", "Merged": "True"}
+    reasons = {e.reason for e in cluster.events(namespace, "m")}
+    assert "Succeeded" in reasons
+    out = kubectl("get", "ftm", "m", namespace=namespace).stdout
+    assert "True" in out and "Succeeded" in out
+
+
+def test_quantization_waits_for_its_finetunedmodel_then_proceeds(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(qjob("q", "m"), namespace=namespace)
+    wait_until(
+        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "WaitingForSource"),
+        what="waiting",
+    )
+    msg = cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
+    assert "does not exist" in msg
+    assert not cluster.jobs(namespace)
+
+    kubectl.apply(ftm("m"), namespace=namespace)
+    complete(
+        cluster,
+        namespace,
+        job_named(cluster, namespace, "inspect", wait_until).metadata.name,
+        ADAPTER_RESULT,
+        wait_until,
+    )
+    complete(
+        cluster,
+        namespace,
+        job_named(cluster, namespace, "merge", wait_until).metadata.name,
+        merge_result(namespace),
+        wait_until,
+    )
+
+    quantize = job_named(cluster, namespace, "quantize", wait_until, owner="q")
+    args = quantize.spec.template.spec.containers[0].args
+    assert f"pvc://artifacts/{namespace}/m" in args, args
+    gguf = {"artifact": {"uri": f"pvc://artifacts/{namespace}/q", "digest": "sha256:q1", "sizeBytes": 99,
+                         "format": "gguf", "files": ["model-Q4_K_M.gguf"]}}  # fmt: skip
+    complete(cluster, namespace, quantize.metadata.name, gguf, wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("True", "Succeeded"),
+        timeout=40,
+        what="Ready",
+    )
+
+
+def test_quality_gate_failure_reports_the_numbers(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    obj = qjob("q", "m", gate=5)
+    obj["spec"]["source"] = {"uri": "pvc://models/merged"}
+    kubectl.apply(obj, namespace=namespace)
+    quantize = job_named(cluster, namespace, "quantize", wait_until)
+    complete(cluster, namespace, quantize.metadata.name,
+             {"artifact": {"uri": f"pvc://artifacts/{namespace}/q", "digest": "sha256:q", "format": "gguf",
+                           "files": ["model-Q4_K_M.gguf"]}}, wait_until)  # fmt: skip
+    evaluate = job_named(cluster, namespace, "evaluate", wait_until)
+    complete(cluster, namespace, evaluate.metadata.name,
+             {"metrics": {"perplexity": 13.2, "referencePerplexity": 11.0, "increasePct": 20.0}, "passed": False},
+             wait_until)  # fmt: skip
+    wait_until(
+        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "QualityGateFailed"),
+        what="gate failed",
+    )
+    obj = cluster.get("quantizationjobs", namespace, "q")
+    assert obj is not None
+    msg = cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
+    assert "13.200" in msg and "11.000" in msg and "20.00%" in msg and "5%" in msg
+    assert obj["status"]["quality"]["passed"] is False
+    assert obj["status"]["phase"] == "Failed"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "kubelet_reason", "result", "want_reason", "want_text"),
+    [
+        (137, "OOMKilled", {}, "OOMKilled", "out of memory"),
+        (1, "Error", {"error": "adapter_config.json not found under pvc://models/adapter-a"}, "JobFailed",
+         "adapter_config.json not found"),
+    ],
+)  # fmt: skip
+def test_failing_pod_gives_reason_and_a_spec_change_reruns(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any],
+    exit_code: int, kubelet_reason: str, result: dict[str, Any], want_reason: str, want_text: str,
+) -> None:  # fmt: skip
+    kubectl.apply(ftm("m"), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    merge = job_named(cluster, namespace, "merge", wait_until)
+    # backoffLimit 1: the Job controller retries once, then marks the Job Failed.
+    for _ in range(2):
+        wait_until(lambda: cluster.finish_pod(namespace, merge.metadata.name, result, exit_code, kubelet_reason),
+                   timeout=30, what="a merge Pod")  # fmt: skip
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("False", want_reason),
+        timeout=40,
+        what=want_reason,
+    )
+    assert want_text in cluster.ready("finetunedmodels", namespace, "m")["message"]  # type: ignore[index]
+    jobs_before = {j.metadata.name for j in cluster.jobs(namespace)}
+
+    # No hot loop: the failed Job is not re-created while the spec stays the same.
+    import time
+
+    time.sleep(4)
+    assert {j.metadata.name for j in cluster.jobs(namespace)} == jobs_before
+    # Changing the spec gives a new content-addressed merge Job.
+    cluster.patch_spec("finetunedmodels", namespace, "m", {"merge": {"dtype": "bfloat16"}})
+    wait_until(lambda: len([j for j in cluster.jobs(namespace) if j.metadata.labels.get("app.kubernetes.io/component") == "merge"]) == 2,
+               what="a second merge Job")  # fmt: skip
+    new = [j for j in cluster.jobs(namespace) if j.metadata.name not in jobs_before][0]
+    assert "bfloat16" in new.spec.template.spec.containers[0].args
+    complete(cluster, namespace, new.metadata.name, merge_result(namespace, "sha256:m2"), wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
+        timeout=40,
+        what="Ready",
+    )
+
+
+def test_incompatible_adapter_is_refused(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(ftm("m"), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    bad = {**ADAPTER_RESULT, "problems": ["target module q_proj: base has no such module"]}
+    complete(cluster, namespace, inspect.metadata.name, bad, wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("False", "IncompatibleAdapter"),
+        what="refused",
+    )
+    assert "q_proj" in cluster.ready("finetunedmodels", namespace, "m")["message"]  # type: ignore[index]
+    assert not [
+        j for j in cluster.jobs(namespace) if j.metadata.labels.get("app.kubernetes.io/component") == "merge"
+    ]
+
+
+def test_operator_restart_mid_pipeline_makes_no_duplicates(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(ftm("m"), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    operator.kill()  # SIGKILL: no cleanup, no goodbye
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    operator.start()
+    merge = job_named(cluster, namespace, "merge", wait_until)
+    operator.stop()
+    operator.start()
+    complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
+        timeout=60,
+        what="Ready",
+    )
+    names = sorted(j.metadata.name for j in cluster.jobs(namespace))
+    assert len(names) == 2, names
+
+
+def test_deleting_a_resource_removes_its_children(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(ftm("m"), namespace=namespace)
+    job_named(cluster, namespace, "inspect", wait_until)
+    kubectl("delete", "ftm", "m", "--wait=true", namespace=namespace)
+    wait_until(lambda: not cluster.jobs(namespace), timeout=60, what="garbage collection of the Jobs")
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"merge": {"dtype": "int3"}}, "spec.merge.dtype"),
+        ({"baseModel": {"uri": "ftp://x/y"}}, "spec.baseModel.uri"),
+        ({"job": {"backoffLimit": -1}}, "spec.job.backoffLimit"),
+    ],
+)
+def test_invalid_resource_is_refused_by_the_api_server(
+    crds: None, kubectl: Any, namespace: str, patch: dict[str, Any], field: str
+) -> None:
+    obj = ftm("bad")
+    obj["spec"].update(patch)
+    proc = kubectl.apply(obj, namespace=namespace, check=False)
+    assert proc.returncode != 0
+    assert field in proc.stderr, proc.stderr
+
+
+def test_steady_state_makes_no_writes(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any],
+    audit_log: Any, operator_user: str,
+) -> None:  # fmt: skip
+    kubectl.apply(ftm("m", merge=False), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    wait_until(
+        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
+        timeout=40,
+        what="Ready",
+    )
+    import time
+
+    time.sleep(2)  # let the last status write and kopf's own bookkeeping land
+    mark = audit_log.mark()
+    time.sleep(operator.resync * 4)  # several resync periods
+    writes = audit_log.select(mark, user=operator_user, namespace=namespace, writes_only=True)
+    reads = audit_log.select(mark, user=operator_user, namespace=namespace, verbs=["get", "list"])
+    assert reads, "the resync timer did not run (no reads)"
+    assert writes == [], [(w.verb, w.resource, w.subresource, w.name) for w in writes]
