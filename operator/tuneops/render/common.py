@@ -574,7 +574,7 @@ def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step
         job_spec["podFailurePolicy"] = {
             "rules": [
                 # Preemption, eviction and node drain are not the worker's fault: retry without counting.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"status": "True", "type": "DisruptionTarget"}]},
                 {
                     "action": "FailJob",
                     "onExitCodes": {

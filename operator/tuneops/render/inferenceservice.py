@@ -139,6 +139,13 @@ class ServingRender:
 # ---------------------------------------------------------------------------------------------- names, paths
 
 
+def effective_lora(spec: InferenceServiceSpec, adapters: Sequence[ResolvedAdapter]) -> LoraSpec | None:
+    """spec.lora, or its defaults when adapters come without it (a FineTunedModel served unmerged)."""
+    if spec.lora is not None:
+        return spec.lora
+    return LoraSpec() if adapters else None
+
+
 def served_model_name(spec: InferenceServiceSpec, owner: Owner) -> str:
     """The name clients put in the request's model field for the base model."""
     return spec.vllm_settings().served_model_name or owner.name
@@ -324,7 +331,7 @@ def check_inferenceservice(
                 "spec.vllm.pipelineParallelSize",
                 f"with {v.nodes} nodes the pipeline runs one stage per node: set it to {v.nodes}",
             )
-    lora = spec.lora
+    lora = effective_lora(spec, adapters)
     if lora is None:
         return problems
     if lora.max_cpu_loras is not None and lora.max_cpu_loras < lora.max_loras:
@@ -568,6 +575,7 @@ def _render_vllm(
     adapters: Sequence[ResolvedAdapter],
 ) -> ServingRender:
     v = spec.vllm_settings()
+    lora = effective_lora(spec, adapters)
     multinode = v.nodes > 1
     gpus = spec.resources.gpus
     per_pod_parallel = v.tensor_parallel_size * (1 if multinode else v.pipeline_parallel_size)
@@ -575,7 +583,7 @@ def _render_vllm(
     mounts = Mounts(config)
     secret = model.token_secret or spec.model.token_secret_ref
     files = _model_files(model.uri, None, model, secret, config, mounts)
-    modules = lora_modules(spec, owner, config, adapters) if spec.lora else []
+    modules = lora_modules(spec, owner, config, adapters) if lora else []
     for a in adapters:
         mounts.add(a.uri)
 
@@ -583,7 +591,7 @@ def _render_vllm(
         model_path=files.path,
         served_name=served,
         vllm=v,
-        lora=spec.lora,
+        lora=lora,
         port=PORT,
         distributed_executor_backend="ray" if multinode else None,
     )
@@ -603,12 +611,12 @@ def _render_vllm(
         env.append(env_value("HF_HUB_OFFLINE", "1"))
     elif secret is not None:
         env.append(env_secret("HF_TOKEN", secret.name, secret.key))
-    if spec.lora is not None:
+    if lora is not None:
         env += [
             env_value("TUNEOPS_LORA_ARGS_AT", str(lora_args_index(args))),
             env_value("TUNEOPS_LORA_MODULES_FILE", f"{CONFIG_DIR}/{LORA_FILE}"),
         ]
-        if spec.lora.dynamic:
+        if lora.dynamic:
             env.append(env_value("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True"))
 
     volumes: list[dict[str, Any]] = [
@@ -649,7 +657,7 @@ def _render_vllm(
     annotations: dict[str, str] = {}
     if model.digest:
         annotations[labels.MODEL_DIGEST] = model.digest
-    if spec.lora is not None and not spec.lora.dynamic:
+    if lora is not None and not lora.dynamic:
         annotations[labels.ADAPTERS_HASH] = _adapters_hash(adapters)
     grace = PRESTOP_SLEEP_SECONDS + v.shutdown_timeout_seconds + 15
     pod_spec: dict[str, Any] = {
@@ -713,7 +721,7 @@ def _render_vllm(
         }
         service_selector = selector
     manifests: list[Manifest] = [
-        _vllm_configmap(owner, modules, spec.lora is not None),
+        _vllm_configmap(owner, modules, lora is not None),
         workload,
         _service(spec, owner, service_selector),
     ]

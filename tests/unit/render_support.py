@@ -1,0 +1,112 @@
+"""Shared checks for the renderer tests: strict Kubernetes validation, golden files, manifest walking."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from tuneops import API_VERSION
+from tuneops.render import Owner
+
+K8S_VERSION = "1.30.0"
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("TUNEOPS_UPDATE_GOLDEN", "") == "1"
+UID = "3f1c0d52-6a2b-4c1e-9d7a-0b8e5f4a2c11"
+
+
+def owner(kind: str, name: str, namespace: str = "team-a", uid: str = UID) -> Owner:
+    return Owner(API_VERSION, kind, name, namespace, uid)
+
+
+def validate(manifest: dict[str, Any]) -> None:
+    """Strict schema validation against a fixed Kubernetes version (unknown fields are errors).
+
+    LeaderWorkerSet is a CRD the schemas do not know: its leader and worker templates are checked as core
+    PodTemplates, which is where everything the renderer writes into it lives.
+    """
+    if manifest["kind"] == "LeaderWorkerSet":
+        lwt = manifest["spec"]["leaderWorkerTemplate"]
+        for role in ("leaderTemplate", "workerTemplate"):
+            kubernetes_validate.validate(
+                {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()}, "template": lwt[role]},
+                K8S_VERSION,
+                strict=True,
+            )
+        return
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def check_golden(name: str, manifests: Iterable[dict[str, Any]]) -> None:
+    """Compare with tests/unit/golden/<name>.yaml; TUNEOPS_UPDATE_GOLDEN=1 rewrites it."""
+    text = yaml.safe_dump_all(list(manifests), sort_keys=True, width=120)
+    path = GOLDEN / f"{name}.yaml"
+    if UPDATE:
+        path.write_text(text)
+        return
+    assert path.exists(), f"{path} is missing; run with TUNEOPS_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{path} differs from the rendered manifests (TUNEOPS_UPDATE_GOLDEN=1 to accept)"
+
+
+def pod_specs(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = manifest.get("spec", {})
+    if "template" in spec:
+        yield spec["template"]["spec"]
+    lwt = spec.get("leaderWorkerTemplate")
+    if lwt:
+        yield lwt["leaderTemplate"]["spec"]
+        yield lwt["workerTemplate"]["spec"]
+
+
+def containers(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for pod in pod_specs(manifest):
+        yield from pod.get("initContainers", [])
+        yield from pod["containers"]
+
+
+SECRET_ENV = {"HF_TOKEN", "VLLM_API_KEY", "LLAMA_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_SESSION_TOKEN"}  # fmt: skip
+
+
+def assert_no_secrets(manifests: Iterable[dict[str, Any]], secret_values: Iterable[str] = ()) -> None:
+    """Secrets reach containers only as env valueFrom secretKeyRef: never as a literal, never in args."""
+    values = list(secret_values)
+    for m in manifests:
+        blob = json.dumps(m)
+        for v in values:
+            assert v not in blob
+        for c in containers(m):
+            for e in c.get("env", []):
+                if e["name"] in SECRET_ENV:
+                    assert "value" not in e, e
+                    assert "secretKeyRef" in e["valueFrom"], e
+            argv = " ".join([*c.get("command", []), *c.get("args", [])])
+            for flag in ("--api-key", "--hf-token", "--token"):
+                assert flag not in argv.split(), argv
+
+
+def assert_restricted(manifests: Iterable[dict[str, Any]]) -> None:
+    """Every Pod and container meets the restricted Pod Security Standard."""
+    for m in manifests:
+        for pod in pod_specs(m):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in containers(m):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
+            assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,227 @@
+"""The FineTunedModel renderer: inspect and merge Jobs, content-addressed, valid and restricted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.render_support import (
+    assert_no_secrets,
+    assert_restricted,
+    canonical,
+    check_golden,
+    env_of,
+    owner,
+    validate,
+)
+from tuneops.api import parse_spec
+from tuneops.api.finetunedmodel import FineTunedModelSpec
+from tuneops.config import Features, Images, OperatorConfig
+from tuneops.render import RenderError, render_finetunedmodel, render_inspect_job, render_merge_job
+
+OWNER = owner("FineTunedModel", "mistral-support")
+
+
+def spec(**over: Any) -> FineTunedModelSpec:
+    body: dict[str, Any] = {
+        "baseModel": {
+            "uri": "hf://mistralai/Mistral-7B-v0.1",
+            "revision": "main",
+            "tokenSecretRef": {"name": "hf-token", "key": "token"},
+        },
+        "adapter": {"uri": "pvc://adapters/support"},
+        "output": {"uri": "pvc://models/support"},
+    }
+    body.update(over)
+    parsed = parse_spec("FineTunedModel", {"kind": "FineTunedModel", "metadata": {"name": "x"}, "spec": body})
+    assert isinstance(parsed, FineTunedModelSpec)
+    return parsed
+
+
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert isinstance(c, dict)
+    return c
+
+
+def test_golden_default() -> None:
+    jobs = render_finetunedmodel(spec(), OWNER, OperatorConfig(), adapter_digest="sha256:abc")
+    check_golden("finetunedmodel-default", jobs)
+    for job in jobs:
+        validate(job)
+    assert_restricted(jobs)
+    assert_no_secrets(jobs)
+
+
+def test_golden_gpu_merge_with_pod_failure_policy() -> None:
+    s = spec(
+        merge={"dtype": "bfloat16", "device": "gpu", "method": "peft"},
+        job={
+            "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+            "nodeSelector": {"pool": "gpu"},
+            "priorityClassName": "batch-low",
+            "backoffLimit": 2,
+        },
+    )
+    cfg = OperatorConfig(features=Features(pod_failure_policy=True))
+    job = render_merge_job(s, OWNER, cfg)
+    check_golden("finetunedmodel-gpu-merge", [job])
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    assert worker(job)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"} in pod["tolerations"]
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [137]
+    # No CPU limit given: the thread count follows the request instead.
+    omp = env_of(worker(job))["OMP_NUM_THREADS"]
+    assert omp["resourceFieldRef"]["resource"] == "requests.cpu"
+
+
+@pytest.mark.parametrize(
+    ("over", "expected"),
+    [
+        ({}, ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
+              "--output", "pvc://models/support", "--dtype", "float16", "--method", "stream"]),
+        ({"merge": {"dtype": "bfloat16", "method": "peft"}},
+         ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
+          "--output", "pvc://models/support", "--dtype", "bfloat16", "--method", "peft"]),
+        ({"output": None},
+         ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
+          "--output", "pvc://tuneops-artifacts/team-a/mistral-support", "--dtype", "float16", "--method", "stream"]),
+    ],
+)  # fmt: skip
+def test_merge_args(over: dict[str, Any], expected: list[str]) -> None:
+    body = {k: v for k, v in over.items() if v is not None}
+    s = spec(**body)
+    if "output" in over and over["output"] is None:
+        s = s.model_copy(update={"output": None})
+    job = render_merge_job(s, OWNER, OperatorConfig())
+    assert worker(job)["command"] == ["tuneops"]
+    assert worker(job)["args"] == ["worker", "merge", *expected]
+
+
+@pytest.mark.parametrize(("merge", "flag"), [(True, ["--merge"]), (False, [])])
+def test_inspect_args(merge: bool, flag: list[str]) -> None:
+    job = render_inspect_job(spec(merge={"enabled": merge}), OWNER, OperatorConfig())
+    assert worker(job)["args"] == [
+        "worker", "inspect", "--adapter", "pvc://adapters/support", "--base", "hf://mistralai/Mistral-7B-v0.1@main",
+        *flag,
+    ]  # fmt: skip
+
+
+def test_merge_disabled_has_no_merge_job() -> None:
+    s = spec(merge={"enabled": False})
+    with pytest.raises(RenderError):
+        render_merge_job(s, OWNER, OperatorConfig())
+    assert [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in render_finetunedmodel(
+        s, OWNER, OperatorConfig())] == ["inspect"]  # fmt: skip
+
+
+def test_metadata_owner_and_labels() -> None:
+    job = render_merge_job(spec(), OWNER, OperatorConfig())
+    meta = job["metadata"]
+    assert meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "tuneops.io/v1alpha1", "blockOwnerDeletion": True, "controller": True,
+         "kind": "FineTunedModel", "name": "mistral-support", "uid": OWNER.uid},
+    ]  # fmt: skip
+    assert meta["labels"] == {
+        "app.kubernetes.io/component": "merge",
+        "app.kubernetes.io/instance": "mistral-support",
+        "app.kubernetes.io/managed-by": "tuneops",
+        "app.kubernetes.io/name": "tuneops",
+        "app.kubernetes.io/part-of": "tuneops",
+        "tuneops.io/kind": "FineTunedModel",
+        "tuneops.io/owner": OWNER.uid,
+    }
+    assert list(meta["labels"]) == sorted(meta["labels"])
+    spec_ = job["spec"]
+    assert spec_["backoffLimit"] == 1 and spec_["activeDeadlineSeconds"] == 21600
+    assert spec_["ttlSecondsAfterFinished"] == 86400
+    assert "podFailurePolicy" not in spec_  # only on clusters that have it
+
+
+def test_environment_and_volumes() -> None:
+    job = render_merge_job(spec(), OWNER, OperatorConfig(pvc_mount_root="/data"))
+    c = worker(job)
+    env = env_of(c)
+    assert env["TUNEOPS_TERMINATION_LOG"] == "/dev/termination-log" == c["terminationMessagePath"]
+    assert env["TUNEOPS_PVC_ROOT"] == "/data"
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"key": "token", "name": "hf-token"}}
+    assert env["OMP_NUM_THREADS"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert [e["name"] for e in c["env"]] == sorted(e["name"] for e in c["env"])
+    mounts = {m["mountPath"]: m.get("readOnly") for m in c["volumeMounts"]}
+    assert mounts["/data/adapters"] is True  # input
+    assert mounts["/data/models"] is False  # output
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+    assert claims == {"adapters": True, "models": False}
+
+
+def test_input_and_output_on_one_claim_are_mounted_once_writable() -> None:
+    job = render_merge_job(spec(adapter={"uri": "pvc://store/adapters/a"}, output={"uri": "pvc://store/out"}),
+                           OWNER, OperatorConfig())  # fmt: skip
+    vols = [v for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert vols == [{"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store", "readOnly": False}}]
+
+
+def test_s3_credentials_come_from_the_secret() -> None:
+    s = spec(
+        baseModel={"uri": "s3://bucket/base", "tokenSecretRef": {"name": "s3-creds"}},
+        adapter={"uri": "s3://bucket/adapter"},
+    )
+    env = env_of(worker(render_merge_job(s, OWNER, OperatorConfig())))
+    assert env["AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"key": "AWS_ACCESS_KEY_ID", "name": "s3-creds", "optional": True}
+    }
+    assert "HF_TOKEN" not in env
+    assert_no_secrets([render_merge_job(s, OWNER, OperatorConfig())])
+
+
+def name_of(s: FineTunedModelSpec, cfg: OperatorConfig | None = None, **digests: str | None) -> str:
+    name = render_merge_job(s, OWNER, cfg or OperatorConfig(), **digests)["metadata"]["name"]
+    assert isinstance(name, str)
+    return name
+
+
+def test_content_addressed_names() -> None:
+    base = name_of(spec())
+    assert base.startswith("mistral-support-merge-") and len(base) == len("mistral-support-merge-") + 8
+    assert name_of(spec()) == base, "identical input, identical name (a restarted operator finds its Job)"
+    changed = {
+        "dtype": name_of(spec(merge={"dtype": "bfloat16"})),
+        "base revision": name_of(spec(baseModel={"uri": "hf://mistralai/Mistral-7B-v0.1", "revision": "v2"})),
+        "adapter digest": name_of(spec(), adapter_digest="sha256:new"),
+        "base digest": name_of(spec(), base_digest="sha256:base"),
+        "image": name_of(spec(), OperatorConfig(images=Images(worker="registry.local/worker:2"))),
+        "resources": name_of(spec(job={"resources": {"limits": {"cpu": "3", "memory": "9Gi"}}})),
+        "backoff": name_of(spec(job={"backoffLimit": 3})),
+    }
+    for what, name in changed.items():
+        assert name != base, what
+    assert len(set(changed.values())) == len(changed)
+    # Housekeeping that does not change what the Pod computes keeps the name.
+    same = OperatorConfig(job_ttl_seconds=60, features=Features(pod_failure_policy=True))
+    assert name_of(spec(), same) == base
+
+
+def test_deterministic_and_key_order_independent() -> None:
+    a = render_finetunedmodel(spec(), OWNER, OperatorConfig())
+    reordered = FineTunedModelSpec.model_validate(
+        dict(reversed(list(spec().model_dump(by_alias=True, exclude_none=True).items()))), by_alias=True
+    )
+    b = render_finetunedmodel(reordered, OWNER, OperatorConfig())
+    assert a == b and canonical(a) == canonical(b)
+
+
+def test_long_names_stay_within_63_characters() -> None:
+    long_a = owner("FineTunedModel", "a" * 70 + "-one")
+    long_b = owner("FineTunedModel", "a" * 70 + "-two")
+    na = render_merge_job(spec(), long_a, OperatorConfig())
+    nb = render_merge_job(spec(), long_b, OperatorConfig())
+    for job in (na, nb):
+        assert len(job["metadata"]["name"]) <= 63
+        assert len(job["metadata"]["labels"]["app.kubernetes.io/instance"]) <= 63
+        validate(job)
+    assert na["metadata"]["name"] != nb["metadata"]["name"]
