@@ -3,40 +3,14 @@ availability and the URL, rolls when the upstream digest changes, refuses what c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
 from tests.integration.test_operator import complete, job_named, ready_reason
-
-pytest_plugins: list[str] = []
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any) -> None:
-    from tests.integration.operator_bed import ROOT
-
-    kubectl("apply", "-f", str(ROOT / "crds"))
-    for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
-
-
-@pytest.fixture(scope="module")
-def operator(
-    crds: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-
-
-@pytest.fixture
-def cluster(kube_api: Any) -> Cluster:
-    return Cluster(kube_api)
+from tests.integration.test_operator import cluster, crds, operator  # noqa: F401  (shared fixtures)
 
 
 def gguf_qjob() -> dict[str, Any]:

@@ -249,7 +249,7 @@ def test_failing_pod_gives_reason_and_a_spec_change_reruns(
     cluster.patch_spec("finetunedmodels", namespace, "m", {"merge": {"dtype": "bfloat16"}})
     wait_until(lambda: len([j for j in cluster.jobs(namespace) if j.metadata.labels.get("app.kubernetes.io/component") == "merge"]) == 2,
                what="a second merge Job")  # fmt: skip
-    new = [j for j in cluster.jobs(namespace) if j.metadata.name not in jobs_before][0]
+    new = next(j for j in cluster.jobs(namespace) if j.metadata.name not in jobs_before)
     assert "bfloat16" in new.spec.template.spec.containers[0].args
     complete(cluster, namespace, new.metadata.name, merge_result(namespace, "sha256:m2"), wait_until)
     wait_until(
