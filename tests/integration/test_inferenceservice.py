@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
 from tests.integration.test_operator import complete, job_named, ready_reason
-from tests.integration.test_operator import cluster, crds, operator  # noqa: F401  (shared fixtures)
 
 
 def gguf_qjob() -> dict[str, Any]:

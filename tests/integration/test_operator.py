@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.integration.operator_bed import ROOT, Cluster, OperatorProcess
+from tests.integration.operator_bed import Cluster, OperatorProcess
 
 ADAPTER_RESULT = {
     "adapter": {
@@ -33,28 +32,6 @@ def merge_result(ns: str, digest: str = "sha256:merged1") -> dict[str, Any]:
             "format": "safetensors",
         }
     }
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl: Any, wait_until: Callable[..., Any]) -> None:
-    kubectl("apply", "-f", str(ROOT / "crds"))
-    for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
-
-
-@pytest.fixture(scope="module")
-def operator(
-    crds: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-
-
-@pytest.fixture
-def cluster(kube_api: Any) -> Cluster:
-    return Cluster(kube_api)
 
 
 def ftm(name: str, merge: bool = True, dtype: str = "float16") -> dict[str, Any]:
