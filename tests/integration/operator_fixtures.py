@@ -12,7 +12,7 @@ from tests.integration.operator_bed import ROOT, Cluster, OperatorProcess
 
 
 @pytest.fixture(scope="module")
-def crds(kubectl: Any, wait_until: Callable[..., Any]) -> None:
+def crds(kubectl: Any) -> None:
     kubectl("apply", "-f", str(ROOT / "crds"))
     for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
