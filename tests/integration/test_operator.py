@@ -67,7 +67,7 @@ def job_named(
         for job in cluster.jobs(ns):
             labels = job.metadata.labels or {}
             if labels.get("app.kubernetes.io/component") == step and (
-                owner is None or labels.get("tuneops.io/owner") == owner
+                owner is None or labels.get("app.kubernetes.io/instance") == owner
             ):
                 return job
         return None

@@ -142,7 +142,7 @@ def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def apply_children(ctx: Context, owner_ns: str, owner_name: str, manifests: list[dict[str, Any]]) -> int:
+def apply_children(ctx: Context, owner_ns: str, owner_uid: str, manifests: list[dict[str, Any]]) -> int:
     """Apply what changed, delete what is no longer desired; returns the number of writes."""
     writes = 0
     desired: set[tuple[str, str]] = set()
@@ -155,7 +155,7 @@ def apply_children(ctx: Context, owner_ns: str, owner_name: str, manifests: list
         if have != m["metadata"]["annotations"][labels.SPEC_HASH]:
             ctx.kube.apply(m)
             writes += 1
-    selector = {labels.OWNER: owner_name, labels.KIND: INFERENCESERVICE.kind}
+    selector = {labels.OWNER: owner_uid, labels.KIND: INFERENCESERVICE.kind}
     for rtype in _MANAGED_TYPES:
         if rtype in (k.LWS, k.PDB) and not any(k.type_of(m) is rtype for m in manifests):
             continue  # a CRD that may not be installed, or a version the server may not serve: only if used
@@ -268,7 +268,7 @@ def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
     rendered = render.render_inferenceservice(
         spec, owner, ctx.config, model=resolved.model, adapters=servable
     )
-    apply_children(ctx, ns, owner.name, list(rendered.manifests))
+    apply_children(ctx, ns, owner.uid, list(rendered.manifests))
     for note in rendered.notes:
         sb.condition(
             note.type, note.status == "True" if note.status != "Unknown" else None, note.reason, note.message
