@@ -189,7 +189,8 @@ def test_broken_adapter_fails_after_bounded_retries_with_vllm_message(
     want = {"bad": DesiredAdapter(name="bad", path=str(bad_dir), digest="sha256:1")}
     result = reconcile(lora_server, want, PodMemory())
     assert result.states["bad"].state is AdapterState.LOADING
-    assert "Missing required configuration fields" in result.results[0].message
+    (bad_result,) = [r for r in result.results if r.action.name == "bad"]
+    assert "Missing required configuration fields" in bad_result.message
     assert "bad" not in listed(lora_server)
 
 
