@@ -34,7 +34,12 @@ def validate(manifest: dict[str, Any]) -> None:
         lwt = manifest["spec"]["leaderWorkerTemplate"]
         for role in ("leaderTemplate", "workerTemplate"):
             kubernetes_validate.validate(
-                {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()}, "template": lwt[role]},
+                {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": role.lower()},
+                    "template": lwt[role],
+                },
                 K8S_VERSION,
                 strict=True,
             )
@@ -50,7 +55,9 @@ def check_golden(name: str, manifests: Iterable[dict[str, Any]]) -> None:
         path.write_text(text)
         return
     assert path.exists(), f"{path} is missing; run with TUNEOPS_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{path} differs from the rendered manifests (TUNEOPS_UPDATE_GOLDEN=1 to accept)"
+    assert text == path.read_text(), (
+        f"{path} differs from the rendered manifests (TUNEOPS_UPDATE_GOLDEN=1 to accept)"
+    )
 
 
 def pod_specs(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from tests.unit.render_support import assert_no_secrets, assert_restricted, check_golden, env_of, owner, validate
+from tests.unit.render_support import (
+    assert_no_secrets,
+    assert_restricted,
+    check_golden,
+    env_of,
+    owner,
+    validate,
+)
 from tuneops.api import parse_spec
 from tuneops.api.conditions import Reason
 from tuneops.api.quantizationjob import QuantizationJobSpec
@@ -27,7 +34,11 @@ CFG = OperatorConfig()
 
 
 def spec(**body: Any) -> QuantizationJobSpec:
-    doc = {"kind": "QuantizationJob", "metadata": {"name": "q"}, "spec": {"source": {"uri": SOURCE.uri}, **body}}
+    doc = {
+        "kind": "QuantizationJob",
+        "metadata": {"name": "q"},
+        "spec": {"source": {"uri": SOURCE.uri}, **body},
+    }
     parsed = parse_spec("QuantizationJob", doc)
     assert isinstance(parsed, QuantizationJobSpec)
     return parsed
@@ -101,9 +112,13 @@ def test_images_per_step() -> None:
     gguf_art = ResolvedModel(uri="pvc://models/qwen-gguf", format="gguf", files=("a-Q4_K_M.gguf",))
     awq_art = ResolvedModel(uri="pvc://models/qwen-awq", format="compressed-tensors")
     assert image_of(render_quantize_job(AWQ, OWNER, CFG, source=SOURCE)) == CFG.images.worker
-    assert image_of(render_evaluate_job(AWQ, OWNER, CFG, source=SOURCE, artifact=awq_art)) == CFG.images.worker
+    assert (
+        image_of(render_evaluate_job(AWQ, OWNER, CFG, source=SOURCE, artifact=awq_art)) == CFG.images.worker
+    )
     assert image_of(render_quantize_job(GGUF, OWNER, CFG, source=SOURCE)) == CFG.images.gguf
-    assert image_of(render_evaluate_job(GGUF, OWNER, CFG, source=SOURCE, artifact=gguf_art)) == CFG.images.gguf
+    assert (
+        image_of(render_evaluate_job(GGUF, OWNER, CFG, source=SOURCE, artifact=gguf_art)) == CFG.images.gguf
+    )
     custom = spec(method="awq", job={"image": "registry.local/worker:dev"})
     assert image_of(render_quantize_job(custom, OWNER, CFG, source=SOURCE)) == "registry.local/worker:dev"
 
@@ -147,9 +162,7 @@ def test_source_token_reaches_the_worker_as_secret_env() -> None:
     assert_no_secrets([job])
 
 
-@pytest.mark.parametrize(
-    ("fmt", "problems"), [("hf", 0), ("compressed-tensors", 1), ("awq", 1), ("gguf", 1)]
-)
+@pytest.mark.parametrize(("fmt", "problems"), [("hf", 0), ("compressed-tensors", 1), ("awq", 1), ("gguf", 1)])
 def test_check_source_format(fmt: str, problems: int) -> None:
     found = check_quantizationjob(AWQ, ResolvedModel(uri="pvc://m/x", format=fmt))  # type: ignore[arg-type]
     assert len(found) == problems

@@ -22,7 +22,14 @@ from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import Manifest, Owner, ResolvedAdapter, ResolvedModel, default_output_uri
+from tuneops.render.common import (
+    Manifest,
+    ModelFormat,
+    Owner,
+    ResolvedAdapter,
+    ResolvedModel,
+    default_output_uri,
+)
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
 from tuneops.render.inferenceservice import ServingRender, render_inferenceservice
 from tuneops.render.quantizationjob import quantize_output_uri, render_quantizationjob
@@ -103,7 +110,7 @@ class Resolver:
             # One file per quantization type, in spec order, each named after its type.
             files = tuple(f"{found.name}-{t}.gguf" for t in spec.gguf_settings().quant_types)
             return ResolvedModel(uri=uri, format="gguf", files=files)
-        fmt = "awq" if spec.awq_settings().backend == "autoawq" else "compressed-tensors"
+        fmt: ModelFormat = "awq" if spec.awq_settings().backend == "autoawq" else "compressed-tensors"
         return ResolvedModel(uri=uri, format=fmt)
 
     def quantization_source(self, spec: QuantizationJobSpec, namespace: str) -> ResolvedModel:
@@ -113,7 +120,9 @@ class Resolver:
         assert spec.source.uri is not None
         return ResolvedModel(uri=spec.source.uri, token_secret=spec.source.token_secret_ref)
 
-    def served(self, spec: InferenceServiceSpec, namespace: str) -> tuple[ResolvedModel, list[ResolvedAdapter]]:
+    def served(
+        self, spec: InferenceServiceSpec, namespace: str
+    ) -> tuple[ResolvedModel, list[ResolvedAdapter]]:
         adapters: list[ResolvedAdapter] = []
         src = spec.model
         if src.fine_tuned_model_ref is not None:
@@ -124,7 +133,7 @@ class Resolver:
             model = self.quantizationjob(src.quantization_job_ref, namespace)
         else:
             assert src.uri is not None
-            fmt = "gguf" if spec.runtime == "llamacpp" else "hf"
+            fmt: ModelFormat = "gguf" if spec.runtime == "llamacpp" else "hf"
             model = ResolvedModel(uri=src.uri, format=fmt, token_secret=src.token_secret_ref)
         for a in spec.lora.adapters if spec.lora else []:
             if a.fine_tuned_model_ref is not None:
