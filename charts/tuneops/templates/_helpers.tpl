@@ -1,0 +1,127 @@
+{{/* Names, labels and lists shared by the templates. */}}
+
+{{- define "tuneops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tuneops.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tuneops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tuneops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "tuneops.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tuneops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tuneops
+{{- end -}}
+
+{{- define "tuneops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tuneops.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tuneops.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces the operator watches, as a JSON list; empty means every namespace. */}}
+{{- define "tuneops.watchNamespaces" -}}
+{{- if .Values.watchNamespaces -}}
+{{- .Values.watchNamespaces | uniq | toJson -}}
+{{- else if eq .Values.rbac.scope "namespaced" -}}
+{{- list .Release.Namespace | toJson -}}
+{{- else -}}
+{{- list | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the operator does in a namespace. Derived from the code (operator/tuneops/kube and reconcile): reads of
+its own resources plus kopf's list/watch and annotation patches; status writes; children applied with
+server-side apply (create + patch) and pruned (delete); Pods only listed; Secrets only read by name.
+*/}}
+{{- define "tuneops.namespaceRules" -}}
+- apiGroups: ["tuneops.io"]
+  resources: ["finetunedmodels", "quantizationjobs", "inferenceservices"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["tuneops.io"]
+  resources: ["finetunedmodels/status", "quantizationjobs/status", "inferenceservices/status"]
+  verbs: ["patch"]
+# Children carry ownerReferences with blockOwnerDeletion; clusters with the OwnerReferencesPermissionEnforcement
+# admission plugin only allow that to who may update the owner's finalizers.
+- apiGroups: ["tuneops.io"]
+  resources: ["finetunedmodels/finalizers", "quantizationjobs/finalizers", "inferenceservices/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+{{- if .Values.rbac.readSecrets }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if .Values.operator.peering.enabled }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}
+
+{{/* What kopf needs outside namespaces: CRD discovery, and namespace discovery when it watches named ones. */}}
+{{- define "tuneops.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if ne (include "tuneops.watchNamespaces" .) "[]" }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- if and .Values.operator.peering.enabled (eq .Values.rbac.scope "cluster") (eq (include "tuneops.watchNamespaces" .) "[]") }}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}
