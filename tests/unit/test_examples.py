@@ -144,3 +144,17 @@ def test_multi_lora() -> None:
     model, adapters = Resolver(resources, OperatorConfig()).served(isvc, "demo")
     assert model.uri == "pvc://models/meta-llama/Llama-3.1-8B-Instruct"
     assert [a.name for a in adapters] == ["support", "sql", "summarize"]
+
+
+def test_references_resolve_within_the_input_and_default_outside_it() -> None:
+    isvc = {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "svc"},
+        "spec": {"model": {"quantizationJobRef": {"name": "elsewhere"}}, "resources": {"gpus": 1}},
+    }
+    ms = render_documents([isvc], OperatorConfig(artifact_root="pvc://store"), namespace="ns1")
+    assert flag(server_args(ms), "--model") == "/mnt/pvc/store/ns1/elsewhere"
+    assert all(m["metadata"]["namespace"] == "ns1" for m in ms)
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ignored"}}
+    assert render_documents([other], OperatorConfig()) == []
