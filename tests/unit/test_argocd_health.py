@@ -1,0 +1,220 @@
+"""The Argo CD health checks (Lua) return the expected health for status samples of each kind.
+
+Argo CD runs health scripts in gopher-lua, a Lua 5.1; the tests run them in Lua 5.1 through lupa, with the
+resource as the global `obj`, exactly as Argo CD hands it over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lupa.lua51 as lupa
+import pytest
+import yaml
+
+from tuneops.api.conditions import TERMINAL_REASONS, Reason
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTH = ROOT / "charts" / "tuneops" / "argocd" / "health"
+ARGOCD_CM = ROOT / "charts" / "tuneops" / "argocd" / "argocd-cm.yaml"
+KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService")
+
+
+def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
+    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    result = lua.execute((HEALTH / f"{kind}.lua").read_text())
+    assert result is not None, f"{kind}.lua returned nothing"
+    return str(result["status"]), str(result["message"] or "")
+
+
+def resource(
+    kind: str,
+    generation: int = 1,
+    observed: int | None = 1,
+    ready: tuple[str, str, str] | None = None,
+    status: bool = True,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "m", "namespace": "ns", "generation": generation},
+        "spec": {},
+    }
+    if not status:
+        return obj
+    st: dict[str, Any] = {"conditions": []}
+    if observed is not None:
+        st["observedGeneration"] = observed
+    if ready is not None:
+        value, reason, message = ready
+        st["conditions"].append(
+            {"type": "Inspected", "status": "True", "reason": "Succeeded", "message": "rank 8"}
+        )
+        st["conditions"].append({"type": "Ready", "status": value, "reason": reason, "message": message})
+    obj["status"] = st
+    return obj
+
+
+# (what, sample builder, expected health, expected message fragment), for every kind.
+COMMON_CASES = [
+    ("missing status", lambda k: resource(k, status=False), "Progressing", "report status"),
+    ("status without conditions", lambda k: resource(k, ready=None), "Progressing", "No Ready condition"),
+    (
+        "stale generation, even if Ready",
+        lambda k: resource(k, generation=3, observed=2, ready=("True", "Succeeded", "ok")),
+        "Progressing",
+        "generation 3",
+    ),
+    (
+        "stale generation hides an old failure",
+        lambda k: resource(k, generation=2, observed=1, ready=("False", "JobFailed", "boom")),
+        "Progressing",
+        "generation 2",
+    ),
+    (
+        "no observedGeneration yet",
+        lambda k: resource(k, observed=None, ready=("True", "Succeeded", "ok")),
+        "Progressing",
+        "generation 1",
+    ),
+    (
+        "ready",
+        lambda k: resource(k, ready=("True", "Succeeded", "model is ready")),
+        "Healthy",
+        "model is ready",
+    ),
+    (
+        "failed: Job failed",
+        lambda k: resource(k, ready=("False", "JobFailed", "merge failed: exit 1")),
+        "Degraded",
+        "merge failed",
+    ),
+    (
+        "failed: invalid spec",
+        lambda k: resource(k, ready=("False", "InvalidSpec", "spec.x: bad")),
+        "Degraded",
+        "spec.x",
+    ),
+    ("job pending", lambda k: resource(k, ready=("False", "JobPending", "")), "Progressing", "JobPending"),
+    (
+        "job running",
+        lambda k: resource(k, ready=("Unknown", "JobRunning", "merging")),
+        "Progressing",
+        "merging",
+    ),
+    (
+        "waiting for its source",
+        lambda k: resource(k, ready=("False", "WaitingForSource", "FineTunedModel ns/a is not Ready yet")),
+        "Progressing",
+        "not Ready yet",
+    ),
+    (
+        "Ready=Unknown",
+        lambda k: resource(k, ready=("Unknown", "Reconciling", "")),
+        "Progressing",
+        "Reconciling",
+    ),
+]
+
+KIND_CASES = [
+    (
+        "QuantizationJob",
+        "quality gate failed",
+        resource("QuantizationJob", ready=("False", "QualityGateFailed", "perplexity +12% > 5%")),
+        "Degraded",
+        "perplexity",
+    ),
+    (
+        "QuantizationJob",
+        "OOM killed",
+        resource("QuantizationJob", ready=("False", "OOMKilled", "quantize: OOMKilled")),
+        "Degraded",
+        "OOMKilled",
+    ),
+    (
+        "FineTunedModel",
+        "incompatible adapter",
+        resource("FineTunedModel", ready=("False", "IncompatibleAdapter", "rank 1024 > 512")),
+        "Degraded",
+        "rank",
+    ),
+    (
+        "InferenceService",
+        "deploying",
+        resource("InferenceService", ready=("False", "Deploying", "0/1 replicas available")),
+        "Progressing",
+        "0/1",
+    ),
+    (
+        "InferenceService",
+        "adapters loading",
+        resource("InferenceService", ready=("False", "AdaptersLoading", "loading adapters")),
+        "Progressing",
+        "loading",
+    ),
+    (
+        "InferenceService",
+        "rollout in progress while serving",
+        resource(
+            "InferenceService",
+            ready=("True", "MinimumReplicasAvailable", "serving; rollout in progress (1/2)"),
+        ),
+        "Progressing",
+        "rollout",
+    ),
+    (
+        "InferenceService",
+        "adapter failed to load",
+        resource("InferenceService", ready=("False", "AdapterLoadFailed", "adapter sql: 404")),
+        "Degraded",
+        "adapter sql",
+    ),
+    (
+        "InferenceService",
+        "serving",
+        resource("InferenceService", ready=("True", "Succeeded", "serving base, sql at http://x")),
+        "Healthy",
+        "serving",
+    ),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("what", "build", "want", "fragment"), COMMON_CASES, ids=[c[0] for c in COMMON_CASES]
+)
+def test_common_samples(kind: str, what: str, build: Any, want: str, fragment: str) -> None:
+    got, message = health(kind, build(kind))
+    assert got == want, f"{kind} {what}: {got} ({message})"
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "what", "obj", "want", "fragment"), KIND_CASES, ids=[c[1] for c in KIND_CASES]
+)
+def test_kind_samples(kind: str, what: str, obj: dict[str, Any], want: str, fragment: str) -> None:
+    got, message = health(kind, obj)
+    assert got == want, f"{kind} {what}: {got} ({message})"
+    assert fragment in message
+
+
+REASONS = sorted(v for k, v in vars(Reason).items() if k.isupper())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reason", REASONS)
+def test_degraded_exactly_on_the_operators_terminal_reasons(kind: str, reason: str) -> None:
+    """The Lua tables agree with tuneops.api.conditions.TERMINAL_REASONS: no terminal reason left out, none added."""
+    got, _ = health(kind, resource(kind, ready=("False", reason, "m")))
+    assert got == ("Degraded" if reason in TERMINAL_REASONS else "Progressing")
+
+
+def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
+    cm = yaml.safe_load(ARGOCD_CM.read_text())
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
+    expected = {
+        f"resource.customizations.health.tuneops.io_{k}": (HEALTH / f"{k}.lua").read_text() for k in KINDS
+    }
+    assert cm["data"] == expected
