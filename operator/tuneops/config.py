@@ -19,7 +19,7 @@ class Images(BaseModel):
     """merge, AWQ, evaluate, inspect and fetch (CUDA base)."""
     gguf: str = "ghcr.io/tuneops/gguf:0.1.0"
     """GGUF conversion and quantization (llama.cpp tools)."""
-    vllm: str = "vllm/vllm-openai:v0.11.0"
+    vllm: str = "vllm/vllm-openai:v0.32.0"
     """vLLM's OpenAI-compatible server."""
     llamacpp: str = "ghcr.io/ggml-org/llama.cpp:server-b6000"
     """llama.cpp's OpenAI-compatible server."""
