@@ -1,0 +1,103 @@
+"""The worker's termination message: one short camelCase JSON object the operator reads from the Pod status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+MAX_BYTES = 4096  # Kubernetes truncates termination messages beyond this
+_BUDGET = 3500
+
+log = logging.getLogger("tuneops.workers")
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ArtifactResult(_Camel):
+    uri: str
+    digest: str
+    size_bytes: int = Field(ge=0)
+    format: str
+    """safetensors, compressed-tensors, gguf or peft."""
+    files: list[str] | None = None
+    """Notable files (one per GGUF type, in the order asked)."""
+    reused: bool | None = None
+    """True when a complete artifact from the same inputs and parameters was found and kept."""
+
+
+class AdapterFacts(_Camel):
+    type: str
+    rank: int
+    alpha: float
+    rs_lora: bool
+    target_modules: list[str]
+    modules_to_save: list[str]
+    base_model_name: str | None = None
+    use_dora: bool | None = None
+    max_rank: int | None = None
+    """Largest rank across rank_pattern (what a server's max-lora-rank must cover)."""
+
+
+class Metrics(_Camel):
+    perplexity: float
+    reference_perplexity: float
+    increase_pct: float
+    tokens: int | None = None
+
+
+class WorkerResult(_Camel):
+    """Every field but artifact is kind-specific; error is set (alone) when a worker fails."""
+
+    artifact: ArtifactResult | None = None
+    adapter: AdapterFacts | None = None
+    problems: list[str] | None = None
+    metrics: Metrics | None = None
+    passed: bool | None = None
+    method: str | None = None
+    error: str | None = None
+
+    def dumps(self) -> str:
+        """Compact JSON that fits the Kubernetes limit: long lists and messages are cut first."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) <= _BUDGET:
+            return text
+        if isinstance(data.get("problems"), list):
+            data["problems"] = [p[:200] for p in data["problems"][:8]]
+        if data.get("artifact", {}).get("files"):
+            data["artifact"]["files"] = data["artifact"]["files"][:16]
+        if isinstance(data.get("error"), str):
+            data["error"] = data["error"][-1500:]
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > _BUDGET:
+            text = json.dumps({"error": "result too large for the termination message"})
+        return text
+
+
+def parse(message: str) -> WorkerResult:
+    """The operator's side: a termination message back into the model."""
+    return WorkerResult.model_validate(json.loads(message))
+
+
+def termination_path() -> Path:
+    return Path(os.environ.get("TUNEOPS_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+
+
+def write(result: WorkerResult) -> None:
+    """Writes the message; outside a Pod the default path may be unwritable, which is not an error."""
+    path = termination_path()
+    text = result.dumps()
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        if "TUNEOPS_TERMINATION_LOG" in os.environ:
+            raise
+        log.debug("no termination log at %s (%s)", path, exc)
