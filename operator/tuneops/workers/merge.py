@@ -123,11 +123,9 @@ def peft_merge(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_dir), dtype=torch_dtype(dtype), low_cpu_mem_usage=True
-    )
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    merged = model.merge_and_unload()
+    base: Any = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype(dtype))
+    model: Any = PeftModel.from_pretrained(base, str(adapter_dir))
+    merged: Any = model.merge_and_unload()
     merged.save_pretrained(str(out_dir), max_shard_size=max_shard_size)
 
 
