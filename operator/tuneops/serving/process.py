@@ -30,6 +30,30 @@ def free_port() -> int:
         return port
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group; zombies wait for a reaper, not for us."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members: list[int] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command: state, ppid, pgrp, ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         data = path.read_bytes()
@@ -102,12 +126,19 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self.process.wait(timeout=30)
-        # children (vLLM's engine core when multiprocessing is on) share the group; make sure none outlive it
+        # children (vLLM's engine core runs as one) share the group; make sure none outlive it
         self._signal(signal.SIGKILL)
+        self._wait_group_gone(timeout_s=5.0)
         if self._log is not None:
             self._log.close()
             self._log = None
         return self.process.returncode
+
+    def _wait_group_gone(self, timeout_s: float) -> None:
+        # SIGKILL is delivered asynchronously; a port or GPU held by a dying child is not free until it is gone
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _group_members(self.process.pid):
+            time.sleep(0.05)
 
     def _signal(self, sig: signal.Signals) -> None:
         # the server was started as the leader of its own session, so its PID is also its process-group id
