@@ -102,7 +102,7 @@ server-side apply (create + patch) and pruned (delete); Pods only listed; Secret
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- if .Values.operator.peering.enabled }}
+{{- if and .Values.operator.peering.enabled (ne (include "tuneops.watchNamespaces" .) "[]") }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
@@ -119,7 +119,7 @@ server-side apply (create + patch) and pruned (delete); Pods only listed; Secret
   resources: ["namespaces"]
   verbs: ["list", "watch"]
 {{- end }}
-{{- if and .Values.operator.peering.enabled (eq .Values.rbac.scope "cluster") (eq (include "tuneops.watchNamespaces" .) "[]") }}
+{{- if and .Values.operator.peering.enabled (eq (include "tuneops.watchNamespaces" .) "[]") }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]

@@ -1,0 +1,118 @@
+"""Runs the chart through Helm for the tests: finds (or fetches) the helm binary, renders with given values."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tuneops import toolpaths
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tuneops"
+
+
+def helm_binary() -> Path:
+    """The cached helm; scripts/get-helm.sh puts it there on first use (CI starts without it)."""
+    binary = toolpaths.helm_binary()
+    if not binary.is_file():
+        subprocess.run([str(ROOT / "scripts" / "get-helm.sh")], check=True, timeout=600)
+    if not binary.is_file():
+        pytest.fail(f"helm not found at {binary} after scripts/get-helm.sh", pytrace=False)
+    return binary
+
+
+def helm(*args: str, check: bool = True, timeout: float = 120, env: Mapping[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [str(helm_binary()), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc.stdout if check else proc.stdout + proc.stderr
+
+
+def values_args(values: Mapping[str, Any], tmp: Path) -> list[str]:
+    path = tmp / f"values-{abs(hash(yaml.safe_dump(dict(values), sort_keys=True)))}.yaml"
+    path.write_text(yaml.safe_dump(dict(values)))
+    return ["-f", str(path)]
+
+
+def template(
+    values: Mapping[str, Any],
+    tmp: Path,
+    *,
+    release: str = "tuneops",
+    namespace: str = "tuneops-system",
+    extra: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """`helm template --include-crds` with `values`; the rendered objects in order."""
+    out = helm(
+        "template", release, str(CHART), "--namespace", namespace, "--include-crds",
+        *values_args(values, tmp), *extra,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def template_error(values: Mapping[str, Any], tmp: Path) -> str:
+    """What `helm template` says when it refuses `values` (fails the test if it renders)."""
+    proc = subprocess.run(
+        [str(helm_binary()), "template", "t", str(CHART), *values_args(values, tmp)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0, f"helm template accepted {dict(values)}"
+    return proc.stderr
+
+
+def find(docs: Sequence[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: Sequence[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def rule_set(rules: Sequence[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
+    """RBAC rules flattened to (apiGroup, resource, verb) triples."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule.get("apiGroups") or [""]
+        for resource in rule.get("resources") or []
+        for verb in rule.get("verbs") or []
+    }
+
+
+def _triples(group: str, resources: Sequence[str], verbs: Sequence[str]) -> set[tuple[str, str, str]]:
+    return {(group, r, v) for r in resources for v in verbs}
+
+
+CRS = ("finetunedmodels", "quantizationjobs", "inferenceservices")
+CHILD_VERBS = ("get", "list", "create", "patch", "delete")
+
+# What the operator does in a namespace, and nothing more (see operator/tuneops/kube and reconcile/):
+# its own resources are read and watched by kopf, which also patches its annotations; status is merge-patched;
+# Jobs are read and server-side applied (create + patch of a new object), never listed or deleted; Pods only
+# listed by the job-name label or the service selector; serving children applied, listed by owner and pruned;
+# Secrets read by name (InferenceService.spec.apiKeySecretRef); Events created.
+EXPECTED_NAMESPACE_RULES = (
+    _triples("tuneops.io", CRS, ("get", "list", "watch", "patch"))
+    | _triples("tuneops.io", [f"{r}/status" for r in CRS], ("patch",))
+    | _triples("tuneops.io", [f"{r}/finalizers" for r in CRS], ("update",))
+    | _triples("batch", ["jobs"], ("get", "create", "patch"))
+    | _triples("", ["pods"], ("list",))
+    | _triples("", ["services", "configmaps"], CHILD_VERBS)
+    | _triples("apps", ["deployments"], CHILD_VERBS)
+    | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
+    | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
+    | _triples("", ["secrets"], ("get",))
+    | _triples("", ["events"], ("create",))
+)
+# kopf watches CRDs (to notice the kinds appear) and, when it watches named namespaces, the namespaces.
+EXPECTED_DISCOVERY_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ("list", "watch"))
+EXPECTED_NAMESPACE_DISCOVERY_RULES = _triples("", ["namespaces"], ("list", "watch"))

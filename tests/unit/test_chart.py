@@ -1,0 +1,552 @@
+"""The Helm chart: lint, strictly valid manifests for several values sets, and what each value changes."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from tests.unit.chart_support import (
+    CHART,
+    EXPECTED_DISCOVERY_RULES,
+    EXPECTED_NAMESPACE_DISCOVERY_RULES,
+    EXPECTED_NAMESPACE_RULES,
+    ROOT,
+    find,
+    helm,
+    one,
+    rule_set,
+    template,
+    template_error,
+    values_args,
+)
+from tuneops.config import OperatorConfig
+
+# The oldest and newest Kubernetes versions kubernetes-validate carries schemas for.
+K8S_VERSIONS = ("1.25.0", "1.37.0")
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]},
+    "cluster-some-namespaces": {"watchNamespaces": ["team-a"], "rbac": {"readSecrets": False}},
+    "templated-crds": {"crds": {"templated": True, "annotations": {"example.com/owner": "platform"}}},
+    "monitoring": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}, "scrapeTimeout": "10s"},
+            "vllmPodMonitor": {"enabled": True},
+        },
+        "grafana": {"dashboards": {"enabled": True}},
+    },
+    "peering": {"operator": {"peering": {"enabled": True, "name": "tuneops-a"}}},
+    "external-sa-no-rbac": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
+    "pinned-and-scheduled": {
+        "image": {"digest": "sha256:" + "a" * 64, "tag": "0.1.0"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "ops", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/a": "b"},
+        "operator": {
+            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+            "logLevel": "DEBUG",
+        },
+        "config": {
+            "images": {"vllm": "registry.local/vllm:v0.11.0"},
+            "spareGpus": True,
+            "allowCrossNamespaceRefs": True,
+        },
+    },
+}
+
+# prometheus-operator kinds are not in kubernetes-validate: the fields the chart writes, checked strictly.
+MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"enum": ["ServiceMonitor", "PodMonitor"]},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector"],
+            "properties": {
+                "selector": {"type": "object", "additionalProperties": False,
+                             "properties": {"matchLabels": {"type": "object"}, "matchExpressions": {"type": "array"}}},
+                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                      "properties": {"any": {"type": "boolean"},
+                                                     "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                "endpoints": {"$ref": "#/$defs/endpoints"},
+                "podMetricsEndpoints": {"$ref": "#/$defs/endpoints"},
+            },
+        },
+    },
+    "$defs": {
+        "endpoints": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["port", "path"],
+                "properties": {
+                    "port": {"type": "string"},
+                    "path": {"type": "string"},
+                    "interval": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                    "scrapeTimeout": {"type": "string", "pattern": "^([0-9]+(ms|s|m|h))+$"},
+                },
+            },
+        }
+    },
+}  # fmt: skip
+
+
+def render(values: dict[str, Any], tmp_path: Path, **kw: Any) -> list[dict[str, Any]]:
+    return template(values, tmp_path, **kw)
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment")
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def operator_config(docs: list[dict[str, Any]]) -> OperatorConfig:
+    cm = one(docs, "ConfigMap", "tuneops-config")
+    return OperatorConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+
+
+# ------------------------------------------------------------------------------------- lint and validation
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_strict(name: str, tmp_path: Path) -> None:
+    out = helm("lint", "--strict", str(CHART), *values_args(VALUE_SETS[name], tmp_path))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_manifests_are_strictly_valid(name: str, version: str, tmp_path: Path) -> None:
+    docs = render(VALUE_SETS[name], tmp_path)
+    assert docs
+    for doc in docs:
+        if doc["kind"] == "CustomResourceDefinition":
+            continue  # test_crds_are_valid_for_the_api_server
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            jsonschema.validate(doc, MONITOR_SCHEMA)
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            raise AssertionError(f"{name}: {doc['kind']} {doc['metadata']['name']}: {err.message}") from err
+
+
+def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_values_sets_match_the_schema(name: str) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.validate(merged(defaults, VALUE_SETS[name]), schema, cls=jsonschema.Draft7Validator)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rbac": {"scope": "everywhere"}}, "/rbac/scope"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"image": {"digest": "md5:abc"}}, "/image/digest"),
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+        ({"config": {"artifactRoot": "/data"}}, "/config/artifactRoot"),
+        ({"config": {"imagez": {}}}, "imagez"),
+        ({"operator": {"resyncSeconds": 1}}, "/operator/resyncSeconds"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
+        ({"unknownTopLevel": True}, "unknownTopLevel"),
+    ],
+)
+def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_path: Path) -> None:
+    assert message in template_error(values, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        (
+            {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+            "needs metrics.service",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    assert message in template_error(values, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- CRDs
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert shipped == generated
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/tuneops/crds/{name} differs from crds/{name}: run `make crds` and copy crds/*.yaml into the chart"
+        )
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_crds_are_valid_for_the_api_server(version: str, tmp_path: Path) -> None:
+    for crd in find(render({}, tmp_path), "CustomResourceDefinition"):
+        try:
+            kubernetes_validate.validate(crd, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = ".".join(str(p) for p in err.path)
+            raise AssertionError(f"{crd['metadata']['name']}: {where}: {err.message}") from err
+
+
+def test_crds_come_from_crds_folder_by_default(tmp_path: Path) -> None:
+    plain = [d for d in render({}, tmp_path, extra=()) if d["kind"] == "CustomResourceDefinition"]
+    assert {d["metadata"]["name"] for d in plain} == {
+        "finetunedmodels.tuneops.io", "quantizationjobs.tuneops.io", "inferenceservices.tuneops.io"
+    }  # fmt: skip
+    for crd in plain:
+        assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+    without = helm("template", "t", str(CHART), "--skip-crds")
+    assert "CustomResourceDefinition" not in without
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_templated_crds_match_the_generated_ones_and_are_kept(keep: bool, tmp_path: Path) -> None:
+    out = helm(
+        "template", "t", str(CHART), "--skip-crds",
+        *values_args({"crds": {"templated": True, "keep": keep}}, tmp_path),
+    )  # fmt: skip
+    crds = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 3
+    for crd in crds:
+        generated = yaml.safe_load((ROOT / "crds" / f"{crd['metadata']['name']}.yaml").read_text())
+        assert crd["spec"] == generated["spec"]
+        annotations = crd["metadata"].get("annotations") or {}
+        assert (annotations.get("helm.sh/resource-policy") == "keep") is keep
+        assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+# ------------------------------------------------------------------------------------------ Deployment
+
+
+def test_deployment_is_one_replica_recreate_with_restricted_security(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    dep = deployment(docs)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(docs)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # A read-only root filesystem needs a writable /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container(docs)["volumeMounts"]}
+    assert "/tmp" in mounts
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_liveness_probe_points_at_the_kopf_endpoint(tmp_path: Path) -> None:
+    c = container(render({"operator": {"livenessPort": 8181}}, tmp_path))
+    assert "--liveness=http://0.0.0.0:8181/healthz" in c["args"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["health"] == 8181
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_config_is_mounted_and_passed_through_tuneops_config(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    c = container(docs)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
+    volume = next(v for v in deployment(docs)["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    cm = one(docs, "ConfigMap", volume["configMap"]["name"])
+    assert env["TUNEOPS_CONFIG"] == f"{mount['mountPath']}/config.yaml"
+    assert "config.yaml" in cm["data"]
+
+
+def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
+    assert operator_config(render({}, tmp_path)) == OperatorConfig()
+
+
+def test_config_values_reach_the_operator(tmp_path: Path) -> None:
+    values = {
+        "config": {
+            "images": {"worker": "r/w:1", "gguf": "r/g:1", "vllm": "r/v:1", "llamacpp": "r/l:1"},
+            "artifactRoot": "s3://bucket/models",
+            "pvcMountRoot": "/data",
+            "allowCrossNamespaceRefs": True,
+            "jobTtlSeconds": 600,
+            "clusterDomain": "corp.local",
+            "workerCpu": "500m",
+            "workerMemory": "2Gi",
+            "gpuToleration": False,
+            "spareGpus": True,
+        },
+        "watchNamespaces": ["ml"],
+    }
+    cfg = operator_config(render(values, tmp_path))
+    assert cfg.images.model_dump() == {
+        "worker": "r/w:1",
+        "gguf": "r/g:1",
+        "vllm": "r/v:1",
+        "llamacpp": "r/l:1",
+    }
+    assert (cfg.artifact_root, cfg.pvc_mount_root, cfg.cluster_domain) == (
+        "s3://bucket/models",
+        "/data",
+        "corp.local",
+    )
+    assert (cfg.allow_cross_namespace_refs, cfg.gpu_toleration, cfg.spare_gpus) == (True, False, True)
+    assert (cfg.job_ttl_seconds, cfg.worker_cpu, cfg.worker_memory) == (600, "500m", "2Gi")
+    assert cfg.namespaces == ["ml"]
+
+
+def test_a_config_change_restarts_the_operator(tmp_path: Path) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        return str(
+            deployment(render(values, tmp_path))["spec"]["template"]["metadata"]["annotations"][
+                "checksum/config"
+            ]
+        )
+
+    assert checksum({}) == checksum({})
+    assert checksum({}) != checksum({"config": {"spareGpus": True}})
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, ["--standalone", "--all-namespaces"]),
+        ({"watchNamespaces": ["a", "b"]}, ["--standalone", "--namespace=a", "--namespace=b"]),
+        ({"rbac": {"scope": "namespaced"}}, ["--standalone", "--namespace=tuneops-system"]),
+        ({"operator": {"peering": {"enabled": True, "name": "p1"}}}, ["--peering=p1", "--all-namespaces"]),
+        ({"operator": {"extraArgs": ["--foo"]}}, ["--standalone", "--all-namespaces", "--foo"]),
+    ],
+)
+def test_operator_args(values: dict[str, Any], expected: list[str], tmp_path: Path) -> None:
+    args = container(render(values, tmp_path))["args"]
+    assert args[0] == "run"
+    assert args[1].startswith("--liveness=") and args[2] == "--metrics-port=9090"
+    assert args[3:] == expected
+
+
+def test_image_tag_defaults_to_app_version_and_digest_pins_it(tmp_path: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert container(render({}, tmp_path))["image"] == f"ghcr.io/tuneops/operator:{chart['appVersion']}"
+    pinned = container(render({"image": {"tag": "1.2.3", "digest": "sha256:" + "b" * 64}}, tmp_path))["image"]
+    assert pinned == "ghcr.io/tuneops/operator:1.2.3@sha256:" + "b" * 64
+
+
+def test_operator_env_values(tmp_path: Path) -> None:
+    values = {"operator": {"logLevel": "DEBUG", "pollSeconds": 2, "resyncSeconds": 60}}
+    env = {e["name"]: e.get("value") for e in container(render(values, tmp_path))["env"]}
+    assert (env["TUNEOPS_LOG_LEVEL"], env["TUNEOPS_POLL_SECONDS"], env["TUNEOPS_RESYNC_SECONDS"]) == (
+        "DEBUG", "2", "60",
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ RBAC
+
+
+def test_cluster_scope_grants_exactly_the_least_privilege_set(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    role = one(docs, "ClusterRole")
+    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    sa = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "tuneops-system"}
+    ]
+    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+
+
+def test_cluster_scope_watching_named_namespaces_may_discover_namespaces(tmp_path: Path) -> None:
+    role = one(render({"watchNamespaces": ["a"]}, tmp_path), "ClusterRole")
+    assert rule_set(role["rules"]) == (
+        EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
+    )
+
+
+def test_namespaced_scope_grants_roles_per_namespace_and_only_discovery_cluster_wide(tmp_path: Path) -> None:
+    docs = render({"rbac": {"scope": "namespaced"}, "watchNamespaces": ["a", "b"]}, tmp_path)
+    assert (
+        rule_set(one(docs, "ClusterRole")["rules"])
+        == EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
+    )
+    roles = find(docs, "Role")
+    bindings = find(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for role in roles:
+        assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
+    for binding in bindings:
+        assert binding["subjects"][0]["namespace"] == "tuneops-system"
+
+
+def test_namespaced_scope_defaults_to_the_release_namespace(tmp_path: Path) -> None:
+    docs = render({"rbac": {"scope": "namespaced"}}, tmp_path, namespace="ops")
+    assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ops"]
+
+
+def test_secrets_can_be_left_out(tmp_path: Path) -> None:
+    role = one(render({"rbac": {"readSecrets": False}}, tmp_path), "ClusterRole")
+    assert rule_set(role["rules"]) == (EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES) - {
+        ("", "secrets", "get")
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "peerings"),
+    [
+        ({"operator": {"peering": {"enabled": True}}}, {"clusterkopfpeerings"}),
+        ({"operator": {"peering": {"enabled": True}}, "watchNamespaces": ["a"]}, {"kopfpeerings"}),
+        ({}, set()),
+    ],
+)
+def test_peering_rbac_only_when_peering(values: dict[str, Any], peerings: set[str], tmp_path: Path) -> None:
+    role = one(render(values, tmp_path), "ClusterRole")
+    granted = {r for g, r, _ in rule_set(role["rules"]) if g == "kopf.dev"}
+    assert granted == peerings
+    for resource in peerings:
+        assert {v for g, r, v in rule_set(role["rules"]) if r == resource} == {
+            "get",
+            "list",
+            "watch",
+            "patch",
+        }
+
+
+def test_no_rbac_and_an_existing_service_account(tmp_path: Path) -> None:
+    docs = render(VALUE_SETS["external-sa-no-rbac"], tmp_path)
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"):
+        assert not find(docs, kind), kind
+    assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+
+
+# ----------------------------------------------------------------------------------- metrics and monitors
+
+
+def test_monitors_are_off_by_default(tmp_path: Path) -> None:
+    docs = render({}, tmp_path)
+    assert not find(docs, "ServiceMonitor") and not find(docs, "PodMonitor")
+    assert not find(docs, "ConfigMap", "tuneops-dashboards")
+
+
+def test_service_monitor_selects_the_metrics_service(tmp_path: Path) -> None:
+    docs = render(VALUE_SETS["monitoring"], tmp_path)
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service")
+    labels = svc["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert sm["spec"]["endpoints"][0]["scrapeTimeout"] == "10s"
+    # The Service reaches the operator's metrics port.
+    assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container(docs)["ports"]}
+    selector = svc["spec"]["selector"]
+    pod_labels = deployment(docs)["spec"]["template"]["metadata"]["labels"]
+    assert all(pod_labels.get(k) == v for k, v in selector.items())
+
+
+def test_vllm_pod_monitor_selects_inference_service_pods(tmp_path: Path) -> None:
+    pm = one(render(VALUE_SETS["monitoring"], tmp_path), "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"]["tuneops.io/kind"] == "InferenceService"
+    assert pm["spec"]["podMetricsEndpoints"][0] == {"port": "http", "path": "/metrics", "interval": "15s"}
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+
+
+def test_dashboards_configmap_carries_valid_dashboards(tmp_path: Path) -> None:
+    cm = one(render(VALUE_SETS["monitoring"], tmp_path), "ConfigMap", "tuneops-dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    files = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
+    assert files and sorted(cm["data"]) == files
+    for name, text in cm["data"].items():
+        dashboard = json.loads(text)
+        assert dashboard["title"] and dashboard["panels"], name
+
+
+def test_metrics_port_moves_container_and_service(tmp_path: Path) -> None:
+    docs = render({"metrics": {"port": 9400, "service": {"port": 80}}}, tmp_path)
+    c = container(docs)
+    assert "--metrics-port=9400" in c["args"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9400
+    assert one(docs, "Service")["spec"]["ports"][0]["port"] == 80
+    assert not find(render({"metrics": {"service": {"enabled": False}}}, tmp_path), "Service")
+
+
+def test_notes_name_the_watched_namespaces_and_crd_mode(tmp_path: Path) -> None:
+    notes = helm("install", "t", str(CHART), "--dry-run=client", "-n", "ops",
+                 *values_args({"watchNamespaces": ["a", "b"]}, tmp_path))  # fmt: skip
+    assert "It watches namespaces a, b" in notes
+    assert "never upgrades them" in notes
+    templated = helm("install", "t", str(CHART), "--dry-run=client", "--skip-crds",
+                     *values_args({"crds": {"templated": True}}, tmp_path))  # fmt: skip
+    assert "managed by this release" in templated
+
+
+# ------------------------------------------------------------------------------------------- the image
+
+
+def test_operator_image_runs_as_a_numeric_non_root_user_from_a_pinned_base() -> None:
+    dockerfile = (ROOT / "images" / "operator" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert users, "no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile, flags=re.M)
+    assert base is not None
+    assert re.fullmatch(r"[\w./-]+:3\.11\.\d+-slim-\w+(@sha256:[a-f0-9]{64})?", base.group(1)), base.group(1)
+    # The chart's pod UID is the image's user, so files the image owns stay readable.
+    assert str(uid) == "65532"
+
+
+def test_operator_image_pins_satisfy_the_package_dependencies() -> None:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "images" / "operator" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        assert sep, f"unpinned requirement {line!r}"
+        pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"]:
+        req = Requirement(dep)
+        key = req.name.lower().replace("_", "-")
+        assert key in pins, f"{req.name} is not pinned in images/operator/requirements.txt"
+        assert req.specifier.contains(pins[key]), f"{req.name}=={pins[key]} does not satisfy {req.specifier}"
