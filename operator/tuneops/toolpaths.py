@@ -47,3 +47,23 @@ def kubectl_binary() -> Path:
         return beside
     found = shutil.which("kubectl")
     return Path(found) if found else beside
+
+
+def llamacpp_bin(name: str) -> Path:
+    """A llama.cpp tool (llama-quantize, llama-server, llama-perplexity) built by scripts/build-llamacpp.sh."""
+    return llamacpp_dir() / "bin" / name
+
+
+def llamacpp_converter() -> Path:
+    """llama.cpp's HF -> GGUF converter at the version of the built tools (it imports gguf-py beside it)."""
+    return llamacpp_dir() / "convert_hf_to_gguf.py"
+
+
+def llamacpp_lib_dir() -> Path:
+    """Shared libraries (libllama, libggml*) that the llama-cpp-python bindings load."""
+    return llamacpp_dir() / "lib"
+
+
+def llamacpp_python_dir() -> Path:
+    """Folder holding the llama_cpp bindings package (put on sys.path by a .pth file in the venv)."""
+    return llamacpp_dir() / "python"

@@ -23,10 +23,6 @@ class InvalidInput(Exception):
     """The request cannot work as given (exit code 2): bad URI, missing files, incompatible adapter."""
 
 
-class GateFailed(Exception):
-    """The quality gate said no (exit code 3)."""
-
-
 def setup_logging() -> None:
     level = os.environ.get("TUNEOPS_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(

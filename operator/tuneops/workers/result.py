@@ -92,12 +92,16 @@ def termination_path() -> Path:
 
 
 def write(result: WorkerResult) -> None:
-    """Writes the message; outside a Pod the default path may be unwritable, which is not an error."""
+    """Writes the message. Kubernetes creates the default path in the container; outside a Pod it is
+    absent (or unwritable) and the message only goes to stdout."""
     path = termination_path()
-    text = result.dumps()
+    explicit = bool(os.environ.get("TUNEOPS_TERMINATION_LOG"))
+    if not explicit and not path.exists():
+        log.debug("no termination log at %s", path)
+        return
     try:
-        path.write_text(text)
+        path.write_text(result.dumps())
     except OSError as exc:
-        if "TUNEOPS_TERMINATION_LOG" in os.environ:
+        if explicit:
             raise
-        log.debug("no termination log at %s (%s)", path, exc)
+        log.debug("termination log %s not writable (%s)", path, exc)

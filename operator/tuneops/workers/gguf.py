@@ -1,0 +1,160 @@
+"""GGUF quantization: llama.cpp's converter (HF -> GGUF at f16/bf16/f32/q8_0), then llama-quantize per type."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tuneops import storage, toolpaths
+from tuneops.storage.manifest import tool_versions
+from tuneops.workers.common import InvalidInput, thread_count
+from tuneops.workers.result import ArtifactResult, WorkerResult
+
+log = logging.getLogger("tuneops.workers.gguf")
+
+OUTTYPES = ("f16", "bf16", "f32", "q8_0")
+# llama-quantize's types that need no importance matrix, plus the float types it can also write.
+QUANT_TYPES = (
+    "Q2_K",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_0",
+    "Q4_1",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_0",
+    "Q5_1",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+    "Q8_0",
+    "F16",
+    "BF16",
+    "F32",
+)
+K_QUANT_BLOCK = 256
+
+
+def file_name(qtype: str) -> str:
+    return f"model-{qtype}.gguf"
+
+
+def _missing_tools() -> list[str]:
+    need = [toolpaths.llamacpp_converter(), toolpaths.llamacpp_bin("llama-quantize")]
+    return [str(p) for p in need if not p.exists()]
+
+
+def _run(cmd: list[str], what: str) -> None:
+    log.info("%s: %s", what, " ".join(cmd))
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-1500:]
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
+    log.info("%s done in %.1fs", what, time.monotonic() - start)
+
+
+def convert(src: Path, out_file: Path, outtype: str) -> None:
+    cmd = [
+        sys.executable,
+        str(toolpaths.llamacpp_converter()),
+        str(src),
+        "--outfile",
+        str(out_file),
+        "--outtype",
+        outtype,
+    ]
+    _run(cmd, "convert")
+
+
+def quantize(src_file: Path, out_file: Path, qtype: str, threads: int) -> None:
+    _run(
+        [str(toolpaths.llamacpp_bin("llama-quantize")), str(src_file), str(out_file), qtype, str(threads)],
+        f"quantize {qtype}",
+    )
+
+
+def _check_types(src: Path, types: list[str]) -> None:
+    import json
+
+    cfg = json.loads((src / "config.json").read_text())
+    rows = {cfg.get("hidden_size"), cfg.get("intermediate_size")}
+    k_types = [t for t in types if "_K" in t]
+    bad = sorted(str(r) for r in rows if isinstance(r, int) and r % K_QUANT_BLOCK)
+    if k_types and bad:
+        log.warning(
+            "row sizes %s are not multiples of %d: llama.cpp falls back to other types for some tensors of %s",
+            ", ".join(bad),
+            K_QUANT_BLOCK,
+            ", ".join(k_types),
+        )
+
+
+def run_gguf(source_uri: str, output_uri: str, *, types: list[str], outtype: str = "f16") -> WorkerResult:
+    types = [t.upper() for t in types] or ["Q4_K_M"]
+    unknown = [t for t in types if t not in QUANT_TYPES]
+    if unknown:
+        raise InvalidInput(f"unknown GGUF type(s) {', '.join(unknown)}; known: {', '.join(QUANT_TYPES)}")
+    if outtype.lower() not in OUTTYPES:
+        raise InvalidInput(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    outtype = outtype.lower()
+    types = list(dict.fromkeys(types))
+    missing = _missing_tools()
+    if missing:
+        raise RuntimeError(f"llama.cpp tools not found ({', '.join(missing)}); run scripts/build-llamacpp.sh")
+    out = storage.Output.of(output_uri)
+    src = storage.fetch(source_uri)
+    if not (src / "config.json").is_file():
+        raise InvalidInput(f"{source_uri}: config.json not found (not a transformers model folder)")
+    _check_types(src, types)
+    inputs = {"source": storage.digest_of(src)}
+    params = {"types": types, "outtype": outtype}
+    tools = tool_versions("torch", "transformers") | {"llama.cpp": toolpaths.LLAMACPP_VERSION}
+    key = storage.reuse_key("quantize-gguf", inputs, params, tools)
+    names = [file_name(t) for t in types]
+    found = out.reusable(key)
+    if found is not None:
+        log.info("a complete GGUF artifact of the same inputs exists at %s: reusing it", output_uri)
+        return _result(output_uri, found, names, reused=True)
+    staging = out.begin()
+    threads = thread_count()
+    try:
+        base = staging / f".convert-{outtype}.gguf"
+        convert(src, base, outtype)
+        for t, name in zip(types, names, strict=True):
+            if t.lower() == outtype:
+                os.link(base, staging / name)
+            else:
+                quantize(base, staging / name, t, threads)
+        base.unlink()
+        manifest = out.commit(
+            format="gguf",
+            worker="quantize-gguf",
+            key=key,
+            inputs={"source": {"uri": source_uri, "digest": inputs["source"]}},
+            parameters=params,
+            tools=tools,
+            notable=names,
+        )
+    except BaseException:
+        out.abort()
+        raise
+    return _result(output_uri, manifest, names, reused=False)
+
+
+def _result(uri: str, m: storage.Manifest, names: list[str], *, reused: bool) -> WorkerResult:
+    return WorkerResult(
+        artifact=ArtifactResult(
+            uri=uri,
+            digest=m.digest,
+            size_bytes=m.size_bytes,
+            format=m.format,
+            files=names,
+            reused=reused or None,
+        )
+    )
