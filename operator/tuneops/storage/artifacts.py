@@ -16,15 +16,11 @@ from typing import Any
 
 from tuneops.storage import remote
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, build_manifest, read_manifest, verify
-from tuneops.storage.uri import ArtifactURI, InvalidURIError, parse_uri
+from tuneops.storage.uri import ArtifactURI, InputError, InvalidURIError, parse_uri
 
 log = logging.getLogger("tuneops.storage")
 STAGING_MARK = ".tuneops-staging-"
 _RENAME_EXCHANGE = 2
-
-
-class InputError(RuntimeError):
-    """An input URI points at nothing usable (missing path, missing object)."""
 
 
 def workdir() -> Path:

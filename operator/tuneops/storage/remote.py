@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, ManifestError
-from tuneops.storage.uri import ArtifactURI
+from tuneops.storage.uri import ArtifactURI, InputError
 
 log = logging.getLogger("tuneops.storage")
 T = TypeVar("T")
@@ -22,18 +22,20 @@ RETRIES = int(os.environ.get("TUNEOPS_RETRIES", "5"))
 BACKOFF_S = float(os.environ.get("TUNEOPS_BACKOFF_S", "1.0"))
 
 
-class TransferError(RuntimeError):
-    """A download or upload failed after all retries, or the object does not exist."""
+def _status(exc: BaseException) -> int | None:
+    """HTTP status of a boto3 or huggingface_hub (httpx) error, if it carries one."""
+    resp = getattr(exc, "response", None)
+    if resp is None:
+        return None
+    status = getattr(resp, "status_code", None)
+    if status is None and isinstance(resp, dict):
+        status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status if isinstance(status, int) else None
 
 
 def _transient(exc: BaseException) -> bool:
     """5xx, 429, timeouts and dropped connections are worth another try; 4xx (bad name, no access) is not."""
-    status = None
-    resp = getattr(exc, "response", None)
-    if resp is not None:
-        status = getattr(resp, "status_code", None)
-        if status is None and isinstance(resp, dict):
-            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    status = _status(exc)
     if isinstance(status, int):
         return status >= 500 or status == 429
     name = type(exc).__name__.lower()
@@ -90,10 +92,15 @@ def s3_download(uri: ArtifactURI, dest: Path) -> Path:
     if not keys and prefix:
         # A single object (e.g. s3://bucket/models/m-Q4_K_M.gguf or a calibration file).
         target = dest / Path(prefix).name
-        with_retries(f"download {uri.raw}", lambda: client.download_file(uri.bucket, prefix, str(target)))
+        try:
+            with_retries(f"download {uri.raw}", lambda: client.download_file(uri.bucket, prefix, str(target)))
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise InputError(f"{uri.raw}: no such object or prefix in bucket {uri.bucket}") from None
+            raise
         return target
     if not keys:
-        raise TransferError(f"{uri.raw}: no objects found")
+        raise InputError(f"{uri.raw}: bucket {uri.bucket} is empty")
     for key, size in keys:
         rel = key[len(list_prefix) :]
         if not rel or ".." in Path(rel).parts:
@@ -182,32 +189,40 @@ def _hf_token() -> str | None:
 def hf_download(uri: ArtifactURI, dest: Path) -> Path:
     """Downloads a Hub repo (or one file of it) at a revision into dest; HF_ENDPOINT and HF_TOKEN are honoured."""
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     dest.mkdir(parents=True, exist_ok=True)
-    if uri.subpath and not uri.subpath.endswith("/"):
-        path = with_retries(
-            f"download {uri.raw}",
-            lambda: hf_hub_download(
-                repo_id=uri.repo,
-                filename=uri.subpath,
-                revision=uri.revision,
-                local_dir=str(dest),
-                token=_hf_token(),
-                endpoint=_hf_endpoint(),
-            ),
-        )
-        return Path(path)
-    path = with_retries(
-        f"download {uri.raw}",
-        lambda: snapshot_download(
-            repo_id=uri.repo,
-            revision=uri.revision,
-            local_dir=str(dest),
-            token=_hf_token(),
-            endpoint=_hf_endpoint(),
-            max_workers=4,
-        ),
-    )
+    try:
+        if uri.subpath:
+            path = with_retries(
+                f"download {uri.raw}",
+                lambda: hf_hub_download(
+                    repo_id=uri.repo,
+                    filename=uri.subpath,
+                    revision=uri.revision,
+                    local_dir=str(dest),
+                    token=_hf_token(),
+                    endpoint=_hf_endpoint(),
+                ),
+            )
+        else:
+            path = with_retries(
+                f"download {uri.raw}",
+                lambda: snapshot_download(
+                    repo_id=uri.repo,
+                    revision=uri.revision,
+                    local_dir=str(dest),
+                    token=_hf_token(),
+                    endpoint=_hf_endpoint(),
+                    max_workers=4,
+                ),
+            )
+    except RepositoryNotFoundError:
+        raise InputError(f"{uri.raw}: repository {uri.repo} not found (or the token has no access)") from None
+    except RevisionNotFoundError:
+        raise InputError(f"{uri.raw}: revision {uri.revision} not found") from None
+    except EntryNotFoundError:
+        raise InputError(f"{uri.raw}: file {uri.subpath} not found") from None
     log.info("downloaded %s", uri.raw)
     return Path(path)
 

@@ -19,6 +19,10 @@ class InvalidURIError(ValueError):
     """A URI the workers cannot use: unknown scheme, path traversal, malformed parts."""
 
 
+class InputError(RuntimeError):
+    """An input URI points at nothing usable (missing path, object, prefix or repository)."""
+
+
 @dataclass(frozen=True)
 class ArtifactURI:
     """A parsed URI. `path` is the local path for file/pvc; bucket/key for s3; repo/revision/subpath for hf."""
