@@ -35,6 +35,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   stamp "packages installed"
 fi
 
+# Helm comes with the bed: the chart is tested against the same API server.
+"$root/scripts/get-helm.sh"
+
 if have_all; then
   echo "build-kube: cached in $dest"
   exit 0
@@ -61,6 +64,8 @@ if [ "$found" = 0 ]; then
 fi
 aptopts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/parts"
   -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives")
+# The private folders are ours, not the _apt user's; as root, download without dropping privileges.
+[ "$(id -u)" = 0 ] && aptopts+=(-o APT::Sandbox::User=root)
 stamp "fetching source index"
 apt-get "${aptopts[@]}" update -qq
 (cd "$work/src" && apt-get "${aptopts[@]}" source --download-only -qq kubernetes)
@@ -101,4 +106,3 @@ rm -rf "$dest" && mv "$dest.tmp" "$dest"
 "$dest/kube-apiserver" --version
 rm -rf "$work"
 stamp "installed into $dest"
-cd "$root"

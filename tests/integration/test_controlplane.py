@@ -220,7 +220,8 @@ def test_garbage_collector_follows_owner_references_to_custom_resources(
             return exc.status == 404
         return False
 
-    wait_until(child_gone, what="ConfigMap owned by the deleted Widget garbage-collected")
+    # The garbage collector rediscovers resource types every 30 s; a CRD made moments ago may need that long.
+    wait_until(child_gone, timeout=90, what="ConfigMap owned by the deleted Widget garbage-collected")
     assert core.read_namespaced_config_map("bystander", namespace).metadata.name == "bystander"
 
 

@@ -408,6 +408,13 @@ class ControlPlane:
             )
         if self.running():
             raise ControlPlaneError(f"a control plane already runs from {self.root} (pids {self.pids()})")
+        if self.state_path.exists():
+            other = ControlPlane.attach(self.root)
+            if other.running():
+                raise ControlPlaneError(
+                    f"a control plane already runs from {self.root} (pids {other.pids()})"
+                )
+            self.state_path.unlink()  # left by a process that died without stopping its servers
         deadline = time.monotonic() + timeout
         for sub in ("pki", "logs", "etcd"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -446,8 +453,11 @@ class ControlPlane:
         if not self.keep_data:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def stop_apiserver(self, grace: float = 10.0) -> None:
-        """Stop kube-apiserver alone (etcd and controllers stay up) to simulate an API outage."""
+    def stop_apiserver(self, grace: float = 3.0) -> None:
+        """Stop kube-apiserver alone (etcd and controllers stay up) to simulate an API outage.
+
+        Open watches hold a graceful shutdown for a long time, hence the short default grace before SIGKILL.
+        """
         self._terminate("kube-apiserver", grace)
         self._save_state()
 
@@ -463,9 +473,9 @@ class ControlPlane:
         self._wait_apiserver(deadline)
         self._save_state()
 
-    def restart_apiserver(self, timeout: float = 60.0, downtime: float = 0.0) -> None:
+    def restart_apiserver(self, timeout: float = 60.0, downtime: float = 0.0, grace: float = 3.0) -> None:
         """Stop and start kube-apiserver, keeping etcd (and so every object) and the controllers."""
-        self.stop_apiserver()
+        self.stop_apiserver(grace)
         if downtime > 0:
             time.sleep(downtime)
         self.start_apiserver(timeout)
@@ -516,7 +526,11 @@ class ControlPlane:
             req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=timeout, context=self._ssl_context()) as resp:
             raw = resp.read()
-        return json.loads(raw) if raw else None
+            is_json = resp.headers.get_content_type() == "application/json"
+        if not raw:
+            return None
+        # Health endpoints answer in plain text ("ok").
+        return json.loads(raw) if is_json else raw.decode(errors="replace")
 
     # ----- internals ------------------------------------------------------------------------------
 
@@ -624,7 +638,6 @@ class ControlPlane:
             self._bin("kube-apiserver"),
             f"--etcd-servers={self.etcd_url}",
             f"--bind-address={HOST}",
-            f"--advertise-address={HOST}",
             f"--secure-port={self._ports.apiserver}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -748,7 +761,8 @@ class ControlPlane:
         proc.popen = None
 
     def _check_alive(self, name: str) -> None:
-        if name in self._procs and not self._alive(name):
+        proc = self._procs.get(name)
+        if proc is not None and proc.pid is not None and not self._alive(name):
             log = self._procs[name].log
             raise ControlPlaneError(f"{name} exited during start-up; last lines of {log}:\n{_tail(log)}")
 
