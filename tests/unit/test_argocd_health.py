@@ -218,3 +218,33 @@ def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
         f"resource.customizations.health.tuneops.io_{k}": (HEALTH / f"{k}.lua").read_text() for k in KINDS
     }
     assert cm["data"] == expected
+
+
+def test_example_applications_point_at_what_exists(tmp_path: Path) -> None:
+    from tests.unit.chart_support import CHART, helm, values_args
+    from tuneops.api import KINDS, parse_spec
+
+    chart_app = yaml.safe_load((ROOT / "examples" / "argocd" / "tuneops-operator.yaml").read_text())
+    source = chart_app["spec"]["source"]
+    assert (ROOT / source["path"] / "Chart.yaml").is_file()
+    # The Application's values render (schema included) without the crds/ copies, as Argo CD is told to.
+    out = helm(
+        "template",
+        "tuneops",
+        str(CHART),
+        "--skip-crds",
+        *values_args(source["helm"]["valuesObject"], tmp_path),
+    )
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert len(crds) == 3 and source["helm"]["skipCrds"] is True
+
+    model_app = yaml.safe_load((ROOT / "examples" / "argocd" / "model.yaml").read_text())
+    source = model_app["spec"]["source"]
+    manifests = ROOT / source["path"] / source["directory"]["include"]
+    kinds = set()
+    for doc in yaml.safe_load_all(manifests.read_text()):
+        if doc and doc.get("kind") in KINDS:
+            parse_spec(doc["kind"], doc)
+            kinds.add(doc["kind"])
+    assert kinds, f"{manifests} holds no tuneops resources"
