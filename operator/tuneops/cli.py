@@ -28,8 +28,13 @@ def cmd_crds(args: argparse.Namespace) -> int:
     from tuneops.api import crdgen
 
     if args.output == "-":
-        sys.stdout.write("---\n".join(crdgen.dump(c) for c in crdgen.all_crds()))
+        sys.stdout.write("---\n".join(crdgen.dump(c) for c in crdgen.all_crds(cel=not args.no_cel)))
         return 0
+    if args.no_cel:
+        print(
+            "error: --no-cel only with --output - (the committed CRDs keep their CEL rules)", file=sys.stderr
+        )
+        return 2
     for path in crdgen.write(Path(args.output)):
         print(f"wrote {path}")
     return 0
@@ -118,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     p.add_argument("--output", "-o", default="crds", help="directory to write to, or - for stdout")
+    p.add_argument(
+        "--no-cel",
+        action="store_true",
+        help="leave out the CEL rules, for Kubernetes older than 1.25 (the operator checks them itself)",
+    )
     p.set_defaults(func=cmd_crds)
 
     p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")

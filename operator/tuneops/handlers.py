@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -112,10 +113,9 @@ def register(
         kopf.on.update(*resource, field="spec", registry=registry, id="reconcile")(handle)
 
         def resync(body: kopf.Body, _handle: Callable[..., None] = handle, **kw: Any) -> None:
-            try:
+            # The event handler's own retries drive progress; the timer only catches drift.
+            with contextlib.suppress(kopf.TemporaryError):
                 _handle(body=body, **kw)
-            except kopf.TemporaryError:
-                pass  # the event handler's own retries drive progress; the timer only catches drift
 
         kopf.timer(*resource, interval=resync_seconds, idle=resync_seconds, registry=registry, id="resync")(
             resync

@@ -17,6 +17,15 @@ from tuneops.reconcile.base import Context
 log = logging.getLogger(__name__)
 
 
+class _TemporaryIsInfo(logging.Filter):
+    """kopf logs a step still in progress ("failed temporarily") as an error; here it is the normal path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def discover_features(kube: Kube, config: OperatorConfig) -> None:
     """Turn on fields the cluster's API server knows; a 1.20 server rejects podFailurePolicy under apply."""
     try:
@@ -52,6 +61,14 @@ def build_registry(
         settings.networking.request_timeout = 60
         settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a Pod: the ServiceAccount token; elsewhere: KUBECONFIG. No client library involved.
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+            **kwargs
+        ) or kopf.login_with_kubeconfig(**kwargs)
+        return info
+
     handlers.register(registry, ctx, RECONCILERS, resync_seconds)
     return registry
 
@@ -70,6 +87,8 @@ def run_operator(
         level=os.environ.get("TUNEOPS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_TemporaryIsInfo())
     config = OperatorConfig.load(config_path)
     watch = [] if all_namespaces else (namespaces or config.namespaces)
     kube = Kube.from_environment()

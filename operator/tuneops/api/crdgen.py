@@ -72,6 +72,11 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _PASSTHROUGH}
     if out.get("default", 0) is None:
         del out["default"]
+    # JSON Schema 2020 writes exclusive bounds as numbers; OpenAPI v3.0 (Kubernetes) wants a bound + a flag.
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
+            out[flag] = out[bound]
+            out[bound] = True
     typ = node.get("type")
     if typ == "object":
         props = node.get("properties")
@@ -111,17 +116,36 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         return value if value is not None else NoDefault
 
 
-def openapi_schema(model: type[Any]) -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of a pydantic model, as Kubernetes wants it."""
+def _strip(node: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    out = {k: v for k, v in node.items() if k not in keys}
+    if "properties" in out:
+        out["properties"] = {n: _strip(sub, keys) for n, sub in out["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _strip(out[key], keys)
+    return out
+
+
+def openapi_schema(model: type[Any], *, defaults: bool = True, cel: bool = True) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a pydantic model, as Kubernetes wants it.
+
+    `defaults=False` for status (the operator writes every field it means); `cel=False` drops the
+    x-kubernetes-validations rules for API servers older than 1.25, which reject or ignore them (the
+    operator validates the same rules itself and reports InvalidSpec).
+    """
     raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_WithFactoryDefaults)
     defs = raw.pop("$defs", {})
-    return _convert(raw, defs, model.__name__)
+    schema = _convert(raw, defs, model.__name__)
+    drop = set() if defaults else {"default"}
+    if not cel:
+        drop.add("x-kubernetes-validations")
+    return _strip(schema, drop) if drop else schema
 
 
-def crd(info: KindInfo) -> dict[str, Any]:
-    """The CustomResourceDefinition of one kind."""
-    spec_schema = openapi_schema(info.spec)
-    status_schema = openapi_schema(info.status)
+def crd(info: KindInfo, *, cel: bool = True) -> dict[str, Any]:
+    """The CustomResourceDefinition of one kind (`cel=False` for API servers older than 1.25)."""
+    spec_schema = openapi_schema(info.spec, cel=cel)
+    status_schema = openapi_schema(info.status, defaults=False, cel=False)
     subresources: dict[str, Any] = {"status": {}}
     if info.scale:
         subresources["scale"] = dict(info.scale)
@@ -169,8 +193,8 @@ def crd(info: KindInfo) -> dict[str, Any]:
     }
 
 
-def all_crds() -> list[dict[str, Any]]:
-    return [crd(info) for info in KINDS.values()]
+def all_crds(*, cel: bool = True) -> list[dict[str, Any]]:
+    return [crd(info, cel=cel) for info in KINDS.values()]
 
 
 def dump(obj: dict[str, Any]) -> str:

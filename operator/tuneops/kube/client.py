@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -104,8 +105,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        if body is not None and not isinstance(body, str):
-            body = json.dumps(body)
+        # Bodies stay dicts: the client serialises JSON and structured YAML (apply) content types itself.
         _, url, headers, payload, _ = self.api.param_serialize(
             method,
             path,
@@ -149,7 +149,7 @@ class Kube:
         out: dict[str, Any] = self._call(
             "PATCH",
             rtype.item(meta.get("namespace"), meta["name"]),
-            body=json.dumps(obj),
+            body=obj,
             query=[("fieldManager", labels.FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
@@ -170,14 +170,12 @@ class Kube:
     def delete(
         self, rtype: ResourceType, namespace: str | None, name: str, propagation: str = "Background"
     ) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self._call(
                 "DELETE",
                 rtype.item(namespace, name),
                 body={"propagationPolicy": propagation},
             )
-        except NotFound:
-            pass
 
     def server_version(self) -> tuple[int, int]:
         info: dict[str, Any] = self._call("GET", "/version")

@@ -40,7 +40,6 @@ from tuneops.render.finetunedmodel import base_uri
 log = logging.getLogger(__name__)
 
 _ADAPTER_FIELD = re.compile(r"^spec\.lora\.adapters\[(\d+)\]")
-_MANAGED_TYPES = (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, k.PDB, k.LWS)
 
 # What the adapter reconciler remembers per Pod between passes (digest loaded under each name, failures).
 # Losing it (operator restart) only costs one in-place reload per adapter.
@@ -156,10 +155,13 @@ def apply_children(ctx: Context, owner_ns: str, owner_uid: str, manifests: list[
             ctx.kube.apply(m)
             writes += 1
     selector = {labels.OWNER: owner_uid, labels.KIND: INFERENCESERVICE.kind}
-    for rtype in _MANAGED_TYPES:
-        if rtype in (k.LWS, k.PDB) and not any(k.type_of(m) is rtype for m in manifests):
-            continue  # a CRD that may not be installed, or a version the server may not serve: only if used
-        for child in ctx.kube.list(rtype, owner_ns, selector):
+    pdb = k.PDB if ctx.config.features.pdb_v1 else k.PDB_BETA
+    for rtype in (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, pdb, k.LWS):
+        try:
+            children = ctx.kube.list(rtype, owner_ns, selector)
+        except k.NotFound:
+            continue  # LeaderWorkerSet's CRD is not installed: there is nothing of that kind to clean up
+        for child in children:
             if (rtype.kind, child["metadata"]["name"]) not in desired:
                 ctx.kube.delete(rtype, owner_ns, child["metadata"]["name"])
                 writes += 1

@@ -529,9 +529,10 @@ def _service(spec: InferenceServiceSpec, owner: Owner, selector: Mapping[str, st
     }
 
 
-def _pdb(owner: Owner, selector: Mapping[str, str]) -> Manifest:
+def _pdb(owner: Owner, selector: Mapping[str, str], config: OperatorConfig) -> Manifest:
+    # policy/v1 arrived in Kubernetes 1.21; the operator discovers the server version at startup.
     return {
-        "apiVersion": "policy/v1",
+        "apiVersion": "policy/v1" if config.features.pdb_v1 else "policy/v1beta1",
         "kind": "PodDisruptionBudget",
         "metadata": metadata(owner, workload_name(owner), SERVER),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(sorted(selector.items()))}},
@@ -726,7 +727,7 @@ def _render_vllm(
         _service(spec, owner, service_selector),
     ]
     if spec.replicas > 1:
-        manifests.append(_pdb(owner, selector))
+        manifests.append(_pdb(owner, selector, config))
     return ServingRender(
         manifests=tuple(manifests),
         notes=(note,),
@@ -819,7 +820,7 @@ def _render_llamacpp(
     }
     manifests: list[Manifest] = [deployment, _service(spec, owner, selector)]
     if spec.replicas > 1:
-        manifests.append(_pdb(owner, selector))
+        manifests.append(_pdb(owner, selector, config))
     return ServingRender(
         manifests=tuple(manifests),
         notes=(note,),
