@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
 PYTEST_ARGS ?=
 
-.PHONY: help setup kube llamacpp vllm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
+
+.PHONY: help setup kube llamacpp vllm helm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
 
 help:
 	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
 	@echo "make test   run every test (installs and builds what it needs on first run)"
-	@echo "make setup | kube | llamacpp | vllm | crds | lint | bench"
+	@echo "make setup | kube | llamacpp | vllm | helm | crds | lint | bench"
 
 setup:            ## the project's Python environment (.venv): operator, workers, dev tools
 	scripts/setup-venv.sh $(VENV)
@@ -18,11 +19,14 @@ setup:            ## the project's Python environment (.venv): operator, workers
 kube: ## kube-apiserver + kube-controller-manager built from Debian's source package (cached)
 	scripts/build-kube.sh
 
-llamacpp: ## llama.cpp tools (converter, quantizer, server), built once and cached
-	scripts/build-llamacpp.sh
+llamacpp: setup ## llama.cpp tools (converter, quantizer, server), built once and cached
+	scripts/build-llamacpp.sh $(VENV)
 
 vllm: ## the CPU build of vLLM in its own environment (cached)
 	scripts/setup-vllm.sh
+
+helm: ## the helm binary used by the chart tests (cached)
+	scripts/get-helm.sh
 
 crds: setup
 	$(BIN)/tuneops crds --output crds
@@ -32,13 +36,13 @@ lint: setup
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: setup kube llamacpp vllm lint
+test: setup kube llamacpp vllm helm lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup kube
+test-integration: setup kube helm
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test-workers: setup llamacpp
@@ -53,7 +57,7 @@ test-e2e: setup kube llamacpp vllm
 demo: setup
 	$(BIN)/tuneops demo
 
-bench: setup kube llamacpp vllm
+bench: setup kube llamacpp vllm helm
 	$(BIN)/python -m bench
 
 clean:
