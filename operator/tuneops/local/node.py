@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -225,6 +226,9 @@ class PodWorker:
         self.pod = pod
         self.ip = HOST_IP if (pod.get("spec") or {}).get("hostNetwork") else ip
         self.dir = node.config.root / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        # emptyDirs live under a short path: servers put Unix sockets in them (TMPDIR), and a socket path
+        # may not exceed 107 bytes.
+        self.scratch_dir = Path(tempfile.gettempdir()) / f"tuneops-{self.uid[:13]}"
         spec = pod.get("spec") or {}
         self.restart_policy = str(spec.get("restartPolicy") or "Always")
         self.init_containers = [Container(c, True) for c in spec.get("initContainers") or []]
@@ -831,8 +835,8 @@ class PodWorker:
     def _cleanup(self) -> None:
         # emptyDirs and projected files go with the Pod; logs stay for a post-mortem.
         shutil.rmtree(self.dir / "volumes", ignore_errors=True)
-        mem = self.node.memory_dir / self.uid
-        shutil.rmtree(mem, ignore_errors=True)
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
+        shutil.rmtree(self.node.memory_dir / self.uid, ignore_errors=True)
 
     # ----- volumes ------------------------------------------------------------------------------------
 
@@ -862,7 +866,7 @@ class PodWorker:
                 path = Path(str(vol["hostPath"]["path"]))
             elif "emptyDir" in vol:
                 medium = (vol["emptyDir"] or {}).get("medium")
-                path = self.node.memory_dir / self.uid / name if medium == "Memory" else local
+                path = (self.node.memory_dir / self.uid if medium == "Memory" else self.scratch_dir) / name
             elif "configMap" in vol or "secret" in vol:
                 path = local
                 try:
@@ -1052,6 +1056,11 @@ class LocalNode:
             t.start()
         for t in threads:
             t.join()
+
+    def request_stop(self) -> None:
+        """Make `wait()` return (safe from a signal handler)."""
+        self._stop.set()
+        self._wake.set()
 
     def wait(self) -> None:
         """Block until `stop()` is called (from a signal handler or another thread)."""

@@ -1,0 +1,440 @@
+"""`tuneops local up|down|status|node`: the control plane, operator and local node on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneops import toolpaths
+
+REPO = Path(__file__).resolve().parents[3]
+
+# What each cached tool costs to build on a 2-core machine the first time (measured), for the message.
+TOOLS: dict[str, tuple[str, str]] = {
+    "kube": ("scripts/build-kube.sh", "about 10 minutes"),
+    "llamacpp": ("scripts/build-llamacpp.sh", "about 20-25 minutes"),
+    "vllm": ("scripts/setup-vllm.sh", "about 3-7 minutes"),
+}
+
+Say = Callable[[str], None]
+
+
+def default_root() -> Path:
+    """Where `tuneops local` keeps its state: $TUNEOPS_LOCAL_DIR, else <cache>/local."""
+    env = os.environ.get("TUNEOPS_LOCAL_DIR")
+    return Path(env) if env else toolpaths.cache_dir() / "local"
+
+
+def tool_missing(name: str) -> bool:
+    from tuneops.local.controlplane import binaries_missing
+
+    if name == "kube":
+        return bool(binaries_missing())
+    if name == "llamacpp":
+        from tuneops.serving.llamacpp import llama_server_bin
+
+        return not (
+            llama_server_bin().is_file() and (toolpaths.llamacpp_dir() / "bin" / "llama-quantize").is_file()
+        )
+    return not toolpaths.vllm_python().is_file() or not (toolpaths.vllm_env_dir() / "bin" / "vllm").is_file()
+
+
+def ensure_tools(names: list[str], say: Say = print) -> None:
+    """Run the build script of every cached tool that is missing (each script is a no-op when cached)."""
+    for name in names:
+        script, cost = TOOLS[name]
+        if not tool_missing(name):
+            continue
+        path = REPO / script
+        if not path.is_file():
+            raise SystemExit(
+                f"{name} is not installed and {path} is missing; run `make {name}` from a checkout"
+            )
+        say(f"==> {name} is not built yet: running {script} ({cost} on first run; cached afterwards)")
+        started = time.monotonic()
+        done = subprocess.run(["bash", str(path)], cwd=REPO, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{script} failed with exit code {done.returncode}")
+        say(f"    {name} ready in {time.monotonic() - started:.0f}s")
+
+
+def _pid_matches(pid: int, marker: str) -> bool:
+    """Whether `pid` is alive and is still the process we started (its command line names `marker`)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and marker in cmdline
+
+
+def _stop_pid(pid: int, marker: str, grace: float) -> None:
+    if not _pid_matches(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _pid_matches(pid, marker):
+        time.sleep(0.1)
+    if _pid_matches(pid, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the starting process dies (tests; Linux only)."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _put_crd(api: Any, crd: dict[str, Any]) -> None:
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    current = api.get(path)
+    if current is None:
+        api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    else:
+        body = {
+            **crd,
+            "metadata": {**crd["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+        }
+        api.request("PUT", path, body)
+
+
+def _without_empty_defaults(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty_defaults(v) for k, v in value.items() if not (k == "default" and v == "")}
+    if isinstance(value, list):
+        return [_without_empty_defaults(v) for v in value]
+    return value
+
+
+def _free_port() -> int:
+    from tuneops.local.controlplane import free_port
+
+    return free_port()
+
+
+@dataclass
+class LocalCluster:
+    """The embedded default: files under `root`, processes recorded in `root/state.json` and stopped by PID."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    # ----- paths --------------------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "controlplane" / "kubeconfig"
+
+    @property
+    def node_root(self) -> Path:
+        return self.root / "node"
+
+    @property
+    def pvc_root(self) -> Path:
+        return self.node_root / "pvc"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def operator_config_path(self) -> Path:
+        return self.root / "operator.yaml"
+
+    def state(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    def endpoints(self) -> dict[str, str]:
+        from tuneops.local.proxy import read_endpoints
+
+        return read_endpoints(self.node_root)
+
+    # ----- up -----------------------------------------------------------------------------------------
+
+    def up(self, say: Say = print, die_with_parent: bool = False) -> None:
+        """Start whatever is not running yet: control plane, CRDs, local node, operator."""
+        from tuneops.local.controlplane import ControlPlane, ControlPlaneError
+
+        ensure_tools(["kube"], say)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cp_dir = self.root / "controlplane"
+        cp: ControlPlane | None = None
+        with contextlib.suppress(ControlPlaneError):
+            cp = ControlPlane.attach(cp_dir)
+            if not cp.ready():
+                cp.stop()
+                cp = None
+        if cp is None:
+            say("==> starting etcd, kube-apiserver and kube-controller-manager on 127.0.0.1")
+            started = time.monotonic()
+            cp = ControlPlane(data_dir=cp_dir, keep_data=True, die_with_parent=die_with_parent)
+            cp.start()
+            say(f"    API server {cp.server_url} ready in {time.monotonic() - started:.1f}s")
+        self._install_crds(say)
+        self._write_operator_config()
+        state = self.state()
+        node = state.get("node") or {}
+        if not _pid_matches(int(node.get("pid") or 0), "tuneops.local.cli node"):
+            state["node"] = self._spawn(
+                "node",
+                [sys.executable, "-m", "tuneops.local.cli", "node", "--root", str(self.node_root),
+                 "--kubeconfig", str(self.kubeconfig)],
+                {},
+                die_with_parent,
+            )  # fmt: skip
+            say(f"==> local node started (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})")
+        op = state.get("operator") or {}
+        if not _pid_matches(int(op.get("pid") or 0), "tuneops.cli run"):
+            liveness, metrics = _free_port(), _free_port()
+            state["operator"] = self._spawn(
+                "operator",
+                [sys.executable, "-m", "tuneops.cli", "run", "--standalone", "-A",
+                 f"--liveness=http://127.0.0.1:{liveness}/healthz", f"--metrics-port={metrics}"],
+                {"TUNEOPS_CONFIG": str(self.operator_config_path), "TUNEOPS_POLL_SECONDS": "1",
+                 "TUNEOPS_RESYNC_SECONDS": "15"},
+                die_with_parent,
+            )  # fmt: skip
+            state["operator"]["metrics"] = f"http://127.0.0.1:{metrics}/metrics"
+            say(f"==> operator started (pid {state['operator']['pid']}, log {self.log_dir / 'operator.log'})")
+        self._save_state(state)
+        self._wait_node_ready()
+
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], die_with_parent: bool
+    ) -> dict[str, Any]:
+        full_env = dict(os.environ)
+        full_env.update({"KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **env})
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.root,
+                start_new_session=True, preexec_fn=_die_with_parent if die_with_parent else None,
+            )  # fmt: skip
+        return {"pid": proc.pid, "log": str(log_path), "argv": argv}
+
+    def _api(self) -> Any:
+        from tuneops.local.kubeapi import KubeApi
+
+        return KubeApi(self.kubeconfig, user_agent="tuneops-local")
+
+    def _install_crds(self, say: Say) -> None:
+        from tuneops.api import crdgen
+        from tuneops.local.kubeapi import ApiError
+
+        api = self._api()
+        names = []
+        for crd in crdgen.all_crds():
+            name = crd["metadata"]["name"]
+            names.append(name)
+            # Create or replace, as `kubectl apply` does: 1.20's server-side apply turns "" defaults into null.
+            try:
+                _put_crd(api, crd)
+            except ApiError as err:
+                if err.status != 422 or 'default: Invalid value: "null"' not in str(err):
+                    raise
+                # This API server build reads an empty-string schema default as null and refuses it; those
+                # defaults only fill condition fields the operator always writes, so install without them.
+                say(
+                    f"    note: the API server refused empty-string defaults in {name}; installing without them"
+                )
+                _put_crd(api, _without_empty_defaults(crd))
+        deadline = time.monotonic() + 60
+        for name in names:
+            while True:
+                crd = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
+                conds = (crd.get("status") or {}).get("conditions") or []
+                if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"CRD {name} not established after 60s")
+                time.sleep(0.2)
+        say(f"==> CRDs installed: {', '.join(sorted(names))}")
+
+    def _write_operator_config(self) -> None:
+        # PVCs are mounted in Pods where the local node keeps the claims, so a path the operator hands a
+        # server at runtime (an adapter to hot-load) is the same path inside and outside the "container".
+        config = {"pvc_mount_root": str(self.pvc_root), "artifact_root": "pvc://artifacts"}
+        self.operator_config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+
+    def _wait_node_ready(self, timeout: float = 60.0) -> None:
+        api = self._api()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            node = api.get("/api/v1/nodes/tuneops-local") or {}
+            conds = (node.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                return
+            pid = int((self.state().get("node") or {}).get("pid") or 0)
+            if not _pid_matches(pid, "tuneops.local.cli node"):
+                tail = (self.log_dir / "node.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"the local node exited; end of {self.log_dir / 'node.log'}:\n{tail}")
+            time.sleep(0.3)
+        raise SystemExit("the local node did not register within 60s")
+
+    # ----- down and status ----------------------------------------------------------------------------
+
+    def down(self, purge: bool = False, say: Say = print) -> None:
+        from tuneops.local.controlplane import ControlPlane, ControlPlaneError
+
+        state = self.state()
+        for name, marker in (("operator", "tuneops.cli run"), ("node", "tuneops.local.cli node")):
+            pid = int((state.get(name) or {}).get("pid") or 0)
+            if pid and _pid_matches(pid, marker):
+                say(f"==> stopping {name} (pid {pid})")
+                # The node stops every Pod process it started before it exits.
+                _stop_pid(pid, marker, grace=60.0 if name == "node" else 20.0)
+        with contextlib.suppress(ControlPlaneError):
+            cp = ControlPlane.attach(self.root / "controlplane")
+            say("==> stopping the control plane")
+            cp.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        if purge:
+            shutil.rmtree(self.root, ignore_errors=True)
+            say(f"==> removed {self.root}")
+
+    def status(self) -> dict[str, Any]:
+        from tuneops.local.controlplane import ControlPlane, ControlPlaneError
+
+        state = self.state()
+        out: dict[str, Any] = {"root": str(self.root), "kubeconfig": str(self.kubeconfig)}
+        try:
+            cp = ControlPlane.attach(self.root / "controlplane")
+            out["controlplane"] = {"server": cp.server_url, "ready": cp.ready(), "pids": cp.pids()}
+        except ControlPlaneError:
+            out["controlplane"] = {"ready": False}
+        for name, marker in (("operator", "tuneops.cli run"), ("node", "tuneops.local.cli node")):
+            pid = int((state.get(name) or {}).get("pid") or 0)
+            out[name] = {
+                "pid": pid,
+                "running": bool(pid) and _pid_matches(pid, marker),
+                "log": state.get(name, {}).get("log"),
+            }
+        out["endpoints"] = self.endpoints()
+        return out
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """The local node in the foreground until SIGTERM/SIGINT (what `tuneops local up` starts)."""
+    from tuneops.config import Images
+    from tuneops.local.node import LocalNode, NodeConfig
+    from tuneops.local.proxy import ServiceProxy
+    from tuneops.local.runtimes import load_runtimes
+
+    logging.basicConfig(
+        level=os.environ.get("TUNEOPS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    images = Images()
+    extra = {"tuneops": [images.worker, images.gguf], "vllm": [images.vllm], "llamacpp": [images.llamacpp]}
+    config = NodeConfig(
+        root=Path(args.root),
+        name=args.name,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        runtimes=load_runtimes(Path(args.runtimes) if args.runtimes else None, extra),
+        probe_period_cap_s=args.probe_period_cap,
+    )
+    node = LocalNode(config)
+    proxy = ServiceProxy(node)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    proxy.start()
+    try:
+        node.wait()
+    finally:
+        proxy.stop()
+        node.stop(grace=float(args.grace))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneops local", description="the embedded default on this machine")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="state folder (default $TUNEOPS_LOCAL_DIR or <cache>/local)"
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start the control plane, the local node and the operator")
+    p = sub.add_parser("down", help="stop everything `up` started (by PID)")
+    p.add_argument(
+        "--purge", action="store_true", help="also delete the state folder (cluster data, claims, logs)"
+    )
+    p = sub.add_parser("status", help="what runs, where, and the endpoint URLs")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p = sub.add_parser("node", help="run the local node in the foreground (started by `up`)")
+    p.add_argument("--root", dest="node_root", type=Path, required=True)
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--name", default="tuneops-local")
+    p.add_argument("--runtimes", default=os.environ.get("TUNEOPS_LOCAL_RUNTIMES"), help="image mapping YAML")
+    p.add_argument("--probe-period-cap", type=float, default=2.0, help="probe at least this often (seconds)")
+    p.add_argument("--grace", type=float, default=20.0, help="seconds Pods get to stop when the node stops")
+    args = parser.parse_args(argv)
+    if args.cmd == "node":
+        args.root = args.node_root
+        return run_node(args)
+    cluster = LocalCluster(args.root or default_root())
+    if args.cmd == "up":
+        cluster.up()
+        print(f"\nexport KUBECONFIG={cluster.kubeconfig}")
+        print("kubectl get nodes,pods -A; tuneops local status; tuneops local down")
+        return 0
+    if args.cmd == "down":
+        cluster.down(purge=args.purge)
+        return 0
+    info = cluster.status()
+    if args.output == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    cp = info["controlplane"]
+    print(f"root:          {info['root']}")
+    print(f"control plane: {'ready at ' + cp['server'] if cp.get('ready') else 'not running'}")
+    for name in ("node", "operator"):
+        st = info[name]
+        print(f"{name + ':':14} {'running, pid ' + str(st['pid']) if st['running'] else 'not running'}")
+    for key, url in sorted(info["endpoints"].items()):
+        print(f"endpoint:      {key} -> {url}/v1")
+    print(f"\nexport KUBECONFIG={info['kubeconfig']}")
+    return 0 if cp.get("ready") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

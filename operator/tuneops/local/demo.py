@@ -1,0 +1,279 @@
+"""`tuneops demo`: the quickstart on this machine, from tiny adapters to answers from vLLM and llama.cpp."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneops.local.cli import REPO, LocalCluster, Say, default_root, ensure_tools
+from tuneops.local.kubeapi import ApiError, KubeApi
+
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
+GROUP_VERSION = "tuneops.io/v1alpha1"
+PLURALS = {
+    "FineTunedModel": "finetunedmodels",
+    "QuantizationJob": "quantizationjobs",
+    "InferenceService": "inferenceservices",
+}
+SHORT = {"FineTunedModel": "ftm", "QuantizationJob": "qjob", "InferenceService": "tisvc"}
+
+BASE_MODEL = "models/tiny-llama"
+ADAPTERS = {"adapters/tiny-chat": 1, "adapters/tiny-sql": 2, "adapters/tiny-extra": 3}
+TRAIN_STEPS = 20
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed or timed out; the message says which and why."""
+
+
+def make_models(pvc_root: Path, say: Say = print) -> None:
+    """The tiny base model and its adapters in the node's claims (kept when already there)."""
+    from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model
+
+    base = pvc_root / BASE_MODEL
+    if not (base / "tuneops-tiny.json").is_file():
+        say(f"==> making a tiny base model in {base} (a few seconds of training)")
+        make_model(base, TinyModelSpec(train_steps=TRAIN_STEPS))
+    for rel, seed in ADAPTERS.items():
+        out = pvc_root / rel
+        if not (out / "adapter_config.json").is_file():
+            say(f"==> making LoRA adapter {out}")
+            make_adapter(base, out, TinyAdapterSpec(seed=seed))
+
+
+def load_manifests(path: Path = QUICKSTART) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+
+
+def resource_path(kind: str, namespace: str, name: str) -> str:
+    return f"/apis/{GROUP_VERSION}/namespaces/{namespace}/{PLURALS[kind]}/{name}"
+
+
+def apply(api: KubeApi, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
+    """Server-side apply, as `kubectl apply --server-side` does."""
+    for m in manifests:
+        name = m["metadata"]["name"]
+        body = {**m, "metadata": {**m["metadata"], "namespace": namespace}}
+        api.request(
+            "PATCH",
+            resource_path(m["kind"], namespace, name) + "?fieldManager=tuneops-demo&force=true",
+            body,
+            content_type="application/apply-patch+yaml",
+        )
+
+
+def delete(api: KubeApi, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
+    for m in manifests:
+        api.delete(
+            resource_path(m["kind"], namespace, m["metadata"]["name"]), {"propagationPolicy": "Foreground"}
+        )
+
+
+@dataclass(frozen=True)
+class Condition:
+    status: str
+    reason: str
+    message: str
+
+
+def ready_condition(obj: dict[str, Any] | None) -> Condition | None:
+    """The Ready condition when the status describes the current generation."""
+    if not obj:
+        return None
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        return None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready":
+            return Condition(str(c.get("status")), str(c.get("reason") or ""), str(c.get("message") or ""))
+    return None
+
+
+def wait_ready(
+    api: KubeApi,
+    manifests: list[dict[str, Any]],
+    namespace: str,
+    timeout: float,
+    say: Say = print,
+    live: bool = False,
+) -> dict[str, float]:
+    """Print each Ready change as it happens; return when every resource is Ready (seconds each took)."""
+    start = time.monotonic()
+    last: dict[str, Condition | None] = {}
+    pods: dict[str, str] = {}
+    done: dict[str, float] = {}
+    keys = [(m["kind"], m["metadata"]["name"]) for m in manifests]
+    while True:
+        elapsed = time.monotonic() - start
+        for kind, name in keys:
+            key = f"{SHORT[kind]}/{name}"
+            cond = ready_condition(api.get(resource_path(kind, namespace, name)))
+            prev = last.get(key)
+            # A waiting resource's message repeats its source's progress; say it once per reason.
+            changed = prev is None or (cond is not None and (
+                (cond.status, cond.reason) != (prev.status, prev.reason)
+                or (cond.message != prev.message and cond.reason != "WaitingForSource")
+            ))  # fmt: skip
+            if changed and cond is not None:
+                _clear(live)
+                text = f"{cond.reason}: {cond.message}" if cond.message else cond.reason
+                mark = "ready" if cond.status == "True" else "     "
+                say(f"[{elapsed:6.1f}s] {mark} {key:28} {text[:150]}")
+            last[key] = cond
+            if cond is not None and cond.status == "True" and key not in done:
+                done[key] = elapsed
+            if cond is not None and cond.reason in ("InvalidSpec", "QualityGateFailed", "Failed"):
+                raise DemoError(f"{key} failed: {cond.reason}: {cond.message}")
+        for pod in (api.list(f"/api/v1/namespaces/{namespace}/pods").get("items")) or []:
+            pname = pod["metadata"]["name"]
+            phase = str((pod.get("status") or {}).get("phase") or "Pending")
+            if pods.get(pname) != phase:
+                pods[pname] = phase
+                _clear(live)
+                say(f"[{elapsed:6.1f}s]       pod/{pname:24} {phase}")
+        if len(done) == len(keys):
+            _clear(live)
+            return done
+        if elapsed > timeout:
+            waiting = [k for k in (f"{SHORT[a]}/{b}" for a, b in keys) if k not in done]
+            raise DemoError(f"timed out after {timeout:.0f}s; not Ready: {', '.join(waiting)}")
+        if live:
+            waiting = [
+                f"{k} ({(last.get(k) or Condition('', 'Pending', '')).reason})" for k in last if k not in done
+            ]
+            bar = _bar(len(done), len(keys))
+            sys.stdout.write(
+                f"\r[{elapsed:6.1f}s] {bar} {len(done)}/{len(keys)} ready; waiting: {', '.join(waiting)}"[
+                    :160
+                ]
+            )
+            sys.stdout.flush()
+        time.sleep(1.0)
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _clear(live: bool) -> None:
+    if live:
+        sys.stdout.write("\r\033[K")
+        sys.stdout.flush()
+
+
+def chat(base_url: str, model: str, prompt: str, max_tokens: int = 24, timeout: float = 120.0) -> str:
+    """One OpenAI chat completion (temperature 0); returns the answer's text."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        data = json.loads(resp.read())
+    if data.get("model") not in (model, None) and "choices" not in data:
+        raise RuntimeError(f"unexpected answer: {data}")
+    return str(data["choices"][0]["message"]["content"])
+
+
+def endpoint(
+    cluster: LocalCluster, namespace: str, service: str, port: int = 8000, timeout: float = 30.0
+) -> str:
+    """The local URL the node's Service proxy gives `service` (waits for the listener)."""
+    key = f"{namespace}/{service}/{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        url = cluster.endpoints().get(key)
+        if url:
+            return url
+        if time.monotonic() > deadline:
+            raise DemoError(f"no local endpoint for Service {namespace}/{service} port {port}")
+        time.sleep(0.3)
+
+
+def served_names(api: KubeApi, namespace: str, name: str) -> list[str]:
+    obj = api.get(resource_path("InferenceService", namespace, name)) or {}
+    return list((obj.get("status") or {}).get("servedModels") or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneops demo", description=__doc__)
+    parser.add_argument(
+        "--root", type=Path, default=None, help="state folder (default $TUNEOPS_LOCAL_DIR or <cache>/local)"
+    )
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("-f", "--filename", type=Path, default=QUICKSTART, help="manifests to apply")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for every resource")
+    parser.add_argument(
+        "--down",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+        help="stop everything at the end (default: only when CI=true)",
+    )
+    args = parser.parse_args(argv)
+    say: Say = print
+    started = time.monotonic()
+    say("tuneops demo: a fine-tuned model from adapter to served, quantized endpoints, on this machine.\n")
+    ensure_tools(["kube", "llamacpp", "vllm"], say)
+    cluster = LocalCluster(args.root or default_root())
+    ok = False
+    try:
+        cluster.up(say)
+        say(f"\nexport KUBECONFIG={cluster.kubeconfig}\n")
+        make_models(cluster.pvc_root, say)
+        api = KubeApi(cluster.kubeconfig, user_agent="tuneops-demo")
+        manifests = load_manifests(args.filename)
+        apply(api, manifests, args.namespace)
+        say(
+            f"==> applied {args.filename} ({len(manifests)} resources in namespace {args.namespace}); progress:"
+        )
+        took = wait_ready(api, manifests, args.namespace, args.timeout, say, live=sys.stdout.isatty())
+        say(f"\n==> every resource is Ready ({max(took.values()):.0f}s)\n")
+        for m in manifests:
+            if m["kind"] != "InferenceService":
+                continue
+            name = m["metadata"]["name"]
+            url = endpoint(cluster, args.namespace, name)
+            say(f"{m['kind']} {name}: {url}/v1")
+            for model in served_names(api, args.namespace, name):
+                prompt = "Say hello in three words."
+                try:
+                    answer = chat(url, model, prompt)
+                except (urllib.error.URLError, OSError, KeyError, ValueError) as err:
+                    raise DemoError(f"chat completion for model {model!r} at {url} failed: {err}") from err
+                say(f"  model {model!r:14} -> {answer.strip()[:100]!r}")
+        say("\nThe answers come from tiny random models, so they are gibberish; the plumbing is real.")
+        say("Try:")
+        say(f"  export KUBECONFIG={cluster.kubeconfig}")
+        say("  kubectl get ftm,qjob,tisvc,jobs,pods -o wide")
+        say("  tuneops local status      # processes and endpoint URLs")
+        say("  tuneops local down        # stop everything (by PID)")
+        say(f"\ndemo finished in {time.monotonic() - started:.0f}s")
+        ok = True
+    except (ApiError, DemoError) as err:
+        say(f"error: {err}")
+    finally:
+        if args.down or not ok:
+            if not ok:
+                say(f"logs: {cluster.log_dir} and {cluster.node_root / 'pods'}")
+            if args.down:
+                cluster.down(say=say)
+    return 0 if ok else 1

@@ -1,0 +1,141 @@
+"""The whole pipeline through the local node: quickstart -> Ready -> answers -> hot-added adapter -> clean delete."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneops.local import demo
+from tuneops.local.cli import LocalCluster, ensure_tools
+from tuneops.local.kubeapi import KubeApi
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NAMESPACE = "default"
+# Cold runs on two shared cores: the quantization Jobs and vLLM's start dominate.
+READY_TIMEOUT_S = float(os.environ.get("TUNEOPS_E2E_TIMEOUT", "1800"))
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # a server still starting answers with errors; that is a normal state
+            last = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _tree(pid: int) -> set[int]:
+    from tuneops.local.node import descendants
+
+    return {pid, *descendants(pid)}
+
+
+def _server_pod(api: KubeApi, service: str) -> dict[str, Any]:
+    pods = api.list(
+        f"/api/v1/namespaces/{NAMESPACE}/pods",
+        labelSelector=f"app.kubernetes.io/instance={service},app.kubernetes.io/component=server",
+    )["items"]
+    ready = [
+        p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+    ]
+    assert len(ready) == 1, [p["metadata"]["name"] for p in pods]
+    return ready[0]
+
+
+def _pid(pod: dict[str, Any]) -> int:
+    container_id = pod["status"]["containerStatuses"][0]["containerID"]
+    assert container_id.startswith("local://")
+    return int(container_id.removeprefix("local://"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    ensure_tools(["kube", "llamacpp", "vllm"])
+    c = LocalCluster(tmp_path_factory.mktemp("local"))
+    c.up(die_with_parent=True)
+    try:
+        yield c
+    finally:
+        c.down(purge=True)
+
+
+def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
+    api = KubeApi(cluster.kubeconfig)
+    demo.make_models(cluster.pvc_root)
+    manifests = demo.load_manifests()
+    demo.apply(api, manifests, NAMESPACE)
+
+    # Every resource reaches Ready.
+    took = demo.wait_ready(api, manifests, NAMESPACE, READY_TIMEOUT_S)
+    assert set(took) == {f"{demo.SHORT[m['kind']]}/{m['metadata']['name']}" for m in manifests}
+
+    # The base model and each adapter answer on vLLM; the GGUF answers on llama.cpp.
+    vllm_url = demo.endpoint(cluster, NAMESPACE, "tiny-llama")
+    served = demo.served_names(api, NAMESPACE, "tiny-llama")
+    assert served == ["tiny-llama", "chat", "sql"]
+    answers = {name: demo.chat(vllm_url, name, "Hello") for name in served}
+    assert all(isinstance(a, str) for a in answers.values())
+    # Greedy decoding: an adapter with non-zero LoRA weights changes what the model says.
+    assert len({answers["tiny-llama"], answers["chat"], answers["sql"]}) > 1, answers
+    llama_url = demo.endpoint(cluster, NAMESPACE, "tiny-chat-cpu")
+    assert demo.chat(llama_url, "tiny-chat-cpu", "Hello") is not None
+
+    # Adding an adapter is served by the running Pod: same Pod, same process.
+    pod = _server_pod(api, "tiny-llama")
+    pid = _pid(pod)
+    tisvc_path = demo.resource_path("InferenceService", NAMESPACE, "tiny-llama")
+    tisvc = api.get(tisvc_path)
+    assert tisvc is not None
+    adapters = [*tisvc["spec"]["lora"]["adapters"], {"name": "extra", "uri": "pvc://adapters/tiny-extra"}]
+    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": adapters}}})
+
+    def extra_served() -> bool:
+        obj = api.get(tisvc_path) or {}
+        states = {a["name"]: a for a in (obj.get("status") or {}).get("adapters") or []}
+        return states.get("extra", {}).get("state") == "Ready" and states["extra"].get("readyPods") == 1
+
+    _wait(extra_served, 300, "adapter extra Ready on the running Pod")
+    assert demo.chat(vllm_url, "extra", "Hello") is not None
+    after = _server_pod(api, "tiny-llama")
+    assert after["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert _pid(after) == pid and after["status"]["containerStatuses"][0]["restartCount"] == 0
+
+    # Deleting the resources removes their Pods, their processes and the processes' children.
+    pids: set[int] = set()
+    for service in ("tiny-llama", "tiny-chat-cpu"):
+        pids |= _tree(_pid(_server_pod(api, service)))
+    assert all(_alive(p) for p in pids)
+    demo.delete(api, manifests, NAMESPACE)
+
+    def all_gone() -> bool:
+        left = api.list(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+        return not left and not any(_alive(p) for p in pids)
+
+    _wait(all_gone, 180, "Pods and processes gone after deletion")
+    for m in manifests:
+        assert api.get(demo.resource_path(m["kind"], NAMESPACE, m["metadata"]["name"])) is None
