@@ -196,9 +196,11 @@ def _can_i_list(bed: Bed, namespace: str) -> set[tuple[str, str, str]]:
         resource = parts[0]
         verbs = re.search(r"\[([^\]]*)\]\s*$", line)
         assert verbs is not None, line
-        name, _, group = resource.partition(".")
+        # e.g. "finetunedmodels.tuneops.io/status": resource.group/subresource
+        qualified, slash, sub = resource.partition("/")
+        name, _, group = qualified.partition(".")
         for verb in verbs.group(1).split():
-            granted.add((group, name, verb))
+            granted.add((group, f"{name}{slash}{sub}", verb))
     return granted
 
 
