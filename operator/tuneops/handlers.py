@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,17 @@ log = logging.getLogger(__name__)
 
 Reconcile = Callable[[Context, dict[str, Any]], Outcome]
 
+# Backoff of a resource whose reconcile keeps raising: doubles per failure up to the cap, with jitter, and
+# resets on the first success. Bounded, so a fixed bug or a recovered API server is picked up within minutes.
+ERROR_BACKOFF_BASE_S = 1.0
+ERROR_BACKOFF_CAP_S = 300.0
+
+
+def error_backoff(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before the next try after `failures` consecutive errors (1, 2, 4 ... 300, +-25% jitter)."""
+    raw = min(ERROR_BACKOFF_CAP_S, ERROR_BACKOFF_BASE_S * float(2 ** max(0, min(failures - 1, 16))))
+    return round(raw * (0.75 + 0.5 * float(rng())), 3)
+
 
 class Tracker:
     """Per-object locks (a timer and an event never reconcile the same object at once) and condition gauges."""
@@ -29,6 +41,7 @@ class Tracker:
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._states: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._failures: dict[tuple[str, str, str], int] = {}
 
     def lock(self, key: tuple[str, str, str]) -> threading.Lock:
         with self._guard:
@@ -39,10 +52,21 @@ class Tracker:
             self._states[key] = (ready, reason)
             self._publish()
 
+    def failed(self, key: tuple[str, str, str]) -> int:
+        """Count one more consecutive failure of `key`; returns the count."""
+        with self._guard:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            return self._failures[key]
+
+    def succeeded(self, key: tuple[str, str, str]) -> None:
+        with self._guard:
+            self._failures.pop(key, None)
+
     def forget(self, key: tuple[str, str, str]) -> None:
         with self._guard:
             self._states.pop(key, None)
             self._locks.pop(key, None)
+            self._failures.pop(key, None)
             self._publish()
 
     def _publish(self) -> None:
@@ -73,18 +97,29 @@ def make_handler(ctx: Context, tracker: Tracker, kind: str, reconcile: Reconcile
             return  # children go with the garbage collector; nothing of ours lives outside the cluster
         started = time.monotonic()
         with tracker.lock(key):
-            # A fresh read: the body kopf hands over may predate our own last status write.
-            fresh = ctx.kube.get(k.TYPES[(str(obj.get("apiVersion")), kind)], key[1], key[2])
-            if fresh is None:
-                return
             try:
+                # A fresh read: the body kopf hands over may predate our own last status write.
+                fresh = ctx.kube.get(k.TYPES[(str(obj.get("apiVersion")), kind)], key[1], key[2])
+                if fresh is None:
+                    return
                 outcome = reconcile(ctx, fresh)
-            except Exception:
+            except Exception as exc:
+                # Whatever one object does (a malformed body, a bug, an API server that stays away past the
+                # client's retry budget) stays with that object: it is logged, counted and retried with
+                # backoff, while kopf keeps serving every other object.
+                failures = tracker.failed(key)
+                delay = error_backoff(failures)
                 metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
                 metrics.RECONCILE_TOTAL.labels(kind=kind, result="error").inc()
-                raise
+                log.error(
+                    "%s %s/%s: reconcile failed (%d in a row), retrying in %.1fs: %s: %s",
+                    kind, key[1], key[2], failures, delay, type(exc).__name__, exc,
+                    exc_info=not isinstance(exc, k.ApiError | k.NotFound),
+                )  # fmt: skip
+                raise kopf.TemporaryError(f"{type(exc).__name__}: {exc}"[:1000], delay=delay) from exc
             finally:
                 metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+        tracker.succeeded(key)
         metrics.RECONCILE_TOTAL.labels(kind=kind, result=_result(outcome)).inc()
         ready = "True" if outcome.ready else ("False" if outcome.reason else "Unknown")
         tracker.record(key, ready, outcome.reason)

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.utils
 import json
 import logging
+import os
+import random
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
+from prometheus_client import Counter
 
-from tuneops import labels
+from tuneops import __version__, labels, metrics
 
 log = logging.getLogger(__name__)
+
+API_RETRIES = Counter(
+    "tuneops_api_retries_total",
+    "API requests retried after a transient failure, by cause (409, 429, 5xx code, or timeout/connection).",
+    ["cause"],
+    registry=metrics.REGISTRY,
+)
+API_GIVEUPS = Counter(
+    "tuneops_api_giveups_total",
+    "API requests that still failed when their retry budget ran out (the reconcile is retried later).",
+    ["cause"],
+    registry=metrics.REGISTRY,
+)
 
 
 @dataclass(frozen=True)
@@ -74,18 +94,93 @@ class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str):
         self.status = status
         self.body = body
+        self.reason = ""
         try:
-            detail = json.loads(body).get("message", body)
-        except ValueError:
+            parsed = json.loads(body)
+            detail = parsed.get("message", body)
+            self.reason = str(parsed.get("reason") or "")
+        except (ValueError, AttributeError):
             detail = body
         super().__init__(f"{method} {path}: HTTP {status}: {str(detail)[:500]}")
 
 
-class Kube:
-    """A small synchronous client over the kubernetes package's ApiClient (run it in a thread from async code)."""
+# Codes worth another try: a conflict (the object moved under us; apply and merge patches carry no
+# resourceVersion, so the next try goes through), throttling, and the server or a proxy being briefly away.
+RETRY_CODES = frozenset({409, 429, 500, 502, 503, 504})
 
-    def __init__(self, api_client: client.ApiClient | None = None):
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries: exponential backoff with full jitter, at most `attempts` tries and `budget_s` seconds.
+
+    Bounded so that one reconcile never hangs on a sick API server: when the budget is spent the error goes
+    up to the handler, which retries the whole reconcile later with its own backoff.
+    """
+
+    attempts: int = 6
+    base_s: float = 0.2
+    cap_s: float = 5.0
+    budget_s: float = 30.0
+    timeout_s: float = 30.0
+    """Per-request timeout (connect + read); a stalled request counts as a transient failure."""
+
+    @classmethod
+    def from_environment(cls) -> RetryPolicy:
+        env = os.environ
+        return cls(
+            attempts=int(env.get("TUNEOPS_API_ATTEMPTS", cls.attempts)),
+            budget_s=float(env.get("TUNEOPS_API_RETRY_BUDGET_SECONDS", cls.budget_s)),
+            timeout_s=float(env.get("TUNEOPS_API_TIMEOUT_SECONDS", cls.timeout_s)),
+        )
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (retries from many workers spread out)."""
+        return float(rng()) * min(self.cap_s, self.base_s * float(2**attempt))
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The Retry-After header as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class _Transient(Exception):
+    def __init__(self, cause: str, error: Exception, retry_after: float | None = None):
+        super().__init__(str(error))
+        self.cause = cause
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Kube:
+    """A small synchronous client over the kubernetes package's ApiClient (run it in a thread from async code).
+
+    Every request is retried on transient failures (see RetryPolicy); writes are safe to repeat because
+    they are server-side applies and merge patches of a complete desired state.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.api = api_client or client.ApiClient()
+        self.api.user_agent = f"tuneops/{__version__}"
+        self.retry = retry or RetryPolicy.from_environment()
+        self._sleep = sleep
         self._lock = threading.Lock()
 
     @classmethod
@@ -105,6 +200,29 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        """One logical request: retried with backoff and jitter on transient failures, within the budget."""
+        policy = self.retry
+        deadline = time.monotonic() + policy.budget_s
+        attempt = 0
+        while True:
+            try:
+                return self._once(method, path, body, query, content_type)
+            except _Transient as t:
+                attempt += 1
+                wait = policy.delay(attempt)
+                if t.retry_after is not None:
+                    wait = max(wait, t.retry_after)  # the server knows best when it can take more
+                if attempt >= policy.attempts or time.monotonic() + wait > deadline:
+                    API_GIVEUPS.labels(cause=t.cause).inc()
+                    log.warning("%s %s: giving up after %d attempt(s): %s", method, path, attempt, t.error)
+                    raise t.error from None
+                API_RETRIES.labels(cause=t.cause).inc()
+                log.info("%s %s: %s; retry %d in %.2fs", method, path, t.error, attempt, wait)
+                self._sleep(wait)
+
+    def _once(
+        self, method: str, path: str, body: Any, query: list[tuple[str, str]] | None, content_type: str
+    ) -> Any:
         # Bodies stay dicts: the client serialises JSON and structured YAML (apply) content types itself.
         _, url, headers, payload, _ = self.api.param_serialize(
             method,
@@ -114,13 +232,44 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(method, url, header_params=headers, body=payload, _request_timeout=60)
-        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        timeout = self.retry.timeout_s
+        try:
+            response = self.api.call_api(
+                method, url, header_params=headers, body=payload, _request_timeout=(timeout, timeout)
+            )
+            data: bytes = response.read()  # type: ignore[no-untyped-call]
+        except urllib3.exceptions.HTTPError as exc:
+            # A POST that may have reached the server is not repeated (it would create a second object);
+            # one that never connected is.
+            never_sent = isinstance(
+                exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+            ) or (
+                isinstance(exc, urllib3.exceptions.MaxRetryError)
+                and isinstance(
+                    exc.reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+                )
+            )
+            if method == "POST" and not never_sent:
+                raise
+            raise _Transient("timeout" if "timed out" in str(exc).lower() else "connection", exc) from exc
         if response.status == 404:
             raise NotFound(path)
         if response.status >= 400:
-            raise ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
+            error = ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
+            if self._retryable(method, response.status, error):
+                header = response.headers.get("Retry-After") if response.headers else None
+                raise _Transient(str(response.status), error, retry_after_seconds(header))
+            raise error
         return json.loads(data) if data else None
+
+    @staticmethod
+    def _retryable(method: str, status: int, error: ApiError) -> bool:
+        if status not in RETRY_CODES:
+            return False
+        if status == 409 and error.reason == "AlreadyExists":
+            return False  # a create that already happened; repeating it cannot succeed
+        # A POST answered 5xx may have been carried out; only throttling (not processed) is safe to repeat.
+        return method != "POST" or status in (429, 503)
 
     def get(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
