@@ -137,7 +137,7 @@ def _train(model: Any, tok_dir: Path, steps: int, seed: int) -> None:
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     ids = tok("\n".join(corpus_lines()), return_tensors="pt")["input_ids"][0]
-    seq, batch = 128, 8
+    seq, batch = 64, 8
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
