@@ -83,12 +83,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie still answers kill(0); it is gone for our purposes.
+    # A zombie still answers kill(0); it is gone once no thread of it runs. A Go server's main thread
+    # turns zombie while its other threads are still exiting, so the thread count decides.
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
     except OSError:
         return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    zombie = status.get("State", "").strip().startswith("Z")
+    return not (zombie and int(status.get("Threads", "1").strip() or 1) <= 1)
 
 
 def _pid_runs(pid: int, binary: str) -> bool:
@@ -514,7 +518,11 @@ class ControlPlane:
         )
         cp._ports = _Ports(**state["ports"])
         for name, info in state["pids"].items():
-            cp._procs[name] = _Proc(name=name, argv=info["argv"], log=Path(info["log"]), pid=int(info["pid"]))
+            pid: int | None = int(info["pid"])
+            # Checked once here: a process that is exiting already has an empty cmdline but is not gone yet.
+            if pid is not None and not _pid_runs(pid, info["argv"][0]):
+                pid = None
+            cp._procs[name] = _Proc(name=name, argv=info["argv"], log=Path(info["log"]), pid=pid)
         return cp
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
@@ -739,7 +747,7 @@ class ControlPlane:
             return False
         if proc.popen is not None:
             return proc.popen.poll() is None
-        return _pid_runs(proc.pid, proc.argv[0])
+        return _pid_alive(proc.pid)
 
     def _terminate(self, name: str, grace: float) -> None:
         proc = self._procs.get(name)
