@@ -8,12 +8,13 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 
 class Images(BaseModel):
     """Container images of each step and runtime (pinned tags; the chart overrides them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     worker: str = "ghcr.io/tuneops/worker:0.1.0"
     """merge, AWQ, evaluate, inspect and fetch (CUDA base)."""
@@ -28,7 +29,7 @@ class Images(BaseModel):
 class Features(BaseModel):
     """API features that depend on the cluster's Kubernetes version (discovered at startup)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     pod_failure_policy: bool = False
     """Job.spec.podFailurePolicy (Kubernetes 1.26+)."""
@@ -37,9 +38,12 @@ class Features(BaseModel):
 
 
 class OperatorConfig(BaseModel):
-    """Everything the renderers and reconcilers read that is not in a resource's spec."""
+    """Everything the renderers and reconcilers read that is not in a resource's spec.
 
-    model_config = ConfigDict(extra="forbid")
+    Keys may be written camelCase (allowCrossNamespaceRefs), as in the chart's values, or snake_case.
+    """
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     images: Images = Field(default_factory=Images)
     artifact_root: str = "pvc://tuneops-artifacts"

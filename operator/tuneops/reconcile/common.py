@@ -34,7 +34,7 @@ def resolve_ref(ctx: Context, obj: dict[str, Any], ref: ObjectRef, kind: str, fi
     if target_ns != ns and not ctx.config.allow_cross_namespace_refs:
         raise Invalid(
             f"{field} points to namespace {target_ns!r}; cross-namespace references are disabled "
-            "(set allowCrossNamespaceRefs in the operator config, or reference a resource in this namespace)"
+            "(set allowCrossNamespaceRefs in the operator config (chart value config.allowCrossNamespaceRefs), or reference a resource in this namespace)"
         )
     if target_ns == ns and ref.name == obj["metadata"]["name"] and kind == obj["kind"]:
         raise Invalid(f"{field} points to this resource itself")

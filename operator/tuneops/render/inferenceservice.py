@@ -493,7 +493,11 @@ def _pod_scheduling(spec: InferenceServiceSpec, config: OperatorConfig, gpus: in
 
 
 def _extra_labels(spec: InferenceServiceSpec) -> dict[str, str]:
-    return {labels.KUEUE_QUEUE: spec.queue_name} if spec.queue_name else {}
+    # The runtime label lets monitors tell vLLM Pods (which serve /metrics) from llama.cpp ones.
+    out = {labels.RUNTIME: spec.runtime}
+    if spec.queue_name:
+        out[labels.KUEUE_QUEUE] = spec.queue_name
+    return out
 
 
 def _rollout(spec: InferenceServiceSpec, config: OperatorConfig, gpus: int) -> tuple[dict[str, Any], Note]:
