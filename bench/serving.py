@@ -58,16 +58,25 @@ async def _one_request(session: aiohttp.ClientSession, url: str, model: str) -> 
         return tokens
 
 
-async def _throughput(url: str, model: str) -> float:
-    """Completion tokens per second with CONCURRENCY requests in flight; the best of ROUNDS rounds."""
-    timeout = aiohttp.ClientTimeout(total=600)
-    best = 0.0
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        await _one_request(session, url, model)  # warm-up
+async def _round(session: aiohttp.ClientSession, url: str, model: str) -> float:
+    start = time.monotonic()
+    counts = await asyncio.gather(*(_one_request(session, url, model) for _ in range(CONCURRENCY)))
+    return sum(counts) / (time.monotonic() - start)
+
+
+async def _throughputs(targets: dict[str, tuple[str, str]]) -> dict[str, float]:
+    """Completion tokens/s with CONCURRENCY requests in flight, per target (url, model); best of ROUNDS.
+
+    Rounds alternate between the targets so that load from other work on the machine hits them alike;
+    the numbers are only as steady as the machine is idle.
+    """
+    best = dict.fromkeys(targets, 0.0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        for url, model in targets.values():
+            await _round(session, url, model)  # warm-up
         for _ in range(ROUNDS):
-            start = time.monotonic()
-            counts = await asyncio.gather(*(_one_request(session, url, model) for _ in range(CONCURRENCY)))
-            best = max(best, sum(counts) / (time.monotonic() - start))
+            for key, (url, model) in targets.items():
+                best[key] = max(best[key], await _round(session, url, model))
     return best
 
 
@@ -110,13 +119,14 @@ def run() -> list[dict[str, Any]]:
         base, adapters, merged = _make_models(root)
         env = vllm_cpu_env(threads=2)
 
+        # one server at a time: an idle vLLM CPU engine still competes for the two shared cores
         port = free_port()
         argv = vllm_serve_argv(merged, port=port, served_model_name=SERVED_NAME, max_model_len=512)
         server: ServerProcess
         t0 = time.monotonic()
         with _serve(argv, port, root / "merged.log", env) as server:
             startup_merged = time.monotonic() - t0
-            merged_tps = asyncio.run(_throughput(server.base_url, SERVED_NAME))
+            tps = asyncio.run(_throughputs({"merged": (server.base_url, SERVED_NAME)}))
 
         port = free_port()
         argv = vllm_serve_argv(
@@ -128,9 +138,16 @@ def run() -> list[dict[str, Any]]:
             servable, calls = asyncio.run(_hot_load_latencies(server.base_url, adapters[1:]))
             # the hot-loaded adapters make way for the merged model's adapter, served as base + adapter
             asyncio.run(_load_only(server.base_url, "same", adapters[0]))
-            lora_tps = asyncio.run(_throughput(server.base_url, "same"))
-            # the base model on the same LoRA-enabled server: separates the adapter's compute from the server mode
-            base_on_lora_tps = asyncio.run(_throughput(server.base_url, SERVED_NAME))
+            tps |= asyncio.run(
+                _throughputs(
+                    {
+                        "adapter": (server.base_url, "same"),
+                        # the base on the LoRA-enabled server separates the adapter's compute from the mode
+                        "base_on_lora": (server.base_url, SERVED_NAME),
+                    }
+                )
+            )
+        merged_tps, lora_tps, base_on_lora_tps = tps["merged"], tps["adapter"], tps["base_on_lora"]
 
     ratio = lora_tps / merged_tps if merged_tps else 0.0
     rows.append(
