@@ -336,6 +336,8 @@ class PodWorker:
             self.finished.set()
 
     def _step(self) -> None:
+        if self._phase() in ("Succeeded", "Failed"):
+            return  # nothing runs any more; only deletion is left to handle
         mono = time.monotonic()
         if mono >= self._next_refresh:
             self._next_refresh = mono + self.node.config.config_refresh_s
