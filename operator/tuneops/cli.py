@@ -175,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     # `tuneops worker ...` hands every remaining argument to the worker CLI untouched.
     if argv and argv[0] == "worker":
         return cmd_worker(argv[1:])
+    # `local` and `demo` parse their own flags (argparse's REMAINDER refuses a first argument like --down).
+    if argv and argv[0] == "local":
+        from tuneops.local.cli import main as local_main
+
+        return int(local_main(argv[1:]))
+    if argv and argv[0] == "demo":
+        from tuneops.local.demo import main as demo_main
+
+        return int(demo_main(argv[1:]))
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
