@@ -6,7 +6,7 @@ export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
 PYTEST_ARGS ?=
 
 
-.PHONY: help setup kube llamacpp vllm helm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
+.PHONY: help deps setup kube llamacpp vllm helm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
 
 help:
 	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
@@ -19,7 +19,7 @@ setup:            ## the project's Python environment (.venv): operator, workers
 kube: ## kube-apiserver + kube-controller-manager built from Debian's source package (cached)
 	scripts/build-kube.sh
 
-llamacpp: setup ## llama.cpp tools (converter, quantizer, server), built once and cached
+llamacpp: ## llama.cpp tools (converter, quantizer, server), built once and cached; linked into the venv
 	scripts/build-llamacpp.sh $(VENV)
 
 vllm: ## the CPU build of vLLM in its own environment (cached)
@@ -36,7 +36,13 @@ lint: setup
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: setup kube llamacpp vllm helm lint
+# Everything the tests need. Network-bound installs (venvs) run beside the compiles (API server, llama.cpp);
+# the last line re-links llama.cpp's bindings into a venv that may have been created meanwhile (cached: instant).
+deps:
+	$(MAKE) --no-print-directory -j5 setup kube llamacpp vllm helm
+	scripts/build-llamacpp.sh $(VENV)
+
+test: deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: setup
