@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 # Bounds: every string and list in the CRDs is bounded (the API server's CEL cost checks need them,
@@ -31,9 +31,20 @@ ShortStr = Annotated[str, StringConstraints(max_length=SHORT_MAX)]
 Str = Annotated[str, StringConstraints(max_length=NAME_MAX)]
 LongStr = Annotated[str, StringConstraints(max_length=URI_MAX)]
 Message = Annotated[str, StringConstraints(max_length=MESSAGE_MAX)]
+_QUANTITY_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
+
+
+def check_quantity(value: int | str) -> int | str:
+    """Refuse what Kubernetes would not read as a quantity (the renderers do arithmetic on CPU and GPUs)."""
+    if isinstance(value, str) and not _QUANTITY_RE.match(value):
+        raise ValueError(f"{value[:40]!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+    return value
+
+
 # Kubernetes quantities are int-or-string ("4", 4, "16Gi", "500m").
 Quantity = Annotated[
     int | str,
+    AfterValidator(check_quantity),
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
 
@@ -112,6 +123,14 @@ class ResourceRequirements(Model):
 
     limits: dict[ShortStr, Quantity] | None = Field(default=None, max_length=16)
     requests: dict[ShortStr, Quantity] | None = Field(default=None, max_length=16)
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> ResourceRequirements:
+        for block in (self.limits or {}, self.requests or {}):
+            for key, value in block.items():
+                if key.endswith("/gpu") and not re.fullmatch(r"\d+", str(value)):
+                    raise ValueError(f"{key} must be a whole number of GPUs, got {str(value)[:40]!r}")
+        return self
 
 
 class EnvVar(Model):
