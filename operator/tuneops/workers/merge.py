@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from tuneops.workers.common import (
     safetensors_shards,
     torch_dtype,
 )
-from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, scale_for
+from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, safetensors_header, scale_for
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
 log = logging.getLogger("tuneops.workers.merge")
@@ -82,31 +84,94 @@ def _merged(key: str, w: Any, plan: _Plan) -> Any:
     return w
 
 
-def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) -> list[str]:
-    """Merges shard by shard: peak memory is one shard plus the adapter, never the whole model."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
-    target = torch_dtype(dtype)
+
+def _read_tensor(f: Any, data_start: int, info: dict[str, Any]) -> Any:
+    """One tensor read with plain file I/O (not mmap): its pages are freed with it, so RSS stays small."""
+    import torch
+
+    dtype = getattr(torch, _DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    if end == begin:
+        return torch.empty(info["shape"], dtype=dtype)
+    buf = bytearray(end - begin)
+    f.seek(data_start + begin)
+    if f.readinto(buf) != len(buf):
+        raise InvalidInput(f"{f.name}: truncated safetensors file")
+    return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
+
+
+def _merge_file(
+    src: Path, dst: Path, dtype: str, plan: _Plan, pending: set[str]
+) -> tuple[dict[str, str], int]:
+    """Rewrites one safetensors file tensor by tensor: the output header is known up front (merging changes
+    no shape), so each tensor is read, merged and written before the next is touched. Peak memory is the
+    largest tensor plus the adapter, whatever the shard size."""
+    import torch
+
+    target = getattr(torch, dtype)
+    header = safetensors_header(src)
+    with src.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    data_start = 8 + n
+    names = sorted(header, key=lambda k: int(header[k]["data_offsets"][0]))
+    out_header: dict[str, Any] = {}
+    offset = 0
+    itemsize = {c: torch.empty(0, dtype=getattr(torch, d)).element_size() for c, d in _DTYPES.items()}
+    for name in names:
+        info = header[name]
+        code = _CODES[dtype] if info["dtype"] in _FLOATS else info["dtype"]
+        nbytes = math.prod(info["shape"]) * itemsize[code]
+        out_header[name] = {"dtype": code, "shape": info["shape"], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    out_header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(out_header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        fout.write(struct.pack("<Q", len(raw)))
+        fout.write(raw)
+        for name in names:
+            w = _read_tensor(fin, data_start, header[name])
+            if w.is_floating_point():
+                w = w.to(target)
+            w = _merged(name, w, plan).contiguous()
+            pending.discard(name)
+            data = w.reshape(-1).view(torch.uint8).numpy()
+            if data.nbytes != out_header[name]["data_offsets"][1] - out_header[name]["data_offsets"][0]:
+                raise RuntimeError(f"{name}: size changed while merging")
+            fout.write(data.data)
+            del w, data
+    return dict.fromkeys(names, dst.name), offset
+
+
+def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) -> list[str]:
+    """Merges file by file and tensor by tensor: memory is bounded by one tensor, never the model."""
+    torch_dtype(dtype)
     plan = _plan(adapter)
     pending = set(plan.linear) | set(plan.embedding) | set(plan.replace)
     shards = safetensors_shards(base_dir)
     weight_map: dict[str, str] = {}
     total = 0
     for i, shard in enumerate(shards):
-        out: dict[str, Any] = {}
-        with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                w = f.get_tensor(key)
-                if w.is_floating_point():
-                    w = w.to(target)
-                w = _merged(key, w, plan)
-                pending.discard(key)
-                out[key] = w
-                weight_map[key] = shard.name
-                total += w.numel() * w.element_size()
-        save_file(out, str(out_dir / shard.name), metadata={"format": "pt"})
-        del out
+        names, size = _merge_file(shard, out_dir / shard.name, dtype, plan, pending)
+        weight_map.update(names)
+        total += size
         log.info("merged shard %d/%d (%s)", i + 1, len(shards), shard.name)
     if pending:
         raise InvalidInput(f"adapter modules not found in the base weights: {sorted(pending)[:5]}")
