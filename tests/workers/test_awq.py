@@ -96,3 +96,12 @@ def test_calibration_file_errors(tmp_path: Path) -> None:
     txt = tmp_path / "c.txt"
     txt.write_text("first paragraph\n\nsecond paragraph\n")
     assert calibration_texts(txt) == ["first paragraph", "second paragraph\n"]
+
+
+def test_quality_gate_reads_compressed_tensors(awq_model: Path, models: dict[str, Path]) -> None:
+    from tuneops.workers.evaluate import run_evaluate
+
+    r = run_evaluate(str(awq_model), str(models["llama"]), samples=4, max_seq_len=64, max_increase_pct=5.0)
+    assert r.artifact is not None and r.artifact.format == "compressed-tensors"
+    assert r.metrics is not None and r.metrics.tokens == 4 * 63
+    assert r.passed is True, r.metrics

@@ -1,4 +1,9 @@
-"""AWQ quantization: llm-compressor (AWQ + W4A16, compressed-tensors output vLLM loads) or AutoAWQ (opt-in)."""
+"""AWQ quantization: llm-compressor (AWQ + W4A16, compressed-tensors output vLLM loads) or AutoAWQ (opt-in).
+
+AutoAWQ (0.2.9, deprecated upstream) pins an older transformers (4.x) and needs triton, so it cannot share
+the worker environment; it runs only where `import awq` works (an image built for it). It is not exercised
+by the CPU tests: its output cannot be reloaded on CPU. Asking for it elsewhere is an invalid-input error.
+"""
 
 from __future__ import annotations
 
