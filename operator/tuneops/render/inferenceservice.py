@@ -494,7 +494,7 @@ def _pod_scheduling(spec: InferenceServiceSpec, config: OperatorConfig, gpus: in
 
 def _extra_labels(spec: InferenceServiceSpec) -> dict[str, str]:
     # The runtime label lets monitors tell vLLM Pods (which serve /metrics) from llama.cpp ones.
-    out = {labels.RUNTIME: spec.runtime}
+    out: dict[str, str] = {labels.RUNTIME: spec.runtime}
     if spec.queue_name:
         out[labels.KUEUE_QUEUE] = spec.queue_name
     return out
