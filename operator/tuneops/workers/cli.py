@@ -1,4 +1,4 @@
-"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate>`: the thin command line of the workers.
+"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate|fetch>`: the thin command line of the workers.
 
 Exit codes: 0 success (evaluate: gate passed), 2 invalid input, 3 quality gate failed, 1 any other failure.
 Each run writes one JSON object to $TUNEOPS_TERMINATION_LOG (default /dev/termination-log) and prints it.
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=64)
     e.add_argument("--max-seq-len", type=int, default=256)
     e.add_argument("--max-increase-pct", type=float, default=5.0)
+
+    f = sub.add_parser("fetch", help="download a model into a folder (a serving Pod's init container)")
+    f.add_argument("--source", required=True, help="model URI (s3://, hf://, pvc:// or file://)")
+    f.add_argument("--dest", required=True, help="folder to fill (may be a mount point)")
     return p
 
 
@@ -91,6 +95,10 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
         from tuneops.workers.gguf import run_gguf
 
         return run_gguf(args.source, args.output, types=args.types, outtype=args.outtype)
+    if args.worker == "fetch":
+        from tuneops.workers.fetch import run_fetch
+
+        return run_fetch(args.source, args.dest)
     from tuneops.workers.evaluate import run_evaluate
 
     return run_evaluate(

@@ -1,0 +1,85 @@
+"""`tuneops worker fetch`: puts a model from s3://, hf:// or a local path into a serving Pod's model folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from tuneops.storage import parse_uri, read_manifest, remote, verify
+from tuneops.storage.manifest import digest_of, list_files
+from tuneops.workers.result import ArtifactResult, WorkerResult
+
+log = logging.getLogger("tuneops.workers.fetch")
+MARKER = ".tuneops-fetched.json"
+
+
+def _size(root: Path) -> int:
+    return (
+        root.stat().st_size
+        if root.is_file()
+        else sum((root / rel).stat().st_size for rel in list_files(root))
+    )
+
+
+def _format(root: Path) -> str:
+    names = [root.name] if root.is_file() else [p.name for p in root.rglob("*")]
+    if any(n.endswith(".gguf") for n in names):
+        return "gguf"
+    return "safetensors"
+
+
+def run_fetch(source: str, dest: str) -> WorkerResult:
+    """Fill `dest` with the model's files. `dest` may be a mount point (an emptyDir), so it is never renamed:
+    files land in a hidden staging folder inside it and are moved up once the download is complete. A
+    folder a finished fetch of the same source filled (its marker is written last) is reused."""
+    u = parse_uri(source)
+    target = Path(dest)
+    target.mkdir(parents=True, exist_ok=True)
+    marker = target / MARKER
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("source") == source:
+        log.info("fetch: %s already holds %s; reusing", target, source)
+        return WorkerResult(
+            artifact=ArtifactResult(
+                uri=source,
+                digest=str(done["digest"]),
+                size_bytes=_size(target),
+                format=_format(target),
+                reused=True,
+            )
+        )
+    # A previous attempt of this init container may have left files: start from an empty folder.
+    for entry in target.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    staging = target / f".tuneops-staging-{uuid.uuid4().hex[:8]}"
+    if u.is_local:
+        src = u.local_path()
+        if not src.exists():
+            from tuneops.storage import InputError
+
+            raise InputError(f"{source}: {src} does not exist")
+        if src.is_file():
+            staging.mkdir()
+            shutil.copy2(src, staging / src.name)
+        else:
+            shutil.copytree(src, staging)
+    elif u.scheme == "s3":
+        remote.s3_download(u, staging)
+    else:
+        remote.hf_download(u, staging)
+    for entry in sorted(staging.iterdir()):
+        os.replace(entry, target / entry.name)
+    staging.rmdir()
+    log.info("fetch: %s -> %s complete", source, target)
+    return WorkerResult(
+        artifact=ArtifactResult(
+            uri=source, digest=digest_of(target), size_bytes=_size(target), format=_format(target)
+        )
+    )
