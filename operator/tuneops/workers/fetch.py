@@ -9,7 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from tuneops.storage import parse_uri, read_manifest, remote, verify
+from tuneops.storage import InputError, parse_uri, remote
 from tuneops.storage.manifest import digest_of, list_files
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
@@ -62,8 +62,6 @@ def run_fetch(source: str, dest: str) -> WorkerResult:
     if u.is_local:
         src = u.local_path()
         if not src.exists():
-            from tuneops.storage import InputError
-
             raise InputError(f"{source}: {src} does not exist")
         if src.is_file():
             staging.mkdir()
@@ -77,9 +75,10 @@ def run_fetch(source: str, dest: str) -> WorkerResult:
     for entry in sorted(staging.iterdir()):
         os.replace(entry, target / entry.name)
     staging.rmdir()
+    digest = digest_of(target)
+    # Written last: its presence means the folder is complete (a restarted init container reuses it).
+    marker.write_text(json.dumps({"source": source, "digest": digest}))
     log.info("fetch: %s -> %s complete", source, target)
     return WorkerResult(
-        artifact=ArtifactResult(
-            uri=source, digest=digest_of(target), size_bytes=_size(target), format=_format(target)
-        )
+        artifact=ArtifactResult(uri=source, digest=digest, size_bytes=_size(target), format=_format(target))
     )
