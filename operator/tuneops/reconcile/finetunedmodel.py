@@ -62,6 +62,9 @@ def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
             inspected.result.get("artifact") or {}
         ).get("digest")
         status.adapter_digest = str(digest) if digest else None
+        published = artifact_from_result(inspected.result)
+        if not spec.merge.enabled and published is not None:
+            status.artifact = published.model_copy(update={"format": "peft"})
         problems = [str(p) for p in inspected.result.get("problems") or []]
         if problems:
             incompatible = JobOutcome("Failed", Reason.INCOMPATIBLE_ADAPTER, "; ".join(problems))
@@ -88,7 +91,13 @@ def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
         sb.condition(
             MERGED, False, Reason.MERGE_DISABLED, "merge.enabled is false; serve the adapter on the base"
         )
-        status.artifact = Artifact(uri=spec.adapter.uri, digest=status.adapter_digest, format="peft")
+        # The inspect step published the adapter at a content-addressed path (see render_inspect_job).
+        published = (
+            status.artifact if status.artifact is not None and status.artifact.format == "peft" else None
+        )
+        status.artifact = published or Artifact(
+            uri=spec.adapter.uri, digest=status.adapter_digest, format="peft"
+        )
         sb.condition(READY, True, Reason.SUCCEEDED, "adapter inspected; ready to be served on its base model")
         return sb.finish()
 

@@ -66,9 +66,13 @@ def _ftm(
 
 def _adapter_from_ftm(name: str, spec: FineTunedModelSpec, status: FineTunedModelStatus) -> ResolvedAdapter:
     facts = status.adapter
+    # An unmerged FineTunedModel publishes its adapter at a content-addressed path: serve that copy.
+    published = (
+        status.artifact.uri if status.artifact is not None and status.artifact.format == "peft" else None
+    )
     return ResolvedAdapter(
         name=name,
-        uri=spec.adapter.uri,
+        uri=published or spec.adapter.uri,
         digest=status.adapter_digest,
         rank=(facts.max_rank or facts.rank) if facts else None,
         base_model_name=facts.base_model_name if facts else None,

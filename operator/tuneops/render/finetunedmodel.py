@@ -45,14 +45,20 @@ def render_inspect_job(
     """The Job that reads adapter_config.json, digests the adapter and, when merging, checks it fits the base."""
     base = base_uri(spec)
     args = ["--adapter", spec.adapter.uri, "--base", base]
+    publish = None
     if spec.merge.enabled:
         args.append("--merge")
+    else:
+        # Served as an adapter: publish a copy at a content-addressed path, so new weights always arrive
+        # under a new path (vLLM keys its prefix cache by adapter name and path).
+        publish = merge_output_uri(spec, owner, config)
+        args += ["--publish", publish]
     step = WorkerStep(
         step=INSPECT,
         image=spec.job.image or config.images.worker,
         args=worker_cmd(INSPECT, *args),
         inputs=(base, spec.adapter.uri),
-        output=None,
+        output=publish,
         digests={base: base_digest, spec.adapter.uri: adapter_digest},
         secret=_secret(spec),
     )

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--base", help="base model URI (checks modules and shapes)")
     i.add_argument("--merge", action="store_true", help="the adapter is to be merged (DoRA is reported)")
     i.add_argument("--max-lora-rank", type=int, help="largest rank the server allows")
+    i.add_argument(
+        "--publish", help="copy the adapter to <URI>/<digest> (a content-addressed path for serving)"
+    )
 
     m = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
     m.add_argument("--base", required=True)
@@ -72,7 +75,9 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
     if args.worker == "inspect":
         from tuneops.workers.inspect import run_inspect
 
-        return run_inspect(args.adapter, args.base, merge=args.merge, max_lora_rank=args.max_lora_rank)
+        return run_inspect(
+            args.adapter, args.base, merge=args.merge, max_lora_rank=args.max_lora_rank, publish=args.publish
+        )
     if args.worker == "merge":
         from tuneops.workers.merge import run_merge
 

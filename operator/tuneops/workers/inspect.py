@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -200,8 +201,42 @@ def compatibility(
     return problems
 
 
+def publish_adapter(adapter_dir: Path, adapter_uri: str, digest: str, publish: str) -> str:
+    """Copy the adapter to `<publish>/<digest16>` (atomic, with a manifest) and return that URI.
+
+    vLLM caches prefix blocks by adapter name and path: new weights reloaded from the same path can be served
+    stale. A content-addressed path per version makes every weight change a change of path.
+    """
+    target = f"{publish.rstrip('/')}/{digest.removeprefix('sha256:')[:16]}"
+    out = storage.Output.of(target)
+    if out.existing() is not None:
+        log.info("adapter already published at %s", target)
+        return target
+    staging = out.begin()
+    try:
+        for src in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
+            rel = src.relative_to(adapter_dir)
+            if rel.parts[0].startswith(".") or rel.name == storage.MANIFEST_NAME:
+                continue
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, staging / rel)
+        out.commit(
+            format="peft", worker="inspect", inputs={"adapter": {"uri": adapter_uri, "digest": digest}}
+        )
+    except BaseException:
+        out.abort()
+        raise
+    log.info("adapter published at %s", target)
+    return target
+
+
 def run_inspect(
-    adapter_uri: str, base_uri: str | None = None, *, merge: bool = False, max_lora_rank: int | None = None
+    adapter_uri: str,
+    base_uri: str | None = None,
+    *,
+    merge: bool = False,
+    max_lora_rank: int | None = None,
+    publish: str | None = None,
 ) -> WorkerResult:
     adapter_dir = storage.fetch(adapter_uri)
     adapter = Adapter.load(adapter_dir)
@@ -213,9 +248,13 @@ def run_inspect(
         )
     manifest = storage.read_manifest(adapter_dir)
     size = sum(p.stat().st_size for p in adapter_dir.rglob("*") if p.is_file())
+    digest = storage.digest_of(adapter_dir)
+    uri = adapter_uri
+    if publish and not problems:
+        uri = publish_adapter(adapter_dir, adapter_uri, digest, publish)
     artifact = ArtifactResult(
-        uri=adapter_uri,
-        digest=storage.digest_of(adapter_dir),
+        uri=uri,
+        digest=digest,
         size_bytes=manifest.size_bytes if manifest else size,
         format="peft",
     )
