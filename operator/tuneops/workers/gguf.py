@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tuneops import storage, toolpaths
+from tuneops.api.quantizationjob import GGUF_TYPES
 from tuneops.storage.manifest import tool_versions
 from tuneops.workers.common import InvalidInput, thread_count
 from tuneops.workers.result import ArtifactResult, WorkerResult
@@ -17,26 +18,8 @@ from tuneops.workers.result import ArtifactResult, WorkerResult
 log = logging.getLogger("tuneops.workers.gguf")
 
 OUTTYPES = ("f16", "bf16", "f32", "q8_0")
-# llama-quantize's types that need no importance matrix, plus the float types it can also write.
-QUANT_TYPES = (
-    "Q2_K",
-    "Q3_K_S",
-    "Q3_K_M",
-    "Q3_K_L",
-    "Q4_0",
-    "Q4_1",
-    "Q4_K_S",
-    "Q4_K_M",
-    "Q5_0",
-    "Q5_1",
-    "Q5_K_S",
-    "Q5_K_M",
-    "Q6_K",
-    "Q8_0",
-    "F16",
-    "BF16",
-    "F32",
-)
+# llama-quantize's types that need no importance matrix (the API's list), plus the float types it can also write.
+QUANT_TYPES = (*GGUF_TYPES, "F16", "BF16", "F32")
 K_QUANT_BLOCK = 256
 
 
