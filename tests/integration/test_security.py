@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
-from tests.integration.test_operator import ADAPTER_RESULT, complete, job_named, merge_result, ready_reason
+from tests.integration.test_operator import ADAPTER_RESULT, complete, job_named, ready_reason
 from tests.unit.render_support import SECRET_ENV, assert_restricted
 
 API = "tuneops.io/v1alpha1"
