@@ -226,7 +226,13 @@ async def _reconcile_pods(
             _POD_MEMORY[key] = result.memory
         return result
 
-    return list(await asyncio.gather(*(one(p) for p in pods)))
+    results = list(await asyncio.gather(*(one(p) for p in pods)))
+    # Forget Pods that are gone, so the memory stays as large as the fleet.
+    live = {(ns, name, p["metadata"].get("uid", p["metadata"]["name"])) for p in pods}
+    with _MEMORY_LOCK:
+        for key in [k_ for k_ in _POD_MEMORY if k_[:2] == (ns, name) and k_ not in live]:
+            del _POD_MEMORY[key]
+    return results
 
 
 def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
@@ -320,7 +326,7 @@ def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
         results: list[PodResult] = []
         if pods:
             results = asyncio.run(
-                _reconcile_pods(ns, owner.name, pods, spec.service.port, desired, api_key, dynamic)
+                _reconcile_pods(ns, owner.name, pods, render.PORT, desired, api_key, dynamic)
             )
         summary = summarize(desired, results) if pods else None
         states: list[AdapterState] = []
