@@ -102,7 +102,9 @@ def test_merge_args(over: dict[str, Any], expected: list[str]) -> None:
 
 
 # Unmerged, the adapter is published at <output>/<digest> so each new version is served from a new path.
-@pytest.mark.parametrize(("merge", "flag"), [(True, ["--merge"]), (False, ["--publish", "pvc://models/support"])])
+@pytest.mark.parametrize(
+    ("merge", "flag"), [(True, ["--merge"]), (False, ["--publish", "pvc://models/support"])]
+)
 def test_inspect_args(merge: bool, flag: list[str]) -> None:
     job = render_inspect_job(spec(merge={"enabled": merge}), OWNER, OperatorConfig())
     assert worker(job)["args"] == [
