@@ -41,6 +41,18 @@ ADAPTERS_SERVED = Gauge(
     ["namespace", "name", "state"],
     registry=REGISTRY,
 )
+API_RETRIES = Counter(
+    "tuneops_api_retries_total",
+    "API requests retried after a transient failure, by cause (409, 429, 5xx code, or timeout/connection).",
+    ["cause"],
+    registry=REGISTRY,
+)
+API_GIVEUPS = Counter(
+    "tuneops_api_giveups_total",
+    "API requests that still failed when their retry budget ran out (the reconcile is retried later).",
+    ["cause"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "tuneops_build_info",
     "Build information (always 1).",

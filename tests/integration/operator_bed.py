@@ -57,6 +57,24 @@ class OperatorProcess:
         )  # fmt: skip
         log.close()
 
+    def wait_serving(self, timeout: float = 60) -> None:
+        """Until the operator answers on its metrics port (it starts serving once its startup is done)."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2):
+                    return
+            except OSError:
+                if not self.alive():
+                    raise AssertionError(f"the operator exited:\n{self.log()}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"the operator did not serve /metrics in {timeout}s:\n{self.log()}"
+                    ) from None
+                time.sleep(0.2)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.proc is None:
             return

@@ -34,6 +34,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     op = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
+    op.wait_serving()
     yield op
     op.stop()
 

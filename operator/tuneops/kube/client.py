@@ -17,24 +17,13 @@ from typing import Any
 
 import urllib3
 from kubernetes import client, config
-from prometheus_client import Counter
 
 from tuneops import __version__, labels, metrics
 
 log = logging.getLogger(__name__)
 
-API_RETRIES = Counter(
-    "tuneops_api_retries_total",
-    "API requests retried after a transient failure, by cause (409, 429, 5xx code, or timeout/connection).",
-    ["cause"],
-    registry=metrics.REGISTRY,
-)
-API_GIVEUPS = Counter(
-    "tuneops_api_giveups_total",
-    "API requests that still failed when their retry budget ran out (the reconcile is retried later).",
-    ["cause"],
-    registry=metrics.REGISTRY,
-)
+API_RETRIES = metrics.API_RETRIES
+API_GIVEUPS = metrics.API_GIVEUPS
 
 
 @dataclass(frozen=True)
