@@ -125,6 +125,66 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]
     assert _pid(after) == pid and after["status"]["containerStatuses"][0]["restartCount"] == 0
 
+    def adapter_states() -> dict[str, dict[str, Any]]:
+        obj = api.get(tisvc_path) or {}
+        return {a["name"]: a for a in (obj.get("status") or {}).get("adapters") or []}
+
+    def condition(type_: str) -> dict[str, Any]:
+        obj = api.get(tisvc_path) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+    # A broken adapter path ends, after bounded retries, as Failed with vLLM's own message; the rest is served.
+    broken = [*adapters, {"name": "broken", "uri": "pvc://adapters/does-not-exist"}]
+    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": broken}}})
+    _wait(lambda: adapter_states().get("broken", {}).get("state") == "Failed", 300, "adapter broken Failed")
+    assert "No adapter found" in adapter_states()["broken"]["message"], adapter_states()["broken"]
+    adapters_ready = condition("AdaptersReady")
+    assert adapters_ready["status"] == "False" and adapters_ready["reason"] == "AdapterLoadFailed", (
+        adapters_ready
+    )
+    assert "broken" in adapters_ready["message"]
+    assert demo.chat(vllm_url, "extra", "Hello") is not None
+
+    # Removing it (and extra) unloads them from the running Pod; AdaptersReady comes back.
+    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": tisvc["spec"]["lora"]["adapters"]}}})
+    _wait(lambda: condition("AdaptersReady").get("status") == "True", 300, "AdaptersReady after removal")
+    assert set(adapter_states()) == {"chat", "sql"}
+    assert set(demo.served_names(api, NAMESPACE, "tiny-llama")) == {"tiny-llama", "chat", "sql"}
+
+    # New weights for `sql` under the same name: a new adapter version (a new URI on its FineTunedModel) is
+    # inspected, published at a new content-addressed path and loaded in place; the answer follows the weights.
+    from tuneops.workers.tiny import TinyAdapterSpec, make_adapter
+
+    before = demo.chat(vllm_url, "sql", "Hello")
+    old_digest = adapter_states()["sql"]["digest"]
+    make_adapter(cluster.pvc_root / demo.BASE_MODEL, cluster.pvc_root / "adapters/tiny-sql-v2",
+                 TinyAdapterSpec(seed=42, b_std=0.5))  # fmt: skip
+    ftm_path = demo.resource_path("FineTunedModel", NAMESPACE, "tiny-sql")
+    api.merge_patch(ftm_path, {"spec": {"adapter": {"uri": "pvc://adapters/tiny-sql-v2"}}})
+
+    def sql_replaced() -> bool:
+        state = adapter_states().get("sql", {})
+        return state.get("state") == "Ready" and state.get("digest") not in (None, old_digest)
+
+    _wait(sql_replaced, 300, "adapter sql replaced by its new version")
+    after_answer = demo.chat(vllm_url, "sql", "Hello")
+    assert after_answer != before, (before, after_answer)
+
+    # The Pod restarts (deleted): the new one starts with the current adapters from --lora-modules and the
+    # reconciler brings the state back to Ready.
+    api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
+
+    def new_pod_serving() -> bool:
+        new = _server_pod(api, "tiny-llama")
+        return (
+            new["metadata"]["uid"] != pod["metadata"]["uid"]
+            and condition("AdaptersReady").get("status") == "True"
+        )
+
+    _wait(new_pod_serving, READY_TIMEOUT_S, "a new vLLM Pod serving every adapter")
+    assert demo.chat(vllm_url, "sql", "Hello") == after_answer
+    assert {a["name"]: a["readyPods"] for a in adapter_states().values()} == {"chat": 1, "sql": 1}
+
     # Deleting the resources removes their Pods, their processes and the processes' children.
     pids: set[int] = set()
     for service in ("tiny-llama", "tiny-chat-cpu"):

@@ -21,6 +21,7 @@ from tuneops.adapters import (
     summarize,
 )
 from tuneops.api import FINETUNEDMODEL, INFERENCESERVICE, QUANTIZATIONJOB, SpecError
+from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
 from tuneops.api.inferenceservice import (
@@ -81,6 +82,29 @@ def _adapter_from_ftm(name: str, spec: FineTunedModelSpec, status: FineTunedMode
     )
 
 
+def _last_good_adapter(
+    ctx: Context, obj: dict[str, Any], name: str, ref: ObjectRef
+) -> ResolvedAdapter | None:
+    """The adapter version a FineTunedModel published last, while it is not Ready (re-inspecting, or a new
+    version was refused): its published copy is intact, so the service keeps it rather than dropping it."""
+    ns = ref.namespace or obj["metadata"]["namespace"]
+    if ns != obj["metadata"]["namespace"] and not ctx.config.allow_cross_namespace_refs:
+        return None
+    target = ctx.kube.get(k.FINETUNEDMODEL, ns, ref.name)
+    if target is None:
+        return None
+    status = parse_status(FINETUNEDMODEL, target.get("status"))
+    assert isinstance(status, FineTunedModelStatus)
+    if status.artifact is None or status.artifact.format != "peft" or status.adapter is None:
+        return None
+    try:
+        spec = parse(FINETUNEDMODEL, target)
+    except SpecError:
+        return None
+    assert isinstance(spec, FineTunedModelSpec)
+    return _adapter_from_ftm(name, spec, status)
+
+
 def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> Resolved:
     """Follow the model reference to a Ready artifact; adapters whose source is not Ready yet are left out
     (and reported) rather than holding the whole service back."""
@@ -127,12 +151,16 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> Re
             adapters.append(ResolvedAdapter(name=a.name, uri=a.uri))
             continue
         assert a.fine_tuned_model_ref is not None
+        field = f"spec.lora.adapters[{i}].fineTunedModelRef"
         try:
-            fspec, fstatus = _ftm(
-                ctx, obj, a.fine_tuned_model_ref, f"spec.lora.adapters[{i}].fineTunedModelRef"
-            )
+            fspec, fstatus = _ftm(ctx, obj, a.fine_tuned_model_ref, field)
         except Waiting as w:
-            pending[a.name] = w.message
+            previous = _last_good_adapter(ctx, obj, a.name, a.fine_tuned_model_ref)
+            if previous is None:
+                pending[a.name] = w.message
+            else:
+                # A new version is being inspected (or was refused): keep serving the last good one.
+                adapters.append(previous)
             continue
         adapters.append(_adapter_from_ftm(a.name, fspec, fstatus))
     return Resolved(model, adapters, pending)
