@@ -30,11 +30,12 @@ from kubernetes import client, config
 
 from tuneops import toolpaths
 from tuneops.local.controlplane import AuditLog, ControlPlane
+from tuneops.render.inferenceservice import PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.operator_bed import OperatorProcess, free_port  # noqa: E402
+from tests.integration.operator_bed import OperatorProcess  # noqa: E402
 
 API = "tuneops.io/v1alpha1"
 OPERATOR_USER = "tuneops-operator"
@@ -71,7 +72,12 @@ class ScaleResult:
         return self.steady_writes * 60.0 / self.steady_window_s if self.steady_window_s else 0.0
 
 
-def manifests(n_ftm: int, n_qjob: int, n_isvc: int, adapters: int, vllm_port: int) -> list[dict[str, Any]]:
+# The fake vLLM Pod answers where the operator calls a real one: the Pod's IP and the container port.
+# A loopback address of its own keeps it clear of anything else on the machine.
+FAKE_POD_IP = f"127.77.{os.getpid() % 250 + 1}.1"
+
+
+def manifests(n_ftm: int, n_qjob: int, n_isvc: int, adapters: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(n_ftm):
         out.append({"apiVersion": API, "kind": "FineTunedModel", "metadata": {"name": f"ftm-{i}"},
@@ -84,7 +90,7 @@ def manifests(n_ftm: int, n_qjob: int, n_isvc: int, adapters: int, vllm_port: in
     if n_isvc:
         lora = [{"name": f"lora-{j}", "uri": f"pvc://adapters/lora-{j}"} for j in range(adapters)]
         out.append({"apiVersion": API, "kind": "InferenceService", "metadata": {"name": "isvc-lora"},
-                    "spec": {"model": {"uri": "pvc://models/base"}, "service": {"port": vllm_port},
+                    "spec": {"model": {"uri": "pvc://models/base"},
                              "lora": {"adapters": lora, "maxLoras": 8}}})  # fmt: skip
     for i in range(n_isvc - 1):
         out.append({"apiVersion": API, "kind": "InferenceService", "metadata": {"name": f"isvc-{i}"},
@@ -95,7 +101,7 @@ def manifests(n_ftm: int, n_qjob: int, n_isvc: int, adapters: int, vllm_port: in
 class FakeVllm:
     """GET /v1/models and the runtime LoRA API of a vLLM server, in memory (plays the 100-adapter Pod)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int = PORT, host: str = FAKE_POD_IP) -> None:
         self.adapters: dict[str, str] = {}
         state = self.adapters
 
@@ -127,7 +133,7 @@ class FakeVllm:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeVllm:
@@ -226,7 +232,7 @@ class Bed:
                 if p.status.phase != "Running"]  # fmt: skip
 
         def ready(pod: Any) -> None:
-            status = {"phase": "Running", "podIP": "127.0.0.1",
+            status = {"phase": "Running", "podIP": FAKE_POD_IP,
                       "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
                                      for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
                       "containerStatuses": [{"name": c.name, "image": c.image, "imageID": "", "ready": True,
@@ -281,14 +287,13 @@ def measure(
     bed = Bed(api, namespace)
     audit: AuditLog = cp.audit_log
     bed.core.create_namespace({"metadata": {"name": namespace}})
-    vllm_port = free_port()
-    docs = manifests(n_ftm, n_qjob, n_isvc, adapters, vllm_port)
+    docs = manifests(n_ftm, n_qjob, n_isvc, adapters)
     want = expected_children(docs)
     op = OperatorProcess(operator_kubeconfig, log_dir / "operator.log", resync=resync_s,
                          extra_env={"TUNEOPS_POLL_SECONDS": str(poll_s)})  # fmt: skip
     op.start()
     try:
-        with FakeVllm(vllm_port):
+        with FakeVllm():
             time.sleep(3)  # the operator's startup (imports, discovery, watches) is not part of the figure
             mark = audit.mark()
             started = time.monotonic()
