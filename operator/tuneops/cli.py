@@ -95,22 +95,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_worker(rest: list[str]) -> int:
-    from tuneops.workers.cli import main as worker_main
+def _delegate(command: str, rest: list[str]) -> int:
+    """`worker`, `local` and `demo` parse their own flags (argparse's REMAINDER refuses a leading --flag)."""
+    if command == "worker":
+        from tuneops.workers.cli import main as worker_main
 
-    return int(worker_main(rest))
+        return int(worker_main(rest))
+    if command == "local":
+        from tuneops.local.cli import main as local_main
 
-
-def cmd_local(args: argparse.Namespace) -> int:
-    from tuneops.local.cli import main as local_main
-
-    return int(local_main(args.local_args))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
+        return int(local_main(rest))
     from tuneops.local.demo import main as demo_main
 
-    return int(demo_main(args.demo_args))
+    return int(demo_main(rest))
+
+
+DELEGATED = ("worker", "local", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,28 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("local", help="the embedded default: a local control plane, operator and node")
     p.add_argument("local_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_local)
+    p.set_defaults(func=None)
 
     p = sub.add_parser("demo", help="run the whole pipeline on this machine and query the endpoints")
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `tuneops worker ...` hands every remaining argument to the worker CLI untouched.
-    if argv and argv[0] == "worker":
-        return cmd_worker(argv[1:])
-    # `local` and `demo` parse their own flags (argparse's REMAINDER refuses a first argument like --down).
-    if argv and argv[0] == "local":
-        from tuneops.local.cli import main as local_main
-
-        return int(local_main(argv[1:]))
-    if argv and argv[0] == "demo":
-        from tuneops.local.demo import main as demo_main
-
-        return int(demo_main(argv[1:]))
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
