@@ -78,36 +78,19 @@ def set_condition(
 ) -> list[Condition]:
     """Return a new list with `type_` set. lastTransitionTime only moves when the status flips, so an
     unchanged condition yields an identical list (a level-based reconciler then writes nothing)."""
-    out: list[Condition] = []
-    found = False
-    for cond in conditions or []:
-        if cond.type != type_:
-            out.append(cond)
-            continue
-        found = True
-        ltt = cond.last_transition_time if cond.status == status and cond.last_transition_time else now
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message[:4096],
-                last_transition_time=ltt,
-                observed_generation=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message[:4096],
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        )
-    return out
+    previous = find(conditions, type_)
+    keep = previous is not None and previous.status == status and previous.last_transition_time
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:4096],
+        last_transition_time=previous.last_transition_time if keep and previous else now,
+        observed_generation=generation,
+    )
+    if previous is None:
+        return [*(conditions or []), updated]
+    return [updated if c.type == type_ else c for c in conditions or []]
 
 
 def derive_phase(conditions: Iterable[Condition] | None) -> Phase:

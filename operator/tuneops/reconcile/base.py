@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneops.api import KindInfo, SpecError, parse_spec
 from tuneops.api.common import BaseStatus, ConditionStatus, StepStatus
-from tuneops.api.conditions import READY, Reason, derive_phase, find, set_condition
+from tuneops.api.conditions import READY, TERMINAL_REASONS, Reason, derive_phase, find, set_condition
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.reconcile.jobs import JobOutcome, observe_job
@@ -85,6 +85,15 @@ class StatusBuilder:
         self.before = parse_status(info, obj.get("status"))
         self.status = self.before.model_copy(deep=True)
 
+    def spec(self) -> BaseModel | None:
+        """The validated spec, or None after setting Ready=False/InvalidSpec with every offending field named
+        (the API server may not run the CRD's CEL rules; a malformed object must never crash the operator)."""
+        try:
+            return parse_spec(self.info.kind, self.obj)
+        except SpecError as err:
+            self.condition(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems))
+            return None
+
     def condition(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
         value: ConditionStatus = "Unknown" if status is None else ("True" if status else "False")
         self.status.conditions = set_condition(
@@ -136,23 +145,12 @@ class StatusBuilder:
         out.wrote_status = True
         before = find(self.before.conditions, READY)
         if ready and (before is None or (before.status, before.reason) != (ready.status, ready.reason)):
-            warn = ready.status == "False" and ready.reason in _WARNING_REASONS
+            warn = ready.status == "False" and ready.reason in TERMINAL_REASONS
             self.ctx.kube.event(
                 self.obj, "Warning" if warn else "Normal", ready.reason, ready.message or ready.reason
             )
             out.events.append(ready.reason)
         return out
-
-
-_WARNING_REASONS = {
-    Reason.INVALID_SPEC,
-    Reason.INCOMPATIBLE_ADAPTER,
-    Reason.JOB_FAILED,
-    Reason.OOM_KILLED,
-    Reason.DEADLINE_EXCEEDED,
-    Reason.QUALITY_GATE_FAILED,
-    Reason.ADAPTER_LOAD_FAILED,
-}
 
 
 def run_step(ctx: Context, sb: StatusBuilder, step: str, job: dict[str, Any]) -> JobOutcome:

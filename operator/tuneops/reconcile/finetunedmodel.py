@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneops.api import FINETUNEDMODEL, SpecError
+from tuneops.api import FINETUNEDMODEL
 from tuneops.api.common import Artifact
 from tuneops.api.conditions import INSPECTED, MERGED, READY, Reason
 from tuneops.api.finetunedmodel import AdapterFacts, FineTunedModelSpec, FineTunedModelStatus
-from tuneops.reconcile.base import Context, Outcome, StatusBuilder, parse, run_step
+from tuneops.reconcile.base import Context, Outcome, StatusBuilder, run_step
 from tuneops.reconcile.common import artifact_from_result, owner_of
 from tuneops.reconcile.jobs import JobOutcome
 from tuneops.render import finetunedmodel as render
@@ -41,10 +41,8 @@ def adapter_facts(result: dict[str, Any]) -> AdapterFacts | None:
 
 def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
     sb = StatusBuilder(ctx, obj, FINETUNEDMODEL)
-    try:
-        spec = parse(FINETUNEDMODEL, obj)
-    except SpecError as err:
-        sb.condition(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems))
+    spec = sb.spec()
+    if spec is None:
         return sb.finish()
     assert isinstance(spec, FineTunedModelSpec)
     status = sb.status

@@ -265,10 +265,8 @@ async def _reconcile_pods(
 
 def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
     sb = StatusBuilder(ctx, obj, INFERENCESERVICE)
-    try:
-        spec = parse(INFERENCESERVICE, obj)
-    except SpecError as err:
-        sb.condition(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems))
+    spec = sb.spec()
+    if spec is None:
         return sb.finish()
     assert isinstance(spec, InferenceServiceSpec)
     status = sb.status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneops.api import QUANTIZATIONJOB, SpecError
+from tuneops.api import QUANTIZATIONJOB
 from tuneops.api.conditions import QUALITY_GATE_PASSED, QUANTIZED, READY, Reason
 from tuneops.api.finetunedmodel import FineTunedModelStatus
 from tuneops.api.quantizationjob import QualityStatus, QuantizationJobSpec, QuantizationJobStatus
@@ -14,7 +14,6 @@ from tuneops.reconcile.base import (
     Outcome,
     StatusBuilder,
     Waiting,
-    parse,
     parse_status,
     run_step,
 )
@@ -51,10 +50,8 @@ def resolve_source(ctx: Context, obj: dict[str, Any], spec: QuantizationJobSpec)
 
 def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
     sb = StatusBuilder(ctx, obj, QUANTIZATIONJOB)
-    try:
-        spec = parse(QUANTIZATIONJOB, obj)
-    except SpecError as err:
-        sb.condition(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems))
+    spec = sb.spec()
+    if spec is None:
         return sb.finish()
     assert isinstance(spec, QuantizationJobSpec)
     status = sb.status
