@@ -94,6 +94,10 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     took = demo.wait_ready(api, manifests, NAMESPACE, READY_TIMEOUT_S)
     assert set(took) == {f"{demo.SHORT[m['kind']]}/{m['metadata']['name']}" for m in manifests}
 
+    # Adapters that became servable one by one were hot-loaded: the vLLM Deployment never rolled.
+    deployment = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/tiny-llama")
+    assert deployment is not None and deployment["metadata"]["generation"] == 1, deployment["metadata"]
+
     # The base model and each adapter answer on vLLM; the GGUF answers on llama.cpp.
     vllm_url = demo.endpoint(cluster, NAMESPACE, "tiny-llama")
     served = demo.served_names(api, NAMESPACE, "tiny-llama")

@@ -36,7 +36,7 @@ from tuneops.reconcile.base import Context, Invalid, Outcome, StatusBuilder, Wai
 from tuneops.reconcile.common import owner_of, resolve_ref
 from tuneops.render import inferenceservice as render
 from tuneops.render.common import ModelFormat, ResolvedAdapter, ResolvedModel, content_hash, model_format
-from tuneops.render.finetunedmodel import base_uri
+from tuneops.render.finetunedmodel import base_uri, merge_output_uri
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Resolved:
     model: ResolvedModel
     adapters: list[ResolvedAdapter]
     pending: dict[str, str]  # adapter name -> why it is not served yet
+    sources: list[str]  # every URI an adapter of the spec may be loaded from (for the Pods' volumes)
 
 
 def _ftm(
@@ -163,7 +164,28 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> Re
                 adapters.append(previous)
             continue
         adapters.append(_adapter_from_ftm(a.name, fspec, fstatus))
-    return Resolved(model, adapters, pending)
+    return Resolved(model, adapters, pending, adapter_sources(ctx, obj, spec))
+
+
+def adapter_sources(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> list[str]:
+    """Where each listed adapter is, or will be published, whether its FineTunedModel is Ready or not."""
+    out: set[str] = set()
+    for a in spec.lora.adapters if spec.lora else []:
+        if a.uri is not None:
+            out.add(a.uri)
+            continue
+        assert a.fine_tuned_model_ref is not None
+        ns = a.fine_tuned_model_ref.namespace or obj["metadata"]["namespace"]
+        target = ctx.kube.get(k.FINETUNEDMODEL, ns, a.fine_tuned_model_ref.name)
+        if target is None:
+            continue
+        try:
+            fspec = parse(FINETUNEDMODEL, target)
+        except SpecError:
+            continue
+        assert isinstance(fspec, FineTunedModelSpec)
+        out.update({fspec.adapter.uri, merge_output_uri(fspec, owner_of(target), ctx.config)})
+    return sorted(out)
 
 
 def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +326,7 @@ def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
     servable = [a for a in resolved.adapters if a.name not in refused]
 
     rendered = render.render_inferenceservice(
-        spec, owner, ctx.config, model=resolved.model, adapters=servable
+        spec, owner, ctx.config, model=resolved.model, adapters=servable, adapter_sources=resolved.sources
     )
     apply_children(ctx, ns, owner.uid, list(rendered.manifests))
     for note in rendered.notes:

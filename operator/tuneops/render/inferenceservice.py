@@ -578,6 +578,7 @@ def _render_vllm(
     config: OperatorConfig,
     model: ResolvedModel,
     adapters: Sequence[ResolvedAdapter],
+    adapter_sources: Sequence[str] = (),
 ) -> ServingRender:
     v = spec.vllm_settings()
     lora = effective_lora(spec, adapters)
@@ -591,6 +592,11 @@ def _render_vllm(
     modules = lora_modules(spec, owner, config, adapters) if lora else []
     for a in adapters:
         mounts.add(a.uri)
+    if lora:
+        # Claims adapters may come from later are mounted now: a volume cannot be added to a running Pod, so
+        # an adapter on a new claim would otherwise restart the Pods that hot-loading exists to keep.
+        for uri in adapter_sources:
+            mounts.add(uri)
 
     args = vllm_args(
         model_path=files.path,
@@ -846,9 +852,13 @@ def render_inferenceservice(
     *,
     model: ResolvedModel,
     adapters: Sequence[ResolvedAdapter] = (),
+    adapter_sources: Sequence[str] = (),
 ) -> ServingRender:
     """All manifests of the service. Run `check_inferenceservice` first: rendering assumes a servable spec
-    and raises RenderError only for what it cannot express at all (e.g. no GGUF file to point at)."""
+    and raises RenderError only for what it cannot express at all (e.g. no GGUF file to point at).
+
+    `adapter_sources` are URIs adapters may be loaded from later (adapters still waiting for their
+    FineTunedModel, and where those publish): their PVC claims are mounted from the start."""
     if spec.runtime == "llamacpp":
         return _render_llamacpp(spec, owner, config, model)
-    return _render_vllm(spec, owner, config, model, adapters)
+    return _render_vllm(spec, owner, config, model, adapters, adapter_sources)
