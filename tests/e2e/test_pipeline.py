@@ -201,5 +201,12 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
         return not left and not any(_alive(p) for p in pids)
 
     _wait(all_gone, 180, "Pods and processes gone after deletion")
-    for m in manifests:
-        assert api.get(demo.resource_path(m["kind"], NAMESPACE, m["metadata"]["name"])) is None
+
+    # Foreground deletion: each resource goes once the garbage collector has seen its children gone.
+    def resources_gone() -> bool:
+        return all(
+            api.get(demo.resource_path(m["kind"], NAMESPACE, m["metadata"]["name"])) is None
+            for m in manifests
+        )
+
+    _wait(resources_gone, 180, "the resources themselves gone after their children")
