@@ -194,6 +194,22 @@ def chat(base_url: str, model: str, prompt: str, max_tokens: int = 24, timeout: 
     return str(data["choices"][0]["message"]["content"])
 
 
+def chat_when_serving(base_url: str, model: str, prompt: str, deadline: float, say: Say = print) -> str:
+    """`chat`, retried while the server is not answering yet. Ready in status can run ahead of a process
+    that restarts (e.g. `tuneops local up` again on an existing root: its Pods are restarted and reload)."""
+    waited = False
+    while True:
+        try:
+            return chat(base_url, model, prompt)
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as err:
+            if time.monotonic() > deadline:
+                raise DemoError(f"chat completion for model {model!r} at {base_url} failed: {err}") from err
+            if not waited:
+                say(f"  waiting for {model!r} to answer ({err})")
+                waited = True
+            time.sleep(2)
+
+
 def endpoint(
     cluster: LocalCluster, namespace: str, service: str, port: int = 8000, timeout: float = 30.0
 ) -> str:
@@ -255,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{m['kind']} {name}: {url}/v1")
             for model in served_names(api, args.namespace, name):
                 prompt = "Say hello in three words."
-                try:
-                    answer = chat(url, model, prompt)
-                except (urllib.error.URLError, OSError, KeyError, ValueError) as err:
-                    raise DemoError(f"chat completion for model {model!r} at {url} failed: {err}") from err
+                answer = chat_when_serving(url, model, prompt, time.monotonic() + args.timeout, say)
                 say(f"  model {model!r:14} -> {answer.strip()[:100]!r}")
         say("\nThe answers come from tiny random models, so they are gibberish; the plumbing is real.")
         say("Try:")
