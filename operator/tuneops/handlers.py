@@ -73,7 +73,7 @@ class Tracker:
         counts = Counter((kind, ns, ready, reason) for (kind, ns, _), (ready, reason) in self._states.items())
         metrics.RESOURCES.clear()
         for (kind, ns, ready, reason), n in counts.items():
-            metrics.RESOURCES.labels(kind=kind, namespace=ns, ready=ready, reason=reason).set(n)
+            metrics.RESOURCES.labels(kind=kind, resource_namespace=ns, ready=ready, reason=reason).set(n)
 
 
 def _result(outcome: Outcome) -> str:

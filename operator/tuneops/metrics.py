@@ -10,6 +10,10 @@ from tuneops import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# A resource's namespace is `resource_namespace`: Prometheus sets `namespace` (and job, instance, pod, service)
+# on every series from the scraped target, and would rename ours to `exported_namespace` unless honorLabels.
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "container", "endpoint"})
+
 RECONCILE_TOTAL = Counter(
     "tuneops_reconcile_total",
     "Reconciles by kind and result (ready, progressing, waiting, invalid, failed, error).",
@@ -32,13 +36,13 @@ RECONCILE_DURATION = Histogram(
 RESOURCES = Gauge(
     "tuneops_resources",
     "Resources by kind, namespace and Ready condition (True, False, Unknown) with its reason.",
-    ["kind", "namespace", "ready", "reason"],
+    ["kind", "resource_namespace", "ready", "reason"],
     registry=REGISTRY,
 )
 ADAPTERS_SERVED = Gauge(
     "tuneops_adapters_served",
     "LoRA adapters served per InferenceService, by state.",
-    ["namespace", "name", "state"],
+    ["resource_namespace", "name", "state"],
     registry=REGISTRY,
 )
 API_RETRIES = Counter(

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.helpers import ADAPTER_RESULT, complete, ftm, job_named, merge_result
 from tests.integration.operator_bed import Cluster, OperatorProcess
-from tests.integration.test_operator import ADAPTER_RESULT, complete, ftm, job_named, merge_result
 from tuneops import __version__, metrics
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "metrics.md"
+DASHBOARD = ROOT / "charts" / "tuneops" / "dashboards" / "tuneops-operator.json"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -51,6 +55,46 @@ def test_every_metric_is_documented_and_every_documented_metric_exists() -> None
     assert exposed == documented_metrics()
 
 
+def registered_labels() -> dict[str, set[str]]:
+    """Label names of each operator series, by the name it is exposed under."""
+    out = {}
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            family = next(iter(metric.describe()))
+            name = family.name + ("_total" if family.type == "counter" else "")
+            out[name] = set(metric._labelnames)
+    return out
+
+
+def documented_labels() -> dict[str, set[str]]:
+    rows = re.findall(r"^\| `(tuneops_[a-z_]+)` \| \w+ \| ([^|]*) \|", DOCS.read_text(), flags=re.M)
+    return {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in rows}
+
+
+def test_labels_are_documented_and_none_is_a_prometheus_target_label() -> None:
+    assert registered_labels() == documented_labels()
+    for name, labels in registered_labels().items():
+        assert not labels & metrics.TARGET_LABELS, f"{name} would lose {labels & metrics.TARGET_LABELS}"
+
+
+def test_dashboard_and_docs_group_operator_series_by_their_own_labels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exprs += re.findall(r"^(?:  expr: )?(.*tuneops_.*)$", DOCS.read_text(), flags=re.M)
+    labels = registered_labels()
+    checked = 0
+    for expr in exprs:
+        used = [n for n in labels if re.search(rf"\b{n}(_bucket)?\b", expr)]
+        if not used:
+            continue
+        allowed = set.union(*(labels[n] for n in used)) | {"le", "job"}
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            grouped = {g.strip() for g in group.split(",")}
+            assert grouped <= allowed, f"{expr}: {grouped - allowed} is not a label of {used}"
+            checked += 1
+    assert checked >= 8
+
+
 def test_metrics_follow_a_finetunedmodel_through_its_steps(
     operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
@@ -68,12 +112,12 @@ def test_metrics_follow_a_finetunedmodel_through_its_steps(
 
     def pending() -> Samples | None:
         _, now = scrape(operator)
-        found = series(now, "tuneops_resources", kind=kind, namespace=namespace)
+        found = series(now, "tuneops_resources", kind=kind, resource_namespace=namespace)
         return now if [(s["ready"], s["reason"]) for s in found] in ([("False", "JobPending")],
                                                                       [("False", "JobRunning")]) else None  # fmt: skip
 
     during = wait_until(pending, what="tuneops_resources to show the resource as pending")
-    assert value(during, "tuneops_resources", kind=kind, namespace=namespace) == 1
+    assert value(during, "tuneops_resources", kind=kind, resource_namespace=namespace) == 1
     assert value(during, "tuneops_reconcile_total", kind=kind, result="progressing") > progressing0
     assert value(during, "tuneops_reconcile_duration_seconds_count", kind=kind) > count0
     assert value(during, "tuneops_reconcile_duration_seconds_sum", kind=kind) > 0
@@ -87,7 +131,7 @@ def test_metrics_follow_a_finetunedmodel_through_its_steps(
 
     def ready() -> Samples | None:
         _, now = scrape(operator)
-        found = series(now, "tuneops_resources", kind=kind, namespace=namespace)
+        found = series(now, "tuneops_resources", kind=kind, resource_namespace=namespace)
         return now if [(s["ready"], s["reason"]) for s in found] == [("True", "Succeeded")] else None
 
     after = wait_until(ready, timeout=40, what="tuneops_resources to show the resource Ready")
@@ -98,7 +142,7 @@ def test_metrics_follow_a_finetunedmodel_through_its_steps(
 
     kubectl("delete", "finetunedmodel", "m", namespace=namespace)
     wait_until(
-        lambda: not series(scrape(operator)[1], "tuneops_resources", kind=kind, namespace=namespace),
+        lambda: not series(scrape(operator)[1], "tuneops_resources", kind=kind, resource_namespace=namespace),
         what="the deleted resource to leave tuneops_resources",
     )
 
@@ -121,7 +165,7 @@ def test_an_invalid_resource_counts_as_invalid(
 
     def invalid() -> Samples | None:
         _, now = scrape(operator)
-        found = series(now, "tuneops_resources", kind=kind, namespace=namespace)
+        found = series(now, "tuneops_resources", kind=kind, resource_namespace=namespace)
         return now if [(s["ready"], s["reason"]) for s in found] == [("False", "InvalidSpec")] else None
 
     now = wait_until(invalid, what="tuneops_resources to show InvalidSpec")
