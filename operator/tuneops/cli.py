@@ -4,24 +4,51 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tuneops import __version__
 
+if TYPE_CHECKING:
+    from tuneops.manifests import Document
 
-def _load_documents(paths: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for p in paths:
-        text = sys.stdin.read() if p == "-" else Path(p).read_text()
-        for i, doc in enumerate(yaml.safe_load_all(text)):
-            if doc is None:
-                continue
-            if not isinstance(doc, dict):
-                raise SystemExit(f"error: {p} document {i + 1}: expected a mapping, got {type(doc).__name__}")
-            yield f"{p}#{i + 1}", doc
+
+def _load_documents(args: argparse.Namespace) -> list[Document] | None:
+    """The objects named by -f (None after printing why they cannot be read)."""
+    from tuneops.manifests import InputError, load
+
+    try:
+        return load(args.filename, recursive=args.recursive)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def _check_documents(docs: list[Document], *, report_ok: bool) -> int:
+    """Print the problems of each tuneops object (and `ok` lines when asked); the number of objects refused."""
+    from tuneops.api import KINDS, SpecError, parse_spec
+    from tuneops.manifests import object_problems
+
+    failed = 0
+    for doc in docs:
+        problems = object_problems(doc)
+        if doc.kind in KINDS:
+            try:
+                parse_spec(doc.kind, doc.obj)
+            except SpecError as err:
+                problems += err.problems
+        elif not problems:
+            continue
+        if problems:
+            failed += 1
+            print(f"error: {doc.where}: {doc.kind or 'object'} {doc.name!r}:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+        elif report_ok:
+            print(f"ok: {doc.where}: {doc.kind} {doc.name}")
+    return failed
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -41,34 +68,29 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneops.api import KINDS, SpecError, parse_spec
-
-    failed = 0
-    for where, doc in _load_documents(args.filename):
-        kind = str(doc.get("kind", ""))
-        if kind not in KINDS:
-            continue
-        try:
-            parse_spec(kind, doc)
-        except SpecError as err:
-            failed += 1
-            print(f"error: {where}: {kind} {err.name!r}:", file=sys.stderr)
-            for problem in err.problems:
-                print(f"  {problem}", file=sys.stderr)
-        else:
-            print(f"ok: {where}: {kind} {doc.get('metadata', {}).get('name', '?')}")
-    return 2 if failed else 0
+    docs = _load_documents(args)
+    if docs is None:
+        return 2
+    return 2 if _check_documents(docs, report_ok=True) else 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from tuneops.api import SpecError
     from tuneops.config import OperatorConfig
+
+    try:
+        config = OperatorConfig.load(args.config)
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        where = args.config or "$TUNEOPS_CONFIG"
+        print(f"error: operator config {where}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    docs = _load_documents(args)
+    if docs is None or _check_documents(docs, report_ok=False):
+        return 2
     from tuneops.render.plan import render_documents
 
-    config = OperatorConfig.load(args.config)
-    docs = [doc for _, doc in _load_documents(args.filename)]
     try:
-        manifests = render_documents(docs, config, namespace=args.namespace)
+        manifests = render_documents([d.obj for d in docs], config, namespace=args.namespace)
     except SpecError as err:
         print(f"error: {err.kind} {err.name!r}:", file=sys.stderr)
         for problem in err.problems:
@@ -113,6 +135,19 @@ def _delegate(command: str, rest: list[str]) -> int:
 DELEGATED = ("worker", "local", "demo")
 
 
+def _filename_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="YAML or JSON file, or a folder of them (repeatable; - for stdin)",
+    )
+    p.add_argument(
+        "-R", "--recursive", action="store_true", help="read the folders named by -f and their subfolders"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneops",
@@ -131,15 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crds)
 
     p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")
-    p.add_argument(
-        "-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)"
-    )
+    _filename_arguments(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print every manifest the operator would create for the resources")
-    p.add_argument(
-        "-f", "--filename", action="append", required=True, help="YAML file (repeatable; - for stdin)"
-    )
+    _filename_arguments(p)
     p.add_argument("-n", "--namespace", default="default", help="namespace of resources that name none")
     p.add_argument("--config", help="operator config YAML (images, artifact root); default $TUNEOPS_CONFIG")
     p.set_defaults(func=cmd_render)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tuneops import API_VERSION, GROUP, VERSION
-from tuneops.api import finetunedmodel, inferenceservice, quantizationjob
+from tuneops.api import finetunedmodel, inferenceservice, problems, quantizationjob
 from tuneops.api.common import BaseStatus, Model
 
 CATEGORY = "tuneops"
@@ -90,13 +90,12 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def format_errors(err: ValidationError) -> list[str]:
+def format_errors(err: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     """Pydantic errors as 'spec.field.path: message' lines (camelCase paths, as the user wrote them)."""
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{_field_path(loc)}: {msg}")
+        lines.append(f"{_field_path(loc)}: {problems.message(e, loc, model)}")
     return lines
 
 
@@ -111,7 +110,7 @@ def parse_spec(kind: str, obj: dict[str, Any]) -> BaseModel:
     try:
         return info.spec.model_validate(obj.get("spec") or {}, by_alias=True)
     except ValidationError as err:
-        raise SpecError(kind, name, format_errors(err)) from None
+        raise SpecError(kind, name, format_errors(err, info.spec)) from None
 
 
 __all__ = [
