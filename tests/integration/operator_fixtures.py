@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,26 @@ def operator(
     op.wait_serving()
     yield op
     op.stop()
+
+
+@pytest.fixture
+def start_operator(
+    crds: None, operator_kubeconfig: Path, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """`start_operator(kubeconfig=None, **env)`: operators of the test's own (e.g. behind a fault proxy, or
+    with other settings), each with its own log; all stop when the test ends."""
+    started: list[OperatorProcess] = []
+
+    def start(kubeconfig: Path | None = None, **env: str) -> OperatorProcess:
+        op = OperatorProcess(kubeconfig or operator_kubeconfig, tmp_path / f"operator-{len(started)}.log",
+                             extra_env=env)  # fmt: skip
+        op.start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from tests.integration.helpers import ADAPTER_RESULT, complete, ftm, job_named, wait_ready
 from tests.integration.operator_bed import Cluster, OperatorProcess
-from tests.integration.test_operator import ADAPTER_RESULT, complete, ftm, job_named, ready_reason
 from tests.unit.hostile import API, mutated_specs
 from tuneops.api import KINDS, SpecError, parse_spec
 
@@ -128,8 +128,8 @@ def test_a_healthy_resource_is_served_next_to_hostile_ones(
     kubectl.apply([*bad, ftm("good", merge=False)], namespace=namespace, server_side=True)
     inspect = job_named(cluster, namespace, "inspect", wait_until, owner="good")
     complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
-    wait_until(lambda: ready_reason(cluster, "finetunedmodels", namespace, "good") == ("True", "Succeeded"),
-               timeout=40, what="the healthy resource Ready")  # fmt: skip
+    wait_ready(cluster, "finetunedmodels", namespace, "good", wait_until, timeout=40,
+               what="the healthy resource Ready")  # fmt: skip
     for b in bad:
         cond = settle(cluster, namespace, b["kind"], b["metadata"]["name"], wait_until)
         assert cond["status"] == "False" and cond["reason"] in ("InvalidSpec", "WaitingForSource"), cond

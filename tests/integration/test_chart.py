@@ -19,15 +19,16 @@ import yaml
 from kubernetes import config
 
 from tests.integration.conftest import Kubectl, _data_root, _ensure_kubectl, wait_for
-from tests.integration.operator_bed import Cluster, OperatorProcess
-from tests.integration.test_operator import (
+from tests.integration.helpers import (
     ADAPTER_RESULT,
     complete,
     ftm,
     job_named,
     merge_result,
     ready_reason,
+    wait_ready,
 )
+from tests.integration.operator_bed import Cluster, OperatorProcess
 from tests.unit.chart_support import (
     CHART,
     EXPECTED_DISCOVERY_RULES,
@@ -164,11 +165,7 @@ def test_operator_with_the_charts_service_account_reconciles_a_finetunedmodel(be
     complete(bed.cluster, ns, inspect.metadata.name, ADAPTER_RESULT, wait_for)
     merge = job_named(bed.cluster, ns, "merge", wait_for)
     complete(bed.cluster, ns, merge.metadata.name, merge_result(ns), wait_for)
-    wait_for(
-        lambda: ready_reason(bed.cluster, "finetunedmodels", ns, "m") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(bed.cluster, "finetunedmodels", ns, "m", wait_for, timeout=40)
     status = bed.cluster.get("finetunedmodels", ns, "m")["status"]  # type: ignore[index]
     assert status["adapter"]["rank"] == 8
     assert "Succeeded" in {e.reason for e in bed.cluster.events(ns, "m")}

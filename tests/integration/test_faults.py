@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 from tests.integration.faultproxy import FaultProxy, Faults, Request
-from tests.integration.operator_bed import Cluster, OperatorProcess
-from tests.integration.test_operator import (
+from tests.integration.helpers import (
     ADAPTER_RESULT,
     complete,
     ftm,
     job_named,
     merge_result,
     qjob,
-    ready_reason,
+    wait_ready,
 )
+from tests.integration.operator_bed import Cluster, OperatorProcess
 from tuneops.local.controlplane import AuditLog, ControlPlane
 
 GGUF_RESULT = {"artifact": {"uri": "pvc://artifacts/q", "digest": "sha256:q1", "sizeBytes": 99, "format": "gguf",
@@ -44,24 +44,6 @@ def proxy(control_plane: ControlPlane) -> Iterator[FaultProxy]:
     p.start()
     yield p
     p.stop()
-
-
-@pytest.fixture
-def start_operator(
-    crds: None, operator_kubeconfig: Path, tmp_path: Path
-) -> Iterator[Callable[..., OperatorProcess]]:
-    started: list[OperatorProcess] = []
-
-    def start(kubeconfig: Path | None = None, **env: str) -> OperatorProcess:
-        op = OperatorProcess(kubeconfig or operator_kubeconfig, tmp_path / f"operator-{len(started)}.log",
-                             extra_env=env)  # fmt: skip
-        op.start()
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
 
 
 def metric(op: OperatorProcess, name: str) -> float:
@@ -87,13 +69,11 @@ def run_pipeline(cluster: Cluster, ns: str, wait: Callable[..., Any], timeout: f
     """FineTunedModel m (inspect, merge) -> QuantizationJob q (quantize), playing kubelet for each Job."""
     complete(cluster, ns, job_named(cluster, ns, "inspect", wait).metadata.name, ADAPTER_RESULT, wait)
     complete(cluster, ns, job_named(cluster, ns, "merge", wait).metadata.name, merge_result(ns), wait)
-    wait(lambda: ready_reason(cluster, "finetunedmodels", ns, "m") == ("True", "Succeeded"), timeout=timeout,
-         what="m Ready")  # fmt: skip
+    wait_ready(cluster, "finetunedmodels", ns, "m", wait, timeout=timeout, what="m Ready")
     complete(
         cluster, ns, job_named(cluster, ns, "quantize", wait, owner="q").metadata.name, GGUF_RESULT, wait
     )
-    wait(lambda: ready_reason(cluster, "quantizationjobs", ns, "q") == ("True", "Succeeded"), timeout=timeout,
-         what="q Ready")  # fmt: skip
+    wait_ready(cluster, "quantizationjobs", ns, "q", wait, timeout=timeout, what="q Ready")
 
 
 def test_operator_converges_through_errors_and_stalls_without_duplicate_jobs(
@@ -151,8 +131,8 @@ def test_api_server_restart_mid_pipeline(
     complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
     complete(cluster, namespace, job_named(cluster, namespace, "quantize", wait_until).metadata.name, GGUF_RESULT,
              wait_until)  # fmt: skip
-    wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("True", "Succeeded"),
-               timeout=120, what="q Ready after two API server restarts")  # fmt: skip
+    wait_ready(cluster, "quantizationjobs", namespace, "q", wait_until, timeout=120,
+               what="q Ready after two API server restarts")  # fmt: skip
     jobs = sorted(j.metadata.name for j in cluster.jobs(namespace))
     assert len(jobs) == 3, jobs
     assert job_creations(audit_log, mark, namespace) == jobs
@@ -173,7 +153,7 @@ def test_operator_killed_in_the_middle_of_a_status_write(
     mark = audit_log.mark()
     kubectl.apply(ftm("m"), namespace=namespace)
     inspect = job_named(cluster, namespace, "inspect", wait_until)
-    wait_until(lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("False", "JobPending"),
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, ("False", "JobPending"),
                what="the inspect step recorded")  # fmt: skip
     held = proxy.hold(
         lambda r: (
@@ -193,8 +173,9 @@ def test_operator_killed_in_the_middle_of_a_status_write(
     start_operator(kubeconfig)
     merge = job_named(cluster, namespace, "merge", wait_until)
     complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
-    wait_until(lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-               timeout=60, what="Ready after the kill")  # fmt: skip
+    wait_ready(
+        cluster, "finetunedmodels", namespace, "m", wait_until, timeout=60, what="Ready after the kill"
+    )
     jobs = sorted(j.metadata.name for j in cluster.jobs(namespace))
     assert len(jobs) == 2, jobs
     assert job_creations(audit_log, mark, namespace) == jobs

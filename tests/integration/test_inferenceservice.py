@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tests.integration.helpers import complete, job_named, ready_reason, wait_ready
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
-from tests.integration.test_operator import complete, job_named, ready_reason
 
 
 def gguf_qjob() -> dict[str, Any]:
@@ -60,21 +60,14 @@ def test_service_waits_for_its_quantization_then_serves_and_rolls_on_a_new_diges
     assert service.metadata.owner_references[0].name == "edge"
     args = deployment.spec.template.spec.containers[0].args
     assert any("model-Q4_K_M.gguf" in a for a in args), args
-    wait_until(
-        lambda: ready_reason(cluster, "inferenceservices", namespace, "edge") == ("False", "Deploying"),
-        what="Deploying",
-    )
+    wait_ready(cluster, "inferenceservices", namespace, "edge", wait_until, ("False", "Deploying"))
 
     selector = ",".join(f"{k}={v}" for k, v in deployment.spec.selector.match_labels.items())
     wait_until(
         lambda: cluster.core.list_namespaced_pod(namespace, label_selector=selector).items, what="Pods"
     )
     mark_pods_ready(cluster, namespace, selector)
-    wait_until(
-        lambda: ready_reason(cluster, "inferenceservices", namespace, "edge") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(cluster, "inferenceservices", namespace, "edge", wait_until, timeout=40)
     status = cluster.get("inferenceservices", namespace, "edge")["status"]  # type: ignore[index]
     assert status["url"] == f"http://edge.{namespace}.svc.cluster.local:8000/v1"
     assert status["readyReplicas"] == 1 and status["modelDigest"] == "sha256:first"
@@ -114,10 +107,7 @@ def test_service_problem_is_reported_and_nothing_is_deployed(
     obj = llamacpp_isvc()
     obj["spec"]["model"] = {"uri": "pvc://models/merged-folder"}  # no GGUF file named
     kubectl.apply(obj, namespace=namespace)
-    wait_until(
-        lambda: ready_reason(cluster, "inferenceservices", namespace, "edge") == ("False", "InvalidSpec"),
-        what="InvalidSpec",
-    )
+    wait_ready(cluster, "inferenceservices", namespace, "edge", wait_until, ("False", "InvalidSpec"))
     assert "spec.model" in cluster.ready("inferenceservices", namespace, "edge")["message"]  # type: ignore[index]
     assert not cluster.apps.list_namespaced_deployment(namespace).items
 
@@ -128,8 +118,5 @@ def test_cross_namespace_reference_is_refused(
     obj = llamacpp_isvc()
     obj["spec"]["model"] = {"quantizationJobRef": {"name": "q", "namespace": "kube-system"}}
     kubectl.apply(obj, namespace=namespace)
-    wait_until(
-        lambda: ready_reason(cluster, "inferenceservices", namespace, "edge") == ("False", "InvalidSpec"),
-        what="InvalidSpec",
-    )
+    wait_ready(cluster, "inferenceservices", namespace, "edge", wait_until, ("False", "InvalidSpec"))
     assert "cross-namespace" in cluster.ready("inferenceservices", namespace, "edge")["message"]  # type: ignore[index]

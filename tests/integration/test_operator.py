@@ -7,81 +7,17 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import (
+    ADAPTER_RESULT,
+    complete,
+    ftm,
+    job_named,
+    merge_result,
+    qjob,
+    ready_reason,
+    wait_ready,
+)
 from tests.integration.operator_bed import Cluster, OperatorProcess
-
-ADAPTER_RESULT = {
-    "adapter": {
-        "type": "LORA",
-        "rank": 8,
-        "alpha": 16,
-        "rsLora": False,
-        "targetModules": ["q_proj", "v_proj"],
-        "baseModelName": "tiny-llama",
-        "digest": "sha256:adapter1",
-    },
-    "problems": [],
-}
-
-
-def merge_result(ns: str, digest: str = "sha256:merged1") -> dict[str, Any]:
-    return {
-        "artifact": {
-            "uri": f"pvc://artifacts/{ns}/m",
-            "digest": digest,
-            "sizeBytes": 1234,
-            "format": "safetensors",
-        }
-    }
-
-
-def ftm(name: str, merge: bool = True, dtype: str = "float16") -> dict[str, Any]:
-    return {
-        "apiVersion": "tuneops.io/v1alpha1",
-        "kind": "FineTunedModel",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"uri": "pvc://models/tiny-llama"},
-            "adapter": {"uri": "pvc://models/adapter-a"},
-            "merge": {"enabled": merge, "dtype": dtype},
-        },
-    }
-
-
-def qjob(name: str, source: str, gate: float | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"source": {"fineTunedModelRef": {"name": source}}, "method": "gguf",
-                            "gguf": {"quantTypes": ["Q4_K_M"]}}  # fmt: skip
-    if gate is not None:
-        spec["qualityGate"] = {"maxPerplexityIncreasePct": gate}
-    return {
-        "apiVersion": "tuneops.io/v1alpha1",
-        "kind": "QuantizationJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def job_named(
-    cluster: Cluster, ns: str, step: str, wait: Callable[..., Any], owner: str | None = None
-) -> Any:
-    def find() -> Any:
-        for job in cluster.jobs(ns):
-            labels = job.metadata.labels or {}
-            if labels.get("app.kubernetes.io/component") == step and (
-                owner is None or labels.get("app.kubernetes.io/instance") == owner
-            ):
-                return job
-        return None
-
-    return wait(find, timeout=30, what=f"{step} Job")
-
-
-def ready_reason(cluster: Cluster, plural: str, ns: str, name: str) -> tuple[str, str] | None:
-    cond = cluster.ready(plural, ns, name)
-    return (cond["status"], cond["reason"]) if cond else None
-
-
-def complete(cluster: Cluster, ns: str, job: str, result: dict[str, Any], wait: Callable[..., Any]) -> None:
-    wait(lambda: cluster.finish_pod(ns, job, result), timeout=30, what=f"a Pod of {job}")
 
 
 def test_finetunedmodel_runs_inspect_then_merge_and_records_the_artifact(
@@ -104,11 +40,7 @@ def test_finetunedmodel_runs_inspect_then_merge_and_records_the_artifact(
     complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
     merge = job_named(cluster, namespace, "merge", wait_until)
     complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=40)
 
     status = cluster.get("finetunedmodels", namespace, "m")["status"]  # type: ignore[index]
     assert status["artifact"] == merge_result(namespace)["artifact"]
@@ -126,10 +58,7 @@ def test_quantization_waits_for_its_finetunedmodel_then_proceeds(
     operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
     kubectl.apply(qjob("q", "m"), namespace=namespace)
-    wait_until(
-        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "WaitingForSource"),
-        what="waiting",
-    )
+    wait_ready(cluster, "quantizationjobs", namespace, "q", wait_until, ("False", "WaitingForSource"))
     msg = cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
     assert "does not exist" in msg
     assert not cluster.jobs(namespace)
@@ -156,11 +85,7 @@ def test_quantization_waits_for_its_finetunedmodel_then_proceeds(
     gguf = {"artifact": {"uri": f"pvc://artifacts/{namespace}/q", "digest": "sha256:q1", "sizeBytes": 99,
                          "format": "gguf", "files": ["model-Q4_K_M.gguf"]}}  # fmt: skip
     complete(cluster, namespace, quantize.metadata.name, gguf, wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(cluster, "quantizationjobs", namespace, "q", wait_until, timeout=40)
 
 
 def test_quality_gate_failure_reports_the_numbers(
@@ -177,10 +102,7 @@ def test_quality_gate_failure_reports_the_numbers(
     complete(cluster, namespace, evaluate.metadata.name,
              {"metrics": {"perplexity": 13.2, "referencePerplexity": 11.0, "increasePct": 20.0}, "passed": False},
              wait_until)  # fmt: skip
-    wait_until(
-        lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "QualityGateFailed"),
-        what="gate failed",
-    )
+    wait_ready(cluster, "quantizationjobs", namespace, "q", wait_until, ("False", "QualityGateFailed"))
     obj = cluster.get("quantizationjobs", namespace, "q")
     assert obj is not None
     msg = cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
@@ -209,11 +131,7 @@ def test_failing_pod_gives_reason_and_a_spec_change_reruns(
     for _ in range(2):
         wait_until(lambda: cluster.finish_pod(namespace, merge.metadata.name, result, exit_code, kubelet_reason),
                    timeout=30, what="a merge Pod")  # fmt: skip
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("False", want_reason),
-        timeout=40,
-        what=want_reason,
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, ("False", want_reason), timeout=40)
     assert want_text in cluster.ready("finetunedmodels", namespace, "m")["message"]  # type: ignore[index]
     jobs_before = {j.metadata.name for j in cluster.jobs(namespace)}
 
@@ -229,11 +147,7 @@ def test_failing_pod_gives_reason_and_a_spec_change_reruns(
     new = next(j for j in cluster.jobs(namespace) if j.metadata.name not in jobs_before)
     assert "bfloat16" in new.spec.template.spec.containers[0].args
     complete(cluster, namespace, new.metadata.name, merge_result(namespace, "sha256:m2"), wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=40)
 
 
 def test_incompatible_adapter_is_refused(
@@ -243,10 +157,7 @@ def test_incompatible_adapter_is_refused(
     inspect = job_named(cluster, namespace, "inspect", wait_until)
     bad = {**ADAPTER_RESULT, "problems": ["target module q_proj: base has no such module"]}
     complete(cluster, namespace, inspect.metadata.name, bad, wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("False", "IncompatibleAdapter"),
-        what="refused",
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, ("False", "IncompatibleAdapter"))
     assert "q_proj" in cluster.ready("finetunedmodels", namespace, "m")["message"]  # type: ignore[index]
     assert not [
         j for j in cluster.jobs(namespace) if j.metadata.labels.get("app.kubernetes.io/component") == "merge"
@@ -265,11 +176,7 @@ def test_operator_restart_mid_pipeline_makes_no_duplicates(
     operator.stop()
     operator.start()
     complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-        timeout=60,
-        what="Ready",
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=60)
     names = sorted(j.metadata.name for j in cluster.jobs(namespace))
     assert len(names) == 2, names
 
@@ -308,11 +215,7 @@ def test_steady_state_makes_no_writes(
     kubectl.apply(ftm("m", merge=False), namespace=namespace)
     inspect = job_named(cluster, namespace, "inspect", wait_until)
     complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
-    wait_until(
-        lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-        timeout=40,
-        what="Ready",
-    )
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=40)
     import time
 
     time.sleep(2)  # let the last status write and kopf's own bookkeeping land

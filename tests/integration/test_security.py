@@ -9,37 +9,19 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.integration.helpers import ADAPTER_RESULT, complete, job_named, wait_ready
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
-from tests.integration.test_operator import ADAPTER_RESULT, complete, job_named, ready_reason
 from tests.unit.render_support import SECRET_ENV, assert_restricted
 
 API = "tuneops.io/v1alpha1"
 KINDS_TO_SCAN = ["jobs", "pods", "deployments", "services", "configmaps", "events",
                  "finetunedmodels", "quantizationjobs", "inferenceservices"]  # fmt: skip
-
-
-@pytest.fixture
-def start_operator(
-    crds: None, operator_kubeconfig: Path, tmp_path: Path
-) -> Iterator[Callable[..., OperatorProcess]]:
-    started: list[OperatorProcess] = []
-
-    def start(**env: str) -> OperatorProcess:
-        op = OperatorProcess(operator_kubeconfig, tmp_path / f"operator-{len(started)}.log", extra_env=env)
-        op.start()
-        started.append(op)
-        return op
-
-    yield start
-    for op in started:
-        op.stop()
 
 
 def secret(name: str, key: str, value: str) -> dict[str, Any]:
@@ -71,8 +53,7 @@ def test_tokens_and_api_keys_never_appear_in_what_the_operator_writes(
     )  # fmt: skip
     inspect = job_named(cluster, namespace, "inspect", wait_until)
     complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
-    wait_until(lambda: ready_reason(cluster, "finetunedmodels", namespace, "m") == ("True", "Succeeded"),
-               timeout=40, what="m Ready")  # fmt: skip
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=40, what="m Ready")
     wait_until(lambda: cluster.apps.list_namespaced_deployment(namespace).items, what="the Deployment")
     # The serving Pods become Ready: the operator now calls them with the API key (they are unreachable).
     deployment = cluster.apps.list_namespaced_deployment(namespace).items[0]
@@ -124,14 +105,15 @@ def test_cross_namespace_references_follow_the_operator_config(
          "spec": {"source": {"fineTunedModelRef": {"name": "m", "namespace": "default"}}, "method": "gguf"}}  # fmt: skip
     kubectl.apply(q, namespace=namespace)
     op = start_operator()
-    wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "InvalidSpec"),
-               what="refused")  # fmt: skip
+    wait_ready(
+        cluster, "quantizationjobs", namespace, "q", wait_until, ("False", "InvalidSpec"), what="refused"
+    )
     assert "cross-namespace" in cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
     op.stop()
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"allow_cross_namespace_refs": True}))
     start_operator(TUNEOPS_CONFIG=str(config))
-    wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") == ("False", "WaitingForSource"),
+    wait_ready(cluster, "quantizationjobs", namespace, "q", wait_until, ("False", "WaitingForSource"),
                what="allowed: now it waits for default/m")  # fmt: skip
     assert "default/m" in cluster.ready("quantizationjobs", namespace, "q")["message"]  # type: ignore[index]
