@@ -29,6 +29,7 @@ from tests.unit.chart_support import (
     values_args,
 )
 from tuneops.config import OperatorConfig
+from tuneops.storage.uri import parse_uri
 
 # The oldest and newest Kubernetes versions kubernetes-validate carries schemas for.
 K8S_VERSIONS = ("1.25.0", "1.37.0")
@@ -46,6 +47,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "grafana": {"dashboards": {"enabled": True}},
     },
     "peering": {"operator": {"peering": {"enabled": True, "name": "tuneops-a"}}},
+    "artifact-claim": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "config": {"artifactRoot": "pvc://models/tuneops"},
+        "artifacts": {
+            "claim": {
+                "create": True,
+                "storageClassName": "nfs-rwx",
+                "size": "2Ti",
+                "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                "labels": {"team": "ml"},
+                "annotations": {"example.com/backup": "daily"},
+            }
+        },
+    },
     "external-sa-no-rbac": {"serviceAccount": {"create": False, "name": "ops"}, "rbac": {"create": False}},
     "pinned-and-scheduled": {
         "image": {"digest": "sha256:" + "a" * 64, "tag": "0.1.0"},
@@ -184,6 +199,10 @@ def test_values_sets_match_the_schema(name: str) -> None:
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
         ({"unknownTopLevel": True}, "unknownTopLevel"),
+        ({"artifacts": {"claim": {"accessModes": ["ReadWriteAll"]}}}, "/artifacts/claim/accessModes/0"),
+        ({"artifacts": {"claim": {"size": "lots"}}}, "/artifacts/claim/size"),
+        ({"artifacts": {"claim": {"storageClassName": "Fast_SSD"}}}, "/artifacts/claim/storageClassName"),
+        ({"artifacts": {"claim": {"name": "x"}}}, "name"),
     ],
 )
 def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_path: Path) -> None:
@@ -197,6 +216,14 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_pat
         (
             {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
             "needs metrics.service",
+        ),
+        (
+            {"artifacts": {"claim": {"create": True}}, "config": {"artifactRoot": "s3://bucket/models"}},
+            "artifacts.claim.create needs config.artifactRoot to be pvc://<claim>[/path]",
+        ),
+        (
+            {"artifacts": {"claim": {"create": True}}, "config": {"artifactRoot": "pvc://Models"}},
+            '"Models" is not a valid PersistentVolumeClaim name',
         ),
     ],
 )
@@ -456,6 +483,69 @@ def test_no_rbac_and_an_existing_service_account(tmp_path: Path) -> None:
     for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"):
         assert not find(docs, kind), kind
     assert deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+
+
+# ------------------------------------------------------------------------------------------ artifact claim
+
+
+def test_no_artifact_claim_by_default(tmp_path: Path) -> None:
+    assert not find(render({}, tmp_path), "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ({}, ["tuneops-system"]),
+        ({"rbac": {"scope": "namespaced"}}, ["tuneops-system"]),
+        ({"watchNamespaces": ["a", "b"]}, ["a", "b"]),
+        ({"watchNamespaces": ["a"], "artifacts": {"claim": {"namespaces": ["ml-a", "ml-b"]}}}, ["ml-a", "ml-b"]),
+    ],
+)
+def test_artifact_claim_is_the_one_the_operator_writes_to_in_each_namespace(
+    values: dict[str, Any], namespaces: list[str], tmp_path: Path
+) -> None:
+    docs = render(merged(values, {"artifacts": {"claim": {"create": True}}}), tmp_path)
+    claims = find(docs, "PersistentVolumeClaim")
+    assert [c["metadata"]["namespace"] for c in claims] == namespaces
+    root = parse_uri(operator_config(docs).artifact_root)
+    for claim in claims:
+        assert claim["metadata"]["name"] == root.claim == "tuneops-artifacts"
+        assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert claim["spec"] == {
+            "accessModes": ["ReadWriteMany"],
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "200Gi"}},
+        }
+
+
+def test_artifact_claim_values(tmp_path: Path) -> None:
+    docs = render(VALUE_SETS["artifact-claim"], tmp_path)
+    assert operator_config(docs).artifact_root == "pvc://models/tuneops"
+    claim = find(docs, "PersistentVolumeClaim")[0]
+    assert claim["metadata"]["name"] == "models"
+    assert claim["metadata"]["labels"]["team"] == "ml"
+    assert claim["metadata"]["labels"]["app.kubernetes.io/component"] == "artifacts"
+    assert claim["metadata"]["annotations"]["example.com/backup"] == "daily"
+    assert claim["spec"]["storageClassName"] == "nfs-rwx"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany", "ReadOnlyMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Ti"
+    dropped = render(
+        merged(VALUE_SETS["artifact-claim"], {"artifacts": {"claim": {"keep": False}}}), tmp_path
+    )
+    assert (
+        "helm.sh/resource-policy" not in find(dropped, "PersistentVolumeClaim")[0]["metadata"]["annotations"]
+    )
+
+
+def test_notes_say_where_default_outputs_go(tmp_path: Path) -> None:
+    notes = helm("install", "t", str(CHART), "--dry-run=client", "-n", "ops")
+    assert "that claim must exist in every namespace" in notes
+    created = helm("install", "t", str(CHART), "--dry-run=client", "-n", "ops",
+                   *values_args({"artifacts": {"claim": {"create": True}}}, tmp_path))  # fmt: skip
+    assert (
+        "this release creates the claim tuneops-artifacts\nin namespaces ops and keeps it on uninstall"
+        in created
+    )
 
 
 # ----------------------------------------------------------------------------------- metrics and monitors

@@ -125,3 +125,21 @@ server-side apply (create + patch) and pruned (delete); Pods only listed; Secret
   verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end -}}
+
+{{/* The claim config.artifactRoot names (pvc://<claim>[/path]); only called when the chart creates it. */}}
+{{- define "tuneops.artifactClaim" -}}
+{{- $root := .Values.config.artifactRoot -}}
+{{- if not (hasPrefix "pvc://" $root) -}}
+{{- fail (printf "artifacts.claim.create needs config.artifactRoot to be pvc://<claim>[/path], got %q" $root) -}}
+{{- end -}}
+{{- $claim := trimPrefix "pvc://" $root | splitList "/" | first -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$" $claim) -}}
+{{- fail (printf "config.artifactRoot %q: %q is not a valid PersistentVolumeClaim name" $root $claim) -}}
+{{- end -}}
+{{- $claim -}}
+{{- end -}}
+
+{{/* Namespaces the artifact claim is created in, as a JSON list (Pods mount claims of their own namespace). */}}
+{{- define "tuneops.artifactClaimNamespaces" -}}
+{{- .Values.artifacts.claim.namespaces | default (include "tuneops.watchNamespaces" . | fromJsonArray) | default (list .Release.Namespace) | uniq | toJson -}}
+{{- end -}}
