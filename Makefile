@@ -30,6 +30,7 @@ helm: ## the helm binary used by the chart tests (cached)
 
 crds: setup
 	$(BIN)/tuneops crds --output crds
+	$(BIN)/tuneops argocd --output charts/tuneops/argocd
 
 lint: setup
 	$(BIN)/ruff check operator tests bench

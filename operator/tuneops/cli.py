@@ -1,4 +1,4 @@
-"""The `tuneops` command: crds, validate, render, run (the operator), worker, local and demo."""
+"""The `tuneops` command: crds, argocd, validate, render, run (the operator), worker, local and demo."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def cmd_crds(args: argparse.Namespace) -> int:
         )
         return 2
     for path in crdgen.write(Path(args.output)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_argocd(args: argparse.Namespace) -> int:
+    from tuneops import argocd
+
+    if args.output == "-":
+        sys.stdout.write(argocd.configmap())
+        return 0
+    for path in argocd.write(Path(args.output)):
         print(f"wrote {path}")
     return 0
 
@@ -164,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out the CEL rules, for Kubernetes older than 1.25 (the operator checks them itself)",
     )
     p.set_defaults(func=cmd_crds)
+
+    p = sub.add_parser("argocd", help="write the Argo CD health checks (Lua) and their argocd-cm patch")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="charts/tuneops/argocd",
+        help="directory to write to, or - for the argocd-cm patch on stdout",
+    )
+    p.set_defaults(func=cmd_argocd)
 
     p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")
     _filename_arguments(p)

@@ -1,4 +1,4 @@
-"""The Argo CD health checks (Lua) return the expected health for status samples of each kind.
+"""The Argo CD health checks (Lua) are the generated ones and return the expected health for status samples.
 
 Argo CD runs health scripts in gopher-lua, a Lua 5.1; the tests run them in Lua 5.1 through lupa, with the
 resource as the global `obj`, exactly as Argo CD hands it over.
@@ -13,11 +13,13 @@ import lupa.lua51 as lupa
 import pytest
 import yaml
 
+from tuneops import argocd
 from tuneops.api.conditions import TERMINAL_REASONS, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH = ROOT / "charts" / "tuneops" / "argocd" / "health"
-ARGOCD_CM = ROOT / "charts" / "tuneops" / "argocd" / "argocd-cm.yaml"
+ARGOCD = ROOT / "charts" / "tuneops" / "argocd"
+HEALTH = ARGOCD / "health"
+ARGOCD_CM = ARGOCD / "argocd-cm.yaml"
 KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService")
 
 
@@ -57,145 +59,55 @@ def resource(
     return obj
 
 
-# (what, sample builder, expected health, expected message fragment), for every kind.
+# (what, how the sample differs from a current resource (see `resource`), expected health, message fragment),
+# for every kind.
 COMMON_CASES = [
-    ("missing status", lambda k: resource(k, status=False), "Progressing", "report status"),
-    ("status without conditions", lambda k: resource(k, ready=None), "Progressing", "No Ready condition"),
-    (
-        "stale generation, even if Ready",
-        lambda k: resource(k, generation=3, observed=2, ready=("True", "Succeeded", "ok")),
-        "Progressing",
-        "generation 3",
-    ),
-    (
-        "stale generation hides an old failure",
-        lambda k: resource(k, generation=2, observed=1, ready=("False", "JobFailed", "boom")),
-        "Progressing",
-        "generation 2",
-    ),
-    (
-        "no observedGeneration yet",
-        lambda k: resource(k, observed=None, ready=("True", "Succeeded", "ok")),
-        "Progressing",
-        "generation 1",
-    ),
-    (
-        "ready",
-        lambda k: resource(k, ready=("True", "Succeeded", "model is ready")),
-        "Healthy",
-        "model is ready",
-    ),
-    (
-        "failed: Job failed",
-        lambda k: resource(k, ready=("False", "JobFailed", "merge failed: exit 1")),
-        "Degraded",
-        "merge failed",
-    ),
-    (
-        "failed: invalid spec",
-        lambda k: resource(k, ready=("False", "InvalidSpec", "spec.x: bad")),
-        "Degraded",
-        "spec.x",
-    ),
-    ("job pending", lambda k: resource(k, ready=("False", "JobPending", "")), "Progressing", "JobPending"),
-    (
-        "job running",
-        lambda k: resource(k, ready=("Unknown", "JobRunning", "merging")),
-        "Progressing",
-        "merging",
-    ),
-    (
-        "waiting for its source",
-        lambda k: resource(k, ready=("False", "WaitingForSource", "FineTunedModel ns/a is not Ready yet")),
-        "Progressing",
-        "not Ready yet",
-    ),
-    (
-        "Ready=Unknown",
-        lambda k: resource(k, ready=("Unknown", "Reconciling", "")),
-        "Progressing",
-        "Reconciling",
-    ),
-]
+    ("missing status", {"status": False}, "Progressing", "report status"),
+    ("status without conditions", {}, "Progressing", "No Ready condition"),
+    ("stale generation, even if Ready",
+     {"generation": 3, "observed": 2, "ready": ("True", "Succeeded", "ok")}, "Progressing", "generation 3"),
+    ("stale generation hides an old failure",
+     {"generation": 2, "observed": 1, "ready": ("False", "JobFailed", "boom")}, "Progressing", "generation 2"),
+    ("no observedGeneration yet", {"observed": None, "ready": ("True", "Succeeded", "ok")}, "Progressing", "generation 1"),
+    ("ready", {"ready": ("True", "Succeeded", "model is ready")}, "Healthy", "model is ready"),
+    ("failed: Job failed", {"ready": ("False", "JobFailed", "merge failed: exit 1")}, "Degraded", "merge failed"),
+    ("failed: invalid spec", {"ready": ("False", "InvalidSpec", "spec.x: bad")}, "Degraded", "spec.x"),
+    ("job pending", {"ready": ("False", "JobPending", "")}, "Progressing", "JobPending"),
+    ("job running", {"ready": ("Unknown", "JobRunning", "merging")}, "Progressing", "merging"),
+    ("waiting for its source",
+     {"ready": ("False", "WaitingForSource", "FineTunedModel ns/a is not Ready yet")}, "Progressing", "not Ready yet"),
+    ("Ready=Unknown", {"ready": ("Unknown", "Reconciling", "")}, "Progressing", "Reconciling"),
+]  # fmt: skip
 
+# (kind, what, Ready condition (status, reason, message), expected health, expected message fragment)
 KIND_CASES = [
-    (
-        "QuantizationJob",
-        "quality gate failed",
-        resource("QuantizationJob", ready=("False", "QualityGateFailed", "perplexity +12% > 5%")),
-        "Degraded",
-        "perplexity",
-    ),
-    (
-        "QuantizationJob",
-        "OOM killed",
-        resource("QuantizationJob", ready=("False", "OOMKilled", "quantize: OOMKilled")),
-        "Degraded",
-        "OOMKilled",
-    ),
-    (
-        "FineTunedModel",
-        "incompatible adapter",
-        resource("FineTunedModel", ready=("False", "IncompatibleAdapter", "rank 1024 > 512")),
-        "Degraded",
-        "rank",
-    ),
-    (
-        "InferenceService",
-        "deploying",
-        resource("InferenceService", ready=("False", "Deploying", "0/1 replicas available")),
-        "Progressing",
-        "0/1",
-    ),
-    (
-        "InferenceService",
-        "adapters loading",
-        resource("InferenceService", ready=("False", "AdaptersLoading", "loading adapters")),
-        "Progressing",
-        "loading",
-    ),
-    (
-        "InferenceService",
-        "rollout in progress while serving",
-        resource(
-            "InferenceService",
-            ready=("True", "MinimumReplicasAvailable", "serving; rollout in progress (1/2)"),
-        ),
-        "Progressing",
-        "rollout",
-    ),
-    (
-        "InferenceService",
-        "adapter failed to load",
-        resource("InferenceService", ready=("False", "AdapterLoadFailed", "adapter sql: 404")),
-        "Degraded",
-        "adapter sql",
-    ),
-    (
-        "InferenceService",
-        "serving",
-        resource("InferenceService", ready=("True", "Succeeded", "serving base, sql at http://x")),
-        "Healthy",
-        "serving",
-    ),
-]
+    ("QuantizationJob", "quality gate failed", ("False", "QualityGateFailed", "perplexity +12% > 5%"), "Degraded", "perplexity"),
+    ("QuantizationJob", "OOM killed", ("False", "OOMKilled", "quantize: OOMKilled"), "Degraded", "OOMKilled"),
+    ("FineTunedModel", "incompatible adapter", ("False", "IncompatibleAdapter", "rank 1024 > 512"), "Degraded", "rank"),
+    ("InferenceService", "deploying", ("False", "Deploying", "0/1 replicas available"), "Progressing", "0/1"),
+    ("InferenceService", "adapters loading", ("False", "AdaptersLoading", "loading adapters"), "Progressing", "loading"),
+    ("InferenceService", "rollout in progress while serving",
+     ("True", "MinimumReplicasAvailable", "serving; rollout in progress (1/2)"), "Progressing", "rollout"),
+    ("InferenceService", "adapter failed to load", ("False", "AdapterLoadFailed", "adapter sql: 404"), "Degraded", "adapter sql"),
+    ("InferenceService", "serving", ("True", "Succeeded", "serving base, sql at http://x"), "Healthy", "serving"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    ("what", "build", "want", "fragment"), COMMON_CASES, ids=[c[0] for c in COMMON_CASES]
+    ("what", "sample", "want", "fragment"), COMMON_CASES, ids=[c[0] for c in COMMON_CASES]
 )
-def test_common_samples(kind: str, what: str, build: Any, want: str, fragment: str) -> None:
-    got, message = health(kind, build(kind))
+def test_common_samples(kind: str, what: str, sample: dict[str, Any], want: str, fragment: str) -> None:
+    got, message = health(kind, resource(kind, **sample))
     assert got == want, f"{kind} {what}: {got} ({message})"
     assert fragment in message
 
 
 @pytest.mark.parametrize(
-    ("kind", "what", "obj", "want", "fragment"), KIND_CASES, ids=[c[1] for c in KIND_CASES]
+    ("kind", "what", "ready", "want", "fragment"), KIND_CASES, ids=[c[1] for c in KIND_CASES]
 )
-def test_kind_samples(kind: str, what: str, obj: dict[str, Any], want: str, fragment: str) -> None:
-    got, message = health(kind, obj)
+def test_kind_samples(kind: str, what: str, ready: tuple[str, str, str], want: str, fragment: str) -> None:
+    got, message = health(kind, resource(kind, ready=ready))
     assert got == want, f"{kind} {what}: {got} ({message})"
     assert fragment in message
 
@@ -209,6 +121,16 @@ def test_degraded_exactly_on_the_operators_terminal_reasons(kind: str, reason: s
     """The Lua tables agree with tuneops.api.conditions.TERMINAL_REASONS: no terminal reason left out, none added."""
     got, _ = health(kind, resource(kind, ready=("False", reason, "m")))
     assert got == ("Degraded" if reason in TERMINAL_REASONS else "Progressing")
+
+
+def test_committed_files_are_the_generated_ones() -> None:
+    generated = argocd.files()
+    committed = {str(p.relative_to(ARGOCD)) for p in ARGOCD.rglob("*") if p.is_file()}
+    assert committed == set(generated), "run `tuneops argocd` and commit charts/tuneops/argocd"
+    for name, text in generated.items():
+        assert (ARGOCD / name).read_text() == text, (
+            f"charts/tuneops/argocd/{name} is stale: run `tuneops argocd` and commit the result"
+        )
 
 
 def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
