@@ -498,7 +498,10 @@ def test_no_artifact_claim_by_default(tmp_path: Path) -> None:
         ({}, ["tuneops-system"]),
         ({"rbac": {"scope": "namespaced"}}, ["tuneops-system"]),
         ({"watchNamespaces": ["a", "b"]}, ["a", "b"]),
-        ({"watchNamespaces": ["a"], "artifacts": {"claim": {"namespaces": ["ml-a", "ml-b"]}}}, ["ml-a", "ml-b"]),
+        (
+            {"watchNamespaces": ["a"], "artifacts": {"claim": {"namespaces": ["ml-a", "ml-b"]}}},
+            ["ml-a", "ml-b"],
+        ),
     ],
 )
 def test_artifact_claim_is_the_one_the_operator_writes_to_in_each_namespace(
