@@ -15,12 +15,11 @@ import kopf
 
 from tuneops import GROUP, VERSION, metrics
 from tuneops.api import KINDS
+from tuneops.api.conditions import Reason
 from tuneops.kube import client as k
-from tuneops.reconcile.base import Context, Outcome
+from tuneops.reconcile.base import Context, Outcome, Reconcile
 
 log = logging.getLogger(__name__)
-
-Reconcile = Callable[[Context, dict[str, Any]], Outcome]
 
 # Backoff of a resource whose reconcile keeps raising: doubles per failure up to the cap, with jitter, and
 # resets on the first success. Bounded, so a fixed bug or a recovered API server is picked up within minutes.
@@ -79,11 +78,11 @@ class Tracker:
 def _result(outcome: Outcome) -> str:
     if outcome.ready:
         return "ready"
-    if outcome.reason in ("WaitingForSource",):
+    if outcome.reason == Reason.WAITING_FOR_SOURCE:
         return "waiting"
     if outcome.requeue_after is not None:
         return "progressing"
-    if outcome.reason == "InvalidSpec":
+    if outcome.reason == Reason.INVALID_SPEC:
         return "invalid"
     return "failed"
 

@@ -1,11 +1,14 @@
-"""Conditions: transitions move lastTransitionTime only on a status flip; phase derives from Ready."""
+"""Conditions: transitions move lastTransitionTime only on a status flip; phase derives from Ready; every
+step of a reconciler reports its outcome the same way."""
 
 from __future__ import annotations
 
 import pytest
 
 from tuneops.api.common import check_uri
-from tuneops.api.conditions import READY, Reason, derive_phase, find, set_condition
+from tuneops.api.conditions import MERGED, READY, Reason, derive_phase, find, set_condition
+from tuneops.reconcile.base import Step, judge_step
+from tuneops.reconcile.jobs import JobOutcome
 
 
 def test_unchanged_condition_is_identical() -> None:
@@ -64,3 +67,38 @@ def test_hostile_uris_are_refused(uri: str) -> None:
 )
 def test_good_uris_pass(uri: str) -> None:
     assert check_uri(uri) == uri
+
+
+MERGE = Step("merge", MERGED, "merging", "merge failed")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "step", "ready", "stop", "requeue", "message"),
+    [
+        (JobOutcome("Pending", Reason.JOB_PENDING), ("Unknown", Reason.JOB_PENDING), ("False", Reason.JOB_PENDING),
+         True, True, "merge Job m-merge-1: Pending"),
+        (JobOutcome("Running", Reason.JOB_RUNNING), ("Unknown", Reason.JOB_RUNNING), ("False", Reason.JOB_RUNNING),
+         True, True, "merge Job m-merge-1: Running"),
+        (JobOutcome("Failed", Reason.OOM_KILLED, "ran out of memory"), ("False", Reason.OOM_KILLED),
+         ("False", Reason.OOM_KILLED), True, False, "merge failed: ran out of memory"),
+        (JobOutcome("Failed"), ("False", Reason.JOB_FAILED), ("False", Reason.JOB_FAILED), True, False,
+         "merge failed: JobFailed"),
+        (JobOutcome("Succeeded"), ("True", Reason.SUCCEEDED), None, False, False, ""),
+    ],
+)  # fmt: skip
+def test_every_step_reports_the_same_way(
+    outcome: JobOutcome,
+    step: tuple[str, str],
+    ready: tuple[str, str] | None,
+    stop: bool,
+    requeue: bool,
+    message: str,
+) -> None:
+    """A failed step stops until its inputs change; one in progress stops and looks again; success goes on."""
+    verdict = judge_step(MERGE, "m-merge-1", outcome, "merged into pvc://x")
+    status = {True: "True", False: "False", None: "Unknown"}
+    got = {c.type: (status[c.status], c.reason) for c in verdict.conditions}
+    assert got.pop(MERGED) == step
+    assert got.get(READY) == ready
+    assert (verdict.stop, verdict.requeue) == (stop, requeue)
+    assert all(message in c.message for c in verdict.conditions if c.type == READY)

@@ -12,14 +12,7 @@ from tuneops.adapters.types import (
     DesiredAdapter,
     PodResult,
 )
-
-REASON_NO_ADAPTERS = "NoAdapters"
-REASON_ALL_SERVED = "AllAdaptersServed"
-REASON_NO_READY_PODS = "NoReadyPods"
-REASON_LOAD_FAILED = "AdapterLoadFailed"
-REASON_UNLOAD_FAILED = "AdapterUnloadFailed"
-REASON_LOADING = "AdaptersLoading"
-REASON_POD_UNREACHABLE = "PodUnreachable"
+from tuneops.api.conditions import Reason
 
 
 def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) -> AdaptersSummary:
@@ -82,25 +75,28 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
     unreachable = [f"{pod.pod}: {pod.error}" for pod in pods if not pod.reachable]
 
     if failures:
-        return _done(adapters, False, REASON_LOAD_FAILED, "; ".join(failures))
+        return _done(adapters, False, Reason.ADAPTER_LOAD_FAILED, "; ".join(failures))
     if stale_failed:
-        return _done(adapters, False, REASON_UNLOAD_FAILED, "; ".join(stale_failed))
+        return _done(adapters, False, Reason.ADAPTER_UNLOAD_FAILED, "; ".join(stale_failed))
     if not desired and not stale and not unreachable:
-        return _done(adapters, True, REASON_NO_ADAPTERS, "no adapters requested")
+        return _done(adapters, True, Reason.NO_ADAPTERS, "no adapters requested")
     if total == 0:
-        return _done(adapters, False, REASON_NO_READY_PODS, "no ready pods to serve adapters on")
+        return _done(adapters, False, Reason.NO_READY_PODS, "no ready pods to serve adapters on")
     if unreachable:
         return _done(
-            adapters, False, REASON_POD_UNREACHABLE, "cannot read adapters from " + "; ".join(unreachable)
+            adapters, False, Reason.POD_UNREACHABLE, "cannot read adapters from " + "; ".join(unreachable)
         )
     pending = [a for a in adapters if a.state is not AdapterState.READY]
     if pending or stale:
         parts = [f"{a.name} served on {a.ready_pods}/{a.total_pods} pod(s)" for a in pending]
         if stale:
             parts.append("unloading " + ", ".join(stale))
-        return _done(adapters, False, REASON_LOADING, "; ".join(parts))
+        return _done(adapters, False, Reason.ADAPTERS_LOADING, "; ".join(parts))
     return _done(
-        adapters, True, REASON_ALL_SERVED, f"{len(adapters)} adapter(s) served on {total} ready pod(s)"
+        adapters,
+        True,
+        Reason.ALL_ADAPTERS_SERVED,
+        f"{len(adapters)} adapter(s) served on {total} ready pod(s)",
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -13,17 +13,20 @@ from tuneops.api.common import BaseStatus, Model
 
 CATEGORY = "tuneops"
 
+SpecT = TypeVar("SpecT", bound=Model)
+StatusT = TypeVar("StatusT", bound=BaseStatus)
+
 
 @dataclass(frozen=True)
-class KindInfo:
+class KindInfo(Generic[SpecT, StatusT]):
     """Everything the CRD generator, the renderers and the operator need to know about a kind."""
 
     kind: str
     plural: str
     singular: str
     short_names: list[str]
-    spec: type[Model]
-    status: type[BaseStatus]
+    spec: type[SpecT]
+    status: type[StatusT]
     printer_columns: list[dict[str, Any]]
     scale: dict[str, str] | None = None
     description: str = ""
@@ -32,6 +35,28 @@ class KindInfo:
     @property
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
+
+    def parse_spec(self, obj: dict[str, Any]) -> SpecT:
+        """The resource's spec as this kind's model; SpecError names every offending field."""
+        name = str((obj.get("metadata") or {}).get("name", "?"))
+        if obj.get("apiVersion") not in (None, API_VERSION):
+            raise SpecError(
+                self.kind, name, [f"apiVersion must be {API_VERSION}, got {obj.get('apiVersion')!r}"]
+            )
+        try:
+            return self.spec.model_validate(obj.get("spec") or {}, by_alias=True)
+        except ValidationError as err:
+            raise SpecError(self.kind, name, format_errors(err, self.spec)) from None
+
+    def parse_status(self, raw: Any) -> StatusT:
+        """The status as this kind's model; fields written by others (or garbage) are dropped, never fatal."""
+        if not isinstance(raw, dict):
+            return self.status()
+        known = {f.alias or name for name, f in self.status.model_fields.items()}
+        try:
+            return self.status.model_validate({k: v for k, v in raw.items() if k in known}, by_alias=True)
+        except ValidationError:
+            return self.status()
 
 
 FINETUNEDMODEL = KindInfo(
@@ -70,7 +95,9 @@ INFERENCESERVICE = KindInfo(
     description="An OpenAI-compatible endpoint served by vLLM (GPU, TP/PP, multi-LoRA) or llama.cpp (GGUF, CPU).",
 )
 
-KINDS: dict[str, KindInfo] = {k.kind: k for k in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE)}
+KINDS: dict[str, KindInfo[Any, Any]] = {
+    k.kind: k for k in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE)
+}
 
 
 class SpecError(ValueError):
@@ -102,15 +129,11 @@ def format_errors(err: ValidationError, model: type[BaseModel] | None = None) ->
 def parse_spec(kind: str, obj: dict[str, Any]) -> BaseModel:
     """Validate a resource's spec against its model; raise SpecError naming the fields on failure."""
     info = KINDS.get(kind)
-    name = str((obj.get("metadata") or {}).get("name", "?"))
     if info is None:
+        name = str((obj.get("metadata") or {}).get("name", "?"))
         raise SpecError(kind, name, [f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}"])
-    if obj.get("apiVersion") not in (None, API_VERSION):
-        raise SpecError(kind, name, [f"apiVersion must be {API_VERSION}, got {obj.get('apiVersion')!r}"])
-    try:
-        return info.spec.model_validate(obj.get("spec") or {}, by_alias=True)
-    except ValidationError as err:
-        raise SpecError(kind, name, format_errors(err, info.spec)) from None
+    spec: BaseModel = info.parse_spec(obj)
+    return spec
 
 
 __all__ = [
@@ -124,5 +147,7 @@ __all__ = [
     "VERSION",
     "KindInfo",
     "SpecError",
+    "SpecT",
+    "StatusT",
     "parse_spec",
 ]

@@ -41,7 +41,11 @@ class Reason:
     SCALED_TO_ZERO = "ScaledToZero"
     ADAPTERS_LOADING = "AdaptersLoading"
     ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
+    ADAPTER_UNLOAD_FAILED = "AdapterUnloadFailed"
+    ALL_ADAPTERS_SERVED = "AllAdaptersServed"
     NO_ADAPTERS = "NoAdapters"
+    NO_READY_PODS = "NoReadyPods"
+    POD_UNREACHABLE = "PodUnreachable"
     MAX_SURGE_ZERO = "MaxSurgeZeroNoSpareGPU"
     SURGE_ALLOWED = "SurgeAllowed"
 

@@ -142,7 +142,7 @@ def openapi_schema(model: type[Any], *, defaults: bool = True, cel: bool = True)
     return _strip(schema, drop) if drop else schema
 
 
-def crd(info: KindInfo, *, cel: bool = True) -> dict[str, Any]:
+def crd(info: KindInfo[Any, Any], *, cel: bool = True) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind (`cel=False` for API servers older than 1.25)."""
     spec_schema = openapi_schema(info.spec, cel=cel)
     status_schema = openapi_schema(info.status, defaults=False, cel=False)

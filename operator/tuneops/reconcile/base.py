@@ -1,21 +1,22 @@
-"""What every reconciler shares: parse the spec, run steps as content-addressed Jobs, write status only on change."""
+"""What every reconciler shares: the typed status builder, steps run as content-addressed Jobs, one way to
+turn a step's outcome into conditions, and status written only on change."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, NamedTuple
 
-from pydantic import BaseModel, ValidationError
-
-from tuneops.api import KindInfo, SpecError, parse_spec
-from tuneops.api.common import BaseStatus, ConditionStatus, StepStatus
+from tuneops.api import KindInfo, SpecError, SpecT, StatusT
+from tuneops.api.common import ConditionStatus, StepStatus
 from tuneops.api.conditions import READY, TERMINAL_REASONS, Reason, derive_phase, find, set_condition
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.reconcile.jobs import JobOutcome, observe_job
+from tuneops.render.types import Owner
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Outcome:
     events: list[str] = field(default_factory=list)
 
 
+Reconcile = Callable[[Context, dict[str, Any]], Outcome]
+
+
 class Waiting(Exception):
     """The resource waits for something outside it (a source to become Ready)."""
 
@@ -63,36 +67,87 @@ class Invalid(Exception):
         self.reason = reason
 
 
-def parse_status(info: KindInfo, raw: Any) -> BaseStatus:
-    """The current status as the model; fields written by others (or garbage) are dropped, never fatal."""
-    if not isinstance(raw, dict):
-        return info.status()
-    known = {f.alias or name for name, f in info.status.model_fields.items()}
-    try:
-        return info.status.model_validate({key: v for key, v in raw.items() if key in known}, by_alias=True)
-    except ValidationError:
-        return info.status()
+class Cond(NamedTuple):
+    """One condition as a reconciler decides it (status None is Unknown)."""
+
+    type: str
+    status: bool | None
+    reason: str
+    message: str = ""
 
 
-class StatusBuilder:
+@dataclass(frozen=True)
+class Verdict:
+    """Conditions decided from what was observed, and what the reconciler does next: stop here (and look
+    again after the poll interval when `requeue`), or go on to its next step."""
+
+    conditions: tuple[Cond, ...]
+    stop: bool = True
+    requeue: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step run as a Job, and the words its condition and Ready use."""
+
+    name: str  # status.steps[].name and the Job's component, e.g. "merge"
+    condition: str  # the condition type reporting the step, e.g. Merged
+    doing: str  # the condition's message while the Job runs, e.g. "merging"
+    failed: str  # Ready's message when the Job failed starts with this, e.g. "merge failed"
+
+
+def judge_step(step: Step, job: str, outcome: JobOutcome, done: str) -> Verdict:
+    """A failed step stops the reconciler until its inputs change (a new Job name); one in progress stops it
+    and asks to look again; a succeeded one lets it go on."""
+    if outcome.state == "Failed":
+        reason = outcome.reason or Reason.JOB_FAILED
+        return Verdict(
+            (
+                Cond(step.condition, False, reason, outcome.message),
+                Cond(READY, False, reason, f"{step.failed}: {outcome.message or reason}"),
+            )
+        )
+    if outcome.state != "Succeeded":
+        reason = outcome.reason or Reason.JOB_PENDING
+        return Verdict(
+            (
+                Cond(step.condition, None, reason, step.doing),
+                Cond(READY, False, reason, f"{step.name} Job {job}: {outcome.state}"),
+            ),
+            requeue=True,
+        )
+    return Verdict((Cond(step.condition, True, Reason.SUCCEEDED, done),), stop=False)
+
+
+def blocked(err: Waiting | Invalid) -> Verdict:
+    """A source that is not Ready yet is looked at again; an unworkable spec waits for the person."""
+    if isinstance(err, Waiting):
+        return Verdict((Cond(READY, False, Reason.WAITING_FOR_SOURCE, err.message),), requeue=True)
+    return Verdict((Cond(READY, False, err.reason, err.message),))
+
+
+def owner_of(obj: dict[str, Any]) -> Owner:
+    meta = obj["metadata"]
+    return Owner(
+        api_version=obj["apiVersion"],
+        kind=obj["kind"],
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta.get("uid", ""),
+    )
+
+
+class StatusBuilder(Generic[SpecT, StatusT]):
     """Accumulates one reconcile's view of the status; conditions keep their transition times when unchanged."""
 
-    def __init__(self, ctx: Context, obj: dict[str, Any], info: KindInfo):
+    def __init__(self, ctx: Context, obj: dict[str, Any], info: KindInfo[SpecT, StatusT]):
         self.ctx = ctx
         self.obj = obj
         self.info = info
+        self.owner = owner_of(obj)
         self.generation = int((obj.get("metadata") or {}).get("generation") or 0) or None
-        self.before = parse_status(info, obj.get("status"))
+        self.before = info.parse_status(obj.get("status"))
         self.status = self.before.model_copy(deep=True)
-
-    def spec(self) -> BaseModel | None:
-        """The validated spec, or None after setting Ready=False/InvalidSpec with every offending field named
-        (the API server may not run the CRD's CEL rules; a malformed object must never crash the operator)."""
-        try:
-            return parse_spec(self.info.kind, self.obj)
-        except SpecError as err:
-            self.condition(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems))
-            return None
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
         value: ConditionStatus = "Unknown" if status is None else ("True" if status else "False")
@@ -100,13 +155,32 @@ class StatusBuilder:
             self.status.conditions, type_, value, reason, message, self.generation, self.ctx.clock()
         )
 
+    def conclude(self, verdict: Verdict) -> Outcome:
+        for cond in verdict.conditions:
+            self.condition(*cond)
+        return self.finish(requeue=verdict.requeue)
+
+    def gate(self, step: Step, job: dict[str, Any], outcome: JobOutcome, done: str) -> Outcome | None:
+        """Record how a step stands (its condition, and Ready unless it succeeded). None: go on to the next
+        step; an Outcome: the reconciler returns it (`done` is the condition's message on success)."""
+        verdict = judge_step(step, job["metadata"]["name"], outcome, done)
+        if verdict.stop:
+            return self.conclude(verdict)
+        for cond in verdict.conditions:
+            self.condition(*cond)
+        return None
+
+    def ready(self, message: str) -> Outcome:
+        self.condition(READY, True, Reason.SUCCEEDED, message)
+        return self.finish()
+
     def step(self, name: str) -> StepStatus | None:
         for s in self.status.steps or []:
             if s.name == name:
                 return s
         return None
 
-    def record_step(self, name: str, job: str, outcome: JobOutcome) -> None:
+    def record_step(self, name: str, job: str, outcome: JobOutcome) -> JobOutcome:
         state = outcome.state if outcome.state != "Missing" else "Pending"
         entry = StepStatus(
             name=name, job=job, state=state, reason=outcome.reason or None, message=outcome.message or None
@@ -114,6 +188,7 @@ class StatusBuilder:
         steps = [s for s in self.status.steps or [] if s.name != name]
         steps.append(entry)
         self.status.steps = sorted(steps, key=lambda s: s.name)
+        return outcome
 
     def drop_step(self, name: str) -> None:
         if self.status.steps:
@@ -153,42 +228,69 @@ class StatusBuilder:
         return out
 
 
-def run_step(ctx: Context, sb: StatusBuilder, step: str, job: dict[str, Any]) -> JobOutcome:
+Body = Callable[[StatusBuilder[SpecT, StatusT], SpecT], Outcome]
+
+
+def reconciler(info: KindInfo[SpecT, StatusT]) -> Callable[[Body[SpecT, StatusT]], Reconcile]:
+    """Make `body(status builder, typed spec)` a reconciler of `info`'s kind. A spec that does not validate
+    sets Ready=False/InvalidSpec with every offending field named (the API server may not run the CRD's CEL
+    rules; a malformed object must never crash the operator)."""
+
+    def wrap(body: Body[SpecT, StatusT]) -> Reconcile:
+        @functools.wraps(body)
+        def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
+            sb = StatusBuilder(ctx, obj, info)
+            try:
+                spec = info.parse_spec(obj)
+            except SpecError as err:
+                return sb.conclude(
+                    Verdict((Cond(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems)),))
+                )
+            return body(sb, spec)
+
+        return reconcile
+
+    return wrap
+
+
+def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> JobOutcome:
     """Make sure the step's Job exists and report how it is doing.
 
     A step recorded as finished for this exact Job name is not looked at again: its result is already in
     status, and a failed Job is not re-created (no hot loop) until its inputs change, which changes its name.
     """
+    kube = sb.ctx.kube
     name = job["metadata"]["name"]
     ns = job["metadata"]["namespace"]
-    recorded = sb.step(step)
+    recorded = sb.step(step.name)
     if recorded is not None and recorded.job == name and recorded.state in ("Succeeded", "Failed"):
         return JobOutcome(recorded.state, recorded.reason or "", recorded.message or "", {})
-    existing = ctx.kube.get(k.JOB, ns, name)
+    existing = kube.get(k.JOB, ns, name)
     if existing is None:
-        ctx.kube.apply(job)
+        kube.apply(job)
         outcome = JobOutcome("Pending", Reason.JOB_PENDING)
     else:
-        pods = ctx.kube.list(k.POD, ns, {"job-name": name})
-        outcome = observe_job(existing, pods)
+        outcome = observe_job(existing, kube.list(k.POD, ns, {"job-name": name}))
     if outcome.state == "Succeeded" and outcome.result.get("error"):
         outcome = JobOutcome("Failed", Reason.JOB_FAILED, str(outcome.result["error"]), outcome.result)
-    sb.record_step(step, name, outcome)
-    return outcome
-
-
-def parse(info: KindInfo, obj: dict[str, Any]) -> BaseModel:
-    return parse_spec(info.kind, obj)
+    return sb.record_step(step.name, name, outcome)
 
 
 __all__ = [
+    "Cond",
     "Context",
     "Invalid",
     "Outcome",
+    "Reconcile",
     "SpecError",
     "StatusBuilder",
+    "Step",
+    "Verdict",
     "Waiting",
-    "parse",
+    "blocked",
+    "judge_step",
+    "owner_of",
+    "reconciler",
     "run_step",
     "utcnow",
 ]

@@ -1,4 +1,4 @@
-"""Helpers shared by the reconcilers: owners, references to other tuneops resources, results into status."""
+"""Helpers shared by the reconcilers: references to other tuneops resources, worker results into status."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ from tuneops.api import KINDS
 from tuneops.api.common import Artifact, ObjectRef
 from tuneops.api.conditions import READY, find
 from tuneops.kube import client as k
-from tuneops.reconcile.base import Context, Invalid, Waiting, parse_status
-from tuneops.render.common import Owner
-
-
-def owner_of(obj: dict[str, Any]) -> Owner:
-    meta = obj["metadata"]
-    return Owner(
-        api_version=obj["apiVersion"],
-        kind=obj["kind"],
-        name=meta["name"],
-        namespace=meta["namespace"],
-        uid=meta.get("uid", ""),
-    )
+from tuneops.reconcile.base import Context, Invalid, Waiting
 
 
 def resolve_ref(ctx: Context, obj: dict[str, Any], ref: ObjectRef, kind: str, field: str) -> dict[str, Any]:
@@ -38,11 +26,10 @@ def resolve_ref(ctx: Context, obj: dict[str, Any], ref: ObjectRef, kind: str, fi
         )
     if target_ns == ns and ref.name == obj["metadata"]["name"] and kind == obj["kind"]:
         raise Invalid(f"{field} points to this resource itself")
-    info = KINDS[kind]
     target = ctx.kube.get(k.TYPES[(obj["apiVersion"], kind)], target_ns, ref.name)
     if target is None:
         raise Waiting(f"{kind} {target_ns}/{ref.name} ({field}) does not exist yet")
-    status = parse_status(info, target.get("status"))
+    status = KINDS[kind].parse_status(target.get("status"))
     ready = find(status.conditions, READY)
     stale = status.observed_generation != (target.get("metadata") or {}).get("generation")
     if ready is None or ready.status != "True" or stale:

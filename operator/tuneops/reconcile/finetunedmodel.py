@@ -6,12 +6,17 @@ from typing import Any
 
 from tuneops.api import FINETUNEDMODEL
 from tuneops.api.common import Artifact
-from tuneops.api.conditions import INSPECTED, MERGED, READY, Reason
+from tuneops.api.conditions import INSPECTED, MERGED, Reason
 from tuneops.api.finetunedmodel import AdapterFacts, FineTunedModelSpec, FineTunedModelStatus
-from tuneops.reconcile.base import Context, Outcome, StatusBuilder, run_step
-from tuneops.reconcile.common import artifact_from_result, owner_of
+from tuneops.reconcile.base import Outcome, StatusBuilder, Step, reconciler, run_step
+from tuneops.reconcile.common import artifact_from_result
 from tuneops.reconcile.jobs import JobOutcome
 from tuneops.render import finetunedmodel as render
+
+Builder = StatusBuilder[FineTunedModelSpec, FineTunedModelStatus]
+
+INSPECT = Step(render.INSPECT, INSPECTED, "inspecting the adapter", "inspecting the adapter failed")
+MERGE = Step(render.MERGE, MERGED, "merging", "merge failed")
 
 _FACT_KEYS = {
     "type": "type",
@@ -39,96 +44,61 @@ def adapter_facts(result: dict[str, Any]) -> AdapterFacts | None:
     return AdapterFacts.model_validate(data)
 
 
-def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
-    sb = StatusBuilder(ctx, obj, FINETUNEDMODEL)
-    spec = sb.spec()
-    if spec is None:
-        return sb.finish()
-    assert isinstance(spec, FineTunedModelSpec)
+@reconciler(FINETUNEDMODEL)
+def reconcile(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     status = sb.status
-    assert isinstance(status, FineTunedModelStatus)
-    owner = owner_of(obj)
-
-    # Step 1: inspect the adapter (facts, digest, compatibility with the base).
-    inspect_job = render.render_inspect_job(spec, owner, ctx.config)
-    inspected = run_step(ctx, sb, render.INSPECT, inspect_job)
-    if inspected.result:
-        facts = adapter_facts(inspected.result)
-        if facts is not None:
-            status.adapter = facts
-        digest = (inspected.result.get("adapter") or {}).get("digest") or (
-            inspected.result.get("artifact") or {}
-        ).get("digest")
-        status.adapter_digest = str(digest) if digest else None
-        published = artifact_from_result(inspected.result)
-        if not spec.merge.enabled and published is not None:
-            status.artifact = published.model_copy(update={"format": "peft"})
-        problems = [str(p) for p in inspected.result.get("problems") or []]
-        if problems:
-            incompatible = JobOutcome("Failed", Reason.INCOMPATIBLE_ADAPTER, "; ".join(problems))
-            sb.record_step(render.INSPECT, inspect_job["metadata"]["name"], incompatible)
-    step = sb.step(render.INSPECT)
-    if step is not None and step.state == "Failed":
-        reason = step.reason or Reason.JOB_FAILED
-        sb.condition(INSPECTED, False, reason, step.message or "")
-        sb.condition(READY, False, reason, f"inspecting the adapter failed: {step.message or reason}")
-        return sb.finish()
-    if inspected.state != "Succeeded":
-        sb.condition(INSPECTED, None, inspected.reason, "inspecting the adapter")
-        sb.condition(
-            READY,
-            False,
-            inspected.reason,
-            f"inspect Job {inspect_job['metadata']['name']}: {inspected.state}",
-        )
-        return sb.finish(requeue=True)
-    sb.condition(INSPECTED, True, Reason.SUCCEEDED, _describe(status.adapter))
-
+    inspect_job = render.render_inspect_job(spec, sb.owner, sb.ctx.config)
+    inspected = _inspected(sb, spec, inspect_job, run_step(sb, INSPECT, inspect_job))
+    if stop := sb.gate(INSPECT, inspect_job, inspected, _describe(status.adapter)):
+        return stop
     if not spec.merge.enabled:
-        sb.drop_step(render.MERGE)
-        sb.condition(
-            MERGED, False, Reason.MERGE_DISABLED, "merge.enabled is false; serve the adapter on the base"
-        )
-        # The inspect step published the adapter at a content-addressed path (see render_inspect_job).
-        published = (
-            status.artifact if status.artifact is not None and status.artifact.format == "peft" else None
-        )
-        status.artifact = published or Artifact(
-            uri=spec.adapter.uri, digest=status.adapter_digest, format="peft"
-        )
-        sb.condition(READY, True, Reason.SUCCEEDED, "adapter inspected; ready to be served on its base model")
-        return sb.finish()
+        return _unmerged(sb, spec)
 
-    # Step 2: merge. A new adapter digest gives a new Job name, so new weights under the same URI re-merge.
-    merge_job = render.render_merge_job(spec, owner, ctx.config, adapter_digest=status.adapter_digest)
-    merged = run_step(ctx, sb, render.MERGE, merge_job)
-    if merged.result:
-        artifact = artifact_from_result(merged.result)
-        if artifact is not None:
-            status.artifact = artifact
-    if merged.state == "Failed":
-        # The previous artifact (if any) stays in status: it is still intact where it was written.
-        sb.condition(MERGED, False, merged.reason, merged.message)
-        sb.condition(READY, False, merged.reason, f"merge failed: {merged.message}")
-        return sb.finish()
-    if merged.state != "Succeeded":
-        sb.condition(MERGED, None, merged.reason, "merging")
-        sb.condition(
-            READY, False, merged.reason, f"merge Job {merge_job['metadata']['name']}: {merged.state}"
-        )
-        return sb.finish(requeue=True)
+    # A new adapter digest gives a new Job name, so new weights under the same URI re-merge.
+    merge_job = render.render_merge_job(spec, sb.owner, sb.ctx.config, adapter_digest=status.adapter_digest)
+    merged = run_step(sb, MERGE, merge_job)
+    # A failed merge leaves the previous artifact (if any) in status: it is still intact where it was written.
+    status.artifact = artifact_from_result(merged.result) or status.artifact
+    where = status.artifact.uri if status.artifact else "?"
+    if stop := sb.gate(MERGE, merge_job, merged, f"merged into {where}"):
+        return stop
+    return sb.ready("merged model is ready")
+
+
+def _inspected(sb: Builder, spec: FineTunedModelSpec, job: dict[str, Any], outcome: JobOutcome) -> JobOutcome:
+    """Copy the inspect worker's findings into status; problems it found refuse the adapter."""
+    result, status = outcome.result, sb.status
+    if not result:
+        return outcome
+    facts = adapter_facts(result)
+    if facts is not None:
+        status.adapter = facts
+    digest = (result.get("adapter") or {}).get("digest") or (result.get("artifact") or {}).get("digest")
+    status.adapter_digest = str(digest) if digest else None
+    published = artifact_from_result(result)
+    if not spec.merge.enabled and published is not None:
+        status.artifact = published.model_copy(update={"format": "peft"})
+    problems = [str(p) for p in result.get("problems") or []]
+    if not problems:
+        return outcome
+    refused = JobOutcome("Failed", Reason.INCOMPATIBLE_ADAPTER, "; ".join(problems))
+    return sb.record_step(INSPECT.name, job["metadata"]["name"], refused)
+
+
+def _unmerged(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
+    """merge.enabled false: the adapter itself is the artifact, served on its base model."""
+    status = sb.status
+    sb.drop_step(MERGE.name)
     sb.condition(
-        MERGED, True, Reason.SUCCEEDED, f"merged into {status.artifact.uri if status.artifact else '?'}"
+        MERGED, False, Reason.MERGE_DISABLED, "merge.enabled is false; serve the adapter on the base"
     )
-    sb.condition(READY, True, Reason.SUCCEEDED, "merged model is ready")
-    return sb.finish()
+    # The inspect step published the adapter at a content-addressed path (see render_inspect_job).
+    published = status.artifact if status.artifact is not None and status.artifact.format == "peft" else None
+    status.artifact = published or Artifact(uri=spec.adapter.uri, digest=status.adapter_digest, format="peft")
+    return sb.ready("adapter inspected; ready to be served on its base model")
 
 
 def _describe(facts: AdapterFacts | None) -> str:
-    if facts is None:
+    if facts is None or facts.rank is None or facts.alpha is None:
         return "adapter inspected"
-    return (
-        f"{facts.type or 'LORA'} rank {facts.rank} alpha {facts.alpha:g} on {', '.join(facts.target_modules or [])}"
-        if facts.rank is not None and facts.alpha is not None
-        else "adapter inspected"
-    )
+    return f"{facts.type or 'LORA'} rank {facts.rank} alpha {facts.alpha:g} on {', '.join(facts.target_modules or [])}"

@@ -1,0 +1,130 @@
+"""How an InferenceService stands, decided from what one pass observed: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tuneops.adapters import AdaptersSummary
+from tuneops.adapters import AdapterState as PodState
+from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, Reason
+from tuneops.api.inferenceservice import AdapterState
+from tuneops.reconcile.base import Cond, Invalid, Verdict, Waiting, blocked
+
+# AdaptersReady reasons that stop the service from being Ready until something changes.
+ADAPTER_FAILURES = frozenset(
+    {Reason.INCOMPATIBLE_ADAPTER, Reason.ADAPTER_LOAD_FAILED, Reason.ADAPTER_UNLOAD_FAILED}
+)
+
+
+_STATES: dict[PodState, Literal["Ready", "Loading", "Failed"]] = {
+    PodState.READY: "Ready",
+    PodState.LOADING: "Loading",
+    PodState.FAILED: "Failed",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The Deployment (or LeaderWorkerSet) as its controller reports it."""
+
+    desired: int  # spec.replicas
+    ready: int = 0
+    updated: int = 0
+    current: bool = True  # the controller has seen the latest generation
+
+    @property
+    def rolled_out(self) -> bool:
+        return self.current and self.updated >= self.desired and self.ready >= self.desired
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """The runtime adapters: the verdict over the ready Pods, and those never handed to them."""
+
+    summary: AdaptersSummary
+    refused: Mapping[str, str] = field(default_factory=dict)  # name -> why vLLM would refuse it
+    pending: Mapping[str, str] = field(default_factory=dict)  # name -> which source is not Ready yet
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the conditions are decided from (`adapters` None: the service runs no LoRA)."""
+
+    workload: Workload
+    adapters: Adapters | None = None
+    notes: tuple[Cond, ...] = ()  # conditions rendering decided (e.g. the rollout strategy)
+    served_models: tuple[str, ...] = ()
+    url: str = ""
+
+
+def decide(seen: Observed | Waiting | Invalid) -> Verdict:
+    """Available, AdaptersReady and Ready from one pass's observations, or Ready alone when the source
+    could not be resolved; `requeue` while something still settles by itself."""
+    if isinstance(seen, Waiting | Invalid):
+        return blocked(seen)
+    available = available_condition(seen.workload)
+    adapters = () if seen.adapters is None else (adapters_condition(seen.adapters),)
+    ready, requeue = ready_condition(seen, available, adapters[0] if adapters else None)
+    return Verdict((*seen.notes, available, *adapters, ready), requeue=requeue)
+
+
+def available_condition(w: Workload) -> Cond:
+    if w.desired == 0:
+        return Cond(AVAILABLE, True, Reason.SCALED_TO_ZERO, "replicas is 0")
+    if w.ready >= 1:
+        return Cond(
+            AVAILABLE, True, Reason.MINIMUM_REPLICAS_AVAILABLE, f"{w.ready}/{w.desired} replicas ready"
+        )
+    return Cond(AVAILABLE, False, Reason.MINIMUM_REPLICAS_UNAVAILABLE,
+                f"0/{w.desired} replicas ready (models can take minutes to load)")  # fmt: skip
+
+
+def adapters_condition(a: Adapters) -> Cond:
+    """The summary's verdict, except that a refused adapter (never loaded) or one whose source is not Ready
+    (not handed to the Pods yet) is reported first: the summary only knows the adapters the Pods were given."""
+    s = a.summary
+    failed = not s.ready and s.reason in ADAPTER_FAILURES
+    if a.refused:
+        parts = [f"adapter {name}: {why}" for name, why in sorted(a.refused.items())]
+        also = [s.message] if failed else []
+        return Cond(ADAPTERS_READY, False, Reason.INCOMPATIBLE_ADAPTER, "; ".join(parts + also))
+    if a.pending and not failed:
+        parts = [f"adapter {name}: {why}" for name, why in sorted(a.pending.items())]
+        return Cond(ADAPTERS_READY, False, Reason.ADAPTERS_LOADING, "; ".join(parts))
+    return Cond(ADAPTERS_READY, s.ready, s.reason, s.message)
+
+
+def ready_condition(seen: Observed, available: Cond, adapters: Cond | None) -> tuple[Cond, bool]:
+    """Ready, and whether to look again soon. A failed adapter keeps the service un-Ready but is not retried
+    by polling (its Pods were told as often as they accept); a rollout still in progress is."""
+    if not available.status:
+        return Cond(READY, False, Reason.DEPLOYING, available.message), True
+    if adapters is not None and adapters.reason in ADAPTER_FAILURES:
+        return Cond(READY, False, adapters.reason, adapters.message), not seen.workload.rolled_out
+    if adapters is not None and not adapters.status:
+        return Cond(READY, False, Reason.ADAPTERS_LOADING, adapters.message), True
+    if not seen.workload.rolled_out:
+        return Cond(READY, True, Reason.MINIMUM_REPLICAS_AVAILABLE,
+                    f"serving; rollout in progress ({available.message})"), True  # fmt: skip
+    return Cond(
+        READY, True, Reason.SUCCEEDED, f"serving {', '.join(seen.served_models)} at {seen.url}"
+    ), False
+
+
+def adapter_states(a: Adapters) -> list[AdapterState]:
+    """status.adapters: each adapter of the spec, and on how many ready Pods it is served."""
+    by_name = {s.name: s for s in a.summary.adapters}
+    states: list[AdapterState] = []
+    for name in sorted(set(by_name) | set(a.refused) | set(a.pending)):
+        if name in a.refused:
+            states.append(AdapterState(name=name, state="Failed", message=a.refused[name][:4000]))
+        elif name in a.pending:
+            states.append(AdapterState(name=name, state="Pending", message=a.pending[name][:4000]))
+        else:
+            s = by_name[name]
+            state = _STATES.get(s.state, "Pending") if s.total_pods else "Pending"
+            states.append(AdapterState(name=name, digest=s.digest or None, ready_pods=s.ready_pods, state=state,
+                                       message=(s.message or None) if s.total_pods else None))  # fmt: skip
+    return states

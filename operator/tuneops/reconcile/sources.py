@@ -1,0 +1,206 @@
+"""What an InferenceService serves: its model and adapters followed to Ready artifacts, and what is refused."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneops.api import FINETUNEDMODEL, QUANTIZATIONJOB, SpecError
+from tuneops.api.common import ObjectRef
+from tuneops.api.conditions import Reason
+from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
+from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.kube import client as k
+from tuneops.reconcile.base import Context, Invalid, Waiting, owner_of
+from tuneops.reconcile.common import resolve_ref
+from tuneops.render import serving as render
+from tuneops.render.finetunedmodel import base_uri, merge_output_uri
+from tuneops.render.types import ModelFormat, Problem, ResolvedAdapter, ResolvedModel, model_format
+
+_ADAPTER_FIELD = re.compile(r"^spec\.lora\.adapters\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The service's inputs as found this pass."""
+
+    model: ResolvedModel
+    adapters: list[ResolvedAdapter]  # every adapter whose source is Ready (refused ones included)
+    pending: dict[str, str]  # adapter name -> why it is not served yet
+    sources: list[str]  # every URI an adapter of the spec may be loaded from (for the Pods' volumes)
+    refused: dict[str, str] = field(default_factory=dict)  # adapter name -> why vLLM would refuse it
+    api_key: str | None = None
+
+    @property
+    def servable(self) -> list[ResolvedAdapter]:
+        # An incompatible adapter is refused alone; the base model and the other adapters are still served.
+        return [a for a in self.adapters if a.name not in self.refused]
+
+
+def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> Sources:
+    """Follow the model reference to a Ready artifact and check what can be served. Waiting while the model's
+    source is not Ready; Invalid when the service cannot work as written. Adapters whose source is not Ready
+    yet, or that vLLM would refuse, are left out (and reported) rather than holding the whole service back."""
+    model, adapters = _model(ctx, obj, spec)
+    more, pending = _adapters(ctx, obj, spec)
+    adapters += more
+    api_key = _api_key(ctx, obj["metadata"]["namespace"], spec)
+    problems = render.check_inferenceservice(spec, model=model, adapters=adapters)
+    refused, service_problems = _split(spec, adapters, problems)
+    if service_problems:
+        raise Invalid("; ".join(str(p) for p in service_problems), service_problems[0].reason)
+    return Sources(model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key)
+
+
+def _model(
+    ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec
+) -> tuple[ResolvedModel, list[ResolvedAdapter]]:
+    """The model to serve, and the adapter on top of it when it is an unmerged FineTunedModel."""
+    src = spec.model
+    if src.uri is not None:
+        fmt: ModelFormat = "gguf" if spec.runtime == "llamacpp" or src.uri.lower().endswith(".gguf") else "hf"
+        return ResolvedModel(uri=src.uri, format=fmt, token_secret=src.token_secret_ref), []
+    if src.fine_tuned_model_ref is not None:
+        fspec, fstatus = _ftm(ctx, obj, src.fine_tuned_model_ref, "spec.model.fineTunedModelRef")
+        base_name = fstatus.adapter.base_model_name if fstatus.adapter else None
+        if fstatus.artifact is None or fstatus.artifact.format == "peft":
+            # merge disabled: serve the base with the adapter on top, under the FineTunedModel's name
+            base = ResolvedModel(uri=base_uri(fspec), base_model_name=base_name,
+                                 token_secret=fspec.base_model.token_secret_ref)  # fmt: skip
+            return base, [_adapter_from_ftm(src.fine_tuned_model_ref.name, fspec, fstatus)]
+        artifact = fstatus.artifact
+        merged = ResolvedModel(uri=artifact.uri, digest=artifact.digest, format=model_format(artifact.format),
+                               base_model_name=base_name, size_bytes=artifact.size_bytes)  # fmt: skip
+        return merged, []
+    assert src.quantization_job_ref is not None  # the model validates exactly one
+    target = resolve_ref(
+        ctx, obj, src.quantization_job_ref, "QuantizationJob", "spec.model.quantizationJobRef"
+    )
+    qstatus = QUANTIZATIONJOB.parse_status(target.get("status"))
+    if qstatus.artifact is None:
+        raise Waiting(f"QuantizationJob {target['metadata']['name']} has no artifact yet")
+    artifact = qstatus.artifact
+    quantized = ResolvedModel(uri=artifact.uri, digest=artifact.digest, format=model_format(artifact.format),
+                              files=tuple(artifact.files or ()), size_bytes=artifact.size_bytes)  # fmt: skip
+    return quantized, []
+
+
+def _adapters(
+    ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec
+) -> tuple[list[ResolvedAdapter], dict[str, str]]:
+    adapters: list[ResolvedAdapter] = []
+    pending: dict[str, str] = {}
+    for i, a in enumerate(spec.lora.adapters if spec.lora else []):
+        if a.uri is not None:
+            adapters.append(ResolvedAdapter(name=a.name, uri=a.uri))
+            continue
+        assert a.fine_tuned_model_ref is not None  # the model validates exactly one
+        try:
+            fspec, fstatus = _ftm(
+                ctx, obj, a.fine_tuned_model_ref, f"spec.lora.adapters[{i}].fineTunedModelRef"
+            )
+        except Waiting as w:
+            # A new version is being inspected (or was refused): keep serving the last good one.
+            previous = _last_good_adapter(ctx, obj, a.name, a.fine_tuned_model_ref)
+            if previous is None:
+                pending[a.name] = w.message
+            else:
+                adapters.append(previous)
+            continue
+        adapters.append(_adapter_from_ftm(a.name, fspec, fstatus))
+    return adapters, pending
+
+
+def _split(
+    spec: InferenceServiceSpec, adapters: list[ResolvedAdapter], problems: list[Problem]
+) -> tuple[dict[str, str], list[Problem]]:
+    """Problems of one adapter (refused alone, by name) apart from those of the service itself."""
+    names = [a.name for a in (spec.lora.adapters if spec.lora else [])]
+    refused: dict[str, str] = {}
+    service: list[Problem] = []
+    for p in problems:
+        m = _ADAPTER_FIELD.match(p.field)
+        if p.reason == Reason.INCOMPATIBLE_ADAPTER and m and int(m.group(1)) < len(names):
+            refused.setdefault(names[int(m.group(1))], p.message)
+        elif p.reason == Reason.INCOMPATIBLE_ADAPTER and p.field.startswith("spec.lora.adapters"):
+            refused.setdefault(adapters[0].name if adapters else "?", p.message)
+        else:
+            service.append(p)
+    return refused, service
+
+
+def _ftm(
+    ctx: Context, obj: dict[str, Any], ref: ObjectRef, field: str
+) -> tuple[FineTunedModelSpec, FineTunedModelStatus]:
+    target = resolve_ref(ctx, obj, ref, "FineTunedModel", field)
+    return FINETUNEDMODEL.parse_spec(target), FINETUNEDMODEL.parse_status(target.get("status"))
+
+
+def _adapter_from_ftm(name: str, spec: FineTunedModelSpec, status: FineTunedModelStatus) -> ResolvedAdapter:
+    facts = status.adapter
+    # An unmerged FineTunedModel publishes its adapter at a content-addressed path: serve that copy.
+    published = (
+        status.artifact.uri if status.artifact is not None and status.artifact.format == "peft" else None
+    )
+    return ResolvedAdapter(
+        name=name,
+        uri=published or spec.adapter.uri,
+        digest=status.adapter_digest,
+        rank=(facts.max_rank or facts.rank) if facts else None,
+        base_model_name=facts.base_model_name if facts else None,
+        use_dora=bool(facts.use_dora) if facts else False,
+        modules_to_save=tuple(facts.modules_to_save or ()) if facts else (),
+    )
+
+
+def _last_good_adapter(
+    ctx: Context, obj: dict[str, Any], name: str, ref: ObjectRef
+) -> ResolvedAdapter | None:
+    """The adapter version a FineTunedModel published last, while it is not Ready (re-inspecting, or a new
+    version was refused): its published copy is intact, so the service keeps it rather than dropping it."""
+    ns = ref.namespace or obj["metadata"]["namespace"]
+    if ns != obj["metadata"]["namespace"] and not ctx.config.allow_cross_namespace_refs:
+        return None
+    target = ctx.kube.get(k.FINETUNEDMODEL, ns, ref.name)
+    if target is None:
+        return None
+    status = FINETUNEDMODEL.parse_status(target.get("status"))
+    if status.artifact is None or status.artifact.format != "peft" or status.adapter is None:
+        return None
+    try:
+        return _adapter_from_ftm(name, FINETUNEDMODEL.parse_spec(target), status)
+    except SpecError:
+        return None
+
+
+def adapter_sources(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> list[str]:
+    """Where each listed adapter is, or will be published, whether its FineTunedModel is Ready or not."""
+    out: set[str] = set()
+    for a in spec.lora.adapters if spec.lora else []:
+        if a.uri is not None:
+            out.add(a.uri)
+            continue
+        assert a.fine_tuned_model_ref is not None  # the model validates exactly one
+        ns = a.fine_tuned_model_ref.namespace or obj["metadata"]["namespace"]
+        target = ctx.kube.get(k.FINETUNEDMODEL, ns, a.fine_tuned_model_ref.name)
+        if target is None:
+            continue
+        try:
+            fspec = FINETUNEDMODEL.parse_spec(target)
+        except SpecError:
+            continue
+        out.update({fspec.adapter.uri, merge_output_uri(fspec, owner_of(target), ctx.config)})
+    return sorted(out)
+
+
+def _api_key(ctx: Context, ns: str, spec: InferenceServiceSpec) -> str | None:
+    ref = spec.api_key_secret_ref
+    if ref is None:
+        return None
+    secret = ctx.kube.get(k.SECRET, ns, ref.name)
+    raw = ((secret or {}).get("data") or {}).get(ref.key)
+    if raw is None:
+        raise Invalid(f"spec.apiKeySecretRef: Secret {ref.name!r} has no key {ref.key!r}")
+    return base64.b64decode(raw).decode()

@@ -1,0 +1,179 @@
+"""InferenceService conditions as a table: what one pass observed -> Available, AdaptersReady, Ready, requeue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tuneops.adapters import AdapterPodState, AdapterState, DesiredAdapter, PodResult, summarize
+from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, ROLLOUT, Reason
+from tuneops.reconcile.base import Cond, Invalid, Waiting
+from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
+
+WANT = {
+    name: DesiredAdapter(name=name, path=f"/mnt/adapters/{name}", digest=f"sha256:{name}") for name in "ab"
+}
+
+
+def pod(name: str, *states: AdapterPodState, reachable: bool = True) -> PodResult:
+    return PodResult(pod=name, reachable=reachable, error="" if reachable else "connection refused",
+                     states={s.name: s for s in states})  # fmt: skip
+
+
+def ready(name: str) -> AdapterPodState:
+    return AdapterPodState(name=name, state=AdapterState.READY)
+
+
+def loading(name: str) -> AdapterPodState:
+    return AdapterPodState(name=name, state=AdapterState.LOADING)
+
+
+def load_failed(name: str) -> AdapterPodState:
+    return AdapterPodState(name=name, state=AdapterState.FAILED, attempts=3, message="404 No adapter found")
+
+
+def unload_failed(name: str) -> AdapterPodState:
+    return AdapterPodState(
+        name=name, state=AdapterState.FAILED, desired=False, attempts=3, message="500 busy"
+    )
+
+
+def unloading(name: str) -> AdapterPodState:
+    return AdapterPodState(name=name, state=AdapterState.UNLOADING, desired=False)
+
+
+def lora(*pods: PodResult, refused: dict[str, str] | None = None, pending: dict[str, str] | None = None,
+         want: tuple[str, ...] = ("a", "b")) -> Adapters:  # fmt: skip
+    return Adapters(summarize({n: WANT[n] for n in want}, pods), refused or {}, pending or {})
+
+
+SERVED = lora(pod("p0", ready("a"), ready("b")), pod("p1", ready("a"), ready("b")))
+UP = Workload(desired=2, ready=2, updated=2)
+NO_SURGE = Cond(ROLLOUT, True, Reason.MAX_SURGE_ZERO, "no spare GPUs for a surge Pod")
+
+
+def seen(workload: Workload = UP, adapters: Adapters | None = None, notes: tuple[Cond, ...] = ()) -> Observed:
+    return Observed(workload, adapters, notes, ("tiny", "a", "b"), "http://edge.ns.svc:8000/v1")
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    seen: Observed | Waiting | Invalid
+    ready: tuple[bool, str]
+    requeue: bool
+    available: tuple[bool, str] | None = None
+    adapters: tuple[bool, str] | None = None  # None: no AdaptersReady condition
+    message: str = ""  # a fragment of Ready's message
+    others: dict[str, tuple[bool | None, str]] = field(default_factory=dict)
+
+
+ROWS = [
+    Row("source not Ready yet", Waiting("QuantizationJob ns/q (spec.model.quantizationJobRef) is not Ready yet"),
+        (False, Reason.WAITING_FOR_SOURCE), True, message="ns/q"),
+    Row("spec cannot work", Invalid("spec.tensorParallelSize: 3 does not divide 32 attention heads"),
+        (False, Reason.INVALID_SPEC), False, message="attention heads"),
+    Row("source refused with its own reason", Invalid("FineTunedModel m is not merged", Reason.SOURCE_NOT_FOUND),
+        (False, Reason.SOURCE_NOT_FOUND), False),
+    Row("deployment progressing: no Pod ready", seen(Workload(desired=2, updated=2)),
+        (False, Reason.DEPLOYING), True, (False, Reason.MINIMUM_REPLICAS_UNAVAILABLE), message="0/2"),
+    Row("available and rolled out", seen(), (True, Reason.SUCCEEDED), False,
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), message="serving tiny, a, b at http://edge"),
+    Row("serving while a rollout replaces Pods", seen(Workload(desired=2, ready=2, updated=1)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, (True, Reason.MINIMUM_REPLICAS_AVAILABLE),
+        message="rollout in progress (2/2 replicas ready)"),
+    Row("controller has not seen the new generation", seen(Workload(desired=2, ready=2, updated=2, current=False)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True),
+    Row("rollout blocked without a spare GPU: one Pod at a time",
+        seen(Workload(desired=2, ready=1, updated=1), notes=(NO_SURGE,)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, (True, Reason.MINIMUM_REPLICAS_AVAILABLE),
+        others={ROLLOUT: (True, Reason.MAX_SURGE_ZERO)}),
+    Row("single replica unavailable while its replacement loads",
+        seen(Workload(desired=1, updated=1), notes=(NO_SURGE,)),
+        (False, Reason.DEPLOYING), True, (False, Reason.MINIMUM_REPLICAS_UNAVAILABLE),
+        others={ROLLOUT: (True, Reason.MAX_SURGE_ZERO)}),
+    Row("scaled to zero", seen(Workload(desired=0)), (True, Reason.SUCCEEDED), False,
+        (True, Reason.SCALED_TO_ZERO)),
+    Row("every adapter served on every ready Pod", seen(adapters=SERVED), (True, Reason.SUCCEEDED), False,
+        adapters=(True, Reason.ALL_ADAPTERS_SERVED)),
+    Row("adapters loading", seen(adapters=lora(pod("p0", ready("a"), ready("b")), pod("p1", ready("a"), loading("b")))),
+        (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="b served on 1/2"),
+    Row("adapter failed to load", seen(adapters=lora(pod("p0", ready("a"), load_failed("b")))),
+        (False, Reason.ADAPTER_LOAD_FAILED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED),
+        message="404 No adapter found"),
+    Row("adapter failed to load during a rollout", seen(Workload(desired=2, ready=1, updated=1),
+                                                        lora(pod("p0", ready("a"), load_failed("b")))),
+        (False, Reason.ADAPTER_LOAD_FAILED), True, adapters=(False, Reason.ADAPTER_LOAD_FAILED)),
+    Row("removed adapter could not be unloaded",
+        seen(adapters=lora(pod("p0", ready("a"), ready("b"), unload_failed("old")))),
+        (False, Reason.ADAPTER_UNLOAD_FAILED), False, adapters=(False, Reason.ADAPTER_UNLOAD_FAILED),
+        message="old could not be unloaded"),
+    Row("removed adapter still being unloaded", seen(adapters=lora(pod("p0", ready("a"), ready("b"), unloading("old")))),
+        (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="unloading old"),
+    Row("adapter refused as incompatible; the others are served",
+        seen(adapters=lora(pod("p0", ready("a")), want=("a",), refused={"b": "rank 64 above maxLoraRank 16"})),
+        (False, Reason.INCOMPATIBLE_ADAPTER), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
+        message="adapter b: rank 64 above maxLoraRank 16"),
+    Row("refused adapter and a failed load: both named",
+        seen(adapters=lora(pod("p0", load_failed("a")), want=("a",), refused={"b": "uses DoRA"})),
+        (False, Reason.INCOMPATIBLE_ADAPTER), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
+        message="404 No adapter found"),
+    Row("adapter's FineTunedModel not Ready yet",
+        seen(adapters=lora(pod("p0", ready("a")), want=("a",), pending={"b": "FineTunedModel ns/b is not Ready"})),
+        (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="ns/b"),
+    Row("a failed load outranks an adapter still waiting for its source",
+        seen(adapters=lora(pod("p0", load_failed("a")), want=("a",), pending={"b": "not Ready"})),
+        (False, Reason.ADAPTER_LOAD_FAILED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED)),
+    Row("available but no ready Pod listed yet", seen(adapters=lora()),
+        (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.NO_READY_PODS)),
+    Row("a ready Pod does not answer", seen(adapters=lora(pod("p0", ready("a"), ready("b")), pod("p1", reachable=False))),
+        (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.POD_UNREACHABLE), message="p1"),
+    Row("not available: Deploying, whatever the adapters say",
+        seen(Workload(desired=1), lora(pod("p0", load_failed("a")), want=("a",))),
+        (False, Reason.DEPLOYING), True, (False, Reason.MINIMUM_REPLICAS_UNAVAILABLE),
+        adapters=(False, Reason.ADAPTER_LOAD_FAILED)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.what for r in ROWS])
+def test_conditions(row: Row) -> None:
+    verdict = decide(row.seen)
+    got = {c.type: c for c in verdict.conditions}
+    assert [c.type for c in verdict.conditions][-1] == READY, "Ready is decided last, from the others"
+    assert (got[READY].status, got[READY].reason) == row.ready
+    assert row.message in got[READY].message
+    assert verdict.requeue is row.requeue
+    if isinstance(row.seen, Waiting | Invalid):
+        assert set(got) == {READY}
+        return
+    assert (got[AVAILABLE].status, got[AVAILABLE].reason) == (
+        row.available or (True, Reason.MINIMUM_REPLICAS_AVAILABLE)
+    )
+    if row.adapters is None:
+        assert ADAPTERS_READY not in got
+    else:
+        assert (got[ADAPTERS_READY].status, got[ADAPTERS_READY].reason) == row.adapters
+    for type_, want in row.others.items():
+        assert (got[type_].status, got[type_].reason) == want
+
+
+@pytest.mark.parametrize(
+    ("what", "adapters", "want"),
+    [
+        ("served everywhere", SERVED, {"a": ("Ready", 2), "b": ("Ready", 2)}),
+        ("loading on one Pod", lora(pod("p0", ready("a"), ready("b")), pod("p1", ready("a"), loading("b"))),
+         {"a": ("Ready", 2), "b": ("Loading", 1)}),
+        ("failed", lora(pod("p0", ready("a"), load_failed("b"))), {"a": ("Ready", 1), "b": ("Failed", 0)}),
+        ("no ready Pod: not handed to any yet", lora(), {"a": ("Pending", 0), "b": ("Pending", 0)}),
+        ("refused and waiting for a source",
+         lora(pod("p0", ready("a")), want=("a",), refused={"b": "DoRA"}, pending={"c": "not Ready"}),
+         {"a": ("Ready", 1), "b": ("Failed", 0), "c": ("Pending", 0)}),
+    ],
+)  # fmt: skip
+def test_adapter_states(what: str, adapters: Adapters, want: dict[str, tuple[str, int]]) -> None:
+    states = adapter_states(adapters)
+    assert [s.name for s in states] == sorted(want), what
+    assert {s.name: (s.state, s.ready_pods) for s in states} == want
+    failed = next((s for s in states if s.state == "Failed"), None)
+    assert failed is None or failed.message
