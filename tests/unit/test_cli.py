@@ -175,6 +175,18 @@ def test_list_items_are_validated_one_by_one(
     [
         (ftm(merg={}), "spec.merg: unknown field 'merg'; did you mean 'merge'?"),
         (
+            {
+                "apiVersion": "tuneops.io/v1alpha1",
+                "kind": "InferenceService",
+                "metadata": {"name": "s"},
+                "spec": {
+                    "model": {"uri": "hf://o/m"},
+                    "lora": {"adapters": [{"name": "a", "fineTunedModelRf": {}}]},
+                },
+            },
+            "spec.lora.adapters[0].fineTunedModelRf: unknown field 'fineTunedModelRf'; did you mean 'fineTunedModelRef'?",
+        ),
+        (
             ftm(baseModel={"uri": "hf://org/base", "revison": "main"}),
             "spec.baseModel.revison: unknown field 'revison'; did you mean 'revision'?",
         ),
