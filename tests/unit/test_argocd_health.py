@@ -133,6 +133,19 @@ def test_committed_files_are_the_generated_ones() -> None:
         )
 
 
+def test_cli_writes_the_files_and_prints_the_patch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneops.cli import main
+
+    assert main(["argocd", "-o", str(tmp_path)]) == 0
+    for name in argocd.files():
+        assert (tmp_path / name).read_text() == (ARGOCD / name).read_text(), name
+    capsys.readouterr()
+    assert main(["argocd", "-o", "-"]) == 0
+    assert capsys.readouterr().out == ARGOCD_CM.read_text()
+
+
 def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
     cm = yaml.safe_load(ARGOCD_CM.read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
