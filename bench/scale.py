@@ -30,7 +30,7 @@ from kubernetes import client, config
 
 from tuneops import toolpaths
 from tuneops.local.controlplane import AuditLog, ControlPlane
-from tuneops.render.inferenceservice import PORT
+from tuneops.render.serving.types import PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

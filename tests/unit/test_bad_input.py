@@ -20,11 +20,11 @@ from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import Manifest
 from tuneops.render.finetunedmodel import render_finetunedmodel
-from tuneops.render.inferenceservice import check_inferenceservice, render_inferenceservice
 from tuneops.render.plan import Resolver, parse_documents
 from tuneops.render.quantizationjob import check_quantizationjob, render_quantizationjob
+from tuneops.render.serving import check_inferenceservice, render_inferenceservice
+from tuneops.render.types import Manifest
 
 PROBLEM = re.compile(r"^spec(\.|\[|:)")
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

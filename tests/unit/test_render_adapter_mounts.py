@@ -8,8 +8,8 @@ from typing import Any
 from tuneops.api import parse_spec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import Owner, ResolvedAdapter, ResolvedModel
-from tuneops.render.inferenceservice import render_inferenceservice
+from tuneops.render.serving import render_inferenceservice
+from tuneops.render.types import Owner, ResolvedAdapter, ResolvedModel
 
 OWNER = Owner("tuneops.io/v1alpha1", "InferenceService", "chat", "ml", "uid-1")
 SOURCES = ["pvc://adapters/sql-v1", "pvc://tuneops-artifacts/ml/sql", "pvc://adapters/chat"]

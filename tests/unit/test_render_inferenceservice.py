@@ -35,7 +35,8 @@ from tuneops.render import (
     render_inferenceservice,
     vllm_args,
 )
-from tuneops.render.inferenceservice import LAUNCHER, LORA_FILE, launcher_argv, lora_modules
+from tuneops.render.serving.args import launcher_argv, lora_modules
+from tuneops.render.serving.vllm import LAUNCHER, LORA_FILE
 from tuneops.serving.vllm import LoraModule
 
 OWNER = owner("InferenceService", "mistral")

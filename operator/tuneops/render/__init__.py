@@ -1,6 +1,16 @@
 """Pure renderers: a typed resource, its resolved inputs and the operator config in, complete manifests out."""
 
-from tuneops.render.common import (
+from tuneops.render.finetunedmodel import render_finetunedmodel, render_inspect_job, render_merge_job
+from tuneops.render.quantizationjob import (
+    check_quantizationjob,
+    render_evaluate_job,
+    render_quantizationjob,
+    render_quantize_job,
+)
+from tuneops.render.serving import check_inferenceservice, render_inferenceservice
+from tuneops.render.serving.args import llamacpp_args, vllm_args
+from tuneops.render.serving.types import Note, ServingRender
+from tuneops.render.types import (
     Manifest,
     Owner,
     Problem,
@@ -8,21 +18,6 @@ from tuneops.render.common import (
     ResolvedAdapter,
     ResolvedModel,
     model_format,
-)
-from tuneops.render.finetunedmodel import render_finetunedmodel, render_inspect_job, render_merge_job
-from tuneops.render.inferenceservice import (
-    Note,
-    ServingRender,
-    check_inferenceservice,
-    llamacpp_args,
-    render_inferenceservice,
-    vllm_args,
-)
-from tuneops.render.quantizationjob import (
-    check_quantizationjob,
-    render_evaluate_job,
-    render_quantizationjob,
-    render_quantize_job,
 )
 
 __all__ = [

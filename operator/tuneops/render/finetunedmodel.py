@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypedDict, Unpack
+
 from tuneops.api.common import SecretKeyRef
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import (
-    Manifest,
-    Owner,
-    RenderError,
-    WorkerStep,
-    default_output_uri,
-    render_job,
-    with_revision,
-    worker_cmd,
-)
+from tuneops.render.artifacts import default_output_uri
+from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
+from tuneops.render.types import Manifest, Owner, RenderError
+from tuneops.storage.uri import with_revision
 
 INSPECT = "inspect"
 MERGE = "merge"
+
+
+class InputDigests(TypedDict, total=False):
+    """Digests of the inputs when known: a new digest under the same URI gives a new Job."""
+
+    base_digest: str | None
+    adapter_digest: str | None
 
 
 def base_uri(spec: FineTunedModelSpec) -> str:
@@ -34,17 +38,37 @@ def _secret(spec: FineTunedModelSpec) -> SecretKeyRef | None:
     return spec.base_model.token_secret_ref or spec.adapter.token_secret_ref
 
 
-def render_inspect_job(
+def _job(
     spec: FineTunedModelSpec,
     owner: Owner,
     config: OperatorConfig,
+    step: str,
+    args: Sequence[str],
     *,
-    base_digest: str | None = None,
-    adapter_digest: str | None = None,
+    output: str | None,
+    digests: InputDigests,
+    gpus: int = 0,
+) -> Manifest:
+    """A worker Job that reads the base and the adapter."""
+    base = base_uri(spec)
+    worker = WorkerStep(
+        step=step,
+        image=spec.job.image or config.images.worker,
+        args=worker_cmd(step, *args),
+        inputs=(base, spec.adapter.uri),
+        output=output,
+        digests={base: digests.get("base_digest"), spec.adapter.uri: digests.get("adapter_digest")},
+        secret=_secret(spec),
+        gpus=gpus,
+    )
+    return render_job(owner, config, spec.job, worker)
+
+
+def render_inspect_job(
+    spec: FineTunedModelSpec, owner: Owner, config: OperatorConfig, **digests: Unpack[InputDigests]
 ) -> Manifest:
     """The Job that reads adapter_config.json, digests the adapter and, when merging, checks it fits the base."""
-    base = base_uri(spec)
-    args = ["--adapter", spec.adapter.uri, "--base", base]
+    args = ["--adapter", spec.adapter.uri, "--base", base_uri(spec)]
     publish = None
     if spec.merge.enabled:
         args.append("--merge")
@@ -53,25 +77,11 @@ def render_inspect_job(
         # under a new path (vLLM keys its prefix cache by adapter name and path).
         publish = merge_output_uri(spec, owner, config)
         args += ["--publish", publish]
-    step = WorkerStep(
-        step=INSPECT,
-        image=spec.job.image or config.images.worker,
-        args=worker_cmd(INSPECT, *args),
-        inputs=(base, spec.adapter.uri),
-        output=publish,
-        digests={base: base_digest, spec.adapter.uri: adapter_digest},
-        secret=_secret(spec),
-    )
-    return render_job(owner, config, spec.job, step)
+    return _job(spec, owner, config, INSPECT, args, output=publish, digests=digests)
 
 
 def render_merge_job(
-    spec: FineTunedModelSpec,
-    owner: Owner,
-    config: OperatorConfig,
-    *,
-    base_digest: str | None = None,
-    adapter_digest: str | None = None,
+    spec: FineTunedModelSpec, owner: Owner, config: OperatorConfig, **digests: Unpack[InputDigests]
 ) -> Manifest:
     """The Job that merges the adapter into the base and writes the merged model to the output URI.
 
@@ -79,40 +89,23 @@ def render_merge_job(
     """
     if not spec.merge.enabled:
         raise RenderError("spec.merge.enabled is false: there is no merge Job")
-    base = base_uri(spec)
     output = merge_output_uri(spec, owner, config)
     args = [
-        "--base", base,
+        "--base", base_uri(spec),
         "--adapter", spec.adapter.uri,
         "--output", output,
         "--dtype", spec.merge.dtype,
         "--method", spec.merge.method,
     ]  # fmt: skip
-    step = WorkerStep(
-        step=MERGE,
-        image=spec.job.image or config.images.worker,
-        args=worker_cmd(MERGE, *args),
-        inputs=(base, spec.adapter.uri),
-        output=output,
-        digests={base: base_digest, spec.adapter.uri: adapter_digest},
-        secret=_secret(spec),
-        gpus=1 if spec.merge.device == "gpu" else 0,
-    )
-    return render_job(owner, config, spec.job, step)
+    gpus = 1 if spec.merge.device == "gpu" else 0
+    return _job(spec, owner, config, MERGE, args, output=output, digests=digests, gpus=gpus)
 
 
 def render_finetunedmodel(
-    spec: FineTunedModelSpec,
-    owner: Owner,
-    config: OperatorConfig,
-    *,
-    base_digest: str | None = None,
-    adapter_digest: str | None = None,
+    spec: FineTunedModelSpec, owner: Owner, config: OperatorConfig, **digests: Unpack[InputDigests]
 ) -> list[Manifest]:
     """Every Job the operator may create for this resource, in run order (for `tuneops render`)."""
-    out = [render_inspect_job(spec, owner, config, base_digest=base_digest, adapter_digest=adapter_digest)]
+    out = [render_inspect_job(spec, owner, config, **digests)]
     if spec.merge.enabled:
-        out.append(
-            render_merge_job(spec, owner, config, base_digest=base_digest, adapter_digest=adapter_digest)
-        )
+        out.append(render_merge_job(spec, owner, config, **digests))
     return out

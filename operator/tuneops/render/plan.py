@@ -22,17 +22,12 @@ from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import (
-    Manifest,
-    ModelFormat,
-    Owner,
-    ResolvedAdapter,
-    ResolvedModel,
-    default_output_uri,
-)
+from tuneops.render.artifacts import default_output_uri
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
-from tuneops.render.inferenceservice import ServingRender, render_inferenceservice
 from tuneops.render.quantizationjob import quantize_output_uri, render_quantizationjob
+from tuneops.render.serving import render_inferenceservice
+from tuneops.render.serving.types import ServingRender
+from tuneops.render.types import Manifest, ModelFormat, Owner, ResolvedAdapter, ResolvedModel
 
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d1b-4c59-9a57-7e0b7d1c3a10")
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 from tuneops.api.conditions import Reason
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.common import (
-    Manifest,
-    Owner,
-    Problem,
-    RenderError,
-    ResolvedModel,
-    WorkerStep,
-    default_output_uri,
-    gguf_file,
-    join_uri,
-    render_job,
-    worker_cmd,
-)
+from tuneops.render.artifacts import default_output_uri, gguf_file
+from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
+from tuneops.render.types import Manifest, Owner, Problem, RenderError, ResolvedModel
+from tuneops.storage.uri import join_uri
 
 QUANTIZE = "quantize"
 EVALUATE = "evaluate"

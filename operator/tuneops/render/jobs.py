@@ -1,0 +1,199 @@
+"""Worker Jobs: one step's command, inputs and output in, a complete content-addressed batch/v1 Job out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tuneops import GROUP, labels
+from tuneops.api.common import JobTemplate, SecretKeyRef
+from tuneops.config import OperatorConfig
+from tuneops.render.env import credential_env, env_value, merge_env
+from tuneops.render.names import canonical_json, content_hash, metadata, standard_labels, step_name
+from tuneops.render.pod import (
+    GPU_RESOURCE,
+    TERMINATION_LOG,
+    container_security_context,
+    gpu_tolerations,
+    pod_security_context,
+    quantity_str,
+    scheduling_fields,
+    sorted_resources,
+    termination_message,
+)
+from tuneops.render.types import Manifest, Owner
+from tuneops.render.volumes import Mounts
+
+WORKER_CONTAINER = "worker"
+SCRATCH_DIR = "/scratch"
+# Exit code of a container the kernel killed for memory: retrying with the same limit fails the same way.
+OOM_EXIT_CODE = 137
+INPUT_DIGESTS = f"{GROUP}/input-digests"
+
+
+@dataclass(frozen=True)
+class WorkerStep:
+    """One worker Job: the command line and what it reads and writes."""
+
+    step: str
+    image: str
+    args: tuple[str, ...]
+    inputs: tuple[str, ...]
+    output: str | None
+    digests: Mapping[str, str | None]
+    secret: SecretKeyRef | None
+    gpus: int = 0
+
+
+def worker_cmd(subcommand: str, *args: str) -> tuple[str, ...]:
+    return ("worker", subcommand, *args)
+
+
+def worker_resources(template: JobTemplate, config: OperatorConfig, gpus: int) -> tuple[dict[str, Any], str]:
+    """Resources of a worker container, and which resource OMP_NUM_THREADS follows.
+
+    Without a spec, request and limit the operator's defaults (CPU limit = request, so the thread count
+    matches the cores the Pod may use; memory limit = request, so OOM is reported rather than node pressure).
+    """
+    res = template.resources
+    requests = {k: quantity_str(v) for k, v in ((res.requests if res else None) or {}).items()}
+    limits = {k: quantity_str(v) for k, v in ((res.limits if res else None) or {}).items()}
+    if res is None:
+        requests = {"cpu": config.worker_cpu, "memory": config.worker_memory}
+        limits = dict(requests)
+    if gpus > 0:
+        limits[GPU_RESOURCE] = str(max(gpus, int(limits.get(GPU_RESOURCE, "0"))))
+    if GPU_RESOURCE in requests and GPU_RESOURCE not in limits:
+        limits[GPU_RESOURCE] = requests[GPU_RESOURCE]
+    threads_from = "limits.cpu" if "cpu" in limits else "requests.cpu"
+    return sorted_resources(limits, requests), threads_from
+
+
+def job_gpus(template: JobTemplate, wanted: int = 0) -> int:
+    res = template.resources
+    declared = 0
+    for block in ((res.limits or {}) if res else {}, (res.requests or {}) if res else {}):
+        if GPU_RESOURCE in block:
+            declared = max(declared, int(str(block[GPU_RESOURCE])))
+    return max(declared, wanted)
+
+
+def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> list[dict[str, Any]]:
+    ours: list[dict[str, Any]] = [
+        env_value("HOME", SCRATCH_DIR),
+        env_value("HF_HOME", f"{SCRATCH_DIR}/huggingface"),
+        env_value("TMPDIR", SCRATCH_DIR),
+        env_value("TUNEOPS_PVC_ROOT", config.pvc_mount_root),
+        env_value("TUNEOPS_TERMINATION_LOG", TERMINATION_LOG),
+        {
+            "name": "OMP_NUM_THREADS",
+            "valueFrom": {
+                "resourceFieldRef": {
+                    "containerName": WORKER_CONTAINER,
+                    "divisor": "1",
+                    "resource": threads_from,
+                }
+            },
+        },
+    ]
+    ours += credential_env(step.secret, (*step.inputs, step.output))
+    return merge_env(ours)
+
+
+def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"emptyDir": {}, "name": "scratch"}, {"mountPath": SCRATCH_DIR, "name": "scratch"}
+
+
+def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerStep) -> dict[str, Any]:
+    """The Pod of a worker Job: the claims of its inputs (read-only) and output (read-write), and scratch."""
+    mounts = Mounts(config)
+    for uri in step.inputs:
+        mounts.add(uri)
+    mounts.add(step.output, write=True)
+    resources, threads_from = worker_resources(template, config, step.gpus)
+    scratch, scratch_mount = scratch_volume()
+    container: dict[str, Any] = {
+        "args": list(step.args),
+        "command": ["tuneops"],
+        "env": worker_env(config, step, threads_from),
+        "image": step.image,
+        "imagePullPolicy": "IfNotPresent",
+        "name": WORKER_CONTAINER,
+        "resources": resources,
+        "securityContext": container_security_context(),
+        **termination_message(),
+        "volumeMounts": [*mounts.volume_mounts(), scratch_mount],
+    }
+    return {
+        "containers": [container],
+        "enableServiceLinks": False,
+        "restartPolicy": "Never",
+        "securityContext": pod_security_context(),
+        "volumes": [*mounts.volumes(), scratch],
+        **scheduling_fields(
+            node_selector=template.node_selector,
+            tolerations=gpu_tolerations(
+                [t.wire() for t in template.tolerations or []], job_gpus(template, step.gpus), config
+            ),
+            affinity=template.affinity,
+            priority_class_name=template.priority_class_name,
+            service_account_name=template.service_account_name,
+        ),
+    }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # Preemption, eviction and node drain are not the worker's fault: retry without counting.
+            {"action": "Ignore", "onPodConditions": [{"status": "True", "type": "DisruptionTarget"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": WORKER_CONTAINER,
+                    "operator": "In",
+                    "values": [OOM_EXIT_CODE],
+                },
+            },
+        ]
+    }
+
+
+def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step: WorkerStep) -> Manifest:
+    """A complete worker Job whose name is the hash of everything that shapes its Pod.
+
+    The hash covers the pod template (image, args with the input/output URIs, env, resources, scheduling),
+    the input digests, backoffLimit and activeDeadlineSeconds. It leaves out ttlSecondsAfterFinished and
+    podFailurePolicy: those follow the operator's configuration and cluster version, and changing them must
+    not re-run finished work.
+    """
+    pod_spec = worker_pod_spec(config, template, step)
+    digests = {uri: d for uri, d in sorted(step.digests.items()) if d}
+    hashed = {
+        "activeDeadlineSeconds": template.active_deadline_seconds,
+        "backoffLimit": template.backoff_limit,
+        "digests": digests,
+        "pod": pod_spec,
+    }
+    spec_hash = content_hash(hashed)
+    annotations = {labels.SPEC_HASH: spec_hash}
+    if digests:
+        annotations[INPUT_DIGESTS] = canonical_json(digests)
+    job_spec: dict[str, Any] = {
+        "activeDeadlineSeconds": template.active_deadline_seconds,
+        "backoffLimit": template.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "template": {"metadata": {"labels": standard_labels(owner, step.step)}, "spec": pod_spec},
+        "ttlSecondsAfterFinished": config.job_ttl_seconds,
+    }
+    if config.features.pod_failure_policy:
+        job_spec["podFailurePolicy"] = pod_failure_policy()
+    name = step_name(owner.name, step.step, spec_hash)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, name, step.step, annotations=annotations),
+        "spec": job_spec,
+    }

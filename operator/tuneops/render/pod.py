@@ -1,0 +1,125 @@
+"""Pod pieces every workload shares: security contexts, quantities, GPU scheduling, scheduling fields."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tuneops.config import OperatorConfig
+from tuneops.render.names import canonical_json
+from tuneops.render.types import RenderError
+
+TERMINATION_LOG = "/dev/termination-log"
+RUN_AS_USER = 1000
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "fsGroup": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def termination_message() -> dict[str, str]:
+    """Where a container leaves its result (workers) or last words (servers) for status."""
+    return {"terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError"}
+
+
+def quantity_str(q: int | str) -> str:
+    return str(q)
+
+
+def cpu_cores(q: int | str | None) -> int | None:
+    """Whole cores of a CPU quantity, rounded up ("500m" -> 1, "2" -> 2)."""
+    if q is None:
+        return None
+    text = str(q).strip()
+    try:
+        value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError as err:
+        raise RenderError(f"cannot read CPU quantity {q!r}") from err
+    return max(1, math.ceil(value))
+
+
+def sorted_resources(limits: Mapping[str, str], requests: Mapping[str, str]) -> dict[str, Any]:
+    """A resources block with sorted keys and no empty halves."""
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = dict(sorted(limits.items()))
+    if requests:
+        out["requests"] = dict(sorted(requests.items()))
+    return out
+
+
+def gpu_tolerations(
+    user: Sequence[Mapping[str, Any]], gpus: int, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    out = [dict(t) for t in user]
+    if gpus > 0 and config.gpu_toleration:
+        tol = {"effect": "NoSchedule", "key": GPU_RESOURCE, "operator": "Exists"}
+        if tol not in out:
+            out.append(tol)
+    return out
+
+
+def with_gpu_product(affinity: Mapping[str, Any] | None, product: str | None) -> dict[str, Any] | None:
+    """The user's affinity with a required nvidia.com/gpu.product term ANDed into every node selector term."""
+    if not product:
+        return dict(affinity) if affinity else None
+    out = json.loads(canonical_json(affinity or {}))
+    expr = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [product]}
+    node = out.setdefault("nodeAffinity", {})
+    required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(expr)
+    return dict(out)
+
+
+def scheduling_fields(
+    *,
+    node_selector: Mapping[str, str] | None,
+    tolerations: list[dict[str, Any]],
+    affinity: Mapping[str, Any] | None,
+    priority_class_name: str | None,
+    service_account_name: str | None,
+    runtime_class_name: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = dict(sorted(node_selector.items()))
+    if tolerations:
+        out["tolerations"] = tolerations
+    if affinity:
+        out["affinity"] = dict(affinity)
+    if priority_class_name:
+        out["priorityClassName"] = priority_class_name
+    if service_account_name:
+        out["serviceAccountName"] = service_account_name
+        out["automountServiceAccountToken"] = True
+    else:
+        # Workers and servers never talk to the API server; no token in the Pod unless a ServiceAccount
+        # (for workload identity, say) is asked for.
+        out["automountServiceAccountToken"] = False
+    if runtime_class_name:
+        out["runtimeClassName"] = runtime_class_name
+    return out

@@ -1,0 +1,133 @@
+"""What can be found wrong with an InferenceService before anything starts, as condition reasons and fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from tuneops.api.conditions import Reason
+from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
+from tuneops.render.artifacts import gguf_file
+from tuneops.render.serving.types import effective_lora
+from tuneops.render.types import Problem, ResolvedAdapter, ResolvedModel
+from tuneops.render.volumes import parse
+
+# vLLM serves adapters whose modules_to_save is only a classification head; anything else needs a merge.
+VLLM_MODULES_TO_SAVE = frozenset({"classifier", "score"})
+
+Report = Callable[[str, str], None]
+
+
+def _model_id(name: str) -> str:
+    # Adapter configs record the base as whatever path the trainer used ("/data/Mistral-7B-v0.1",
+    # "mistralai/Mistral-7B-v0.1"); the last path segment is what both spellings share.
+    return parse(name.strip()).name.lower()
+
+
+def check_inferenceservice(
+    spec: InferenceServiceSpec, *, model: ResolvedModel, adapters: Sequence[ResolvedAdapter] = ()
+) -> list[Problem]:
+    """Problems that can be found before anything starts, as condition reasons with messages naming fields.
+
+    InvalidSpec for the service itself (parallelism, runtime vs model format); IncompatibleAdapter for an
+    adapter that vLLM would refuse at load time (rank above maxLoraRank, another base model, DoRA,
+    modules_to_save, a source vLLM cannot read). LoRA on an AWQ or compressed-tensors base is served by vLLM
+    and is not a problem; LoRA on a GGUF model is.
+    """
+    problems: list[Problem] = []
+
+    def invalid(fld: str, msg: str) -> None:
+        problems.append(Problem(Reason.INVALID_SPEC, fld, msg))
+
+    def incompatible(fld: str, msg: str) -> None:
+        problems.append(Problem(Reason.INCOMPATIBLE_ADAPTER, fld, msg))
+
+    if spec.runtime == "llamacpp":
+        _check_llamacpp(spec, model, invalid)
+        return problems
+    _check_parallelism(spec, model, invalid)
+    lora = effective_lora(spec, adapters)
+    if lora is None:
+        return problems
+    if lora.max_cpu_loras is not None and lora.max_cpu_loras < lora.max_loras:
+        invalid("spec.lora.maxCpuLoras", f"must be at least maxLoras ({lora.max_loras})")
+    if model.format == "gguf" and lora.adapters:
+        incompatible("spec.lora", "LoRA adapters cannot be served on a GGUF model")
+    index = {a.name: i for i, a in enumerate(lora.adapters)}
+    for a in adapters:
+        fld = f"spec.lora.adapters[{index.get(a.name, '?')}]"
+        for msg in _adapter_problems(a, lora, model):
+            incompatible(fld, msg)
+    return problems
+
+
+def _check_llamacpp(spec: InferenceServiceSpec, model: ResolvedModel, invalid: Report) -> None:
+    if model.format != "gguf":
+        invalid(
+            "spec.runtime",
+            f"llamacpp serves GGUF models; this model is {model.format} (use runtime: vllm)",
+        )
+    elif not model.uri.lower().endswith(".gguf") and not (
+        spec.model.file or gguf_file(model.files, spec.model.gguf_type)
+    ):
+        want = f" of type {spec.model.gguf_type}" if spec.model.gguf_type else ""
+        invalid("spec.model", f"no GGUF file{want} in {model.uri}; set spec.model.file")
+    if spec.resources.gpus:
+        invalid("spec.resources.gpus", "the llamacpp runtime runs on CPU; set gpus to 0 or use runtime: vllm")
+
+
+def _check_parallelism(spec: InferenceServiceSpec, model: ResolvedModel, invalid: Report) -> None:
+    v = spec.vllm_settings()
+    if model.format == "gguf":
+        invalid("spec.runtime", "vllm does not serve GGUF artifacts here; use runtime: llamacpp")
+    heads = model.num_attention_heads
+    if heads is not None and heads % v.tensor_parallel_size != 0:
+        invalid(
+            "spec.vllm.tensorParallelSize",
+            f"{v.tensor_parallel_size} does not divide the model's {heads} attention heads",
+        )
+    per_pod = v.tensor_parallel_size * (1 if v.nodes > 1 else v.pipeline_parallel_size)
+    if spec.resources.gpus and spec.resources.gpus != per_pod:
+        invalid(
+            "spec.resources.gpus",
+            f"{spec.resources.gpus} GPUs per Pod, but tensorParallelSize x pipelineParallelSize needs {per_pod}",
+        )
+    if v.nodes > 1:
+        if not spec.resources.gpus:
+            invalid("spec.resources.gpus", "multi-node serving (vllm.nodes > 1) needs GPUs on every node")
+        if v.pipeline_parallel_size != v.nodes:
+            invalid(
+                "spec.vllm.pipelineParallelSize",
+                f"with {v.nodes} nodes the pipeline runs one stage per node: set it to {v.nodes}",
+            )
+
+
+def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel) -> list[str]:
+    """Why vLLM would refuse to load this adapter on this model, if it would."""
+    out: list[str] = []
+    if a.rank is not None and a.rank > lora.max_lora_rank:
+        out.append(f"adapter {a.name!r} has rank {a.rank}, above lora.maxLoraRank {lora.max_lora_rank}")
+    if (
+        a.base_model_name
+        and model.base_model_name
+        and _model_id(a.base_model_name) != _model_id(model.base_model_name)
+    ):
+        out.append(
+            f"adapter {a.name!r} was trained on {a.base_model_name!r}, the service serves "
+            f"{model.base_model_name!r}"
+        )
+    if a.use_dora:
+        out.append(f"adapter {a.name!r} is a DoRA adapter, which vLLM does not serve; merge it instead")
+    extra = sorted(set(a.modules_to_save) - VLLM_MODULES_TO_SAVE)
+    if extra:
+        out.append(
+            f"adapter {a.name!r} saves full modules {', '.join(extra)} (modules_to_save), which vLLM does not "
+            "serve; merge it instead"
+        )
+    u = parse(a.uri)
+    if u.scheme == "s3":
+        out.append(f"adapter {a.name!r}: vLLM cannot load adapters from s3://; use pvc:// or hf://")
+    if u.scheme == "hf" and u.pinned:
+        out.append(
+            f"adapter {a.name!r}: vLLM loads hf:// adapters at their default revision; drop the @revision"
+        )
+    return out

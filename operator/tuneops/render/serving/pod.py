@@ -1,0 +1,214 @@
+"""The server Pod both runtimes share: where the model files come from, the server container, probes, scheduling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tuneops import labels
+from tuneops.api.common import SecretKeyRef
+from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.config import OperatorConfig
+from tuneops.render.env import credential_env, env_secret, env_value, merge_env
+from tuneops.render.names import standard_labels
+from tuneops.render.pod import (
+    GPU_RESOURCE,
+    TERMINATION_LOG,
+    container_security_context,
+    gpu_tolerations,
+    pod_security_context,
+    quantity_str,
+    scheduling_fields,
+    sorted_resources,
+    termination_message,
+    with_gpu_product,
+)
+from tuneops.render.serving.types import CONTAINER, PORT, SERVER
+from tuneops.render.types import Owner, ResolvedModel
+from tuneops.render.volumes import Mounts, parse, pod_path
+
+FETCH_CONTAINER = "fetch-model"
+MODEL_DIR = "/mnt/model"
+PRESTOP_SLEEP_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where the server finds the model, and the volumes and init container that put it there."""
+
+    path: str
+    volumes: tuple[dict[str, Any], ...]
+    mounts: tuple[dict[str, Any], ...]
+    init: tuple[dict[str, Any], ...]
+
+
+def model_secret(spec: InferenceServiceSpec, model: ResolvedModel) -> SecretKeyRef | None:
+    return model.token_secret or spec.model.token_secret_ref
+
+
+def model_files(
+    uri: str,
+    file: str | None,
+    model: ResolvedModel,
+    secret: SecretKeyRef | None,
+    config: OperatorConfig,
+    mounts: Mounts,
+) -> ModelFiles:
+    """pvc:// is mounted read-only; file:// is used as is (local use); s3:// and hf:// are downloaded by an
+    init container into an emptyDir sized from the artifact when its size is known."""
+    if parse(uri).scheme in ("pvc", "file"):
+        mounts.add(uri)
+        base = pod_path(uri, config)
+        return ModelFiles(path=f"{base.rstrip('/')}/{file}" if file else base, volumes=(), mounts=(), init=())
+    empty: dict[str, Any] = {}
+    if model.size_bytes:
+        empty["sizeLimit"] = f"{math.ceil(model.size_bytes * 1.1 / 2**20) + 1024}Mi"
+    return ModelFiles(
+        path=f"{MODEL_DIR}/{file}" if file else MODEL_DIR,
+        volumes=({"emptyDir": empty, "name": "model"},),
+        mounts=({"mountPath": MODEL_DIR, "name": "model", "readOnly": True},),
+        init=(_fetch_container(uri, secret, config),),
+    )
+
+
+def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConfig) -> dict[str, Any]:
+    env = merge_env(
+        [
+            env_value("HOME", "/tmp"),
+            env_value("TUNEOPS_PVC_ROOT", config.pvc_mount_root),
+            env_value("TUNEOPS_TERMINATION_LOG", TERMINATION_LOG),
+            *credential_env(secret, [uri]),
+        ]
+    )
+    return {
+        "args": ["worker", "fetch", "--source", uri, "--dest", MODEL_DIR],
+        "command": ["tuneops"],
+        "env": env,
+        "image": config.images.worker,
+        "imagePullPolicy": "IfNotPresent",
+        "name": FETCH_CONTAINER,
+        # Downloading is network- and disk-bound; a small, fixed footprint keeps it off the model's budget.
+        "resources": {"limits": {"memory": "2Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
+        "securityContext": container_security_context(),
+        **termination_message(),
+        "volumeMounts": [{"mountPath": MODEL_DIR, "name": "model"}, {"mountPath": "/tmp", "name": "tmp"}],
+    }
+
+
+def _http_probe(period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {
+        "failureThreshold": failures,
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+    }
+
+
+def probes(startup_timeout: int) -> dict[str, Any]:
+    """Probes on /health; the startup probe holds the others off while a large model loads."""
+    return {
+        "livenessProbe": _http_probe(period=15, failures=4, timeout=10),
+        "readinessProbe": _http_probe(period=5, failures=3, timeout=5),
+        "startupProbe": _http_probe(period=10, failures=math.ceil(startup_timeout / 10), timeout=5),
+    }
+
+
+def server_resources(
+    spec: InferenceServiceSpec, config: OperatorConfig, gpus: int, cpu_default: bool
+) -> dict[str, Any]:
+    r = spec.resources
+    cpu = r.cpu if r.cpu is not None else (config.worker_cpu if cpu_default else None)
+    memory = r.memory if r.memory is not None else (config.worker_memory if cpu_default else None)
+    requests: dict[str, str] = {}
+    if cpu is not None:
+        requests["cpu"] = quantity_str(cpu)
+    if memory is not None:
+        requests["memory"] = quantity_str(memory)
+    limits = dict(requests)
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+    return sorted_resources(limits, requests)
+
+
+def api_key_env(spec: InferenceServiceSpec, name: str) -> list[dict[str, Any]]:
+    ref = spec.api_key_secret_ref
+    return [env_secret(name, ref.name, ref.key)] if ref else []
+
+
+def server_container(
+    spec: InferenceServiceSpec,
+    *,
+    image: str,
+    args: list[str],
+    env: Sequence[Mapping[str, Any]],
+    resources: dict[str, Any],
+    volume_mounts: list[dict[str, Any]],
+    startup_seconds: int,
+) -> dict[str, Any]:
+    """The server container: OpenAI API on the http port, probes, and a preStop pause so endpoints drain."""
+    return {
+        "args": args,
+        "env": merge_env(env, [e.wire() for e in spec.env or []]),
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
+        "name": CONTAINER,
+        "ports": [{"containerPort": PORT, "name": "http", "protocol": "TCP"}],
+        "resources": resources,
+        "securityContext": container_security_context(),
+        **termination_message(),
+        "volumeMounts": volume_mounts,
+        **probes(startup_seconds),
+    }
+
+
+def server_pod_spec(
+    spec: InferenceServiceSpec,
+    config: OperatorConfig,
+    container: dict[str, Any],
+    *,
+    volumes: list[dict[str, Any]],
+    files: ModelFiles,
+    gpus: int,
+    grace_seconds: int,
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": grace_seconds,
+        "volumes": volumes,
+        **scheduling_fields(
+            node_selector=spec.node_selector,
+            tolerations=gpu_tolerations([t.wire() for t in spec.tolerations or []], gpus, config),
+            affinity=with_gpu_product(spec.affinity, spec.resources.gpu_product if gpus else None),
+            priority_class_name=spec.priority_class_name,
+            service_account_name=spec.service_account_name,
+            runtime_class_name=spec.runtime_class_name,
+        ),
+    }
+    if files.init:
+        pod_spec["initContainers"] = list(files.init)
+    return pod_spec
+
+
+def extra_labels(spec: InferenceServiceSpec) -> dict[str, str]:
+    # The runtime label lets monitors tell vLLM Pods (which serve /metrics) from llama.cpp ones.
+    out: dict[str, str] = {labels.RUNTIME: spec.runtime}
+    if spec.queue_name:
+        out[labels.KUEUE_QUEUE] = spec.queue_name
+    return out
+
+
+def pod_metadata(spec: InferenceServiceSpec, owner: Owner, annotations: Mapping[str, str]) -> dict[str, Any]:
+    """Pod template metadata; annotations that change roll the Pods (model digest, adapters hash)."""
+    meta: dict[str, Any] = {"labels": standard_labels(owner, SERVER, extra_labels(spec))}
+    if annotations:
+        meta["annotations"] = dict(sorted(annotations.items()))
+    return meta
+
+
+def model_digest_annotation(model: ResolvedModel) -> dict[str, str]:
+    return {labels.MODEL_DIGEST: model.digest} if model.digest else {}

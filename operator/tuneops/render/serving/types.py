@@ -1,0 +1,65 @@
+"""What rendering an InferenceService gives the reconciler, and the names and ports its manifests share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from tuneops.api.common import ConditionStatus
+from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
+from tuneops.config import OperatorConfig
+from tuneops.render.names import bounded_name
+from tuneops.render.types import Manifest, Owner, ResolvedAdapter
+
+SERVER = "server"
+CONTAINER = "server"
+PORT = 8000
+
+
+@dataclass(frozen=True)
+class Note:
+    """A condition the reconciler sets from what rendering decided (e.g. the rollout strategy)."""
+
+    type: str
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ServingRender:
+    """Everything an InferenceService needs, plus what the reconciler reports in status."""
+
+    manifests: tuple[Manifest, ...]
+    notes: tuple[Note, ...]
+    selector: Mapping[str, str]
+    url: str
+    served_models: tuple[str, ...]
+    workload_kind: str
+    workload_name: str
+
+    @property
+    def selector_string(self) -> str:
+        """status.selector for the scale subresource (HPA)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
+
+
+def effective_lora(spec: InferenceServiceSpec, adapters: Sequence[ResolvedAdapter]) -> LoraSpec | None:
+    """spec.lora, or its defaults when adapters come without it (a FineTunedModel served unmerged)."""
+    if spec.lora is not None:
+        return spec.lora
+    return LoraSpec() if adapters else None
+
+
+def served_model_name(spec: InferenceServiceSpec, owner: Owner) -> str:
+    """The name clients put in the request's model field for the base model."""
+    return spec.vllm_settings().served_model_name or owner.name
+
+
+def workload_name(owner: Owner) -> str:
+    return bounded_name(owner.name)
+
+
+def service_url(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig) -> str:
+    host = f"{workload_name(owner)}.{owner.namespace}.svc.{config.cluster_domain}"
+    return f"http://{host}:{spec.service.port}/v1"
