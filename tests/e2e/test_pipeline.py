@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from tuneops.kube.client import CUSTOM, DEPLOYMENT, POD, Kube
 from tuneops.local import demo
 from tuneops.local.cli import LocalCluster, ensure_tools
-from tuneops.local.kubeapi import KubeApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,16 +47,15 @@ def _alive(pid: int) -> bool:
 
 
 def _tree(pid: int) -> set[int]:
-    from tuneops.local.node import descendants
+    from tuneops.local.proctree import descendants
 
     return {pid, *descendants(pid)}
 
 
-def _server_pod(api: KubeApi, service: str) -> dict[str, Any]:
+def _server_pod(api: Kube, service: str) -> dict[str, Any]:
     pods = api.list(
-        f"/api/v1/namespaces/{NAMESPACE}/pods",
-        labelSelector=f"app.kubernetes.io/instance={service},app.kubernetes.io/component=server",
-    )["items"]
+        POD, NAMESPACE, {"app.kubernetes.io/instance": service, "app.kubernetes.io/component": "server"}
+    )
     ready = [
         p
         for p in pods
@@ -85,7 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
-    api = KubeApi(cluster.kubeconfig)
+    api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-e2e")
     demo.make_models(cluster.pvc_root)
     manifests = demo.load_manifests()
     demo.apply(api, manifests, NAMESPACE)
@@ -95,7 +94,7 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     assert set(took) == {f"{demo.SHORT[m['kind']]}/{m['metadata']['name']}" for m in manifests}
 
     # Adapters that became servable one by one were hot-loaded: the vLLM Deployment never rolled.
-    deployment = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/tiny-llama")
+    deployment = api.get(DEPLOYMENT, NAMESPACE, "tiny-llama")
     assert deployment is not None and deployment["metadata"]["generation"] == 1, deployment["metadata"]
 
     # The base model and each adapter answer on vLLM; the GGUF answers on llama.cpp.
@@ -112,14 +111,14 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     # Adding an adapter is served by the running Pod: same Pod, same process.
     pod = _server_pod(api, "tiny-llama")
     pid = _pid(pod)
-    tisvc_path = demo.resource_path("InferenceService", NAMESPACE, "tiny-llama")
-    tisvc = api.get(tisvc_path)
+    tisvc_path = (CUSTOM["InferenceService"], NAMESPACE, "tiny-llama")
+    tisvc = api.get(*tisvc_path)
     assert tisvc is not None
     adapters = [*tisvc["spec"]["lora"]["adapters"], {"name": "extra", "uri": "pvc://adapters/tiny-extra"}]
-    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": adapters}}})
+    api.patch(*tisvc_path, {"spec": {"lora": {"adapters": adapters}}})
 
     def extra_served() -> bool:
-        obj = api.get(tisvc_path) or {}
+        obj = api.get(*tisvc_path) or {}
         states = {a["name"]: a for a in (obj.get("status") or {}).get("adapters") or []}
         return states.get("extra", {}).get("state") == "Ready" and states["extra"].get("readyPods") == 1
 
@@ -130,16 +129,16 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     assert _pid(after) == pid and after["status"]["containerStatuses"][0]["restartCount"] == 0
 
     def adapter_states() -> dict[str, dict[str, Any]]:
-        obj = api.get(tisvc_path) or {}
+        obj = api.get(*tisvc_path) or {}
         return {a["name"]: a for a in (obj.get("status") or {}).get("adapters") or []}
 
     def condition(type_: str) -> dict[str, Any]:
-        obj = api.get(tisvc_path) or {}
+        obj = api.get(*tisvc_path) or {}
         return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
     # A broken adapter path ends, after bounded retries, as Failed with vLLM's own message; the rest is served.
     broken = [*adapters, {"name": "broken", "uri": "pvc://adapters/does-not-exist"}]
-    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": broken}}})
+    api.patch(*tisvc_path, {"spec": {"lora": {"adapters": broken}}})
     _wait(lambda: adapter_states().get("broken", {}).get("state") == "Failed", 300, "adapter broken Failed")
     assert "No adapter found" in adapter_states()["broken"]["message"], adapter_states()["broken"]
     adapters_ready = condition("AdaptersReady")
@@ -150,7 +149,7 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     assert demo.chat(vllm_url, "extra", "Hello") is not None
 
     # Removing it (and extra) unloads them from the running Pod; AdaptersReady comes back.
-    api.merge_patch(tisvc_path, {"spec": {"lora": {"adapters": tisvc["spec"]["lora"]["adapters"]}}})
+    api.patch(*tisvc_path, {"spec": {"lora": {"adapters": tisvc["spec"]["lora"]["adapters"]}}})
     _wait(lambda: condition("AdaptersReady").get("status") == "True", 300, "AdaptersReady after removal")
     assert set(adapter_states()) == {"chat", "sql"}
     assert set(demo.served_names(api, NAMESPACE, "tiny-llama")) == {"tiny-llama", "chat", "sql"}
@@ -163,8 +162,12 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     old_digest = adapter_states()["sql"]["digest"]
     make_adapter(cluster.pvc_root / demo.BASE_MODEL, cluster.pvc_root / "adapters/tiny-sql-v2",
                  TinyAdapterSpec(seed=42, b_std=0.5))  # fmt: skip
-    ftm_path = demo.resource_path("FineTunedModel", NAMESPACE, "tiny-sql")
-    api.merge_patch(ftm_path, {"spec": {"adapter": {"uri": "pvc://adapters/tiny-sql-v2"}}})
+    api.patch(
+        CUSTOM["FineTunedModel"],
+        NAMESPACE,
+        "tiny-sql",
+        {"spec": {"adapter": {"uri": "pvc://adapters/tiny-sql-v2"}}},
+    )
 
     def sql_replaced() -> bool:
         state = adapter_states().get("sql", {})
@@ -176,7 +179,7 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
 
     # The Pod restarts (deleted): the new one starts with the current adapters from --lora-modules and the
     # reconciler brings the state back to Ready.
-    api.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")
+    api.delete(POD, NAMESPACE, pod["metadata"]["name"])
 
     def new_pod_serving() -> bool:
         new = _server_pod(api, "tiny-llama")
@@ -197,16 +200,13 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     demo.delete(api, manifests, NAMESPACE)
 
     def all_gone() -> bool:
-        left = api.list(f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+        left = api.list(POD, NAMESPACE)
         return not left and not any(_alive(p) for p in pids)
 
     _wait(all_gone, 180, "Pods and processes gone after deletion")
 
     # Foreground deletion: each resource goes once the garbage collector has seen its children gone.
     def resources_gone() -> bool:
-        return all(
-            api.get(demo.resource_path(m["kind"], NAMESPACE, m["metadata"]["name"])) is None
-            for m in manifests
-        )
+        return all(api.get(CUSTOM[m["kind"]], NAMESPACE, m["metadata"]["name"]) is None for m in manifests)
 
     _wait(resources_gone, 180, "the resources themselves gone after their children")

@@ -1,10 +1,18 @@
-"""The local node's pure translations: quantities, $(VAR) expansion, path and host rewrites, image mapping."""
+"""The local node's pure translations: quantities, $(VAR) expansion, path and host rewrites, image mapping,
+a container's environment and command line."""
 
 from __future__ import annotations
 
 import pytest
 
 from tuneops.config import Images
+from tuneops.local.podenv import (
+    ConfigError,
+    Placement,
+    command_line,
+    declared_env,
+    process_env,
+)
 from tuneops.local.runtimes import Runtime, default_runtimes, find_runtime
 from tuneops.local.translate import (
     Mount,
@@ -115,3 +123,109 @@ def test_runtime_from_yaml_mapping() -> None:
     assert r.matches("a/b:1") and not r.matches("c/a/b:1")
     assert r.resolve("python3") == "/usr/bin/python3"
     assert r.resolve("sh") is not None
+
+
+# ----- a container's environment and command line -------------------------------------------------------
+
+CONFIG = {
+    ("configmaps", "settings"): {"MODE": b"fast", "PATH_HINT": b"/mnt/models"},
+    ("secrets", "token"): {"key": b"s3cret"},
+}
+
+
+def lookup(kind: str, name: str, optional: bool) -> dict[str, bytes]:
+    if (kind, name) in CONFIG:
+        return CONFIG[(kind, name)]
+    if optional:
+        return {}
+    raise ConfigError(f'{kind[:-1]} "{name}" not found')
+
+
+def placement(containers: list[dict[str, object]] | None = None) -> Placement:
+    pod = {
+        "metadata": {"name": "p", "namespace": "n", "labels": {"app": "web"}},
+        "spec": {"nodeName": "local", "containers": containers or []},
+    }
+    return Placement(pod, "127.42.0.7", "/node/pods/p/home", "127.0.0.1", 6443, {"cpu": "4", "memory": "8Gi"})
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ([{"name": "A", "value": "x"}, {"name": "B", "value": "$(A)/y"}], {"A": "x", "B": "x/y"}),
+        ([{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}], {"POD": "p"}),
+        ([{"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}], {"IP": "127.42.0.7"}),
+        # An unset limit reads as the node's allocatable.
+        ([{"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}], {"CPUS": "4"}),
+        ([{"name": "T", "valueFrom": {"secretKeyRef": {"name": "token", "key": "key"}}}], {"T": "s3cret"}),
+        ([{"name": "T", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k", "optional": True}}}], {}),
+    ],
+)
+def test_declared_env(env: list[dict[str, object]], want: dict[str, str]) -> None:
+    assert declared_env({"name": "c", "env": env}, placement(), lookup) == want
+
+
+def test_env_from_takes_a_prefix_and_env_wins() -> None:
+    spec = {
+        "name": "c",
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "APP_"}],
+        "env": [{"name": "APP_MODE", "value": "slow"}],
+    }
+    assert declared_env(spec, placement(), lookup) == {"APP_MODE": "slow", "APP_PATH_HINT": "/mnt/models"}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "token", "key": "missing"}}}]},
+        {"envFrom": [{"secretRef": {"name": "gone"}}]},
+    ],
+)
+def test_a_missing_required_source_makes_the_container_wait(source: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        declared_env({"name": "c", **source}, placement(), lookup)
+
+
+def test_process_env_adds_the_kubelets_variables_and_maps_paths_and_addresses() -> None:
+    spec = {"name": "c", "resources": {"limits": {"cpu": "1500m"}}}
+    mounts = [Mount("/mnt/models", "/node/pvc/models"), Mount("/tmp", "/scratch/tmp")]
+    declared = {"MODEL": "/mnt/models/tiny", "HOST": "0.0.0.0"}
+    env = process_env(spec, declared, {"PATH": "/bin"}, PathRewriter(mounts), placement(), mounts)
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/node/pods/p/home",
+        "HOSTNAME": "p",
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": "6443",
+        "MODEL": "/node/pvc/models/tiny",
+        "HOST": "127.42.0.7",
+        "OMP_NUM_THREADS": "2",
+        "TMPDIR": "/scratch/tmp",
+    }
+
+
+SERVER = Runtime(name="srv", images=("srv",), commands={"serve": "/opt/srv/bin/serve"}, entrypoint=("serve",))
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ({"args": ["--host", "0.0.0.0", "--model", "$(MODEL)"]},
+         ["/opt/srv/bin/serve", "--host", "127.42.0.7", "--model", "/node/pvc/models/tiny"]),
+        ({"command": ["serve", "--port=$(PORT)"], "args": ["--bind=0.0.0.0"]},
+         ["/opt/srv/bin/serve", "--port=8000", "--bind=127.42.0.7"]),
+    ],
+)  # fmt: skip
+def test_command_line(spec: dict[str, object], want: list[str]) -> None:
+    env = {"MODEL": "/mnt/models/tiny", "PORT": "8000"}
+    rewriter = PathRewriter([Mount("/mnt/models", "/node/pvc/models")])
+    assert command_line(spec, SERVER, env, rewriter, "127.42.0.7") == want
+
+
+def test_command_line_failures_name_the_runtime() -> None:
+    rewriter = PathRewriter([])
+    with pytest.raises(FileNotFoundError, match="srv"):
+        command_line({"command": ["no-such-program-here"]}, SERVER, {}, rewriter, "127.42.0.7")
+    bare = Runtime(name="bare", images=("bare",))
+    with pytest.raises(ConfigError, match="no entrypoint"):
+        command_line({"image": "bare:1"}, bare, {}, rewriter, "127.42.0.7")

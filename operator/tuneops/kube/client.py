@@ -11,14 +11,42 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import urllib3
 from kubernetes import client, config
 
 from tuneops import __version__, labels, metrics
+from tuneops.kube.types import (
+    CONFIGMAP,
+    CRD,
+    CUSTOM,
+    DEPLOYMENT,
+    EVENT,
+    FINETUNEDMODEL,
+    INFERENCESERVICE,
+    JOB,
+    LWS,
+    NODE,
+    PDB,
+    PDB_BETA,
+    POD,
+    QUANTIZATIONJOB,
+    SECRET,
+    SERVICE,
+    TYPES,
+    ResourceType,
+    type_of,
+)
+
+__all__ = [
+    "CONFIGMAP", "CRD", "CUSTOM", "DEPLOYMENT", "EVENT", "FINETUNEDMODEL", "INFERENCESERVICE", "JOB", "LWS",
+    "NODE", "PDB", "PDB_BETA", "POD", "QUANTIZATIONJOB", "SECRET", "SERVICE", "TYPES", "ApiError", "Kube",
+    "NotFound", "ResourceType", "RetryPolicy", "event_body", "retry_after_seconds", "type_of",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -26,59 +54,8 @@ API_RETRIES = metrics.API_RETRIES
 API_GIVEUPS = metrics.API_GIVEUPS
 
 
-@dataclass(frozen=True)
-class ResourceType:
-    """Where a kind lives in the REST API."""
-
-    api_version: str
-    kind: str
-    plural: str
-    namespaced: bool = True
-
-    def collection(self, namespace: str | None) -> str:
-        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        if self.namespaced and namespace:
-            return f"{prefix}/namespaces/{namespace}/{self.plural}"
-        return f"{prefix}/{self.plural}"
-
-    def item(self, namespace: str | None, name: str) -> str:
-        return f"{self.collection(namespace)}/{name}"
-
-
-JOB = ResourceType("batch/v1", "Job", "jobs")
-POD = ResourceType("v1", "Pod", "pods")
-SERVICE = ResourceType("v1", "Service", "services")
-CONFIGMAP = ResourceType("v1", "ConfigMap", "configmaps")
-SECRET = ResourceType("v1", "Secret", "secrets")
-EVENT = ResourceType("v1", "Event", "events")
-DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
-PDB = ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-PDB_BETA = ResourceType("policy/v1beta1", "PodDisruptionBudget", "poddisruptionbudgets")
-LWS = ResourceType("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets")
-FINETUNEDMODEL = ResourceType("tuneops.io/v1alpha1", "FineTunedModel", "finetunedmodels")
-QUANTIZATIONJOB = ResourceType("tuneops.io/v1alpha1", "QuantizationJob", "quantizationjobs")
-INFERENCESERVICE = ResourceType("tuneops.io/v1alpha1", "InferenceService", "inferenceservices")
-
-TYPES: dict[tuple[str, str], ResourceType] = {
-    (t.api_version, t.kind): t
-    for t in (JOB, POD, SERVICE, CONFIGMAP, EVENT, DEPLOYMENT, PDB, PDB_BETA, LWS, FINETUNEDMODEL, QUANTIZATIONJOB,
-              INFERENCESERVICE)
-}  # fmt: skip
-
-
-def type_of(obj: dict[str, Any]) -> ResourceType:
-    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
-    if key not in TYPES:
-        raise KeyError(f"no REST mapping for {key[0]} {key[1]}")
-    return TYPES[key]
-
-
-class NotFound(Exception):
-    """The object does not exist."""
-
-
 class ApiError(Exception):
-    """The API server refused a request; `status` is the HTTP code (409 conflict, 422 invalid, 429, 5xx)."""
+    """The API server refused a request; `status` is the HTTP code (404, 409 conflict, 422 invalid, 429, 5xx)."""
 
     def __init__(self, status: int, method: str, path: str, body: str):
         self.status = status
@@ -91,6 +68,13 @@ class ApiError(Exception):
         except (ValueError, AttributeError):
             detail = body
         super().__init__(f"{method} {path}: HTTP {status}: {str(detail)[:500]}")
+
+
+class NotFound(ApiError):
+    """The object does not exist (HTTP 404)."""
+
+    def __init__(self, method: str, path: str, body: str = ""):
+        super().__init__(404, method, path, body)
 
 
 # Codes worth another try: a conflict (the object moved under us; apply and merge patches carry no
@@ -121,6 +105,11 @@ class RetryPolicy:
             budget_s=float(env.get("TUNEOPS_API_RETRY_BUDGET_SECONDS", cls.budget_s)),
             timeout_s=float(env.get("TUNEOPS_API_TIMEOUT_SECONDS", cls.timeout_s)),
         )
+
+    @classmethod
+    def once(cls) -> RetryPolicy:
+        """No retries: for callers that poll or re-list on their own (the local node, the CLI)."""
+        return cls(attempts=1)
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (retries from many workers spread out)."""
@@ -157,7 +146,8 @@ class Kube:
     """A small synchronous client over the kubernetes package's ApiClient (run it in a thread from async code).
 
     Every request is retried on transient failures (see RetryPolicy); writes are safe to repeat because
-    they are server-side applies and merge patches of a complete desired state.
+    they are server-side applies and merge patches of a complete desired state. One client serves the
+    operator and the local node (which also binds Pods, writes their status and watches collections).
     """
 
     def __init__(
@@ -165,9 +155,10 @@ class Kube:
         api_client: client.ApiClient | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        user_agent: str = f"tuneops/{__version__}",
     ):
         self.api = api_client or client.ApiClient()
-        self.api.user_agent = f"tuneops/{__version__}"
+        self.api.user_agent = user_agent
         self.retry = retry or RetryPolicy.from_environment()
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -180,6 +171,23 @@ class Kube:
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
         return cls(client.ApiClient())
+
+    @classmethod
+    def from_kubeconfig(
+        cls, path: Path | str | None, user_agent: str, retry: RetryPolicy | None = None
+    ) -> Kube:
+        """A client for the API server a kubeconfig names (the local node's and the CLI's: no retries)."""
+        cfg = client.Configuration()
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(path) if path else None, client_configuration=cfg
+        )
+        cfg.retries = False  # failures reach the caller at once; the retry policy decides about more
+        return cls(client.ApiClient(cfg), retry=retry or RetryPolicy.once(), user_agent=user_agent)
+
+    @property
+    def host(self) -> str:
+        """The API server's base URL."""
+        return str(self.api.configuration.host).rstrip("/")
 
     def _call(
         self,
@@ -203,14 +211,21 @@ class Kube:
                     wait = max(wait, t.retry_after)  # the server knows best when it can take more
                 if attempt >= policy.attempts or time.monotonic() + wait > deadline:
                     API_GIVEUPS.labels(cause=t.cause).inc()
-                    log.warning("%s %s: giving up after %d attempt(s): %s", method, path, attempt, t.error)
+                    level = logging.WARNING if policy.attempts > 1 else logging.DEBUG
+                    log.log(level, "%s %s: giving up after %d attempt(s): %s", method, path, attempt, t.error)
                     raise t.error from None
                 API_RETRIES.labels(cause=t.cause).inc()
                 log.info("%s %s: %s; retry %d in %.2fs", method, path, t.error, attempt, wait)
                 self._sleep(wait)
 
-    def _once(
-        self, method: str, path: str, body: Any, query: list[tuple[str, str]] | None, content_type: str
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, str]] | None,
+        content_type: str,
+        timeout: tuple[float, float],
     ) -> Any:
         # Bodies stay dicts: the client serialises JSON and structured YAML (apply) content types itself.
         _, url, headers, payload, _ = self.api.param_serialize(
@@ -221,12 +236,15 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
+        return self.api.call_api(method, url, header_params=headers, body=payload, _request_timeout=timeout)
+
+    def _once(
+        self, method: str, path: str, body: Any, query: list[tuple[str, str]] | None, content_type: str
+    ) -> Any:
         timeout = self.retry.timeout_s
         try:
-            response = self.api.call_api(
-                method, url, header_params=headers, body=payload, _request_timeout=(timeout, timeout)
-            )
-            data: bytes = response.read()  # type: ignore[no-untyped-call]
+            response = self._send(method, path, body, query, content_type, (timeout, timeout))
+            data: bytes = response.read()
         except urllib3.exceptions.HTTPError as exc:
             # A POST that may have reached the server is not repeated (it would create a second object);
             # one that never connected is.
@@ -242,7 +260,7 @@ class Kube:
                 raise
             raise _Transient("timeout" if "timed out" in str(exc).lower() else "connection", exc) from exc
         if response.status == 404:
-            raise NotFound(path)
+            raise NotFound(method, path, data.decode(errors="replace") if data else "")
         if response.status >= 400:
             error = ApiError(response.status, method, path, data.decode(errors="replace") if data else "")
             if self._retryable(method, response.status, error):
@@ -260,6 +278,8 @@ class Kube:
         # A POST answered 5xx may have been carried out; only throttling (not processed) is safe to repeat.
         return method != "POST" or status in (429, 503)
 
+    # ----- reads ------------------------------------------------------------------------------------
+
     def get(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             obj: dict[str, Any] = self._call("GET", rtype.item(namespace, name))
@@ -267,20 +287,56 @@ class Kube:
             return None
         return obj
 
-    def list(
-        self, rtype: ResourceType, namespace: str | None, selector: dict[str, str] | None = None
-    ) -> list[dict[str, Any]]:
+    def collection(
+        self, rtype: ResourceType, namespace: str | None, selector: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The List object itself: its items and the resourceVersion a watch starts from."""
         query = []
         if selector:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items()))))
         result: dict[str, Any] = self._call("GET", rtype.collection(namespace), query=query)
-        items: list[dict[str, Any]] = result.get("items") or []
+        return result
+
+    def list(
+        self, rtype: ResourceType, namespace: str | None, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.collection(rtype, namespace, selector).get("items") or []
         for item in items:
             item.setdefault("apiVersion", rtype.api_version)
             item.setdefault("kind", rtype.kind)
         return items
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def watch(
+        self, rtype: ResourceType, namespace: str | None, resource_version: str, timeout_s: int = 60
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events (type + object) from `resource_version` until the server ends the stream."""
+        path = rtype.collection(namespace)
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout_s))]  # fmt: skip
+        response = self._send("GET", path, None, query, "application/json", (5.0, timeout_s + 15.0))
+        stream = response.response
+        try:
+            if response.status >= 400:
+                raise ApiError(response.status, "WATCH", path, stream.read().decode(errors="replace"))
+            buffer = b""
+            for chunk in stream.stream(65536):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            stream.release_conn()
+
+    def server_version(self) -> tuple[int, int]:
+        info: dict[str, Any] = self._call("GET", "/version")
+        major = int("".join(ch for ch in str(info.get("major", "1")) if ch.isdigit()) or 1)
+        minor = int("".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or 0)
+        return major, minor
+
+    # ----- writes -----------------------------------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any], field_manager: str = labels.FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply with the operator's field manager (the one write verb for children)."""
         rtype = type_of(obj)
         meta = obj["metadata"]
@@ -288,38 +344,65 @@ class Kube:
             "PATCH",
             rtype.item(meta.get("namespace"), meta["name"]),
             body=obj,
-            query=[("fieldManager", labels.FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+        return out
+
+    def create(
+        self, rtype: ResourceType, namespace: str | None, body: dict[str, Any], subresource_of: str = ""
+    ) -> dict[str, Any]:
+        """POST a new object, or a subresource of object `subresource_of` (a Pod's `binding`)."""
+        path = rtype.collection(namespace)
+        if subresource_of:
+            path = f"{rtype.item(namespace, subresource_of)}/{str(body['kind']).lower()}"
+        out: dict[str, Any] = self._call("POST", path, body=body)
+        return out
+
+    def replace(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT a whole object (it carries the resourceVersion it replaces)."""
+        meta = obj["metadata"]
+        out: dict[str, Any] = self._call("PUT", rtype.item(meta.get("namespace"), meta["name"]), body=obj)
+        return out
+
+    def patch(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: dict[str, Any],
+        subresource: str = "",
+        strategic: bool = False,
+    ) -> dict[str, Any]:
+        """A merge patch (lists replaced whole), or a strategic one (lists merged by key, as a kubelet sends)."""
+        path = rtype.item(namespace, name) + (f"/{subresource}" if subresource else "")
+        kind = "strategic-merge-patch" if strategic else "merge-patch"
+        out: dict[str, Any] = self._call("PATCH", path, body=body, content_type=f"application/{kind}+json")
         return out
 
     def patch_status(
         self, rtype: ResourceType, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """Merge-patch the status subresource. Lists (conditions) are replaced whole, as computed."""
-        out: dict[str, Any] = self._call(
-            "PATCH",
-            rtype.item(namespace, name) + "/status",
-            body={"status": status},
-            content_type="application/merge-patch+json",
-        )
-        return out
+        return self.patch(rtype, namespace, name, {"status": status}, subresource="status")
 
     def delete(
-        self, rtype: ResourceType, namespace: str | None, name: str, propagation: str = "Background"
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        grace_seconds: int | None = None,
+        uid: str | None = None,
     ) -> None:
+        """Delete if present; `uid` makes it delete only that incarnation of the name (else HTTP 409)."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):
-            self._call(
-                "DELETE",
-                rtype.item(namespace, name),
-                body={"propagationPolicy": propagation},
-            )
-
-    def server_version(self) -> tuple[int, int]:
-        info: dict[str, Any] = self._call("GET", "/version")
-        major = int("".join(ch for ch in str(info.get("major", "1")) if ch.isdigit()) or 1)
-        minor = int("".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or 0)
-        return major, minor
+            self._call("DELETE", rtype.item(namespace, name), body=body)
 
     def event(
         self,
@@ -330,30 +413,48 @@ class Kube:
         now: dt.datetime | None = None,
     ) -> None:
         """Record a core/v1 Event on a resource (what `kubectl describe` shows). Never fails the caller."""
-        meta = involved["metadata"]
-        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": involved["apiVersion"],
-                "kind": involved["kind"],
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "tuneops"},
-            "reportingComponent": "tuneops",
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
+        body = event_body(involved, type_, reason, message, now)
         try:
-            self._call("POST", EVENT.collection(meta["namespace"]), body=body)
+            self.create(EVENT, body["metadata"]["namespace"], body)
         except Exception as exc:  # an Event is advisory; losing one must not stop a reconcile
-            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            log.warning("could not record event %s on %s: %s", reason, involved["metadata"]["name"], exc)
+
+
+def event_body(
+    involved: dict[str, Any],
+    type_: str,
+    reason: str,
+    message: str,
+    now: dt.datetime | None = None,
+    source: Mapping[str, str] | None = None,
+    reporting: tuple[str, str | None] = ("tuneops", None),
+) -> dict[str, Any]:
+    """A core/v1 Event about `involved`, from the operator unless `source` and `reporting` (component,
+    instance) name another one."""
+    meta = involved["metadata"]
+    namespace = meta.get("namespace") or "default"
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": dict(source or {"component": "tuneops"}),
+        "reportingComponent": reporting[0],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    if reporting[1]:
+        body["reportingInstance"] = reporting[1]
+    return body

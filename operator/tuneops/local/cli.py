@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -13,13 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tuneops import toolpaths
+from tuneops.kube.client import CRD, NODE, ApiError, Kube
+from tuneops.local import proctree
+from tuneops.serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -72,48 +76,13 @@ def ensure_tools(names: list[str], say: Say = print) -> None:
         say(f"    {name} ready in {time.monotonic() - started:.0f}s")
 
 
-def _pid_matches(pid: int, marker: str) -> bool:
-    """Whether `pid` is alive and is still the process we started (its command line names `marker`)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z" and marker in cmdline
-
-
-def _stop_pid(pid: int, marker: str, grace: float) -> None:
-    if not _pid_matches(pid, marker):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _pid_matches(pid, marker):
-        time.sleep(0.1)
-    if _pid_matches(pid, marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the starting process dies (tests; Linux only)."""
-    import ctypes
-
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _put_crd(api: Any, crd: dict[str, Any]) -> None:
-    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
-    current = api.get(path)
+def _put_crd(api: Kube, crd: dict[str, Any]) -> None:
+    current = api.get(CRD, None, crd["metadata"]["name"])
     if current is None:
-        api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        api.create(CRD, None, crd)
     else:
-        body = {
-            **crd,
-            "metadata": {**crd["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-        }
-        api.request("PUT", path, body)
+        version = current["metadata"]["resourceVersion"]
+        api.replace(CRD, {**crd, "metadata": {**crd["metadata"], "resourceVersion": version}})
 
 
 def _without_empty_defaults(value: Any) -> Any:
@@ -124,46 +93,26 @@ def _without_empty_defaults(value: Any) -> Any:
     return value
 
 
-def _free_port() -> int:
-    from tuneops.local.controlplane import free_port
-
-    return free_port()
-
-
 @dataclass
 class LocalCluster:
     """The embedded default: files under `root`, processes recorded in `root/state.json` and stopped by PID."""
 
     root: Path
+    kubeconfig: Path = field(init=False)
+    node_root: Path = field(init=False)
+    pvc_root: Path = field(init=False)
+    state_path: Path = field(init=False)
+    log_dir: Path = field(init=False)
+    operator_config_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.root = Path(self.root).resolve()
-
-    # ----- paths --------------------------------------------------------------------------------------
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.root / "controlplane" / "kubeconfig"
-
-    @property
-    def node_root(self) -> Path:
-        return self.root / "node"
-
-    @property
-    def pvc_root(self) -> Path:
-        return self.node_root / "pvc"
-
-    @property
-    def state_path(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def operator_config_path(self) -> Path:
-        return self.root / "operator.yaml"
+        root = self.root = Path(self.root).resolve()
+        self.kubeconfig = root / "controlplane" / "kubeconfig"
+        self.node_root = root / "node"
+        self.pvc_root = self.node_root / "pvc"
+        self.state_path = root / "state.json"
+        self.log_dir = root / "logs"
+        self.operator_config_path = root / "operator.yaml"
 
     def state(self) -> dict[str, Any]:
         try:
@@ -209,7 +158,7 @@ class LocalCluster:
         self._write_operator_config()
         state = self.state()
         node = state.get("node") or {}
-        if not _pid_matches(int(node.get("pid") or 0), "tuneops.local.cli node"):
+        if not proctree.matches(int(node.get("pid") or 0), "tuneops.local.cli node"):
             state["node"] = self._spawn(
                 "node",
                 [sys.executable, "-m", "tuneops.local.cli", "node", "--root", str(self.node_root),
@@ -219,8 +168,8 @@ class LocalCluster:
             )  # fmt: skip
             say(f"==> local node started (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})")
         op = state.get("operator") or {}
-        if not _pid_matches(int(op.get("pid") or 0), "tuneops.cli run"):
-            liveness, metrics = _free_port(), _free_port()
+        if not proctree.matches(int(op.get("pid") or 0), "tuneops.cli run"):
+            liveness, metrics = free_port(), free_port()
             state["operator"] = self._spawn(
                 "operator",
                 [sys.executable, "-m", "tuneops.cli", "run", "--standalone", "-A",
@@ -243,18 +192,15 @@ class LocalCluster:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.root,
-                start_new_session=True, preexec_fn=_die_with_parent if die_with_parent else None,
+                start_new_session=True, preexec_fn=proctree.die_with_parent if die_with_parent else None,
             )  # fmt: skip
         return {"pid": proc.pid, "log": str(log_path), "argv": argv}
 
-    def _api(self) -> Any:
-        from tuneops.local.kubeapi import KubeApi
-
-        return KubeApi(self.kubeconfig, user_agent="tuneops-local")
+    def _api(self) -> Kube:
+        return Kube.from_kubeconfig(self.kubeconfig, user_agent="tuneops-local")
 
     def _install_crds(self, say: Say) -> None:
         from tuneops.api import crdgen
-        from tuneops.local.kubeapi import ApiError
 
         api = self._api()
         names = []
@@ -276,7 +222,7 @@ class LocalCluster:
         deadline = time.monotonic() + 60
         for name in names:
             while True:
-                crd = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
+                crd = api.get(CRD, None, name) or {}
                 conds = (crd.get("status") or {}).get("conditions") or []
                 if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
                     break
@@ -295,12 +241,12 @@ class LocalCluster:
         api = self._api()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            node = api.get("/api/v1/nodes/tuneops-local") or {}
+            node = api.get(NODE, None, "tuneops-local") or {}
             conds = (node.get("status") or {}).get("conditions") or []
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
                 return
             pid = int((self.state().get("node") or {}).get("pid") or 0)
-            if not _pid_matches(pid, "tuneops.local.cli node"):
+            if not proctree.matches(pid, "tuneops.local.cli node"):
                 tail = (self.log_dir / "node.log").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"the local node exited; end of {self.log_dir / 'node.log'}:\n{tail}")
             time.sleep(0.3)
@@ -314,10 +260,11 @@ class LocalCluster:
         state = self.state()
         for name, marker in (("operator", "tuneops.cli run"), ("node", "tuneops.local.cli node")):
             pid = int((state.get(name) or {}).get("pid") or 0)
-            if pid and _pid_matches(pid, marker):
+            if pid and proctree.matches(pid, marker):
                 say(f"==> stopping {name} (pid {pid})")
                 # The node stops every Pod process it started before it exits.
-                _stop_pid(pid, marker, grace=60.0 if name == "node" else 20.0)
+                grace = 60.0 if name == "node" else 20.0
+                proctree.stop(pid, grace, functools.partial(proctree.matches, pid, marker))
         with contextlib.suppress(ControlPlaneError):
             cp = ControlPlane.attach(self.root / "controlplane")
             say("==> stopping the control plane")
@@ -342,7 +289,7 @@ class LocalCluster:
             pid = int((state.get(name) or {}).get("pid") or 0)
             out[name] = {
                 "pid": pid,
-                "running": bool(pid) and _pid_matches(pid, marker),
+                "running": bool(pid) and proctree.matches(pid, marker),
                 "log": state.get(name, {}).get("log"),
             }
         out["endpoints"] = self.endpoints()

@@ -16,16 +16,10 @@ from typing import Any
 
 import yaml
 
+from tuneops.kube.client import CUSTOM, POD, ApiError, Kube
 from tuneops.local.cli import REPO, LocalCluster, Say, default_root, ensure_tools
-from tuneops.local.kubeapi import ApiError, KubeApi
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
-GROUP_VERSION = "tuneops.io/v1alpha1"
-PLURALS = {
-    "FineTunedModel": "finetunedmodels",
-    "QuantizationJob": "quantizationjobs",
-    "InferenceService": "inferenceservices",
-}
 SHORT = {"FineTunedModel": "ftm", "QuantizationJob": "qjob", "InferenceService": "tisvc"}
 
 BASE_MODEL = "models/tiny-llama"
@@ -56,28 +50,15 @@ def load_manifests(path: Path = QUICKSTART) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
 
 
-def resource_path(kind: str, namespace: str, name: str) -> str:
-    return f"/apis/{GROUP_VERSION}/namespaces/{namespace}/{PLURALS[kind]}/{name}"
-
-
-def apply(api: KubeApi, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
+def apply(api: Kube, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
     """Server-side apply, as `kubectl apply --server-side` does."""
     for m in manifests:
-        name = m["metadata"]["name"]
-        body = {**m, "metadata": {**m["metadata"], "namespace": namespace}}
-        api.request(
-            "PATCH",
-            resource_path(m["kind"], namespace, name) + "?fieldManager=tuneops-demo&force=true",
-            body,
-            content_type="application/apply-patch+yaml",
-        )
+        api.apply({**m, "metadata": {**m["metadata"], "namespace": namespace}}, field_manager="tuneops-demo")
 
 
-def delete(api: KubeApi, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
+def delete(api: Kube, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
     for m in manifests:
-        api.delete(
-            resource_path(m["kind"], namespace, m["metadata"]["name"]), {"propagationPolicy": "Foreground"}
-        )
+        api.delete(CUSTOM[m["kind"]], namespace, m["metadata"]["name"], propagation="Foreground")
 
 
 @dataclass(frozen=True)
@@ -101,7 +82,7 @@ def ready_condition(obj: dict[str, Any] | None) -> Condition | None:
 
 
 def wait_ready(
-    api: KubeApi,
+    api: Kube,
     manifests: list[dict[str, Any]],
     namespace: str,
     timeout: float,
@@ -118,7 +99,7 @@ def wait_ready(
         elapsed = time.monotonic() - start
         for kind, name in keys:
             key = f"{SHORT[kind]}/{name}"
-            cond = ready_condition(api.get(resource_path(kind, namespace, name)))
+            cond = ready_condition(api.get(CUSTOM[kind], namespace, name))
             prev = last.get(key)
             # A waiting resource's message repeats its source's progress; say it once per reason.
             changed = prev is None or (cond is not None and (
@@ -135,7 +116,7 @@ def wait_ready(
                 done[key] = elapsed
             if cond is not None and cond.reason in ("InvalidSpec", "QualityGateFailed", "Failed"):
                 raise DemoError(f"{key} failed: {cond.reason}: {cond.message}")
-        for pod in (api.list(f"/api/v1/namespaces/{namespace}/pods").get("items")) or []:
+        for pod in api.list(POD, namespace):
             pname = pod["metadata"]["name"]
             phase = str((pod.get("status") or {}).get("phase") or "Pending")
             if pods.get(pname) != phase:
@@ -225,8 +206,8 @@ def endpoint(
         time.sleep(0.3)
 
 
-def served_names(api: KubeApi, namespace: str, name: str) -> list[str]:
-    obj = api.get(resource_path("InferenceService", namespace, name)) or {}
+def served_names(api: Kube, namespace: str, name: str) -> list[str]:
+    obj = api.get(CUSTOM["InferenceService"], namespace, name) or {}
     return list((obj.get("status") or {}).get("servedModels") or [])
 
 
@@ -255,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.up(say)
         say(f"\nexport KUBECONFIG={cluster.kubeconfig}\n")
         make_models(cluster.pvc_root, say)
-        api = KubeApi(cluster.kubeconfig, user_agent="tuneops-demo")
+        api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-demo")
         manifests = load_manifests(args.filename)
         apply(api, manifests, args.namespace)
         say(

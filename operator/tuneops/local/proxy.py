@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneops.local.kubeapi import Informer, Obj
+from tuneops.kube.client import SERVICE
+from tuneops.local.informer import Informer, Obj
 from tuneops.local.node import LocalNode
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ServiceProxy:
         self._listeners: dict[str, _Listener] = {}
         self._lock = threading.Lock()
         self._remembered: dict[str, int] = self._load()
-        self.services = Informer(node.api, "/api/v1/services", lambda _: self._sync(), name="services")
+        self.services = Informer(node.api, SERVICE, lambda _: self._sync(), name="services")
 
     def _load(self) -> dict[str, int]:
         try:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tuneops.local import proctree
+
 HOST = "127.0.0.1"
 
 
@@ -28,38 +30,6 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group; zombies wait for a reaper, not for us."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    members: list[int] = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -82,7 +52,7 @@ class ServerProcess:
         return f"http://{HOST}:{self.port}"
 
     def log_tail(self, limit: int = 4000) -> str:
-        return _tail(self.log_path, limit)
+        return proctree.tail(self.log_path, limit=limit)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -137,13 +107,12 @@ class ServerProcess:
     def _wait_group_gone(self, timeout_s: float) -> None:
         # SIGKILL is delivered asynchronously; a port or GPU held by a dying child is not free until it is gone
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _group_members(self.process.pid):
+        while time.monotonic() < deadline and proctree.group_members(self.process.pid):
             time.sleep(0.05)
 
     def _signal(self, sig: signal.Signals) -> None:
         # the server was started as the leader of its own session, so its PID is also its process-group id
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+        proctree.signal_group(self.process.pid, sig)
 
 
 def start_server(

@@ -1,0 +1,97 @@
+"""A Pod's status as a kubelet reports it (phase, conditions, container statuses), from its containers' states."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tuneops.local.container import Container, now_rfc3339
+from tuneops.local.podenv import HOST_IP
+
+Obj = dict[str, Any]
+
+
+def phase(init: Sequence[Container], containers: Sequence[Container], failed_init: bool) -> str:
+    if failed_init:
+        return "Failed"
+    if any(not c.done for c in init):
+        return "Pending"
+    states = [c.state for c in containers]
+    if any("running" in s for s in states):
+        return "Running"
+    if all(c.done for c in containers) and containers:
+        codes = [int(c.state["terminated"]["exitCode"]) for c in containers]
+        return "Succeeded" if all(code == 0 for code in codes) else "Failed"
+    if any(c.restart_count > 0 or "terminated" in c.state for c in containers):
+        return "Running"
+    return "Pending"
+
+
+def _conditions(
+    containers: Sequence[Container], initialized: bool, ready: bool, finished: bool, old: list[Obj]
+) -> list[Obj]:
+    now = now_rfc3339()
+    conditions: list[Obj] = [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True" if initialized else "False"},
+        {"type": "ContainersReady", "status": "True" if ready else "False"},
+        {"type": "Ready", "status": "True" if ready else "False"},
+    ]
+    if not ready:
+        unready = [c.name for c in containers if not c.ready]
+        for cond in conditions[2:]:
+            cond["reason"] = "PodCompleted" if finished else "ContainersNotReady"
+            cond["message"] = f"containers with unready status: [{' '.join(unready)}]"
+    previous = {c.get("type"): c for c in old}
+    for cond in conditions:
+        prev = previous.get(cond["type"])
+        same = prev is not None and prev.get("status") == cond["status"]
+        cond["lastTransitionTime"] = prev.get("lastTransitionTime") if same and prev else now
+        cond["lastProbeTime"] = None
+    return conditions
+
+
+def pod_status(
+    pod: Obj,
+    init: Sequence[Container],
+    containers: Sequence[Container],
+    failed_init: bool,
+    ip: str,
+    start_time: str,
+) -> Obj:
+    """The status to report; a finished Pod's containers are marked unready as a side effect."""
+    initialized = all(c.done for c in init) and not failed_init
+    ready = bool(containers) and all(c.ready for c in containers)
+    current = phase(init, containers, failed_init)
+    finished = current in ("Succeeded", "Failed")
+    if finished:
+        ready = False
+        for c in containers:
+            c.ready = False
+    old = (pod.get("status") or {}).get("conditions") or []
+    status: Obj = {
+        "phase": current,
+        "conditions": _conditions(containers, initialized, ready, finished, old),
+        "hostIP": HOST_IP,
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": start_time,
+        "containerStatuses": [c.status() for c in containers],
+    }
+    if init:
+        status["initContainerStatuses"] = [c.status() for c in init]
+    return status
+
+
+def comparable(status: Obj) -> str:
+    """The status without transition times, as text: equal text means nothing worth reporting changed."""
+    return json.dumps(
+        {
+            **status,
+            "conditions": [
+                {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]
+            ],
+        },
+        sort_keys=True,
+    )
