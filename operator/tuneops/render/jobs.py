@@ -11,17 +11,7 @@ from tuneops.api.common import JobTemplate, SecretKeyRef
 from tuneops.config import OperatorConfig
 from tuneops.render.env import credential_env, env_value, merge_env
 from tuneops.render.names import canonical_json, content_hash, metadata, standard_labels, step_name
-from tuneops.render.pod import (
-    GPU_RESOURCE,
-    TERMINATION_LOG,
-    container_security_context,
-    gpu_tolerations,
-    pod_security_context,
-    quantity_str,
-    scheduling_fields,
-    sorted_resources,
-    termination_message,
-)
+from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
 from tuneops.render.types import Manifest, Owner
 from tuneops.render.volumes import Mounts
 
@@ -57,8 +47,8 @@ def worker_resources(template: JobTemplate, config: OperatorConfig, gpus: int) -
     matches the cores the Pod may use; memory limit = request, so OOM is reported rather than node pressure).
     """
     res = template.resources
-    requests = {k: quantity_str(v) for k, v in ((res.requests if res else None) or {}).items()}
-    limits = {k: quantity_str(v) for k, v in ((res.limits if res else None) or {}).items()}
+    requests: dict[str, int | str] = dict((res.requests if res else None) or {})
+    limits: dict[str, int | str] = dict((res.limits if res else None) or {})
     if res is None:
         requests = {"cpu": config.worker_cpu, "memory": config.worker_memory}
         limits = dict(requests)
@@ -118,29 +108,23 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
         "command": ["tuneops"],
         "env": worker_env(config, step, threads_from),
         "image": step.image,
-        "imagePullPolicy": "IfNotPresent",
         "name": WORKER_CONTAINER,
         "resources": resources,
-        "securityContext": container_security_context(),
-        **termination_message(),
         "volumeMounts": [*mounts.volume_mounts(), scratch_mount],
+        **container_defaults(),
     }
-    return {
-        "containers": [container],
-        "enableServiceLinks": False,
-        "restartPolicy": "Never",
-        "securityContext": pod_security_context(),
-        "volumes": [*mounts.volumes(), scratch],
-        **scheduling_fields(
-            node_selector=template.node_selector,
-            tolerations=gpu_tolerations(
-                [t.wire() for t in template.tolerations or []], job_gpus(template, step.gpus), config
-            ),
-            affinity=template.affinity,
-            priority_class_name=template.priority_class_name,
-            service_account_name=template.service_account_name,
-        ),
-    }
+    spec = pod_spec(
+        config,
+        containers=[container],
+        volumes=[*mounts.volumes(), scratch],
+        gpus=job_gpus(template, step.gpus),
+        node_selector=template.node_selector,
+        tolerations=[t.wire() for t in template.tolerations or []],
+        affinity=template.affinity,
+        priority_class_name=template.priority_class_name,
+        service_account_name=template.service_account_name,
+    )
+    return {**spec, "restartPolicy": "Never"}
 
 
 def pod_failure_policy() -> dict[str, Any]:

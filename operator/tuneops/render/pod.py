@@ -37,13 +37,15 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def termination_message() -> dict[str, str]:
-    """Where a container leaves its result (workers) or last words (servers) for status."""
-    return {"terminationMessagePath": TERMINATION_LOG, "terminationMessagePolicy": "FallbackToLogsOnError"}
-
-
-def quantity_str(q: int | str) -> str:
-    return str(q)
+def container_defaults() -> dict[str, Any]:
+    """What every container gets: the restricted security context, and a termination message where a worker
+    leaves its result (and a server its last words) for status."""
+    return {
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def cpu_cores(q: int | str | None) -> int | None:
@@ -58,13 +60,13 @@ def cpu_cores(q: int | str | None) -> int | None:
     return max(1, math.ceil(value))
 
 
-def sorted_resources(limits: Mapping[str, str], requests: Mapping[str, str]) -> dict[str, Any]:
-    """A resources block with sorted keys and no empty halves."""
+def sorted_resources(limits: Mapping[str, int | str], requests: Mapping[str, int | str]) -> dict[str, Any]:
+    """A resources block: quantities as strings, sorted keys, no empty halves."""
     out: dict[str, Any] = {}
     if limits:
-        out["limits"] = dict(sorted(limits.items()))
+        out["limits"] = {k: str(v) for k, v in sorted(limits.items())}
     if requests:
-        out["requests"] = dict(sorted(requests.items()))
+        out["requests"] = {k: str(v) for k, v in sorted(requests.items())}
     return out
 
 
@@ -95,22 +97,36 @@ def with_gpu_product(affinity: Mapping[str, Any] | None, product: str | None) ->
     return dict(out)
 
 
-def scheduling_fields(
+def pod_spec(
+    config: OperatorConfig,
     *,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    gpus: int,
     node_selector: Mapping[str, str] | None,
-    tolerations: list[dict[str, Any]],
+    tolerations: Sequence[Mapping[str, Any]],
     affinity: Mapping[str, Any] | None,
     priority_class_name: str | None,
     service_account_name: str | None,
     runtime_class_name: str | None = None,
+    gpu_product: str | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    """A Pod spec: its containers and volumes, restricted, and where and as whom it runs (the user's
+    choices, plus what a Pod with `gpus` GPUs needs)."""
+    out: dict[str, Any] = {
+        "containers": containers,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "volumes": volumes,
+    }
     if node_selector:
         out["nodeSelector"] = dict(sorted(node_selector.items()))
-    if tolerations:
-        out["tolerations"] = tolerations
-    if affinity:
-        out["affinity"] = dict(affinity)
+    all_tolerations = gpu_tolerations(tolerations, gpus, config)
+    if all_tolerations:
+        out["tolerations"] = all_tolerations
+    full_affinity = with_gpu_product(affinity, gpu_product if gpus else None)
+    if full_affinity:
+        out["affinity"] = full_affinity
     if priority_class_name:
         out["priorityClassName"] = priority_class_name
     if service_account_name:

@@ -9,11 +9,8 @@ from tuneops.render.env import env_value
 from tuneops.render.pod import cpu_cores
 from tuneops.render.serving.args import llamacpp_args
 from tuneops.render.serving.pod import (
-    PRESTOP_SLEEP_SECONDS,
     api_key_env,
-    model_digest_annotation,
     model_files,
-    model_secret,
     pod_metadata,
     server_container,
     server_pod_spec,
@@ -53,7 +50,7 @@ def render_llamacpp(
     served = served_model_name(spec, owner)
     uri, file = gguf_target(spec, model)
     mounts = Mounts(config)
-    files = model_files(uri, file, model, model_secret(spec, model), config, mounts)
+    files = model_files(spec, model, config, mounts, uri=uri, file=file)
     resources = server_resources(spec, config, 0, cpu_default=True)
     threads = lc.threads or cpu_cores(resources.get("limits", {}).get("cpu"))
     container = server_container(
@@ -66,16 +63,8 @@ def render_llamacpp(
         startup_seconds=STARTUP_SECONDS,
     )
     volumes = [{"emptyDir": {}, "name": "tmp"}, *files.volumes, *mounts.volumes()]
-    pod_spec = server_pod_spec(
-        spec,
-        config,
-        container,
-        volumes=volumes,
-        files=files,
-        gpus=0,
-        grace_seconds=PRESTOP_SLEEP_SECONDS + 30,
-    )
-    template = {"metadata": pod_metadata(spec, owner, model_digest_annotation(model)), "spec": pod_spec}
+    pod = server_pod_spec(spec, config, container, volumes=volumes, files=files, gpus=0, shutdown_seconds=30)
+    template = {"metadata": pod_metadata(spec, owner, model), "spec": pod}
     strategy, note = rollout(spec, config, 0)
     return serving_render(
         spec,

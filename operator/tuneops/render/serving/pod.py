@@ -13,18 +13,7 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.env import credential_env, env_secret, env_value, merge_env
 from tuneops.render.names import standard_labels
-from tuneops.render.pod import (
-    GPU_RESOURCE,
-    TERMINATION_LOG,
-    container_security_context,
-    gpu_tolerations,
-    pod_security_context,
-    quantity_str,
-    scheduling_fields,
-    sorted_resources,
-    termination_message,
-    with_gpu_product,
-)
+from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
 from tuneops.render.serving.types import CONTAINER, PORT, SERVER
 from tuneops.render.types import Owner, ResolvedModel
 from tuneops.render.volumes import Mounts, parse, pod_path
@@ -49,12 +38,13 @@ def model_secret(spec: InferenceServiceSpec, model: ResolvedModel) -> SecretKeyR
 
 
 def model_files(
-    uri: str,
-    file: str | None,
+    spec: InferenceServiceSpec,
     model: ResolvedModel,
-    secret: SecretKeyRef | None,
     config: OperatorConfig,
     mounts: Mounts,
+    *,
+    uri: str,
+    file: str | None = None,
 ) -> ModelFiles:
     """pvc:// is mounted read-only; file:// is used as is (local use); s3:// and hf:// are downloaded by an
     init container into an emptyDir sized from the artifact when its size is known."""
@@ -69,7 +59,7 @@ def model_files(
         path=f"{MODEL_DIR}/{file}" if file else MODEL_DIR,
         volumes=({"emptyDir": empty, "name": "model"},),
         mounts=({"mountPath": MODEL_DIR, "name": "model", "readOnly": True},),
-        init=(_fetch_container(uri, secret, config),),
+        init=(_fetch_container(uri, model_secret(spec, model), config),),
     )
 
 
@@ -87,13 +77,11 @@ def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConf
         "command": ["tuneops"],
         "env": env,
         "image": config.images.worker,
-        "imagePullPolicy": "IfNotPresent",
         "name": FETCH_CONTAINER,
         # Downloading is network- and disk-bound; a small, fixed footprint keeps it off the model's budget.
         "resources": {"limits": {"memory": "2Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
-        "securityContext": container_security_context(),
-        **termination_message(),
         "volumeMounts": [{"mountPath": MODEL_DIR, "name": "model"}, {"mountPath": "/tmp", "name": "tmp"}],
+        **container_defaults(),
     }
 
 
@@ -121,11 +109,11 @@ def server_resources(
     r = spec.resources
     cpu = r.cpu if r.cpu is not None else (config.worker_cpu if cpu_default else None)
     memory = r.memory if r.memory is not None else (config.worker_memory if cpu_default else None)
-    requests: dict[str, str] = {}
+    requests: dict[str, int | str] = {}
     if cpu is not None:
-        requests["cpu"] = quantity_str(cpu)
+        requests["cpu"] = cpu
     if memory is not None:
-        requests["memory"] = quantity_str(memory)
+        requests["memory"] = memory
     limits = dict(requests)
     if gpus:
         limits[GPU_RESOURCE] = str(gpus)
@@ -152,14 +140,12 @@ def server_container(
         "args": args,
         "env": merge_env(env, [e.wire() for e in spec.env or []]),
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
         "name": CONTAINER,
         "ports": [{"containerPort": PORT, "name": "http", "protocol": "TCP"}],
         "resources": resources,
-        "securityContext": container_security_context(),
-        **termination_message(),
         "volumeMounts": volume_mounts,
+        **container_defaults(),
         **probes(startup_seconds),
     }
 
@@ -172,26 +158,26 @@ def server_pod_spec(
     volumes: list[dict[str, Any]],
     files: ModelFiles,
     gpus: int,
-    grace_seconds: int,
+    shutdown_seconds: int,
 ) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(),
-        "terminationGracePeriodSeconds": grace_seconds,
-        "volumes": volumes,
-        **scheduling_fields(
-            node_selector=spec.node_selector,
-            tolerations=gpu_tolerations([t.wire() for t in spec.tolerations or []], gpus, config),
-            affinity=with_gpu_product(spec.affinity, spec.resources.gpu_product if gpus else None),
-            priority_class_name=spec.priority_class_name,
-            service_account_name=spec.service_account_name,
-            runtime_class_name=spec.runtime_class_name,
-        ),
-    }
+    """The server Pod; `shutdown_seconds` is what the server may take to stop after the preStop pause."""
+    out = pod_spec(
+        config,
+        containers=[container],
+        volumes=volumes,
+        gpus=gpus,
+        node_selector=spec.node_selector,
+        tolerations=[t.wire() for t in spec.tolerations or []],
+        affinity=spec.affinity,
+        priority_class_name=spec.priority_class_name,
+        service_account_name=spec.service_account_name,
+        runtime_class_name=spec.runtime_class_name,
+        gpu_product=spec.resources.gpu_product,
+    )
+    out["terminationGracePeriodSeconds"] = PRESTOP_SLEEP_SECONDS + shutdown_seconds
     if files.init:
-        pod_spec["initContainers"] = list(files.init)
-    return pod_spec
+        out["initContainers"] = list(files.init)
+    return out
 
 
 def extra_labels(spec: InferenceServiceSpec) -> dict[str, str]:
@@ -202,13 +188,17 @@ def extra_labels(spec: InferenceServiceSpec) -> dict[str, str]:
     return out
 
 
-def pod_metadata(spec: InferenceServiceSpec, owner: Owner, annotations: Mapping[str, str]) -> dict[str, Any]:
-    """Pod template metadata; annotations that change roll the Pods (model digest, adapters hash)."""
+def pod_metadata(
+    spec: InferenceServiceSpec,
+    owner: Owner,
+    model: ResolvedModel,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Pod template metadata. Its annotations roll the Pods when they change: a new model digest always,
+    and whatever else the runtime adds (the adapters hash)."""
+    rolling = {labels.MODEL_DIGEST: model.digest} if model.digest else {}
+    rolling.update(annotations or {})
     meta: dict[str, Any] = {"labels": standard_labels(owner, SERVER, extra_labels(spec))}
-    if annotations:
-        meta["annotations"] = dict(sorted(annotations.items()))
+    if rolling:
+        meta["annotations"] = dict(sorted(rolling.items()))
     return meta
-
-
-def model_digest_annotation(model: ResolvedModel) -> dict[str, str]:
-    return {labels.MODEL_DIGEST: model.digest} if model.digest else {}

@@ -25,10 +25,8 @@ from tuneops.render.env import env_secret, env_value
 from tuneops.render.names import bounded_name, canonical_json, content_hash, metadata, selector_labels
 from tuneops.render.serving.args import lora_args_index, lora_modules, vllm_args
 from tuneops.render.serving.pod import (
-    PRESTOP_SLEEP_SECONDS,
     ModelFiles,
     api_key_env,
-    model_digest_annotation,
     model_files,
     model_secret,
     pod_metadata,
@@ -161,13 +159,10 @@ def _volumes(
     return volumes + mounts.volumes(), volume_mounts + mounts.volume_mounts()
 
 
-def _annotations(
-    model: ResolvedModel, lora: LoraSpec | None, adapters: Sequence[ResolvedAdapter]
-) -> dict[str, str]:
-    out = model_digest_annotation(model)
+def _annotations(lora: LoraSpec | None, adapters: Sequence[ResolvedAdapter]) -> dict[str, str]:
     if lora is not None and not lora.dynamic:
-        out[labels.ADAPTERS_HASH] = _adapters_hash(adapters)
-    return out
+        return {labels.ADAPTERS_HASH: _adapters_hash(adapters)}
+    return {}
 
 
 def _leaderworkerset(
@@ -207,7 +202,7 @@ def _model_and_mounts(
     adapter_sources: Sequence[str],
 ) -> tuple[ModelFiles, Mounts]:
     mounts = Mounts(config)
-    files = model_files(model.uri, None, model, model_secret(spec, model), config, mounts)
+    files = model_files(spec, model, config, mounts, uri=model.uri)
     for a in adapters:
         mounts.add(a.uri)
     # Claims adapters may come from later are mounted now: a volume cannot be added to a running Pod, so
@@ -215,6 +210,52 @@ def _model_and_mounts(
     for uri in adapter_sources:
         mounts.add(uri)
     return files, mounts
+
+
+def _pod_template(
+    spec: InferenceServiceSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    model: ResolvedModel,
+    adapters: Sequence[ResolvedAdapter],
+    adapter_sources: Sequence[str],
+) -> dict[str, Any]:
+    v = spec.vllm_settings()
+    lora = effective_lora(spec, adapters)
+    multinode = v.nodes > 1
+    files, mounts = _model_and_mounts(spec, config, model, adapters, adapter_sources if lora else ())
+    args = vllm_args(
+        model_path=files.path,
+        served_name=served_model_name(spec, owner),
+        vllm=v,
+        lora=lora,
+        port=PORT,
+        distributed_executor_backend="ray" if multinode else None,
+    )
+    per_pod_parallel = v.tensor_parallel_size * (1 if multinode else v.pipeline_parallel_size)
+    volumes, volume_mounts = _volumes(owner, files, mounts, shared_memory=per_pod_parallel > 1)
+    container = server_container(
+        spec,
+        image=spec.image or config.images.vllm,
+        args=args,
+        env=_env(spec, model, adapters, lora, args),
+        resources=server_resources(spec, config, spec.resources.gpus, cpu_default=False),
+        volume_mounts=volume_mounts,
+        startup_seconds=v.startup_timeout_seconds,
+    )
+    container["command"] = ["python3", f"{CONFIG_DIR}/{LAUNCH_FILE}"]
+    # vLLM drains requests for up to its shutdown timeout, then needs a moment to exit.
+    shutdown = v.shutdown_timeout_seconds + 15
+    pod = server_pod_spec(
+        spec,
+        config,
+        container,
+        volumes=volumes,
+        files=files,
+        gpus=spec.resources.gpus,
+        shutdown_seconds=shutdown,
+    )
+    return {"metadata": pod_metadata(spec, owner, model, _annotations(lora, adapters)), "spec": pod}
 
 
 def render_vllm(
@@ -228,35 +269,8 @@ def render_vllm(
     v = spec.vllm_settings()
     lora = effective_lora(spec, adapters)
     multinode = v.nodes > 1
-    gpus = spec.resources.gpus
-    served = served_model_name(spec, owner)
-    files, mounts = _model_and_mounts(spec, config, model, adapters, adapter_sources if lora else ())
-    args = vllm_args(
-        model_path=files.path,
-        served_name=served,
-        vllm=v,
-        lora=lora,
-        port=PORT,
-        distributed_executor_backend="ray" if multinode else None,
-    )
-    per_pod_parallel = v.tensor_parallel_size * (1 if multinode else v.pipeline_parallel_size)
-    volumes, volume_mounts = _volumes(owner, files, mounts, shared_memory=per_pod_parallel > 1)
-    container = server_container(
-        spec,
-        image=spec.image or config.images.vllm,
-        args=args,
-        env=_env(spec, model, adapters, lora, args),
-        resources=server_resources(spec, config, gpus, cpu_default=False),
-        volume_mounts=volume_mounts,
-        startup_seconds=v.startup_timeout_seconds,
-    )
-    container["command"] = ["python3", f"{CONFIG_DIR}/{LAUNCH_FILE}"]
-    grace = PRESTOP_SLEEP_SECONDS + v.shutdown_timeout_seconds + 15
-    pod_spec = server_pod_spec(
-        spec, config, container, volumes=volumes, files=files, gpus=gpus, grace_seconds=grace
-    )
-    template = {"metadata": pod_metadata(spec, owner, _annotations(model, lora, adapters)), "spec": pod_spec}
-    strategy, note = rollout(spec, config, gpus)
+    template = _pod_template(spec, owner, config, model, adapters, adapter_sources)
+    strategy, note = rollout(spec, config, spec.resources.gpus)
     modules = lora_modules(spec, owner, config, adapters) if lora else []
     workload = (
         _leaderworkerset(spec, owner, template, strategy)
@@ -270,7 +284,7 @@ def render_vllm(
         manifests=[_configmap(owner, modules, lora is not None)],
         workload=workload,
         note=note,
-        served_models=(served, *(a.name for a in adapters)),
+        served_models=(served_model_name(spec, owner), *(a.name for a in adapters)),
         service_selector=_service_selector(owner) if multinode else None,
     )
 
