@@ -9,10 +9,15 @@ from tuneops.api import parse_spec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.serving import render_inferenceservice
+from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Owner, ResolvedAdapter, ResolvedModel
 
 OWNER = Owner("tuneops.io/v1alpha1", "InferenceService", "chat", "ml", "uid-1")
 SOURCES = ["pvc://adapters/sql-v1", "pvc://tuneops-artifacts/ml/sql", "pvc://adapters/chat"]
+
+
+def _pod_template(rendered: ServingRender) -> Any:
+    return next(m for m in rendered.manifests if m["kind"] == "Deployment")["spec"]["template"]
 
 
 def _spec() -> InferenceServiceSpec:
@@ -62,5 +67,4 @@ def test_without_sources_a_new_claim_would_need_a_new_volume() -> None:
     more = render_inferenceservice(
         _spec(), OWNER, OperatorConfig(), model=ResolvedModel(uri="pvc://models/base"), adapters=[sql]
     )
-    pick = lambda r: next(m for m in r.manifests if m["kind"] == "Deployment")["spec"]["template"]  # noqa: E731
-    assert pick(plain) != pick(more)
+    assert _pod_template(plain) != _pod_template(more)
