@@ -24,7 +24,7 @@ from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
-from tuneops.render.quantizationjob import quantize_output_uri, render_quantizationjob
+from tuneops.render.quantizationjob import artifact_format, quantize_output_uri, render_quantizationjob
 from tuneops.render.serving import render_inferenceservice
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Manifest, ModelFormat, Owner, ResolvedAdapter, ResolvedModel
@@ -105,8 +105,7 @@ class Resolver:
             # One file per quantization type, in spec order, each named after its type.
             files = tuple(f"{found.name}-{t}.gguf" for t in spec.gguf_settings().quant_types)
             return ResolvedModel(uri=uri, format="gguf", files=files)
-        fmt: ModelFormat = "awq" if spec.awq_settings().backend == "autoawq" else "compressed-tensors"
-        return ResolvedModel(uri=uri, format=fmt)
+        return ResolvedModel(uri=uri, format=artifact_format(spec))
 
     def quantization_source(self, spec: QuantizationJobSpec, namespace: str) -> ResolvedModel:
         if spec.source.fine_tuned_model_ref is not None:

@@ -7,7 +7,7 @@ from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri, gguf_file
 from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
-from tuneops.render.types import Manifest, Owner, Problem, RenderError, ResolvedModel
+from tuneops.render.types import Manifest, ModelFormat, Owner, Problem, RenderError, ResolvedModel
 from tuneops.storage.uri import join_uri
 
 QUANTIZE = "quantize"
@@ -16,6 +16,13 @@ EVALUATE = "evaluate"
 
 def quantize_output_uri(spec: QuantizationJobSpec, owner: Owner, config: OperatorConfig) -> str:
     return spec.output.uri if spec.output else default_output_uri(config, owner)
+
+
+def artifact_format(spec: QuantizationJobSpec) -> ModelFormat:
+    """The format of what the quantize step writes (AutoAWQ writes AWQ; llm-compressor, compressed-tensors)."""
+    if spec.method == "gguf":
+        return "gguf"
+    return "awq" if spec.awq_settings().backend == "autoawq" else "compressed-tensors"
 
 
 def check_quantizationjob(spec: QuantizationJobSpec, source: ResolvedModel) -> list[Problem]:
@@ -135,14 +142,7 @@ def render_quantizationjob(
     out = [render_quantize_job(spec, owner, config, source=source)]
     if spec.quality_gate is not None:
         expected = artifact or ResolvedModel(
-            uri=quantize_output_uri(spec, owner, config),
-            format=(
-                "gguf"
-                if spec.method == "gguf"
-                else "awq"
-                if spec.awq_settings().backend == "autoawq"
-                else "compressed-tensors"
-            ),
+            uri=quantize_output_uri(spec, owner, config), format=artifact_format(spec)
         )
         out.append(render_evaluate_job(spec, owner, config, source=source, artifact=expected))
     return out
