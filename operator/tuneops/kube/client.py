@@ -182,6 +182,7 @@ class Kube:
             config_file=str(path) if path else None, client_configuration=cfg
         )
         cfg.retries = False  # failures reach the caller at once; the retry policy decides about more
+        cfg.connection_pool_maxsize = 16  # a Pod worker each, plus the long-lived watches
         return cls(client.ApiClient(cfg), retry=retry or RetryPolicy.once(), user_agent=user_agent)
 
     @property
