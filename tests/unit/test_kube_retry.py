@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tuneops import API_VERSION
 from tuneops.kube import client as k
 
 
@@ -171,7 +172,7 @@ def test_a_post_that_may_have_landed_is_not_repeated(server: tuple[Script, str])
     script.steps = [status(500)]
     api, _ = kube(url)
     obj = {
-        "apiVersion": "tuneops.io/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "FineTunedModel",
         "metadata": {"name": "m", "namespace": "ns"},
     }

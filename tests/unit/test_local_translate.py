@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tuneops.config import Images
+from tuneops.local import probes
+from tuneops.local.container import Container
 from tuneops.local.podenv import (
     ConfigError,
     Placement,
@@ -229,3 +231,24 @@ def test_command_line_failures_name_the_runtime() -> None:
     bare = Runtime(name="bare", images=("bare",))
     with pytest.raises(ConfigError, match="no entrypoint"):
         command_line({"image": "bare:1"}, bare, {}, rewriter, "127.42.0.7")
+
+
+def test_probes_decide_readiness_and_restarts_from_their_thresholds() -> None:
+    ready_spec = {"periodSeconds": 1, "failureThreshold": 2}
+    live_spec = {"periodSeconds": 1, "failureThreshold": 3}
+    c = Container({"name": "c", "readinessProbe": ready_spec, "livenessProbe": live_spec}, init=False)
+    c.arm_probes(now=0.0, cap=None)
+    healthy = {"readiness": True, "liveness": True}
+
+    def check(spec: dict[str, object]) -> tuple[bool, str]:
+        return healthy["readiness" if spec is ready_spec else "liveness"], "down"
+
+    assert probes.advance(c, 0.0, check) == [] and c.ready
+    healthy["readiness"] = False
+    assert probes.advance(c, 1.0, check) == [] and c.ready  # one failure is within the threshold
+    assert probes.advance(c, 2.0, check) == [probes.Finding("unready", "Readiness probe failed: down")]
+    assert not c.ready
+    healthy["liveness"] = False
+    assert probes.advance(c, 3.0, check) == []
+    assert probes.advance(c, 4.0, check) == []
+    assert probes.advance(c, 5.0, check) == [probes.Finding("restart", "Liveness probe failed: down")]
