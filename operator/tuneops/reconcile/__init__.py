@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from tuneops.reconcile import finetunedmodel, inferenceservice, quantizationjob
-from tuneops.reconcile.base import Context, Outcome
+from tuneops.reconcile.base import Reconcile
 
-RECONCILERS: dict[str, Callable[[Context, dict[str, Any]], Outcome]] = {
+RECONCILERS: dict[str, Reconcile] = {
     "FineTunedModel": finetunedmodel.reconcile,
     "QuantizationJob": quantizationjob.reconcile,
     "InferenceService": inferenceservice.reconcile,
