@@ -89,10 +89,12 @@ def test_tokens_and_api_keys_never_appear_in_what_the_operator_writes(
         ):
             assert not any(token in a or api_key in a for a in c.get("args", []) + c.get("command", []))
             for e in c.get("env", []):
-                if e["name"] in SECRET_ENV:
+                # Worker credentials are per source: TUNEOPS_<ROLE>_HF_TOKEN and the like.
+                if e["name"] in SECRET_ENV or any(e["name"].endswith("_" + n) for n in SECRET_ENV):
                     assert "value" not in e and "secretKeyRef" in e["valueFrom"], e
                     wired.add((e["name"], e["valueFrom"]["secretKeyRef"]["name"]))
-    assert ("HF_TOKEN", "hf-cred") in wired and ("VLLM_API_KEY", "api-cred") in wired, wired
+    assert ("TUNEOPS_BASE_HF_TOKEN", "hf-cred") in wired and ("VLLM_API_KEY", "api-cred") in wired, wired
+    assert ("TUNEOPS_ADAPTER_HF_TOKEN", "hf-cred") in wired, wired
     for pod in json.loads(blobs["pods"])["items"]:
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 

@@ -89,7 +89,8 @@ def assert_no_secrets(manifests: Iterable[dict[str, Any]], secret_values: Iterab
             assert v not in blob
         for c in containers(m):
             for e in c.get("env", []):
-                if e["name"] in SECRET_ENV:
+                # Per-source credentials carry the same names under a TUNEOPS_<ROLE>_ prefix.
+                if e["name"] in SECRET_ENV or any(e["name"].endswith("_" + n) for n in SECRET_ENV):
                     assert "value" not in e, e
                     assert "secretKeyRef" in e["valueFrom"], e
             argv = " ".join([*c.get("command", []), *c.get("args", [])])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -151,7 +152,7 @@ def test_environment_and_volumes() -> None:
     env = env_of(c)
     assert env["TUNEOPS_TERMINATION_LOG"] == "/dev/termination-log" == c["terminationMessagePath"]
     assert env["TUNEOPS_PVC_ROOT"] == "/data"
-    assert env["HF_TOKEN"] == {"secretKeyRef": {"key": "token", "name": "hf-token"}}
+    assert env["TUNEOPS_BASE_HF_TOKEN"] == {"secretKeyRef": {"key": "token", "name": "hf-token"}}
     assert env["OMP_NUM_THREADS"]["resourceFieldRef"]["resource"] == "limits.cpu"
     assert [e["name"] for e in c["env"]] == sorted(e["name"] for e in c["env"])
     mounts = {m["mountPath"]: m.get("readOnly") for m in c["volumeMounts"]}
@@ -169,17 +170,39 @@ def test_input_and_output_on_one_claim_are_mounted_once_writable() -> None:
     assert vols == [{"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store", "readOnly": False}}]
 
 
-def test_s3_credentials_come_from_the_secret() -> None:
+def test_each_source_is_read_with_its_own_secret() -> None:
     s = spec(
-        baseModel={"uri": "s3://bucket/base", "tokenSecretRef": {"name": "s3-creds"}},
-        adapter={"uri": "s3://bucket/adapter"},
+        baseModel={"uri": "hf://meta-llama/Llama-3.1-8B", "tokenSecretRef": {"name": "hf-token"}},
+        adapter={"uri": "s3://adapters/support", "tokenSecretRef": {"name": "s3-creds"}},
+        output={"uri": "s3://models/support", "tokenSecretRef": {"name": "s3-writer"}},
     )
+    inspect, merge = render_finetunedmodel(s, OWNER, OperatorConfig())
+    for job in (inspect, merge):
+        env = env_of(worker(job))
+        assert env["TUNEOPS_BASE_HF_TOKEN"] == {"secretKeyRef": {"key": "token", "name": "hf-token"}}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                    "AWS_ENDPOINT_URL"):  # fmt: skip
+            assert env[f"TUNEOPS_ADAPTER_{key}"] == {
+                "secretKeyRef": {"key": key, "name": "s3-creds", "optional": True}
+            }
+            assert key not in env, "no Secret is shared by every source"
+        assert "HF_TOKEN" not in env and "TUNEOPS_BASE_AWS_ACCESS_KEY_ID" not in env
+        assert_no_secrets([job])
+    env = env_of(worker(merge))
+    assert env["TUNEOPS_OUTPUT_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "s3-writer"
+    roles = json.loads(env["TUNEOPS_CREDENTIALS"])
+    assert roles == {"hf://meta-llama/Llama-3.1-8B": "base", "s3://adapters/support": "adapter",
+                     "s3://models/support": "output"}  # fmt: skip
+
+
+def test_a_source_without_a_secret_gets_no_credentials() -> None:
+    s = spec(baseModel={"uri": "s3://bucket/base"}, adapter={"uri": "s3://bucket/adapter",
+                                                             "tokenSecretRef": {"name": "s3-creds"}})  # fmt: skip
     env = env_of(worker(render_merge_job(s, OWNER, OperatorConfig())))
-    assert env["AWS_ACCESS_KEY_ID"] == {
-        "secretKeyRef": {"key": "AWS_ACCESS_KEY_ID", "name": "s3-creds", "optional": True}
-    }
-    assert "HF_TOKEN" not in env
-    assert_no_secrets([render_merge_job(s, OWNER, OperatorConfig())])
+    assert json.loads(env["TUNEOPS_CREDENTIALS"]) == {"s3://bucket/adapter": "adapter"}
+    assert not [n for n in env if n.startswith("TUNEOPS_BASE_")]
+    no_secrets = spec(baseModel={"uri": "s3://bucket/base"}, adapter={"uri": "pvc://adapters/a"})
+    assert "TUNEOPS_CREDENTIALS" not in env_of(worker(render_merge_job(no_secrets, OWNER, OperatorConfig())))
 
 
 def name_of(s: FineTunedModelSpec, cfg: OperatorConfig | None = None, **digests: str | None) -> str:

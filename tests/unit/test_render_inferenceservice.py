@@ -128,7 +128,8 @@ def test_golden_vllm_download_single_gpu() -> None:
     pod = next(pod_specs(by_kind(r, "Deployment")))
     (init,) = pod["initContainers"]
     assert init["args"] == ["worker", "fetch", "--source", "s3://models/qwen-awq", "--dest", "/mnt/model"]
-    assert env_of(init)["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "s3-creds"
+    assert env_of(init)["TUNEOPS_MODEL_AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "s3-creds"
+    assert json.loads(env_of(init)["TUNEOPS_CREDENTIALS"]) == {"s3://models/qwen-awq": "model"}
     model_vol = next(v for v in pod["volumes"] if v["name"] == "model")
     assert model_vol["emptyDir"]["sizeLimit"] == "6656Mi"  # 5 GiB + 10% + 1 GiB headroom
     args = server(by_kind(r, "Deployment"))["args"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -156,10 +157,38 @@ def test_names_follow_source_digest_and_spec() -> None:
 def test_source_token_reaches_the_worker_as_secret_env() -> None:
     s = spec(method="gguf", source={"uri": "hf://org/private", "tokenSecretRef": {"name": "hf", "key": "t"}})
     job = render_quantize_job(s, OWNER, CFG, source=ResolvedModel(uri="hf://org/private"))
-    assert env_of(job["spec"]["template"]["spec"]["containers"][0])["HF_TOKEN"] == {
+    assert env_of(job["spec"]["template"]["spec"]["containers"][0])["TUNEOPS_SOURCE_HF_TOKEN"] == {
         "secretKeyRef": {"key": "t", "name": "hf"}
     }
     assert_no_secrets([job])
+
+
+def test_source_calibration_dataset_and_output_each_use_their_own_secret() -> None:
+    s = spec(
+        method="awq",
+        source={"uri": "hf://org/private", "tokenSecretRef": {"name": "hf"}},
+        awq={"calibration": {"datasetUri": "s3://data/calib.jsonl", "tokenSecretRef": {"name": "data-creds"}}},
+        qualityGate={"maxPerplexityIncreasePct": 5, "evalDatasetUri": "s3://eval/wiki.txt",
+                     "tokenSecretRef": {"name": "eval-creds"}},
+        output={"uri": "s3://models/qwen-awq", "tokenSecretRef": {"name": "out-creds"}},
+    )  # fmt: skip
+    src = ResolvedModel(uri="hf://org/private")
+    quantize, evaluate = render_quantizationjob(s, OWNER, CFG, source=src)
+    q = env_of(quantize["spec"]["template"]["spec"]["containers"][0])
+    assert q["TUNEOPS_SOURCE_HF_TOKEN"]["secretKeyRef"]["name"] == "hf"
+    assert q["TUNEOPS_CALIBRATION_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "data-creds"
+    assert q["TUNEOPS_OUTPUT_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "out-creds"
+    assert json.loads(q["TUNEOPS_CREDENTIALS"]) == {
+        "hf://org/private": "source", "s3://data/calib.jsonl": "calibration", "s3://models/qwen-awq": "output"
+    }  # fmt: skip
+    e = env_of(evaluate["spec"]["template"]["spec"]["containers"][0])
+    # The gate reads the artifact where the output Secret wrote it, the reference with the source's.
+    assert json.loads(e["TUNEOPS_CREDENTIALS"]) == {
+        "hf://org/private": "source", "s3://eval/wiki.txt": "dataset", "s3://models/qwen-awq": "model"
+    }  # fmt: skip
+    assert e["TUNEOPS_MODEL_AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "out-creds"
+    assert e["TUNEOPS_DATASET_AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "eval-creds"
+    assert_no_secrets([quantize, evaluate])
 
 
 @pytest.mark.parametrize(("fmt", "problems"), [("hf", 0), ("compressed-tensors", 1), ("awq", 1), ("gguf", 1)])

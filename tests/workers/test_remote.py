@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,6 +132,110 @@ def test_s3_missing_prefix_fails_clearly(s3_env: dict[str, str], tmp_path: Path)
                 env={**s3_env, "TUNEOPS_TERMINATION_LOG": str(log), "TUNEOPS_WORKDIR": str(tmp_path)})  # fmt: skip
     assert r.returncode == 2, r.stderr[-2000:]
     assert "s3://empty/nothing/here: no such object or prefix" in json.loads(log.read_text())["error"]
+
+
+def _moto_auth(env: dict[str, str], actions_before_enforcing: str) -> None:
+    """Turns moto's IAM enforcement on ("0") or off ("inf") for everything after this call."""
+    req = urllib.request.Request(
+        f"{env['AWS_ENDPOINT_URL']}/moto-api/reset-auth",
+        data=actions_before_enforcing.encode(),
+        method="POST",
+        # A form content type (urllib's default) would leave the body empty on moto's side.
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def _reader(env: dict[str, str], user: str, bucket: str) -> tuple[str, str]:
+    """An IAM user that may read one bucket and nothing else; its access key."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                       aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
+    iam.create_user(UserName=user)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                       "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}],
+    }  # fmt: skip
+    iam.put_user_policy(UserName=user, PolicyName=f"read-{bucket}", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
+
+def test_base_and_adapter_are_read_each_with_their_own_credentials(
+    s3_env: dict[str, str], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """What the renderer gives a merge Job whose base and adapter name different Secrets: the base's bucket
+    is readable only with the base's keys, the adapter's only with the adapter's, and the worker reads both."""
+    client = _client(s3_env)
+    client.create_bucket(Bucket="team-a-base")
+    client.create_bucket(Bucket="team-b-adapters")
+    _upload_dir(client, models["llama"], "team-a-base", "llama")
+    _upload_dir(client, models["llama-lora"], "team-b-adapters", "a1")
+    key_a = _reader(s3_env, "reader-a", "team-a-base")
+    key_b = _reader(s3_env, "reader-b", "team-b-adapters")
+    base, adapter = "s3://team-a-base/llama", "s3://team-b-adapters/a1"
+    log = tmp_path / "log"
+
+    def merge(
+        base_key: tuple[str, str], adapter_key: tuple[str, str], out: str
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            "AWS_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # No usable plain keys: a source without its own credentials would be refused.
+            "AWS_ACCESS_KEY_ID": "nobody",
+            "AWS_SECRET_ACCESS_KEY": "nobody",
+            "TUNEOPS_CREDENTIALS": json.dumps({base: "base", adapter: "adapter"}),
+            "TUNEOPS_BASE_AWS_ACCESS_KEY_ID": base_key[0],
+            "TUNEOPS_BASE_AWS_SECRET_ACCESS_KEY": base_key[1],
+            "TUNEOPS_ADAPTER_AWS_ACCESS_KEY_ID": adapter_key[0],
+            "TUNEOPS_ADAPTER_AWS_SECRET_ACCESS_KEY": adapter_key[1],
+            "TUNEOPS_TERMINATION_LOG": str(log),
+            "TUNEOPS_WORKDIR": str(tmp_path / out / "work"),
+        }
+        return run_cli("merge", "--base", base, "--adapter", adapter, "--output", str(tmp_path / out),
+                       "--dtype", "float32", env=env)  # fmt: skip
+
+    _moto_auth(s3_env, "0")
+    try:
+        ok = merge(key_a, key_b, "merged")
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        assert json.loads(log.read_text())["artifact"]["format"] == "safetensors"
+        # The base's keys do not open the adapter's bucket: one Secret for every source would fail here.
+        denied = merge(key_a, key_a, "denied")
+        assert denied.returncode != 0
+        assert "AccessDenied" in json.loads(log.read_text())["error"] or "403" in denied.stderr
+    finally:
+        _moto_auth(s3_env, "inf")
+
+
+def test_a_uri_gets_the_credentials_of_its_own_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneops.storage import credentials
+
+    monkeypatch.setenv("HF_TOKEN", "plain")
+    monkeypatch.setenv("TUNEOPS_CREDENTIALS", json.dumps(
+        {"hf://org/base@main": "base", "s3://b/adapters": "adapter", "s3://b/adapters/special": "output"}))  # fmt: skip
+    monkeypatch.setenv("TUNEOPS_BASE_HF_TOKEN", "base-token")
+    monkeypatch.setenv("TUNEOPS_ADAPTER_AWS_ACCESS_KEY_ID", "AK")
+    monkeypatch.setenv("TUNEOPS_ADAPTER_AWS_SECRET_ACCESS_KEY", "SK")
+    monkeypatch.setenv("TUNEOPS_ADAPTER_AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("TUNEOPS_OUTPUT_AWS_REGION", "eu-west-1")
+    assert credentials.hf_token("hf://org/base@main") == "base-token"
+    assert credentials.hf_token("hf://org/base@main/config.json") == "base-token"  # a file inside the source
+    assert credentials.hf_token("hf://org/other") == "plain"  # no Secret named for it: the plain environment
+    assert credentials.s3_client_args("s3://b/adapters/a1.gguf") == {
+        "aws_access_key_id": "AK", "aws_secret_access_key": "SK", "aws_session_token": None,
+        "endpoint_url": "http://minio:9000",
+    }  # fmt: skip
+    # The longest matching source wins; a sibling prefix is not inside the source.
+    assert credentials.s3_client_args("s3://b/adapters/special/x") == {"region_name": "eu-west-1"}
+    assert credentials.s3_client_args("s3://b/adapters-old") == {}
+    monkeypatch.delenv("TUNEOPS_ADAPTER_AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(storage.InputError, match="AWS_ACCESS_KEY_ID but no AWS_SECRET_ACCESS_KEY"):
+        credentials.s3_client_args("s3://b/adapters")
 
 
 class FakeHub:

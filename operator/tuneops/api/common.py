@@ -98,14 +98,16 @@ class ObjectRef(Model):
 
 
 class SecretKeyRef(Model):
-    """A key in a Secret in the resource's namespace. Secrets are only ever passed as env valueFrom."""
+    """A Secret in the resource's namespace with the credentials of one source. For hf:// the token is the
+    key named here; for s3:// the keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    AWS_REGION and AWS_ENDPOINT_URL are read when present. Secrets are only ever passed as env valueFrom."""
 
     name: DNSName
     """Name of the Secret."""
     key: Annotated[
         str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[-._a-zA-Z0-9]+$")
     ] = "token"
-    """Key inside the Secret."""
+    """Key of the Hugging Face token inside the Secret (hf:// sources)."""
 
 
 class Toleration(Model):
@@ -181,6 +183,8 @@ class OutputSpec(Model):
 
     uri: Uri
     """Destination URI; written atomically (temporary sibling, then rename) with a tuneops-artifact.json manifest."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret with the credentials for writing to an hf:// or s3:// destination (only this destination uses it)."""
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

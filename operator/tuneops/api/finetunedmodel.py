@@ -34,7 +34,8 @@ class BaseModelSpec(Model):
     revision: Str | None = None
     """Revision (branch, tag or commit) for hf:// URIs; pinned into the artifact manifest."""
     token_secret_ref: SecretKeyRef | None = None
-    """Secret holding the token for private hf:// or s3:// sources (passed as env, never as an argument)."""
+    """Secret with the credentials for a private hf:// or s3:// base model (only the base model is read with it;
+    passed as env, never as an argument)."""
 
 
 class AdapterSpec(Model):
@@ -43,7 +44,7 @@ class AdapterSpec(Model):
     uri: Uri
     """Where the adapter is."""
     token_secret_ref: SecretKeyRef | None = None
-    """Secret holding the token for a private adapter source."""
+    """Secret with the credentials for a private hf:// or s3:// adapter (only the adapter is read with it)."""
 
 
 class MergeSpec(Model):

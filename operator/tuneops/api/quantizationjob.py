@@ -63,7 +63,8 @@ class SourceSpec(Model):
     uri: Uri | None = None
     """A Hugging Face-format model folder."""
     token_secret_ref: SecretKeyRef | None = None
-    """Secret holding the token for a private uri."""
+    """Secret with the credentials for reading the source: a private uri, or where the referenced
+    FineTunedModel wrote its merged model."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceSpec:
@@ -77,6 +78,8 @@ class CalibrationSpec(Model):
 
     dataset_uri: Uri | None = None
     """Text or JSON lines (a "text" field per line); defaults to a small built-in set."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret with the credentials for a private hf:// or s3:// datasetUri."""
     samples: int = Field(default=128, ge=1, le=4096)
     """Number of calibration samples."""
     max_seq_len: int = Field(default=512, ge=16, le=32768)
@@ -121,6 +124,8 @@ class QualityGateSpec(Model):
     """Largest allowed perplexity increase, in percent of the source model's."""
     eval_dataset_uri: Uri | None = None
     """Evaluation text (text or JSON lines); defaults to a small built-in set."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret with the credentials for a private hf:// or s3:// evalDatasetUri."""
     samples: int = Field(default=64, ge=1, le=4096)
     """Number of evaluation samples."""
 

@@ -1,20 +1,15 @@
-"""Container environment: plain values, Secret references, download credentials, and merging with the user's."""
+"""Container environment: plain values, Secret references, per-source credentials, and merging with the user's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tuneops.api.common import SecretKeyRef
 from tuneops.render.volumes import parse
-
-AWS_KEYS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-)
+from tuneops.storage.credentials import AWS_KEYS, CREDENTIALS_ENV, credential_prefix
 
 
 def env_value(name: str, value: str) -> dict[str, Any]:
@@ -28,20 +23,38 @@ def env_secret(name: str, secret: str, key: str, *, optional: bool = False) -> d
     return {"name": name, "valueFrom": {"secretKeyRef": ref}}
 
 
-def credential_env(secret: SecretKeyRef | None, uris: Iterable[str | None]) -> list[dict[str, Any]]:
-    """Credentials for downloads, only ever as env valueFrom.
+@dataclass(frozen=True)
+class Source:
+    """One URI a container reads or writes, and the Secret with its credentials (None: the Pod's own identity)."""
 
-    HF_TOKEN comes from the referenced key when any URI is hf://. For s3:// the same Secret is read for the
-    standard AWS_* keys (each optional, so a cluster using workload identity needs none of them).
+    role: str
+    uri: str | None
+    secret: SecretKeyRef | None
+
+
+def source_env(sources: Iterable[Source]) -> list[dict[str, Any]]:
+    """Credentials per source, only ever as env valueFrom: each Secret reaches only the URI it is named for.
+
+    A source with a Secret gets its own variables, TUNEOPS_<ROLE>_HF_TOKEN for hf:// (from the referenced key)
+    and TUNEOPS_<ROLE>_AWS_* for s3:// (each optional, so a Secret may hold just an endpoint or just keys),
+    and TUNEOPS_CREDENTIALS maps its URI to the role; the worker's storage reads them per URI.
     """
-    if secret is None:
-        return []
-    schemes = {parse(u).scheme for u in uris if u}
+    roles: dict[str, str] = {}
     out: list[dict[str, Any]] = []
-    if "hf" in schemes:
-        out.append(env_secret("HF_TOKEN", secret.name, secret.key))
-    if "s3" in schemes:
-        out += [env_secret(k, secret.name, k, optional=True) for k in AWS_KEYS]
+    for src in sources:
+        if src.secret is None or not src.uri or src.uri in roles:
+            continue
+        scheme = parse(src.uri).scheme
+        prefix = credential_prefix(src.role)
+        if scheme == "hf":
+            out.append(env_secret(f"{prefix}HF_TOKEN", src.secret.name, src.secret.key))
+        elif scheme == "s3":
+            out += [env_secret(prefix + k, src.secret.name, k, optional=True) for k in AWS_KEYS]
+        else:
+            continue
+        roles[src.uri] = src.role
+    if roles:
+        out.append(env_value(CREDENTIALS_ENV, json.dumps(roles, sort_keys=True, separators=(",", ":"))))
     return out
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypedDict, Unpack
 
-from tuneops.api.common import SecretKeyRef
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
+from tuneops.render.env import Source
 from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
 from tuneops.render.types import Manifest, Owner, RenderError
 from tuneops.storage.uri import with_revision
@@ -33,9 +33,13 @@ def merge_output_uri(spec: FineTunedModelSpec, owner: Owner, config: OperatorCon
     return spec.output.uri if spec.output else default_output_uri(config, owner)
 
 
-def _secret(spec: FineTunedModelSpec) -> SecretKeyRef | None:
-    # One token per Pod: the base model's when set (usually the gated one), else the adapter's.
-    return spec.base_model.token_secret_ref or spec.adapter.token_secret_ref
+def _sources(spec: FineTunedModelSpec, base: str, output: str | None) -> tuple[Source, ...]:
+    """Each URI with its own Secret: a base on the Hub and an adapter in a bucket need different credentials."""
+    return (
+        Source("base", base, spec.base_model.token_secret_ref),
+        Source("adapter", spec.adapter.uri, spec.adapter.token_secret_ref),
+        Source("output", output, spec.output.token_secret_ref if spec.output else None),
+    )
 
 
 def _job(
@@ -58,7 +62,7 @@ def _job(
         inputs=(base, spec.adapter.uri),
         output=output,
         digests={base: digests.get("base_digest"), spec.adapter.uri: digests.get("adapter_digest")},
-        secret=_secret(spec),
+        sources=_sources(spec, base, output),
         gpus=gpus,
     )
     return render_job(owner, config, spec.job, worker)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneops import GROUP, labels
-from tuneops.api.common import JobTemplate, SecretKeyRef
+from tuneops.api.common import JobTemplate
 from tuneops.config import OperatorConfig
-from tuneops.render.env import credential_env, env_value, merge_env
+from tuneops.render.env import Source, env_value, merge_env, source_env
 from tuneops.render.names import canonical_json, content_hash, metadata, standard_labels, step_name
 from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
 from tuneops.render.types import Manifest, Owner
@@ -24,7 +24,7 @@ INPUT_DIGESTS = f"{GROUP}/input-digests"
 
 @dataclass(frozen=True)
 class WorkerStep:
-    """One worker Job: the command line and what it reads and writes."""
+    """One worker Job: the command line, what it reads and writes, and the credentials of each of those."""
 
     step: str
     image: str
@@ -32,7 +32,7 @@ class WorkerStep:
     inputs: tuple[str, ...]
     output: str | None
     digests: Mapping[str, str | None]
-    secret: SecretKeyRef | None
+    sources: tuple[Source, ...] = ()
     gpus: int = 0
 
 
@@ -87,7 +87,7 @@ def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> l
             },
         },
     ]
-    ours += credential_env(step.secret, (*step.inputs, step.output))
+    ours += source_env(step.sources)
     return merge_env(ours)
 
 

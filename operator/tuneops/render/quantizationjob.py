@@ -6,6 +6,7 @@ from tuneops.api.conditions import Reason
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri, gguf_file
+from tuneops.render.env import Source
 from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
 from tuneops.render.types import Manifest, ModelFormat, Owner, Problem, RenderError, ResolvedModel
 from tuneops.storage.uri import join_uri
@@ -63,6 +64,14 @@ def quantize_args(spec: QuantizationJobSpec, source_uri: str, output: str) -> li
     return [*args, "--outtype", gguf.outtype]
 
 
+def _source(spec: QuantizationJobSpec, source: ResolvedModel) -> Source:
+    return Source("source", source.uri, spec.source.token_secret_ref or source.token_secret)
+
+
+def _output(spec: QuantizationJobSpec, output: str) -> Source:
+    return Source("output", output, spec.output.token_secret_ref if spec.output else None)
+
+
 def _image(spec: QuantizationJobSpec, config: OperatorConfig, gguf: bool) -> str:
     return spec.job.image or (config.images.gguf if gguf else config.images.worker)
 
@@ -74,8 +83,11 @@ def render_quantize_job(
     output = quantize_output_uri(spec, owner, config)
     args = quantize_args(spec, source.uri, output)
     inputs = [source.uri]
-    if spec.method == "awq" and spec.awq_settings().calibration.dataset_uri:
-        inputs.append(str(spec.awq_settings().calibration.dataset_uri))
+    sources = [_source(spec, source), _output(spec, output)]
+    calibration = spec.awq_settings().calibration if spec.method == "awq" else None
+    if calibration is not None and calibration.dataset_uri:
+        inputs.append(calibration.dataset_uri)
+        sources.append(Source("calibration", calibration.dataset_uri, calibration.token_secret_ref))
     step = WorkerStep(
         step=QUANTIZE,
         image=_image(spec, config, spec.method == "gguf"),
@@ -83,7 +95,7 @@ def render_quantize_job(
         inputs=tuple(inputs),
         output=output,
         digests={source.uri: source.digest},
-        secret=spec.source.token_secret_ref or source.token_secret,
+        sources=tuple(sources),
     )
     return render_job(owner, config, spec.job, step)
 
@@ -122,7 +134,12 @@ def render_evaluate_job(
         inputs=tuple(inputs),
         output=None,
         digests={source.uri: source.digest, model_uri: artifact.digest},
-        secret=spec.source.token_secret_ref or source.token_secret,
+        sources=(
+            # The artifact is read where this resource wrote it, so with its output's Secret.
+            Source("model", model_uri, spec.output.token_secret_ref if spec.output else None),
+            _source(spec, source),
+            Source("dataset", gate.eval_dataset_uri, gate.token_secret_ref),
+        ),
     )
     return render_job(owner, config, spec.job, step)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tuneops.storage import credentials
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, ManifestError
 from tuneops.storage.uri import ArtifactURI, InputError
 
@@ -68,17 +69,23 @@ def with_retries(what: str, fn: Callable[[], T], retries: int | None = None) -> 
 # ---------------------------------------------------------------------------------------------------- S3
 
 
-def _s3() -> Any:
+def _s3(uri: ArtifactURI) -> Any:
+    """A client with the credentials of the source `uri` belongs to (see storage.credentials)."""
     import boto3
     from botocore.config import Config
 
-    # AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 select a non-AWS server (MinIO, a local test server); boto3 reads them.
-    return boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+    # Without a source's own endpoint, AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 select a non-AWS server (MinIO,
+    # a local test server); boto3 reads them.
+    return boto3.client(
+        "s3",
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        **credentials.s3_client_args(uri.raw),
+    )
 
 
 def s3_download(uri: ArtifactURI, dest: Path) -> Path:
     """Downloads every object under s3://bucket/prefix/ (or the single object) into dest."""
-    client = _s3()
+    client = _s3(uri)
     prefix = uri.key
     keys: list[tuple[str, int]] = []
     paginator = client.get_paginator("list_objects_v2")
@@ -120,7 +127,7 @@ def s3_download(uri: ArtifactURI, dest: Path) -> Path:
 
 
 def s3_read_manifest(uri: ArtifactURI) -> Manifest | None:
-    client = _s3()
+    client = _s3(uri)
     key = f"{uri.key}/{MANIFEST_NAME}" if uri.key else MANIFEST_NAME
     try:
         body = client.get_object(Bucket=uri.bucket, Key=key)["Body"].read()
@@ -136,7 +143,7 @@ def s3_read_manifest(uri: ArtifactURI) -> Manifest | None:
 
 def s3_complete(uri: ArtifactURI, manifest: Manifest) -> bool:
     """True when every file of the manifest exists under the prefix with the listed size."""
-    client = _s3()
+    client = _s3(uri)
     prefix = uri.key + "/" if uri.key else ""
     sizes: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
@@ -151,7 +158,7 @@ def s3_upload(local: Path, uri: ArtifactURI, manifest: Manifest) -> None:
     Objects of a previous artifact under the same prefix that the new one does not have are removed after
     the new manifest is in place, so a reader never sees a manifest without its files.
     """
-    client = _s3()
+    client = _s3(uri)
     prefix = uri.key + "/" if uri.key else ""
     old: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
@@ -182,8 +189,8 @@ def _hf_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def _hf_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+def _hf_token(uri: ArtifactURI) -> str | None:
+    return credentials.hf_token(uri.raw)
 
 
 def hf_download(uri: ArtifactURI, dest: Path) -> Path:
@@ -201,7 +208,7 @@ def hf_download(uri: ArtifactURI, dest: Path) -> Path:
                     filename=uri.subpath,
                     revision=uri.revision,
                     local_dir=str(dest),
-                    token=_hf_token(),
+                    token=_hf_token(uri),
                     endpoint=_hf_endpoint(),
                 ),
             )
@@ -212,7 +219,7 @@ def hf_download(uri: ArtifactURI, dest: Path) -> Path:
                     repo_id=uri.repo,
                     revision=uri.revision,
                     local_dir=str(dest),
-                    token=_hf_token(),
+                    token=_hf_token(uri),
                     endpoint=_hf_endpoint(),
                     max_workers=4,
                 ),
@@ -236,7 +243,7 @@ def hf_read_manifest(uri: ArtifactURI) -> Manifest | None:
             repo_id=uri.repo,
             filename=MANIFEST_NAME,
             revision=uri.revision,
-            token=_hf_token(),
+            token=_hf_token(uri),
             endpoint=_hf_endpoint(),
         )
         return Manifest.from_json(json.loads(Path(path).read_text()))
@@ -248,7 +255,7 @@ def hf_upload(local: Path, uri: ArtifactURI) -> None:
     """One commit with all files (a Hub commit is atomic: readers see the old or the new artifact)."""
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token())
+    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token(uri))
     with_retries(f"create {uri.repo}", lambda: api.create_repo(uri.repo, exist_ok=True, private=True))
     if uri.revision != "main":
         with_retries(

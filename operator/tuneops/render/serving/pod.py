@@ -11,7 +11,7 @@ from tuneops import labels
 from tuneops.api.common import SecretKeyRef
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
-from tuneops.render.env import credential_env, env_secret, env_value, merge_env
+from tuneops.render.env import Source, env_secret, env_value, merge_env, source_env
 from tuneops.render.names import standard_labels
 from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
 from tuneops.render.serving.types import CONTAINER, PORT, SERVER
@@ -69,7 +69,7 @@ def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConf
             env_value("HOME", "/tmp"),
             env_value("TUNEOPS_PVC_ROOT", config.pvc_mount_root),
             env_value("TUNEOPS_TERMINATION_LOG", TERMINATION_LOG),
-            *credential_env(secret, [uri]),
+            *source_env([Source("model", uri, secret)]),
         ]
     )
     return {
