@@ -21,7 +21,7 @@ from tests.unit.render_support import (
     pod_specs,
     validate,
 )
-from tuneops.api import parse_spec
+from tuneops.api import SpecError, parse_spec
 from tuneops.api.conditions import ROLLOUT, Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec, LlamaCppSpec, LoraSpec, VllmSpec
 from tuneops.config import OperatorConfig
@@ -324,7 +324,7 @@ def test_gpu_scheduling_and_runtime_details() -> None:
 
 
 def test_no_shm_toleration_or_affinity_without_gpus() -> None:
-    r = render_inferenceservice(spec(), OWNER, CFG, model=MODEL)
+    r = render_inferenceservice(spec(resources={"gpus": 0}), OWNER, CFG, model=MODEL)
     pod = by_kind(r, "Deployment")["spec"]["template"]["spec"]
     assert "tolerations" not in pod and "affinity" not in pod
     assert all(v["name"] != "dshm" for v in pod["volumes"])
@@ -517,10 +517,6 @@ def lora(**over: Any) -> dict[str, Any]:
         ({"vllm": {"tensorParallelSize": 3}, "resources": {"gpus": 3}}, MODEL, [],
          [(Reason.INVALID_SPEC, "spec.vllm.tensorParallelSize", "does not divide the model's 32 attention heads")]),
         ({"vllm": {"tensorParallelSize": 3}}, ResolvedModel(uri="pvc://m/x"), [], []),
-        ({"vllm": {"nodes": 2, "tensorParallelSize": 4, "pipelineParallelSize": 1}, "resources": {"gpus": 4}}, MODEL,
-         [], [(Reason.INVALID_SPEC, "spec.vllm.pipelineParallelSize", "one stage per node")]),
-        ({"vllm": {"nodes": 2, "pipelineParallelSize": 2}}, MODEL, [],
-         [(Reason.INVALID_SPEC, "spec.resources.gpus", "needs GPUs")]),
         ({}, ResolvedModel(uri="pvc://m/x", format="gguf"), [],
          [(Reason.INVALID_SPEC, "spec.runtime", "runtime: llamacpp")]),
         ({"runtime": "llamacpp"}, MODEL, [], [(Reason.INVALID_SPEC, "spec.runtime", "serves GGUF")]),
@@ -546,8 +542,6 @@ def lora(**over: Any) -> dict[str, Any]:
         ({"lora": lora()}, ResolvedModel(uri="pvc://m/x", format="awq"), [], []),
         ({"lora": lora(maxLoras=8, maxCpuLoras=4)}, MODEL, [],
          [(Reason.INVALID_SPEC, "spec.lora.maxCpuLoras", "at least maxLoras (8)")]),
-        ({"runtime": "llamacpp", "resources": {"gpus": 1}}, ResolvedModel(uri="pvc://m/x.gguf", format="gguf"), [],
-         [(Reason.INVALID_SPEC, "spec.resources.gpus", "runs on CPU")]),
     ],
 )  # fmt: skip
 def test_checks(
@@ -562,6 +556,68 @@ def test_checks(
         assert (problem.reason, problem.field) == (reason, fld)
         assert text in problem.message, problem.message
         assert str(problem).startswith(fld + ": ")
+
+
+# GPUs per Pod: what a spec asks for, what the server container gets, and what is refused (and where).
+@pytest.mark.parametrize(
+    ("body", "gpus", "refused"),
+    [
+        ({}, 1, None),
+        ({"vllm": {"tensorParallelSize": 4}}, 4, None),
+        ({"vllm": {"tensorParallelSize": 2, "pipelineParallelSize": 2}}, 4, None),
+        ({"vllm": {"tensorParallelSize": 4, "pipelineParallelSize": 2, "nodes": 2}}, 4, None),
+        ({"vllm": {"tensorParallelSize": 4}, "resources": {"gpus": 4}}, 4, None),
+        ({"resources": {"gpus": 0}}, 0, None),
+        ({"vllm": {"tensorParallelSize": 4}, "resources": {"gpus": 0}}, None,
+         ("spec.resources.gpus", "0 GPUs cannot run vllm.tensorParallelSize (4)")),
+        ({"vllm": {"pipelineParallelSize": 2}, "resources": {"gpus": 0}}, None,
+         ("spec.resources.gpus", "set resources.gpus to 2 or leave it unset")),
+        ({"vllm": {"tensorParallelSize": 4}, "resources": {"gpus": 2}}, None,
+         ("spec.resources.gpus", "2 GPUs per Pod, but vllm.tensorParallelSize x pipelineParallelSize needs 4")),
+        ({"vllm": {"nodes": 2, "pipelineParallelSize": 2}, "resources": {"gpus": 0}}, None,
+         ("spec.resources.gpus", "needs GPUs on every node")),
+        ({"vllm": {"nodes": 2, "tensorParallelSize": 4, "pipelineParallelSize": 1}}, None,
+         ("spec.vllm.pipelineParallelSize", "one stage per node: set it to 2")),
+        ({"runtime": "llamacpp"}, 0, None),
+        ({"runtime": "llamacpp", "resources": {"gpus": 0}}, 0, None),
+        ({"runtime": "llamacpp", "resources": {"gpus": 1}}, None,
+         ("spec.resources.gpus", "set llamacpp.gpuLayers")),
+        ({"runtime": "llamacpp", "resources": {"gpus": 1}, "llamacpp": {"gpuLayers": 999}}, 1, None),
+        ({"runtime": "llamacpp", "llamacpp": {"gpuLayers": 20}}, None,
+         ("spec.llamacpp.gpuLayers", "needs GPUs: set resources.gpus")),
+        ({"runtime": "llamacpp", "resources": {"gpus": 0}, "llamacpp": {"gpuLayers": 20}}, None,
+         ("spec.llamacpp.gpuLayers", "needs GPUs")),
+    ],
+)  # fmt: skip
+def test_gpus_per_pod(body: dict[str, Any], gpus: int | None, refused: tuple[str, str] | None) -> None:
+    if refused is not None:
+        with pytest.raises(SpecError) as err:
+            spec(**body)
+        (problem,) = err.value.problems
+        fld, text = refused
+        assert problem.startswith(fld + ": ") and text in problem, problem
+        return
+    s = spec(**body)
+    assert s.gpus_per_pod() == gpus
+    model = ResolvedModel(uri="pvc://m/x.gguf", format="gguf") if s.runtime == "llamacpp" else MODEL
+    r = render_inferenceservice(s, OWNER, CFG, model=model)
+    workload = next(m for m in r.manifests if m["kind"] in ("Deployment", "LeaderWorkerSet"))
+    limits = server(workload)["resources"].get("limits", {})
+    assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    pod = next(pod_specs(workload))
+    assert ("tolerations" in pod) == bool(gpus)
+    if s.runtime == "llamacpp" and gpus:
+        args = server(workload)["args"]
+        assert args[args.index("--n-gpu-layers") + 1] == "999"
+    all_valid(r)
+
+
+def test_golden_vllm_tp4_gpus_from_parallelism() -> None:
+    s = spec(vllm={"tensorParallelSize": 4, "dtype": "bfloat16"}, resources={"cpu": "16", "memory": "128Gi"})
+    r = render_inferenceservice(s, owner("InferenceService", "llama-70b"), CFG, model=MODEL)
+    check_golden("inferenceservice-vllm-tp4-default-gpus", r.manifests)
+    all_valid(r)
+    assert server(by_kind(r, "Deployment"))["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
 def test_adapter_paths_vllm_cannot_read_are_refused_at_render_time() -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # Bounds: every string and list in the CRDs is bounded (the API server's CEL cost checks need them,
 # and an unbounded field is an easy way to stuff etcd).
@@ -69,6 +78,18 @@ Uri = Annotated[
         description="Artifact URI: hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or file:///path."
     ),
 ]
+
+
+def field_errors(model: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> ValidationError:
+    """Errors of a cross-field rule, each placed at the field to change (`(loc, message, value)`, loc in
+    camelCase as the user writes it), so the message names `spec.resources.gpus` rather than the object."""
+    return ValidationError.from_exception_data(
+        model,
+        [
+            InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value)
+            for loc, message, value in errors
+        ],
+    )
 
 
 class Model(BaseModel):

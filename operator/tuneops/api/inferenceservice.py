@@ -21,6 +21,7 @@ from tuneops.api.common import (
     ShortStr,
     Str,
     Uri,
+    field_errors,
 )
 
 KIND = "InferenceService"
@@ -80,8 +81,10 @@ class ModelSource(Model):
 class Resources(Model):
     """Compute for each replica."""
 
-    gpus: int = Field(default=0, ge=0, le=64)
-    """GPUs per replica (nvidia.com/gpu). Must equal tensorParallelSize x pipelineParallelSize on one node."""
+    gpus: int | None = Field(default=None, ge=0, le=64)
+    """GPUs per replica (nvidia.com/gpu). Unset: vLLM gets tensorParallelSize x pipelineParallelSize (per node
+    when nodes > 1) and llama.cpp none. 0 runs vLLM without GPUs (tensor and pipeline parallel size 1 only);
+    llama.cpp with GPUs also needs llamacpp.gpuLayers."""
     gpu_product: Str | None = None
     """Required nvidia.com/gpu.product node label value (e.g. NVIDIA-H100-80GB-HBM3)."""
     cpu: Quantity | None = None
@@ -126,6 +129,9 @@ class LlamaCppSpec(Model):
     """Concurrent request slots (--parallel)."""
     threads: int | None = Field(default=None, ge=1, le=1024)
     """CPU threads; defaults to the CPU limit."""
+    gpu_layers: int | None = Field(default=None, ge=0, le=100_000)
+    """Layers offloaded to GPUs (--n-gpu-layers; 999 offloads all). Required with resources.gpus, which also
+    needs a llama-server image built with CUDA (spec.image); without it llama.cpp runs on CPU."""
     extra_args: list[ExtraArg] | None = Field(default=None, max_length=LIST_MAX)
     """Further llama-server arguments, appended verbatim."""
 
@@ -210,10 +216,18 @@ class InferenceServiceSpec(Scheduling):
                     "message": "LoRA adapters are served by the vllm runtime only",
                 },
                 {
-                    "rule": "!has(self.vllm) || self.resources.gpus == 0 || "
-                    "self.resources.gpus == self.vllm.tensorParallelSize * "
-                    "(self.vllm.nodes > 1 ? 1 : self.vllm.pipelineParallelSize)",
-                    "message": "resources.gpus must equal vllm.tensorParallelSize x pipelineParallelSize",
+                    "rule": "self.runtime != 'vllm' || !has(self.resources.gpus) || "
+                    "self.resources.gpus == (has(self.vllm) ? self.vllm.tensorParallelSize * "
+                    "(self.vllm.nodes > 1 ? 1 : self.vllm.pipelineParallelSize) : 1) || "
+                    "(self.resources.gpus == 0 && (!has(self.vllm) || (self.vllm.tensorParallelSize == 1 && "
+                    "self.vllm.pipelineParallelSize == 1 && self.vllm.nodes == 1)))",
+                    "message": "resources.gpus must equal vllm.tensorParallelSize x pipelineParallelSize "
+                    "(leave it unset for that default); 0 only without tensor or pipeline parallelism",
+                },
+                {
+                    "rule": "self.runtime != 'llamacpp' || !has(self.resources.gpus) || self.resources.gpus == 0 "
+                    "|| (has(self.llamacpp) && has(self.llamacpp.gpuLayers))",
+                    "message": "llama.cpp on GPUs needs llamacpp.gpuLayers (and a CUDA llama-server image)",
                 },
             ]
         }
@@ -250,14 +264,55 @@ class InferenceServiceSpec(Scheduling):
     def _consistent(self) -> InferenceServiceSpec:
         if self.runtime == "llamacpp" and self.lora is not None and self.lora.adapters:
             raise ValueError("LoRA adapters are served by the vllm runtime only")
-        v = self.vllm_settings()
-        per_node = v.tensor_parallel_size * (1 if v.nodes > 1 else v.pipeline_parallel_size)
-        if self.runtime == "vllm" and self.resources.gpus and self.resources.gpus != per_node:
-            raise ValueError(
-                f"resources.gpus ({self.resources.gpus}) must equal vllm.tensorParallelSize x "
-                f"pipelineParallelSize ({per_node})"
-            )
+        errors = self._gpu_problems()
+        if errors:
+            raise field_errors("InferenceServiceSpec", *errors)
         return self
+
+    def _gpu_problems(self) -> list[tuple[tuple[str | int, ...], str, Any]]:
+        """GPU counts that cannot work, each at the field to change."""
+        gpus = self.resources.gpus
+        at = ("resources", "gpus")
+        if self.runtime == "llamacpp":
+            layers = self.llamacpp_settings().gpu_layers
+            if gpus and layers is None:
+                return [(at, f"llama.cpp runs on CPU unless told otherwise: to use {gpus} GPU(s) set "
+                         "llamacpp.gpuLayers (layers to offload, 999 for all) and an image with a CUDA build of "
+                         "llama-server (spec.image); or remove resources.gpus", gpus)]  # fmt: skip
+            if layers is not None and not gpus:
+                return [
+                    (("llamacpp", "gpuLayers"), "offloading layers needs GPUs: set resources.gpus", layers)
+                ]
+            return []
+        v = self.vllm_settings()
+        per_pod = self.vllm_gpus_needed()
+        if v.nodes > 1 and v.pipeline_parallel_size != v.nodes:
+            return [(("vllm", "pipelineParallelSize"), f"with {v.nodes} nodes the pipeline runs one stage per "
+                     f"node: set it to {v.nodes}", v.pipeline_parallel_size)]  # fmt: skip
+        if gpus is None or gpus == per_pod:
+            return []
+        if gpus == 0:
+            if v.nodes > 1:
+                return [(at, "multi-node serving (vllm.nodes > 1) needs GPUs on every node: set resources.gpus "
+                         f"to {per_pod} or leave it unset", gpus)]  # fmt: skip
+            if per_pod > 1:
+                return [(at, f"0 GPUs cannot run vllm.tensorParallelSize ({v.tensor_parallel_size}) x "
+                         f"pipelineParallelSize ({v.pipeline_parallel_size}): set resources.gpus to {per_pod} or "
+                         "leave it unset", gpus)]  # fmt: skip
+            return []
+        return [(at, f"{gpus} GPUs per Pod, but vllm.tensorParallelSize x pipelineParallelSize needs {per_pod} "
+                 "(leave resources.gpus unset for that default)", gpus)]  # fmt: skip
+
+    def vllm_gpus_needed(self) -> int:
+        """GPUs one vLLM Pod uses for its share of the model: TP x PP, or TP when each node runs one stage."""
+        v = self.vllm_settings()
+        return v.tensor_parallel_size * (1 if v.nodes > 1 else v.pipeline_parallel_size)
+
+    def gpus_per_pod(self) -> int:
+        """resources.gpus, or when unset the runtime's default: vLLM's parallelism, none for llama.cpp."""
+        if self.resources.gpus is not None:
+            return self.resources.gpus
+        return 0 if self.runtime == "llamacpp" else self.vllm_gpus_needed()
 
     def vllm_settings(self) -> VllmSpec:
         return self.vllm or VllmSpec()

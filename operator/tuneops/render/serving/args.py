@@ -104,5 +104,7 @@ def llamacpp_args(
     ]  # fmt: skip
     if threads is not None:
         args += ["--threads", str(threads)]
+    if llamacpp.gpu_layers is not None:
+        args += ["--n-gpu-layers", str(llamacpp.gpu_layers)]
     args += ["--alias", served_name]
     return args + list(llamacpp.extra_args or [])

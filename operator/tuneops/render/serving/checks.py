@@ -71,8 +71,6 @@ def _check_llamacpp(spec: InferenceServiceSpec, model: ResolvedModel, invalid: R
     ):
         want = f" of type {spec.model.gguf_type}" if spec.model.gguf_type else ""
         invalid("spec.model", f"no GGUF file{want} in {model.uri}; set spec.model.file")
-    if spec.resources.gpus:
-        invalid("spec.resources.gpus", "the llamacpp runtime runs on CPU; set gpus to 0 or use runtime: vllm")
 
 
 def _check_parallelism(spec: InferenceServiceSpec, model: ResolvedModel, invalid: Report) -> None:
@@ -85,20 +83,8 @@ def _check_parallelism(spec: InferenceServiceSpec, model: ResolvedModel, invalid
             "spec.vllm.tensorParallelSize",
             f"{v.tensor_parallel_size} does not divide the model's {heads} attention heads",
         )
-    per_pod = v.tensor_parallel_size * (1 if v.nodes > 1 else v.pipeline_parallel_size)
-    if spec.resources.gpus and spec.resources.gpus != per_pod:
-        invalid(
-            "spec.resources.gpus",
-            f"{spec.resources.gpus} GPUs per Pod, but tensorParallelSize x pipelineParallelSize needs {per_pod}",
-        )
-    if v.nodes > 1:
-        if not spec.resources.gpus:
-            invalid("spec.resources.gpus", "multi-node serving (vllm.nodes > 1) needs GPUs on every node")
-        if v.pipeline_parallel_size != v.nodes:
-            invalid(
-                "spec.vllm.pipelineParallelSize",
-                f"with {v.nodes} nodes the pipeline runs one stage per node: set it to {v.nodes}",
-            )
+    # GPU counts and the pipeline across nodes are the spec's own rules (api/inferenceservice.py): a spec that
+    # parsed has them right.
 
 
 def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel) -> list[str]:

@@ -1,4 +1,4 @@
-"""llama.cpp serving: one GGUF file behind llama-server, on CPU, in a Deployment."""
+"""llama.cpp serving: one GGUF file behind llama-server in a Deployment, on CPU unless GPU layers are asked for."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def render_llamacpp(
     uri, file = gguf_target(spec, model)
     mounts = Mounts(config)
     files = model_files(spec, model, config, mounts, uri=uri, file=file)
-    resources = server_resources(spec, config, 0, cpu_default=True)
+    gpus = spec.gpus_per_pod()
+    resources = server_resources(spec, config, gpus, cpu_default=True)
     threads = lc.threads or cpu_cores(resources.get("limits", {}).get("cpu"))
     container = server_container(
         spec,
@@ -63,9 +64,11 @@ def render_llamacpp(
         startup_seconds=STARTUP_SECONDS,
     )
     volumes = [{"emptyDir": {}, "name": "tmp"}, *files.volumes, *mounts.volumes()]
-    pod = server_pod_spec(spec, config, container, volumes=volumes, files=files, gpus=0, shutdown_seconds=30)
+    pod = server_pod_spec(
+        spec, config, container, volumes=volumes, files=files, gpus=gpus, shutdown_seconds=30
+    )
     template = {"metadata": pod_metadata(spec, owner, model), "spec": pod}
-    strategy, note = rollout(spec, config, 0)
+    strategy, note = rollout(spec, config, gpus)
     return serving_render(
         spec,
         owner,

@@ -239,7 +239,7 @@ def _pod_template(
         image=spec.image or config.images.vllm,
         args=args,
         env=_env(spec, model, adapters, lora, args),
-        resources=server_resources(spec, config, spec.resources.gpus, cpu_default=False),
+        resources=server_resources(spec, config, spec.gpus_per_pod(), cpu_default=False),
         volume_mounts=volume_mounts,
         startup_seconds=v.startup_timeout_seconds,
     )
@@ -252,7 +252,7 @@ def _pod_template(
         container,
         volumes=volumes,
         files=files,
-        gpus=spec.resources.gpus,
+        gpus=spec.gpus_per_pod(),
         shutdown_seconds=shutdown,
     )
     return {"metadata": pod_metadata(spec, owner, model, _annotations(lora, adapters)), "spec": pod}
@@ -270,7 +270,7 @@ def render_vllm(
     lora = effective_lora(spec, adapters)
     multinode = v.nodes > 1
     template = _pod_template(spec, owner, config, model, adapters, adapter_sources)
-    strategy, note = rollout(spec, config, spec.resources.gpus)
+    strategy, note = rollout(spec, config, spec.gpus_per_pod())
     modules = lora_modules(spec, owner, config, adapters) if lora else []
     workload = (
         _leaderworkerset(spec, owner, template, strategy)
