@@ -12,6 +12,7 @@ import yaml
 from tuneops import __version__
 
 if TYPE_CHECKING:
+    from tuneops.config import OperatorConfig
     from tuneops.manifests import Document
 
 
@@ -26,24 +27,52 @@ def _load_documents(args: argparse.Namespace) -> list[Document] | None:
         return None
 
 
-def _check_documents(docs: list[Document], *, report_ok: bool) -> int:
-    """Print the problems of each tuneops object (and `ok` lines when asked); the number of objects refused."""
-    from tuneops.api import KINDS, SpecError, parse_spec
-    from tuneops.manifests import object_problems
+def _load_config(args: argparse.Namespace) -> OperatorConfig | None:
+    """The operator config named by --config or $TUNEOPS_CONFIG (None after printing why it cannot be read)."""
+    from tuneops.config import OperatorConfig
 
-    failed = 0
+    try:
+        return OperatorConfig.load(args.config)
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        where = args.config or "$TUNEOPS_CONFIG"
+        print(f"error: operator config {where}: {' '.join(str(err).split())}", file=sys.stderr)
+        return None
+
+
+def _check_documents(docs: list[Document], config: OperatorConfig, namespace: str, *, report_ok: bool) -> int:
+    """Print what the operator would refuse about each tuneops object, its references followed within `docs`
+    (and `ok` lines when asked); the number of objects refused. References to objects not in `docs` are
+    noted, not refused."""
+    from tuneops.api import KINDS, SpecError
+    from tuneops.manifests import object_problems
+    from tuneops.render.plan import Resolver, Resource, check_resource, parse_document
+
+    found: list[tuple[Document, list[str], Resource | None]] = []
     for doc in docs:
         problems = object_problems(doc)
+        resource = None
         if doc.kind in KINDS:
             try:
-                parse_spec(doc.kind, doc.obj)
+                resource = parse_document(doc.obj, namespace)
             except SpecError as err:
                 problems += err.problems
-        elif not problems:
+        found.append((doc, problems, resource))
+    resolver = Resolver([r for _, problems, r in found if r is not None and not problems], config)
+    failed = 0
+    for doc, problems, resource in found:
+        notes: list[str] = []
+        if resource is not None and not problems:
+            findings = check_resource(resource, resolver)
+            problems = [str(p) for p in findings.problems]
+            notes = findings.notes
+        if not problems and doc.kind not in KINDS:
             continue
+        what = f"{doc.where}: {doc.kind or 'object'} {doc.name!r}"
+        for note in notes:
+            print(f"note: {what}: {note}", file=sys.stderr)
         if problems:
             failed += 1
-            print(f"error: {doc.where}: {doc.kind or 'object'} {doc.name!r}:", file=sys.stderr)
+            print(f"error: {what}:", file=sys.stderr)
             for problem in problems:
                 print(f"  {problem}", file=sys.stderr)
         elif report_ok:
@@ -79,24 +108,21 @@ def cmd_argocd(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_config(args)
     docs = _load_documents(args)
-    if docs is None:
+    if config is None or docs is None:
         return 2
-    return 2 if _check_documents(docs, report_ok=True) else 0
+    return 2 if _check_documents(docs, config, args.namespace, report_ok=True) else 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from tuneops.api import SpecError
-    from tuneops.config import OperatorConfig
 
-    try:
-        config = OperatorConfig.load(args.config)
-    except (OSError, yaml.YAMLError, ValueError) as err:
-        where = args.config or "$TUNEOPS_CONFIG"
-        print(f"error: operator config {where}: {' '.join(str(err).split())}", file=sys.stderr)
+    config = _load_config(args)
+    if config is None:
         return 2
     docs = _load_documents(args)
-    if docs is None or _check_documents(docs, report_ok=False):
+    if docs is None or _check_documents(docs, config, args.namespace, report_ok=False):
         return 2
     from tuneops.render.plan import render_documents
 
@@ -146,7 +172,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 DELEGATED = ("worker", "local", "demo")
 
 
-def _filename_arguments(p: argparse.ArgumentParser) -> None:
+def _input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-f",
         "--filename",
@@ -156,6 +182,11 @@ def _filename_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "-R", "--recursive", action="store_true", help="read the folders named by -f and their subfolders"
+    )
+    p.add_argument("-n", "--namespace", default="default", help="namespace of resources that name none")
+    p.add_argument(
+        "--config",
+        help="operator config YAML (images, artifact root, allowCrossNamespaceRefs); default $TUNEOPS_CONFIG",
     )
 
 
@@ -185,14 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_argocd)
 
-    p = sub.add_parser("validate", help="check tuneops resources in YAML files against the API")
-    _filename_arguments(p)
+    p = sub.add_parser(
+        "validate",
+        help="check tuneops resources in files as the operator would, references followed within the files",
+    )
+    _input_arguments(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print every manifest the operator would create for the resources")
-    _filename_arguments(p)
-    p.add_argument("-n", "--namespace", default="default", help="namespace of resources that name none")
-    p.add_argument("--config", help="operator config YAML (images, artifact root); default $TUNEOPS_CONFIG")
+    _input_arguments(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("run", help="run the operator against the cluster in KUBECONFIG or in-cluster config")

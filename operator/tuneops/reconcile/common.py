@@ -7,6 +7,7 @@ from typing import Any
 from tuneops.api import KINDS
 from tuneops.api.common import Artifact, ObjectRef
 from tuneops.api.conditions import READY, find
+from tuneops.checks import Reference, check_reference
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Invalid, Waiting
 
@@ -19,13 +20,12 @@ def resolve_ref(ctx: Context, obj: dict[str, Any], ref: ObjectRef, kind: str, fi
     """
     ns = obj["metadata"]["namespace"]
     target_ns = ref.namespace or ns
-    if target_ns != ns and not ctx.config.allow_cross_namespace_refs:
-        raise Invalid(
-            f"{field} points to namespace {target_ns!r}; cross-namespace references are disabled "
-            "(set allowCrossNamespaceRefs in the operator config (chart value config.allowCrossNamespaceRefs), or reference a resource in this namespace)"
-        )
-    if target_ns == ns and ref.name == obj["metadata"]["name"] and kind == obj["kind"]:
-        raise Invalid(f"{field} points to this resource itself")
+    refused = check_reference(
+        Reference(field, kind, ref), kind=obj["kind"], namespace=ns, name=obj["metadata"]["name"],
+        config=ctx.config,
+    )  # fmt: skip
+    if refused is not None:
+        raise Invalid(str(refused))
     target = ctx.kube.get(k.TYPES[(obj["apiVersion"], kind)], target_ns, ref.name)
     if target is None:
         raise Waiting(f"{kind} {target_ns}/{ref.name} ({field}) does not exist yet")

@@ -12,6 +12,7 @@ from tuneops.api.quantizationjob import (
     QuantizationJobSpec,
     QuantizationJobStatus,
 )
+from tuneops.checks import AdapterOnly, check_quantization_source
 from tuneops.reconcile.base import (
     Context,
     Invalid,
@@ -38,13 +39,14 @@ def resolve_source(ctx: Context, obj: dict[str, Any], spec: QuantizationJobSpec)
     """The model to quantize; Waiting while a referenced FineTunedModel is not Ready, Invalid when the
     combination cannot work."""
     source = _source(ctx, obj, spec)
-    problems = render.check_quantizationjob(spec, source)
+    problems = check_quantization_source(spec, source)
     if problems:
         raise Invalid("; ".join(str(p) for p in problems), problems[0].reason)
+    assert isinstance(source, ResolvedModel)  # an adapter alone is always refused
     return source
 
 
-def _source(ctx: Context, obj: dict[str, Any], spec: QuantizationJobSpec) -> ResolvedModel:
+def _source(ctx: Context, obj: dict[str, Any], spec: QuantizationJobSpec) -> ResolvedModel | AdapterOnly:
     if spec.source.uri is not None:
         return ResolvedModel(uri=spec.source.uri, token_secret=spec.source.token_secret_ref)
     assert spec.source.fine_tuned_model_ref is not None  # the model validates exactly one
@@ -53,10 +55,7 @@ def _source(ctx: Context, obj: dict[str, Any], spec: QuantizationJobSpec) -> Res
     )
     status = FINETUNEDMODEL.parse_status(target.get("status"))
     if status.artifact is None or status.artifact.format == "peft":
-        raise Invalid(
-            f"FineTunedModel {target['metadata']['name']} has merge.enabled false; quantization needs a merged "
-            "model: enable the merge or point source.uri at a full model"
-        )
+        return AdapterOnly(target["metadata"]["name"])
     return ResolvedModel(
         uri=status.artifact.uri,
         digest=status.artifact.digest,

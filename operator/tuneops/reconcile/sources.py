@@ -12,12 +12,13 @@ from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
 from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.checks import uri_model
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Invalid, Waiting, owner_of
 from tuneops.reconcile.common import resolve_ref
 from tuneops.render import serving as render
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri
-from tuneops.render.types import ModelFormat, Problem, ResolvedAdapter, ResolvedModel, model_format
+from tuneops.render.types import Problem, ResolvedAdapter, ResolvedModel, model_format
 
 _ADAPTER_FIELD = re.compile(r"^spec\.lora\.adapters\[(\d+)\]")
 
@@ -60,8 +61,7 @@ def _model(
     """The model to serve, and the adapter on top of it when it is an unmerged FineTunedModel."""
     src = spec.model
     if src.uri is not None:
-        fmt: ModelFormat = "gguf" if spec.runtime == "llamacpp" or src.uri.lower().endswith(".gguf") else "hf"
-        return ResolvedModel(uri=src.uri, format=fmt, token_secret=src.token_secret_ref), []
+        return uri_model(spec), []
     if src.fine_tuned_model_ref is not None:
         fspec, fstatus = _ftm(ctx, obj, src.fine_tuned_model_ref, "spec.model.fineTunedModelRef")
         base_name = fstatus.adapter.base_model_name if fstatus.adapter else None

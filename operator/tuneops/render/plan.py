@@ -1,6 +1,7 @@
 """What the operator would create for a set of resources, resolved offline (for `tuneops render` and reviews).
 
-References between resources in the same input are followed to the URIs the referenced resource will write.
+References between resources in the same input are followed to the URIs the referenced resource will write,
+and the operator's own refusals (tuneops.checks, check_inferenceservice) are run on what they predict.
 A reference to something not in the input resolves to the operator's default output location for that name.
 Digests and adapter facts are unknown before the Jobs run, so they are left out; owner UIDs are derived
 from kind, namespace and name (the API server assigns the real ones, and the operator uses those).
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,13 +22,21 @@ from tuneops.api.common import ObjectRef
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
+from tuneops.checks import (
+    AdapterOnly,
+    Reference,
+    check_quantization_source,
+    check_reference,
+    references,
+    uri_model,
+)
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
 from tuneops.render.quantizationjob import artifact_format, quantize_output_uri, render_quantizationjob
-from tuneops.render.serving import render_inferenceservice
+from tuneops.render.serving import check_inferenceservice, render_inferenceservice
 from tuneops.render.serving.types import ServingRender
-from tuneops.render.types import Manifest, ModelFormat, Owner, ResolvedAdapter, ResolvedModel
+from tuneops.render.types import Manifest, Owner, Problem, ResolvedAdapter, ResolvedModel
 
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d1b-4c59-9a57-7e0b7d1c3a10")
 
@@ -49,15 +58,17 @@ class Resource:
 
 def parse_documents(docs: Iterable[Mapping[str, Any]], namespace: str = "default") -> list[Resource]:
     """The tuneops resources among `docs` (other kinds are skipped), each spec validated."""
-    out = []
-    for doc in docs:
-        kind = str(doc.get("kind", ""))
-        if kind not in KINDS:
-            continue
-        meta = doc.get("metadata") or {}
-        spec = parse_spec(kind, dict(doc))
-        out.append(Resource(kind, str(meta.get("name", "")), str(meta.get("namespace") or namespace), spec))
-    return out
+    return [r for doc in docs if (r := parse_document(doc, namespace)) is not None]
+
+
+def parse_document(doc: Mapping[str, Any], namespace: str = "default") -> Resource | None:
+    """The tuneops resource `doc` holds (None for other kinds); raises SpecError when its spec is invalid."""
+    kind = str(doc.get("kind", ""))
+    if kind not in KINDS:
+        return None
+    meta = doc.get("metadata") or {}
+    spec = parse_spec(kind, dict(doc))
+    return Resource(kind, str(meta.get("name", "")), str(meta.get("namespace") or namespace), spec)
 
 
 class Resolver:
@@ -69,6 +80,9 @@ class Resolver:
 
     def _find(self, kind: str, ref: ObjectRef, namespace: str) -> Resource | None:
         return self.by_key.get((kind, ref.namespace or namespace, ref.name))
+
+    def known(self, reference: Reference, namespace: str) -> bool:
+        return self._find(reference.kind, reference.ref, namespace) is not None
 
     def _default(self, ref: ObjectRef, namespace: str, kind: str) -> str:
         owner = Owner(API_VERSION, kind, ref.name, ref.namespace or namespace, "")
@@ -126,9 +140,7 @@ class Resolver:
         elif src.quantization_job_ref is not None:
             model = self.quantizationjob(src.quantization_job_ref, namespace)
         else:
-            assert src.uri is not None
-            fmt: ModelFormat = "gguf" if spec.runtime == "llamacpp" else "hf"
-            model = ResolvedModel(uri=src.uri, format=fmt, token_secret=src.token_secret_ref)
+            model = uri_model(spec)
         for a in spec.lora.adapters if spec.lora else []:
             if a.fine_tuned_model_ref is not None:
                 adapters.append(self.adapter(a.fine_tuned_model_ref, namespace, a.name))
@@ -136,6 +148,87 @@ class Resolver:
                 assert a.uri is not None
                 adapters.append(ResolvedAdapter(name=a.name, uri=a.uri))
         return model, adapters
+
+    def quantization_input(
+        self, spec: QuantizationJobSpec, namespace: str
+    ) -> ResolvedModel | AdapterOnly | None:
+        """What the QuantizationJob will read once its source is Ready (None: not in the input)."""
+        ref = spec.source.fine_tuned_model_ref
+        if ref is None:
+            return self.quantization_source(spec, namespace)
+        found = self._find("FineTunedModel", ref, namespace)
+        if found is None:
+            return None
+        assert isinstance(found.spec, FineTunedModelSpec)
+        return (
+            self.quantization_source(spec, namespace) if found.spec.merge.enabled else AdapterOnly(found.name)
+        )
+
+    def known_sources(
+        self, spec: InferenceServiceSpec, namespace: str
+    ) -> tuple[ResolvedModel | None, list[ResolvedAdapter]]:
+        """What the service will serve, as far as the input tells (model None: its source is not in the input;
+        adapters whose FineTunedModel is not in the input are left out). An unmerged FineTunedModel's adapter
+        is served from the copy its inspect Job publishes under its output, as the operator does."""
+        served, adapters = self.served(spec, namespace)
+        refs = {r.field: r for r in references(spec)}
+        source = refs.get("spec.model.fineTunedModelRef") or refs.get("spec.model.quantizationJobRef")
+        model = None if source is not None and not self.known(source, namespace) else served
+        published: dict[str, str] = {}
+        unknown: set[str] = set()
+        entries = [(a.name, a.fine_tuned_model_ref) for a in spec.lora.adapters] if spec.lora else []
+        if spec.model.fine_tuned_model_ref is not None:
+            entries.append((spec.model.fine_tuned_model_ref.name, spec.model.fine_tuned_model_ref))
+        for name, ref in entries:
+            found = self._find("FineTunedModel", ref, namespace) if ref is not None else None
+            if ref is not None and found is None:
+                unknown.add(name)
+            elif (
+                found is not None
+                and isinstance(found.spec, FineTunedModelSpec)
+                and not found.spec.merge.enabled
+            ):
+                published[name] = merge_output_uri(found.spec, found.owner, self.config)
+        known = [replace(a, uri=published.get(a.name, a.uri)) for a in adapters if a.name not in unknown]
+        return model, known
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What checking one resource against the others in the input found: refusals, and what was not checked."""
+
+    problems: list[Problem]
+    notes: list[str]
+
+
+def check_resource(resource: Resource, resolver: Resolver) -> Findings:
+    """The operator's refusals of `resource` that the input can tell already, with its references followed
+    within the input; a reference to something not in the input is noted, and what depends on it skipped."""
+    spec, ns = resource.spec, resource.namespace
+    refs = references(spec)
+    problems = [
+        p
+        for r in refs
+        if (
+            p := check_reference(
+                r, kind=resource.kind, namespace=ns, name=resource.name, config=resolver.config
+            )
+        )
+    ]
+    refused = {p.field for p in problems}
+    notes = [
+        f"not checked: {r.label} ({r.field}) not in the given files"
+        for r in refs
+        if r.field not in refused and not resolver.known(r, ns)
+    ]
+    if isinstance(spec, QuantizationJobSpec):
+        source = resolver.quantization_input(spec, ns)
+        if source is not None:
+            problems += check_quantization_source(spec, source)
+    elif isinstance(spec, InferenceServiceSpec):
+        model, adapters = resolver.known_sources(spec, ns)
+        problems += check_inferenceservice(spec, model=model, adapters=adapters)
+    return Findings(problems, notes)
 
 
 def render_resource(resource: Resource, resolver: Resolver) -> list[Manifest] | ServingRender:

@@ -24,14 +24,15 @@ def _model_id(name: str) -> str:
 
 
 def check_inferenceservice(
-    spec: InferenceServiceSpec, *, model: ResolvedModel, adapters: Sequence[ResolvedAdapter] = ()
+    spec: InferenceServiceSpec, *, model: ResolvedModel | None, adapters: Sequence[ResolvedAdapter] = ()
 ) -> list[Problem]:
     """Problems that can be found before anything starts, as condition reasons with messages naming fields.
 
     InvalidSpec for the service itself (parallelism, runtime vs model format); IncompatibleAdapter for an
     adapter that vLLM would refuse at load time (rank above maxLoraRank, another base model, DoRA,
     modules_to_save, a source vLLM cannot read). LoRA on an AWQ or compressed-tensors base is served by vLLM
-    and is not a problem; LoRA on a GGUF model is.
+    and is not a problem; LoRA on a GGUF model is. `model` None: the model is not known (an offline check whose
+    model source is not in the input), and what depends on it is not checked.
     """
     problems: list[Problem] = []
 
@@ -42,15 +43,17 @@ def check_inferenceservice(
         problems.append(Problem(Reason.INCOMPATIBLE_ADAPTER, fld, msg))
 
     if spec.runtime == "llamacpp":
-        _check_llamacpp(spec, model, invalid)
+        if model is not None:
+            _check_llamacpp(spec, model, invalid)
         return problems
-    _check_parallelism(spec, model, invalid)
+    if model is not None:
+        _check_parallelism(spec, model, invalid)
     lora = effective_lora(spec, adapters)
     if lora is None:
         return problems
     if lora.max_cpu_loras is not None and lora.max_cpu_loras < lora.max_loras:
         invalid("spec.lora.maxCpuLoras", f"must be at least maxLoras ({lora.max_loras})")
-    if model.format == "gguf" and lora.adapters:
+    if model is not None and model.format == "gguf" and lora.adapters:
         incompatible("spec.lora", "LoRA adapters cannot be served on a GGUF model")
     index = {a.name: i for i, a in enumerate(lora.adapters)}
     for a in adapters:
@@ -87,13 +90,14 @@ def _check_parallelism(spec: InferenceServiceSpec, model: ResolvedModel, invalid
     # parsed has them right.
 
 
-def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel) -> list[str]:
+def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel | None) -> list[str]:
     """Why vLLM would refuse to load this adapter on this model, if it would."""
     out: list[str] = []
     if a.rank is not None and a.rank > lora.max_lora_rank:
         out.append(f"adapter {a.name!r} has rank {a.rank}, above lora.maxLoraRank {lora.max_lora_rank}")
     if (
         a.base_model_name
+        and model is not None
         and model.base_model_name
         and _model_id(a.base_model_name) != _model_id(model.base_model_name)
     ):
