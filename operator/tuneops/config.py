@@ -66,6 +66,10 @@ class OperatorConfig(BaseModel):
     """Add the nvidia.com/gpu NoSchedule toleration to Pods that request GPUs."""
     spare_gpus: bool = False
     """Whether the cluster keeps spare GPUs for a rolling update's surge Pod (else maxSurge is 0)."""
+    allow_custom_code: bool = False
+    """Let GGUF conversion take model folders that carry their own Python code (an auto_map, *.py files).
+    llama.cpp's converter runs that code for some architectures (Qwen v1, ChatGLM); off, such sources are
+    refused and the converter cannot turn trust_remote_code on. Either way it runs without credentials."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> OperatorConfig:

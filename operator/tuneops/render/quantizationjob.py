@@ -39,7 +39,9 @@ def check_quantizationjob(spec: QuantizationJobSpec, source: ResolvedModel) -> l
     ]
 
 
-def quantize_args(spec: QuantizationJobSpec, source_uri: str, output: str) -> list[str]:
+def quantize_args(
+    spec: QuantizationJobSpec, source_uri: str, output: str, *, allow_custom_code: bool = False
+) -> list[str]:
     """The worker command line of the quantize step (the same flags the worker CLI documents)."""
     if spec.method == "awq":
         awq = spec.awq_settings()
@@ -61,7 +63,8 @@ def quantize_args(spec: QuantizationJobSpec, source_uri: str, output: str) -> li
     args = ["quantize-gguf", "--source", source_uri, "--output", output]
     for t in gguf.quant_types:
         args += ["--type", t]
-    return [*args, "--outtype", gguf.outtype]
+    args += ["--outtype", gguf.outtype]
+    return [*args, "--allow-custom-code"] if allow_custom_code else args
 
 
 def _source(spec: QuantizationJobSpec, source: ResolvedModel) -> Source:
@@ -81,7 +84,7 @@ def render_quantize_job(
 ) -> Manifest:
     """The quantize Job; its name changes with the spec, the image and the source's URI and digest."""
     output = quantize_output_uri(spec, owner, config)
-    args = quantize_args(spec, source.uri, output)
+    args = quantize_args(spec, source.uri, output, allow_custom_code=config.allow_custom_code)
     inputs = [source.uri]
     sources = [_source(spec, source), _output(spec, output)]
     calibration = spec.awq_settings().calibration if spec.method == "awq" else None

@@ -120,9 +120,12 @@ def quantize_llmcompressor(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _cpu_guard()
-    tokenizer: Any = AutoTokenizer.from_pretrained(str(src))
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     model: Any = AutoModelForCausalLM.from_pretrained(
-        str(src), dtype="auto", device_map="auto" if torch.cuda.is_available() else None
+        str(src),
+        dtype="auto",
+        device_map="auto" if torch.cuda.is_available() else None,
+        trust_remote_code=False,
     )
     seqs = calibration_samples(tokenizer, texts, samples, max_seq_len)
     ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(s) for s in seqs]})
@@ -165,8 +168,9 @@ def quantize_autoawq(
         ) from None
     from transformers import AutoTokenizer
 
-    tokenizer: Any = AutoTokenizer.from_pretrained(str(src))
-    model: Any = AutoAWQForCausalLM.from_pretrained(str(src))
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+    # AutoAWQ's own default is trust_remote_code=True
+    model: Any = AutoAWQForCausalLM.from_pretrained(str(src), trust_remote_code=False)
     quant_config = {"zero_point": zero_point, "q_group_size": group_size, "w_bit": bits, "version": "GEMM"}
     model.quantize(
         tokenizer,

@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--base", required=True)
     m.add_argument("--adapter", required=True)
     m.add_argument("--output", required=True)
-    m.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    m.add_argument(
+        "--dtype",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        default="auto",
+        help="precision of the merged weights; auto: the base model's (float16 when its config names none)",
+    )
     m.add_argument("--method", choices=["stream", "peft"], default="stream")
 
     a = sub.add_parser("quantize-awq", help="AWQ 4-bit weights (compressed-tensors for vLLM)")
@@ -56,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", required=True)
     g.add_argument("--type", dest="types", action="append", default=[], help="quantization type (repeatable)")
     g.add_argument("--outtype", default="f16", help="precision of the converted file (f16, bf16, f32, q8_0)")
+    g.add_argument(
+        "--allow-custom-code",
+        action="store_true",
+        help="accept a model that carries its own Python code (the converter may run it, without credentials)",
+    )
 
     e = sub.add_parser("evaluate", help="perplexity of a model against a reference: the quality gate")
     e.add_argument("--model", required=True)
@@ -99,7 +109,13 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
     if args.worker == "quantize-gguf":
         from tuneops.workers.gguf import run_gguf
 
-        return run_gguf(args.source, args.output, types=args.types, outtype=args.outtype)
+        return run_gguf(
+            args.source,
+            args.output,
+            types=args.types,
+            outtype=args.outtype,
+            allow_custom_code=args.allow_custom_code,
+        )
     if args.worker == "fetch":
         from tuneops.workers.fetch import run_fetch
 

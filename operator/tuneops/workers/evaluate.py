@@ -75,7 +75,7 @@ def tokenize(text: str, hf_dir: Path | None, gguf_file: Path | None) -> tuple[li
     if hf_dir is not None:
         from transformers import AutoTokenizer
 
-        tok: Any = AutoTokenizer.from_pretrained(str(hf_dir))
+        tok: Any = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
         ids = tok(text, add_special_tokens=False)["input_ids"]
         return list(ids), tok.bos_token_id
     assert gguf_file is not None
@@ -123,7 +123,7 @@ def hf_logits(path: Path, seqs: list[list[int]]) -> list[Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto")
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype="auto", trust_remote_code=False)
     model.eval()
     out = []
     with torch.inference_mode():

@@ -1,4 +1,8 @@
-"""GGUF quantization: llama.cpp's converter (HF -> GGUF at f16/bf16/f32/q8_0), then llama-quantize per type."""
+"""GGUF quantization: llama.cpp's converter (HF -> GGUF at f16/bf16/f32/q8_0), then llama-quantize per type.
+
+The model is downloaded first, in this process; the converter and the quantizer then run as subprocesses
+without credentials in their environment, since the converter may run code from the model folder.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from tuneops import storage, toolpaths
 from tuneops.api.quantizationjob import GGUF_TYPES
 from tuneops.storage.manifest import tool_versions
 from tuneops.workers.common import InvalidInput, thread_count
+from tuneops.workers.customcode import clean_env, custom_code
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
 log = logging.getLogger("tuneops.workers.gguf")
@@ -32,33 +37,32 @@ def _missing_tools() -> list[str]:
     return [str(p) for p in need if not p.exists()]
 
 
-def _run(cmd: list[str], what: str) -> None:
+def _run(cmd: list[str], what: str, cwd: Path) -> None:
     log.info("%s: %s", what, " ".join(cmd))
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env=clean_env(os.environ), cwd=cwd
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout)[-1500:]
         raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
     log.info("%s done in %.1fs", what, time.monotonic() - start)
 
 
-def convert(src: Path, out_file: Path, outtype: str) -> None:
-    cmd = [
-        sys.executable,
-        str(toolpaths.llamacpp_converter()),
-        str(src),
-        "--outfile",
-        str(out_file),
-        "--outtype",
-        outtype,
-    ]
-    _run(cmd, "convert")
+def convert(src: Path, out_file: Path, outtype: str, *, allow_custom_code: bool = False) -> None:
+    """The converter, in the output's folder (not the model's, whose *.py could shadow modules), and unless
+    custom code is allowed, under tuneops.workers.customcode, which keeps transformers from importing it."""
+    converter = str(toolpaths.llamacpp_converter())
+    runner = [sys.executable] if allow_custom_code else [sys.executable, "-m", "tuneops.workers.customcode"]
+    cmd = [*runner, converter, str(src), "--outfile", str(out_file), "--outtype", outtype]
+    _run(cmd, "convert", out_file.parent)
 
 
 def quantize(src_file: Path, out_file: Path, qtype: str, threads: int) -> None:
     _run(
         [str(toolpaths.llamacpp_bin("llama-quantize")), str(src_file), str(out_file), qtype, str(threads)],
         f"quantize {qtype}",
+        out_file.parent,
     )
 
 
@@ -78,7 +82,14 @@ def _check_types(src: Path, types: list[str]) -> None:
         )
 
 
-def run_gguf(source_uri: str, output_uri: str, *, types: list[str], outtype: str = "f16") -> WorkerResult:
+def run_gguf(
+    source_uri: str,
+    output_uri: str,
+    *,
+    types: list[str],
+    outtype: str = "f16",
+    allow_custom_code: bool = False,
+) -> WorkerResult:
     types = [t.upper() for t in types] or ["Q4_K_M"]
     unknown = [t for t in types if t not in QUANT_TYPES]
     if unknown:
@@ -94,6 +105,16 @@ def run_gguf(source_uri: str, output_uri: str, *, types: list[str], outtype: str
     src = storage.fetch(source_uri)
     if not (src / "config.json").is_file():
         raise InvalidInput(f"{source_uri}: config.json not found (not a transformers model folder)")
+    code = custom_code(src)
+    if code and not allow_custom_code:
+        raise InvalidInput(
+            f"{source_uri} carries its own Python code ({'; '.join(code)}), which GGUF conversion could run; "
+            "refused: the operator config does not allow custom code (allowCustomCode)"
+        )
+    if code:
+        log.warning(
+            "%s carries its own code (%s): the converter may run it, without credentials", source_uri, code
+        )
     _check_types(src, types)
     inputs = {"source": storage.digest_of(src)}
     params = {"types": types, "outtype": outtype}
@@ -108,7 +129,7 @@ def run_gguf(source_uri: str, output_uri: str, *, types: list[str], outtype: str
     threads = thread_count()
     try:
         base = staging / f".convert-{outtype}.gguf"
-        convert(src, base, outtype)
+        convert(src, base, outtype, allow_custom_code=allow_custom_code)
         for t, name in zip(types, names, strict=True):
             if t.lower() == outtype:
                 os.link(base, staging / name)

@@ -97,7 +97,7 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 512) -> Path:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    tok = AutoTokenizer.from_pretrained(str(out_dir))
+    tok = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)
     if len(tok) != vocab_size:
         raise RuntimeError(f"tokenizer has {len(tok)} tokens, expected {vocab_size}")
     # Also writes tokenizer.json so fast loaders (vLLM) need no conversion; tokenizer.model stays for GGUF.
@@ -135,7 +135,7 @@ def _train(model: Any, tok_dir: Path, steps: int, seed: int) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
     ids = tok("\n".join(corpus_lines()), return_tensors="pt")["input_ids"][0]
     seq, batch = 64, 8
     gen = torch.Generator().manual_seed(seed)
@@ -182,7 +182,7 @@ def make_adapter(base_dir: Path, out_dir: Path, spec: TinyAdapterSpec | None = N
     from transformers import AutoModelForCausalLM
 
     spec = spec or TinyAdapterSpec()
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=False)
     cfg = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
