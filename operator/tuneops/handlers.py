@@ -15,9 +15,10 @@ import kopf
 
 from tuneops import GROUP, VERSION, metrics
 from tuneops.api import KINDS
-from tuneops.api.conditions import Reason
+from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Outcome, Reconcile
+from tuneops.reconcile.inferenceservice import publish_adapters
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ def _result(outcome: Outcome) -> str:
         return "ready"
     if outcome.reason == Reason.WAITING_FOR_SOURCE:
         return "waiting"
-    if outcome.requeue_after is not None:
-        return "progressing"
     if outcome.reason == Reason.INVALID_SPEC:
         return "invalid"
+    # A terminal reason counts as failed even while the operator keeps looking (a Pod in ImagePullBackOff).
+    if outcome.requeue_after is not None and outcome.reason not in TERMINAL_REASONS:
+        return "progressing"
     return "failed"
 
 
@@ -157,7 +159,10 @@ def register(
 
         def forget(body: kopf.Body, _kind: str = kind, **_: Any) -> None:
             meta = body.get("metadata") or {}
-            tracker.forget((_kind, str(meta.get("namespace", "")), str(meta.get("name", ""))))
+            key = (_kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+            tracker.forget(key)
+            if _kind == "InferenceService":
+                publish_adapters(key[1], key[2], None)
 
         kopf.on.delete(*resource, optional=True, registry=registry, id="forget")(forget)
     return tracker

@@ -90,6 +90,25 @@ KIND_CASES = [
      ("True", "MinimumReplicasAvailable", "serving; rollout in progress (1/2)"), "Progressing", "rollout"),
     ("InferenceService", "adapter failed to load", ("False", "AdapterLoadFailed", "adapter sql: 404"), "Degraded", "adapter sql"),
     ("InferenceService", "serving", ("True", "Succeeded", "serving base, sql at http://x"), "Healthy", "serving"),
+    ("InferenceService", "adapter could not be unloaded", ("False", "AdapterUnloadFailed", "adapter old: 500"), "Degraded", "adapter old"),
+    # Stuck workloads: Degraded where Argo CD's own Pod and Deployment health says so, else Progressing.
+    ("FineTunedModel", "merge Pod waits for a GPU",
+     ("False", "Unschedulable", "merge Job m-merge-1: pod m-merge-1-x cannot be scheduled: 0/3 nodes are available"),
+     "Progressing", "0/3 nodes"),
+    ("FineTunedModel", "merge Pod waits for its claim", ("False", "ClaimPending", 'PersistentVolumeClaim "artifacts"'),
+     "Progressing", "artifacts"),
+    ("QuantizationJob", "quantize Pod cannot mount a volume", ("False", "VolumeMountFailed", 'secret "s3" not found'),
+     "Progressing", "s3"),
+    ("FineTunedModel", "worker image cannot be pulled",
+     ("False", "ImagePullBackOff", 'pod m-merge-1-x container "worker": image "w:9" cannot be pulled'), "Degraded", 'image "w:9"'),
+    ("QuantizationJob", "token Secret missing", ("False", "CreateContainerConfigError", 'secret "hf-token" not found'),
+     "Degraded", "hf-token"),
+    ("InferenceService", "server crash-looping", ("False", "CrashLoopBackOff", "keeps crashing (restarted 4 times)"),
+     "Degraded", "restarted 4 times"),
+    ("InferenceService", "fetch init container failing", ("False", "InitContainerFailed", 'init container "fetch" failed'),
+     "Degraded", "fetch"),
+    ("InferenceService", "rollout past its deadline", ("False", "ProgressDeadlineExceeded", "rollout stuck"),
+     "Degraded", "rollout stuck"),
 ]  # fmt: skip
 
 

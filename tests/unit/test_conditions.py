@@ -84,6 +84,9 @@ MERGE = Step("merge", MERGED, "merging", "merge failed")
         (JobOutcome("Failed"), ("False", Reason.JOB_FAILED), ("False", Reason.JOB_FAILED), True, False,
          "merge failed: JobFailed"),
         (JobOutcome("Succeeded"), ("True", Reason.SUCCEEDED), None, False, False, ""),
+        (JobOutcome("Pending", Reason.IMAGE_PULL_BACK_OFF, 'pod m-merge-1-x: image "w:9" cannot be pulled'),
+         ("Unknown", Reason.IMAGE_PULL_BACK_OFF), ("False", Reason.IMAGE_PULL_BACK_OFF), True, True,
+         'merge Job m-merge-1: pod m-merge-1-x: image "w:9"'),
     ],
 )  # fmt: skip
 def test_every_step_reports_the_same_way(

@@ -10,6 +10,7 @@ from tuneops.adapters import AdapterPodState, AdapterState, DesiredAdapter, PodR
 from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, ROLLOUT, Reason
 from tuneops.reconcile.base import Cond, Invalid, Waiting
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
+from tuneops.reconcile.workload import Cause
 
 WANT = {
     name: DesiredAdapter(name=name, path=f"/mnt/adapters/{name}", digest=f"sha256:{name}") for name in "ab"
@@ -51,6 +52,14 @@ def lora(*pods: PodResult, refused: dict[str, str] | None = None, pending: dict[
 SERVED = lora(pod("p0", ready("a"), ready("b")), pod("p1", ready("a"), ready("b")))
 UP = Workload(desired=2, ready=2, updated=2)
 NO_SURGE = Cond(ROLLOUT, True, Reason.MAX_SURGE_ZERO, "no spare GPUs for a surge Pod")
+PULL = Cause(Reason.IMAGE_PULL_BACK_OFF, 'pod edge-1 container "server": image "vllm:nope" cannot be pulled')
+NO_GPU = Cause(
+    Reason.UNSCHEDULABLE,
+    "pod edge-1 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+)
+DEADLINE = Cause(
+    Reason.PROGRESS_DEADLINE_EXCEEDED, 'Deployment edge: ReplicaSet "edge-2" has timed out progressing.'
+)
 
 
 def seen(workload: Workload = UP, adapters: Adapters | None = None, notes: tuple[Cond, ...] = ()) -> Observed:
@@ -64,7 +73,7 @@ class Row:
     ready: tuple[bool, str]
     requeue: bool
     available: tuple[bool, str] | None = None
-    adapters: tuple[bool, str] | None = None  # None: no AdaptersReady condition
+    adapters: tuple[bool | None, str] | None = None  # None: no AdaptersReady condition
     message: str = ""  # a fragment of Ready's message
     others: dict[str, tuple[bool | None, str]] = field(default_factory=dict)
 
@@ -129,6 +138,25 @@ ROWS = [
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.NO_READY_PODS)),
     Row("a ready Pod does not answer", seen(adapters=lora(pod("p0", ready("a"), ready("b")), pod("p1", reachable=False))),
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.POD_UNREACHABLE), message="p1"),
+    Row("no Pod runs: the image cannot be pulled", seen(Workload(desired=2, updated=2, cause=PULL)),
+        (False, Reason.IMAGE_PULL_BACK_OFF), True, (False, Reason.IMAGE_PULL_BACK_OFF),
+        message='0/2 replicas ready: pod edge-1 container "server": image "vllm:nope"'),
+    Row("no Pod runs: no node has a free GPU", seen(Workload(desired=1, updated=1, cause=NO_GPU)),
+        (False, Reason.UNSCHEDULABLE), True, (False, Reason.UNSCHEDULABLE), message="Insufficient nvidia.com/gpu"),
+    Row("no Pod ever ran within the progress deadline", seen(Workload(desired=1, updated=1, cause=DEADLINE)),
+        (False, Reason.PROGRESS_DEADLINE_EXCEEDED), True, (False, Reason.PROGRESS_DEADLINE_EXCEEDED),
+        message="timed out progressing"),
+    Row("serving while new Pods are stuck: still a rollout in progress",
+        seen(Workload(desired=2, ready=2, updated=1, cause=PULL)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, message='new Pods stuck: pod edge-1 container "server"'),
+    Row("serving, but the rollout is past its deadline: not Ready", seen(Workload(desired=2, ready=2, updated=1, cause=DEADLINE)),
+        (False, Reason.PROGRESS_DEADLINE_EXCEEDED), True, message="rollout stuck (2/2 replicas ready)"),
+    Row("scaled to zero with adapters: nothing to load, nothing to wait for",
+        seen(Workload(desired=0), lora()), (True, Reason.SUCCEEDED), False, (True, Reason.SCALED_TO_ZERO),
+        adapters=(None, Reason.SCALED_TO_ZERO), message="scaled to zero"),
+    Row("scaled to zero with a refused adapter: still refused",
+        seen(Workload(desired=0), lora(want=("a",), refused={"b": "uses DoRA"})), (False, Reason.INCOMPATIBLE_ADAPTER),
+        False, (True, Reason.SCALED_TO_ZERO), adapters=(False, Reason.INCOMPATIBLE_ADAPTER)),
     Row("not available: Deploying, whatever the adapters say",
         seen(Workload(desired=1), lora(pod("p0", load_failed("a")), want=("a",))),
         (False, Reason.DEPLOYING), True, (False, Reason.MINIMUM_REPLICAS_UNAVAILABLE),

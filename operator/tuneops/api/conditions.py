@@ -48,6 +48,15 @@ class Reason:
     POD_UNREACHABLE = "PodUnreachable"
     MAX_SURGE_ZERO = "MaxSurgeZeroNoSpareGPU"
     SURGE_ALLOWED = "SurgeAllowed"
+    # Why a workload's Pods do not run, as kubelet, the scheduler and the controllers report it.
+    UNSCHEDULABLE = "Unschedulable"
+    CLAIM_PENDING = "ClaimPending"
+    VOLUME_MOUNT_FAILED = "VolumeMountFailed"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    INIT_CONTAINER_FAILED = "InitContainerFailed"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 
 
 TERMINAL_REASONS = frozenset(
@@ -60,6 +69,40 @@ TERMINAL_REASONS = frozenset(
         Reason.QUALITY_GATE_FAILED,
         Reason.SOURCE_NOT_FOUND,
         Reason.ADAPTER_LOAD_FAILED,
+        Reason.ADAPTER_UNLOAD_FAILED,
+        # A workload Kubernetes keeps retrying in vain: Argo CD's own health calls such Pods and Deployments
+        # Degraded, and a person must act (push the image, create the Secret, fix the program).
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+        Reason.CRASH_LOOP_BACK_OFF,
+        Reason.INIT_CONTAINER_FAILED,
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+    }
+)
+
+# Why a workload is stuck, terminal or not. They heal without a spec change once the world outside is fixed
+# (image pushed, Secret or claim created, node added), so the operator keeps looking; their Events are Warnings.
+STUCK_REASONS = frozenset(
+    {
+        Reason.UNSCHEDULABLE,
+        Reason.CLAIM_PENDING,
+        Reason.VOLUME_MOUNT_FAILED,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+        Reason.CRASH_LOOP_BACK_OFF,
+        Reason.INIT_CONTAINER_FAILED,
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+    }
+)
+
+# Stuck before any container ran: the phase says Pending (as the Pod's own does), not Failed.
+NOT_STARTED_REASONS = frozenset(
+    {
+        Reason.UNSCHEDULABLE,
+        Reason.CLAIM_PENDING,
+        Reason.VOLUME_MOUNT_FAILED,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
     }
 )
 
@@ -98,12 +141,15 @@ def set_condition(
 
 
 def derive_phase(conditions: Iterable[Condition] | None) -> Phase:
-    """One word for humans, derived from Ready: Ready, Failed (terminal reason), Waiting, Running or Pending."""
+    """One word for humans, derived from Ready: Ready, Failed (terminal reason), Waiting, Running or Pending
+    (also a workload stuck before its containers ran)."""
     ready = find(conditions, READY)
     if ready is None:
         return "Pending"
     if ready.status == "True":
         return "Ready"
+    if ready.reason in NOT_STARTED_REASONS:
+        return "Pending"
     if ready.reason in TERMINAL_REASONS:
         return "Failed"
     if ready.reason == Reason.WAITING_FOR_SOURCE:

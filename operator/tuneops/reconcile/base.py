@@ -12,10 +12,19 @@ from typing import Any, Generic, NamedTuple
 
 from tuneops.api import KindInfo, SpecError, SpecT, StatusT
 from tuneops.api.common import ConditionStatus, StepStatus
-from tuneops.api.conditions import READY, TERMINAL_REASONS, Reason, derive_phase, find, set_condition
+from tuneops.api.conditions import (
+    READY,
+    STUCK_REASONS,
+    TERMINAL_REASONS,
+    Reason,
+    derive_phase,
+    find,
+    set_condition,
+)
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.reconcile.jobs import JobOutcome, observe_job
+from tuneops.reconcile.workload import pod_events
 from tuneops.render.types import Owner
 
 log = logging.getLogger(__name__)
@@ -98,7 +107,8 @@ class Step:
 
 def judge_step(step: Step, job: str, outcome: JobOutcome, done: str) -> Verdict:
     """A failed step stops the reconciler until its inputs change (a new Job name); one in progress stops it
-    and asks to look again; a succeeded one lets it go on."""
+    and asks to look again (also when its Pod is stuck: that heals without a spec change, and the condition
+    says why); a succeeded one lets it go on."""
     if outcome.state == "Failed":
         reason = outcome.reason or Reason.JOB_FAILED
         return Verdict(
@@ -111,8 +121,8 @@ def judge_step(step: Step, job: str, outcome: JobOutcome, done: str) -> Verdict:
         reason = outcome.reason or Reason.JOB_PENDING
         return Verdict(
             (
-                Cond(step.condition, None, reason, step.doing),
-                Cond(READY, False, reason, f"{step.name} Job {job}: {outcome.state}"),
+                Cond(step.condition, None, reason, outcome.message or step.doing),
+                Cond(READY, False, reason, f"{step.name} Job {job}: {outcome.message or outcome.state}"),
             ),
             requeue=True,
         )
@@ -220,7 +230,7 @@ class StatusBuilder(Generic[SpecT, StatusT]):
         out.wrote_status = True
         before = find(self.before.conditions, READY)
         if ready and (before is None or (before.status, before.reason) != (ready.status, ready.reason)):
-            warn = ready.status == "False" and ready.reason in TERMINAL_REASONS
+            warn = ready.status == "False" and ready.reason in TERMINAL_REASONS | STUCK_REASONS
             self.ctx.kube.event(
                 self.obj, "Warning" if warn else "Normal", ready.reason, ready.message or ready.reason
             )
@@ -270,7 +280,8 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
         kube.apply(job)
         outcome = JobOutcome("Pending", Reason.JOB_PENDING)
     else:
-        outcome = observe_job(existing, kube.list(k.POD, ns, {"job-name": name}))
+        pods = kube.list(k.POD, ns, {"job-name": name})
+        outcome = observe_job(existing, pods, pod_events(kube, ns, pods))
     if outcome.state == "Succeeded" and outcome.result.get("error"):
         outcome = JobOutcome("Failed", Reason.JOB_FAILED, str(outcome.result["error"]), outcome.result)
     return sb.record_step(step.name, name, outcome)

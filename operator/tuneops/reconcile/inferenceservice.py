@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from dataclasses import replace
 from typing import Any
 
-from tuneops import labels
+from tuneops import labels, metrics
 from tuneops.api import INFERENCESERVICE
-from tuneops.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
+from tuneops.api.inferenceservice import AdapterState, InferenceServiceSpec, InferenceServiceStatus
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Cond, Context, Invalid, Outcome, StatusBuilder, Waiting, reconciler
 from tuneops.reconcile.lora import lora_enabled, reconcile_adapters
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
 from tuneops.reconcile.sources import Sources, resolve
+from tuneops.reconcile.workload import diagnose, pod_events, progress_deadline
 from tuneops.render import serving as render
 from tuneops.render.names import content_hash
 from tuneops.render.serving.types import ServingRender
@@ -31,8 +35,8 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
         adapter_sources=sources.sources,
     )  # fmt: skip
     apply_children(sb.ctx, sb.owner, list(rendered.manifests))
-    workload = observe_workload(sb, spec, rendered, sources)
-    adapters = _adapters(sb, spec, rendered, sources)
+    workload, pods = observe_workload(sb, spec, rendered, sources)
+    adapters = _adapters(sb, spec, sources, pods)
     notes = tuple(
         Cond(n.type, None if n.status == "Unknown" else n.status == "True", n.reason, n.message)
         for n in rendered.notes
@@ -43,10 +47,13 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
 
 def observe_workload(
     sb: Builder, spec: InferenceServiceSpec, rendered: ServingRender, sources: Sources
-) -> Workload:
-    """Read the workload's own status (and publish what the scale subresource and clients need)."""
+) -> tuple[Workload, list[dict[str, Any]]]:
+    """Read the workload's own status (and publish what the scale subresource and clients need), and while it
+    is not rolled out, why its Pods do not run. The Pods are listed only when needed (adapters, or a rollout
+    under way), and returned for the adapter step."""
+    kube, ns = sb.ctx.kube, sb.owner.namespace
     rtype = k.LWS if rendered.workload_kind == "LeaderWorkerSet" else k.DEPLOYMENT
-    workload = sb.ctx.kube.get(rtype, sb.owner.namespace, rendered.workload_name) or {}
+    workload = kube.get(rtype, ns, rendered.workload_name) or {}
     wstatus = workload.get("status") or {}
     status = sb.status
     status.replicas = int(wstatus.get("replicas") or 0)
@@ -55,24 +62,50 @@ def observe_workload(
     status.url = rendered.url
     status.model_digest = sources.model.digest
     status.served_models = list(rendered.served_models)
-    return Workload(
+    seen = Workload(
         desired=spec.replicas,
         ready=status.ready_replicas,
         updated=int(wstatus.get("updatedReplicas") or 0),
         current=(workload.get("metadata") or {}).get("generation") == wstatus.get("observedGeneration"),
     )
+    settling = not seen.rolled_out or progress_deadline(workload) is not None
+    if not (settling or lora_enabled(spec, sources)):
+        return seen, []
+    pods = kube.list(k.POD, ns, dict(rendered.selector))
+    if settling and workload:
+        seen = replace(seen, cause=diagnose(pods, pod_events(kube, ns, pods), workload))
+    return seen, pods
 
 
 def _adapters(
-    sb: Builder, spec: InferenceServiceSpec, rendered: ServingRender, sources: Sources
+    sb: Builder, spec: InferenceServiceSpec, sources: Sources, pods: list[dict[str, Any]]
 ) -> Adapters | None:
     if not lora_enabled(spec, sources):
         sb.status.adapters = sb.status.pods = None
+        publish_adapters(sb.owner.namespace, sb.owner.name, None)
         return None
-    adapters, pods = reconcile_adapters(sb.ctx, spec, sb.owner, dict(rendered.selector), sources)
+    adapters, served = reconcile_adapters(sb.ctx, spec, sb.owner, pods, sources)
     sb.status.adapters = adapter_states(adapters) or None
-    sb.status.pods = pods or None
+    sb.status.pods = served or None
+    publish_adapters(sb.owner.namespace, sb.owner.name, sb.status.adapters or [])
     return adapters
+
+
+ADAPTER_STATES = ("Ready", "Loading", "Pending", "Failed")
+
+
+def publish_adapters(namespace: str, name: str, states: list[AdapterState] | None) -> None:
+    """tuneops_adapters_served: the service's adapters by state as its status reports them (every state, so a
+    count that drops to zero reads 0); None removes the service's series (no LoRA, or deleted)."""
+    counts = Counter(str(s.state) for s in states or [])
+    for state in ADAPTER_STATES:
+        if states is None:
+            with contextlib.suppress(KeyError):  # never published
+                metrics.ADAPTERS_SERVED.remove(namespace, name, state)
+        else:
+            metrics.ADAPTERS_SERVED.labels(resource_namespace=namespace, name=name, state=state).set(
+                counts[state]
+            )
 
 
 def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:

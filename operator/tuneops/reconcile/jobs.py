@@ -1,12 +1,14 @@
-"""Reading a step's outcome from its Job and Pods: pending, running, succeeded with a result, or failed why."""
+"""Reading a step's outcome from its Job and Pods: pending (and stuck why), running, succeeded with a result,
+or failed why."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tuneops.api.conditions import Reason
+from tuneops.reconcile.workload import diagnose, parse_result
 
 State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
 
@@ -34,26 +36,19 @@ def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def parse_result(message: str | None) -> dict[str, Any]:
-    """A worker's termination message is one JSON object; anything else is kept as a plain message."""
-    if not message:
-        return {}
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return {"error": message.strip()[-2000:]}
-    return value if isinstance(value, dict) else {"error": str(value)[-2000:]}
-
-
 def _newest(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(
         pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp", "")), reverse=True
     )
 
 
-def observe_job(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobOutcome:
+def observe_job(
+    job: dict[str, Any] | None, pods: list[dict[str, Any]], events: Sequence[Mapping[str, Any]] = ()
+) -> JobOutcome:
     """Classify a Job. A failure says why: OOMKilled (exit 137 or the kubelet's reason), the deadline, or the
-    worker's own error message from its termination log."""
+    worker's own error message from its termination log. A Job whose Pod cannot start says why too (the image,
+    a Secret, the scheduler's message; `events` are the Pods' Events), still Pending: Kubernetes keeps trying,
+    and the Job may start once the image is pushed or the Secret created."""
     if job is None:
         return JobOutcome("Missing")
     conds = _conditions(job)
@@ -89,6 +84,13 @@ def observe_job(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobOu
         )
     status = job.get("status") or {}
     running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+    stuck = (
+        None
+        if running
+        else diagnose([p for p in pods if (p.get("status") or {}).get("phase") == "Pending"], events)
+    )
+    if stuck is not None:
+        return JobOutcome("Pending", stuck.reason, stuck.message)
     if running or (
         status.get("active") and any((p.get("status") or {}).get("phase") != "Pending" for p in pods)
     ):

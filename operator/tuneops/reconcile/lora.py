@@ -16,7 +16,6 @@ from tuneops.adapters import (
     summarize,
 )
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
-from tuneops.kube import client as k
 from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
 from tuneops.reconcile.sources import Sources
@@ -34,22 +33,22 @@ def lora_enabled(spec: InferenceServiceSpec, sources: Sources) -> bool:
 
 
 def reconcile_adapters(
-    ctx: Context, spec: InferenceServiceSpec, owner: Owner, selector: dict[str, str], sources: Sources
+    ctx: Context, spec: InferenceServiceSpec, owner: Owner, pods: list[dict[str, Any]], sources: Sources
 ) -> tuple[Adapters, list[PodAdapters]]:
-    """Load and unload adapters on every ready Pod (or, with lora.dynamic false, only read what they serve);
-    the truth comes from each Pod's /v1/models afterwards."""
+    """Load and unload adapters on every ready Pod of `pods` (the service's; or, with lora.dynamic false, only
+    read what they serve); the truth comes from each Pod's /v1/models afterwards."""
     desired = {
         a.name: DesiredAdapter(
             name=a.name, path=render.adapter_path(a.uri, ctx.config), digest=a.digest or ""
         )
         for a in sources.servable
     }
-    pods = ready_pods(ctx.kube.list(k.POD, owner.namespace, selector))
+    ready = ready_pods(pods)
     lora = render.effective_lora(spec, sources.adapters)
     results: list[PodResult] = []
-    if pods:
+    if ready:
         results = asyncio.run(
-            _reconcile_pods(owner, pods, desired, sources.api_key, dynamic=bool(lora and lora.dynamic))
+            _reconcile_pods(owner, ready, desired, sources.api_key, dynamic=bool(lora and lora.dynamic))
         )
     served = [PodAdapters(pod=r.pod, adapters=sorted(r.served.adapters) if r.served else []) for r in results]
     return Adapters(summarize(desired, results), sources.refused, sources.pending), served

@@ -11,6 +11,7 @@ from tuneops.adapters import AdapterState as PodState
 from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, Reason
 from tuneops.api.inferenceservice import AdapterState
 from tuneops.reconcile.base import Cond, Invalid, Verdict, Waiting, blocked
+from tuneops.reconcile.workload import Cause
 
 # AdaptersReady reasons that stop the service from being Ready until something changes.
 ADAPTER_FAILURES = frozenset(
@@ -33,6 +34,7 @@ class Workload:
     ready: int = 0
     updated: int = 0
     current: bool = True  # the controller has seen the latest generation
+    cause: Cause | None = None  # why Pods do not run (stuck or failing), looked for while not rolled out
 
     @property
     def rolled_out(self) -> bool:
@@ -65,31 +67,38 @@ def decide(seen: Observed | Waiting | Invalid) -> Verdict:
     if isinstance(seen, Waiting | Invalid):
         return blocked(seen)
     available = available_condition(seen.workload)
-    adapters = () if seen.adapters is None else (adapters_condition(seen.adapters),)
+    adapters = () if seen.adapters is None else (adapters_condition(seen.adapters, seen.workload),)
     ready, requeue = ready_condition(seen, available, adapters[0] if adapters else None)
     return Verdict((*seen.notes, available, *adapters, ready), requeue=requeue)
 
 
 def available_condition(w: Workload) -> Cond:
+    """Available as the Deployment would say it, except that no replica ready names why when Pods are stuck."""
     if w.desired == 0:
         return Cond(AVAILABLE, True, Reason.SCALED_TO_ZERO, "replicas is 0")
     if w.ready >= 1:
         return Cond(
             AVAILABLE, True, Reason.MINIMUM_REPLICAS_AVAILABLE, f"{w.ready}/{w.desired} replicas ready"
         )
+    if w.cause is not None:
+        return Cond(AVAILABLE, False, w.cause.reason, f"0/{w.desired} replicas ready: {w.cause.message}")
     return Cond(AVAILABLE, False, Reason.MINIMUM_REPLICAS_UNAVAILABLE,
                 f"0/{w.desired} replicas ready (models can take minutes to load)")  # fmt: skip
 
 
-def adapters_condition(a: Adapters) -> Cond:
+def adapters_condition(a: Adapters, w: Workload) -> Cond:
     """The summary's verdict, except that a refused adapter (never loaded) or one whose source is not Ready
-    (not handed to the Pods yet) is reported first: the summary only knows the adapters the Pods were given."""
+    (not handed to the Pods yet) is reported first: the summary only knows the adapters the Pods were given.
+    Scaled to zero, no Pod serves adapters: Unknown, and nothing to wait for until the service scales up."""
     s = a.summary
     failed = not s.ready and s.reason in ADAPTER_FAILURES
     if a.refused:
         parts = [f"adapter {name}: {why}" for name, why in sorted(a.refused.items())]
         also = [s.message] if failed else []
         return Cond(ADAPTERS_READY, False, Reason.INCOMPATIBLE_ADAPTER, "; ".join(parts + also))
+    if w.desired == 0:
+        return Cond(ADAPTERS_READY, None, Reason.SCALED_TO_ZERO,
+                    "replicas is 0: no Pod serves adapters; they are loaded when the service scales up")  # fmt: skip
     if a.pending and not failed:
         parts = [f"adapter {name}: {why}" for name, why in sorted(a.pending.items())]
         return Cond(ADAPTERS_READY, False, Reason.ADAPTERS_LOADING, "; ".join(parts))
@@ -98,16 +107,28 @@ def adapters_condition(a: Adapters) -> Cond:
 
 def ready_condition(seen: Observed, available: Cond, adapters: Cond | None) -> tuple[Cond, bool]:
     """Ready, and whether to look again soon. A failed adapter keeps the service un-Ready but is not retried
-    by polling (its Pods were told as often as they accept); a rollout still in progress is."""
+    by polling (its Pods were told as often as they accept); a rollout still in progress is, and so are stuck
+    Pods (they heal once the image, Secret or node appears). A rollout past its progress deadline is not Ready
+    even while the previous Pods still serve, as Argo CD calls such a Deployment Degraded."""
+    w = seen.workload
     if not available.status:
-        return Cond(READY, False, Reason.DEPLOYING, available.message), True
+        return Cond(READY, False, w.cause.reason if w.cause else Reason.DEPLOYING, available.message), True
+    if w.cause is not None and w.cause.reason == Reason.PROGRESS_DEADLINE_EXCEEDED:
+        return Cond(
+            READY, False, w.cause.reason, f"rollout stuck ({available.message}): {w.cause.message}"
+        ), True
     if adapters is not None and adapters.reason in ADAPTER_FAILURES:
-        return Cond(READY, False, adapters.reason, adapters.message), not seen.workload.rolled_out
-    if adapters is not None and not adapters.status:
+        return Cond(READY, False, adapters.reason, adapters.message), not w.rolled_out
+    if adapters is not None and adapters.status is False:
         return Cond(READY, False, Reason.ADAPTERS_LOADING, adapters.message), True
-    if not seen.workload.rolled_out:
+    if not w.rolled_out:
+        stuck = f"; new Pods stuck: {w.cause.message}" if w.cause else ""
         return Cond(READY, True, Reason.MINIMUM_REPLICAS_AVAILABLE,
-                    f"serving; rollout in progress ({available.message})"), True  # fmt: skip
+                    f"serving; rollout in progress ({available.message}){stuck}"), True  # fmt: skip
+    if w.desired == 0:
+        return Cond(
+            READY, True, Reason.SUCCEEDED, f"scaled to zero; serves {seen.url} again when scaled up"
+        ), False
     return Cond(
         READY, True, Reason.SUCCEEDED, f"serving {', '.join(seen.served_models)} at {seen.url}"
     ), False

@@ -4,11 +4,17 @@
 -- Ready=False with a reason a person must act on is Degraded, and any other reason is still Progressing.
 local terminal = {
   AdapterLoadFailed = true,
+  AdapterUnloadFailed = true,
+  CrashLoopBackOff = true,
+  CreateContainerConfigError = true,
   DeadlineExceeded = true,
+  ImagePullBackOff = true,
   IncompatibleAdapter = true,
+  InitContainerFailed = true,
   InvalidSpec = true,
   JobFailed = true,
   OOMKilled = true,
+  ProgressDeadlineExceeded = true,
   QualityGateFailed = true,
   SourceNotFound = true,
 }
