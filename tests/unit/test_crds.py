@@ -68,7 +68,7 @@ def test_defaults_reach_the_schema() -> None:
     merge = spec["properties"]["spec"]["properties"]["merge"]
     assert merge["default"] == {}
     assert merge["properties"]["enabled"]["default"] is True
-    assert merge["properties"]["dtype"]["enum"] == ["float16", "bfloat16", "float32"]
+    assert merge["properties"]["dtype"]["enum"] == ["auto", "float16", "bfloat16", "float32"]
     isvc = crdgen.crd(KINDS["InferenceService"])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rank = isvc["properties"]["spec"]["properties"]["lora"]["properties"]["maxLoraRank"]
     assert rank["enum"] == [1, 8, 16, 32, 64, 128, 256, 320, 512]

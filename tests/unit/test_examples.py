@@ -154,7 +154,7 @@ def test_references_resolve_within_the_input_and_default_outside_it() -> None:
         "spec": {"model": {"quantizationJobRef": {"name": "elsewhere"}}, "resources": {"gpus": 1}},
     }
     ms = render_documents([isvc], OperatorConfig(artifact_root="pvc://store"), namespace="ns1")
-    assert flag(server_args(ms), "--model") == "/mnt/pvc/store/ns1/elsewhere"
+    assert flag(server_args(ms), "--model") == "/mnt/pvc/store/ns1/quantizationjobs/elsewhere"
     assert all(m["metadata"]["namespace"] == "ns1" for m in ms)
     other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ignored"}}
     assert render_documents([other], OperatorConfig()) == []

@@ -18,8 +18,11 @@ from tests.unit.render_support import (
 )
 from tuneops.api import parse_spec
 from tuneops.api.finetunedmodel import FineTunedModelSpec
+from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import Features, Images, OperatorConfig
 from tuneops.render import RenderError, render_finetunedmodel, render_inspect_job, render_merge_job
+from tuneops.render.finetunedmodel import merge_output_uri
+from tuneops.render.names import bounded_name
 
 OWNER = owner("FineTunedModel", "mistral-support")
 
@@ -83,13 +86,14 @@ def test_golden_gpu_merge_with_pod_failure_policy() -> None:
     ("over", "expected"),
     [
         ({}, ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
-              "--output", "pvc://models/support", "--dtype", "float16", "--method", "stream"]),
+              "--output", "pvc://models/support", "--dtype", "auto", "--method", "stream"]),
         ({"merge": {"dtype": "bfloat16", "method": "peft"}},
          ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
           "--output", "pvc://models/support", "--dtype", "bfloat16", "--method", "peft"]),
         ({"output": None},
          ["--base", "hf://mistralai/Mistral-7B-v0.1@main", "--adapter", "pvc://adapters/support",
-          "--output", "pvc://tuneops-artifacts/team-a/mistral-support", "--dtype", "float16", "--method", "stream"]),
+          "--output", "pvc://tuneops-artifacts/team-a/finetunedmodels/mistral-support", "--dtype", "auto",
+          "--method", "stream"]),
     ],
 )  # fmt: skip
 def test_merge_args(over: dict[str, Any], expected: list[str]) -> None:
@@ -251,3 +255,29 @@ def test_long_names_stay_within_63_characters() -> None:
         assert len(job["metadata"]["labels"]["app.kubernetes.io/instance"]) <= 63
         validate(job)
     assert na["metadata"]["name"] != nb["metadata"]["name"]
+
+
+def test_default_outputs_of_two_kinds_with_one_name_do_not_overlap() -> None:
+    from tuneops.render.quantizationjob import quantize_output_uri
+
+    qspec = parse_spec("QuantizationJob", {"metadata": {"name": "support"}, "spec": {
+        "source": {"uri": "pvc://models/support"}, "method": "gguf"}})  # fmt: skip
+    assert isinstance(qspec, QuantizationJobSpec)
+    ftm = merge_output_uri(spec(output=None).model_copy(update={"output": None}), owner("FineTunedModel", "support"),
+                           OperatorConfig())  # fmt: skip
+    qjob = quantize_output_uri(qspec, owner("QuantizationJob", "support"), OperatorConfig())
+    assert ftm == "pvc://tuneops-artifacts/team-a/finetunedmodels/support"
+    assert qjob == "pvc://tuneops-artifacts/team-a/quantizationjobs/support"
+
+
+def test_names_that_read_the_same_as_labels_stay_apart() -> None:
+    dotted = render_merge_job(spec(), owner("FineTunedModel", "llama.v2"), OperatorConfig())
+    dashed = render_merge_job(spec(), owner("FineTunedModel", "llama-v2"), OperatorConfig())
+    assert dashed["metadata"]["name"].startswith("llama-v2-merge-")
+    assert dotted["metadata"]["name"].startswith("llama-v2-merge-")
+    assert dotted["metadata"]["name"] != dashed["metadata"]["name"]
+    # A name that is already a label is kept as written (only the content hash follows it).
+    assert len(dashed["metadata"]["name"]) == len("llama-v2-merge-") + 8
+    assert bounded_name("llama.v2") != bounded_name("llama-v2") == "llama-v2"
+    assert bounded_name("7b-chat") != bounded_name("t7b-chat") == "t7b-chat"
+    validate(dotted)

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.workers.conftest import run_cli
-from tuneops.workers.merge import run_merge
+from tuneops.workers.merge import resolve_dtype, run_merge
+from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model
 
 pytestmark = pytest.mark.workers
 
@@ -103,6 +104,32 @@ def test_dora_falls_back_to_peft(models: dict[str, Path], tmp_path: Path) -> Non
     assert all(torch.equal(td[k], tp[k]) for k in tp)
 
 
+@pytest.mark.parametrize(
+    ("config", "chosen"),
+    [
+        ({"dtype": "bfloat16"}, "bfloat16"),
+        ({"torch_dtype": "float32"}, "float32"),  # written by transformers before 5
+        ({"torch_dtype": "torch.bfloat16"}, "bfloat16"),
+        ({}, "float16"),
+        ({"dtype": "float8_e4m3fn"}, "float16"),
+    ],
+)
+def test_auto_dtype_is_the_base_models(config: dict[str, Any], chosen: str) -> None:
+    assert resolve_dtype("auto", {"model_type": "llama", **config}) == chosen
+    assert resolve_dtype("float32", {"dtype": "bfloat16"}) == "float32"  # asked for explicitly
+
+
+def test_auto_dtype_keeps_a_bfloat16_base_in_bfloat16(tmp_path: Path) -> None:
+    base = make_model(tmp_path / "bf16", TinyModelSpec(dtype="bfloat16", seed=7))
+    adapter = make_adapter(base, tmp_path / "bf16-lora", TinyAdapterSpec(seed=8))
+    result = run_merge(str(base), str(adapter), str(tmp_path / "m"))
+    assert result.dtype == "bfloat16", "the dtype used is in the step's result"
+    manifest = json.loads((tmp_path / "m" / "tuneops-artifact.json").read_text())
+    assert manifest["parameters"]["dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert {t.dtype for t in tensors(tmp_path / "m").values() if t.is_floating_point()} == {torch.bfloat16}
+
+
 def test_cli_merge_reports_and_reuses(models: dict[str, Path], tmp_path: Path) -> None:
     log = tmp_path / "termination-log"
     out = tmp_path / "merged"
@@ -128,7 +155,7 @@ def test_cli_merge_reports_and_reuses(models: dict[str, Path], tmp_path: Path) -
     assert art["sizeBytes"] == sum(
         f.stat().st_size for f in out.iterdir() if f.name != "tuneops-artifact.json"
     )
-    assert msg["method"] == "stream" and "reused" not in art
+    assert msg["method"] == "stream" and msg["dtype"] == "bfloat16" and "reused" not in art
     assert len(log.read_bytes()) < 4096
     manifest = json.loads((out / "tuneops-artifact.json").read_text())
     assert manifest["digest"] == art["digest"] and manifest["parameters"] == {

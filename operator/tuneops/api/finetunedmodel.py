@@ -23,7 +23,7 @@ PLURAL = "finetunedmodels"
 SINGULAR = "finetunedmodel"
 SHORT_NAMES = ["ftm"]
 
-Dtype = Literal["float16", "bfloat16", "float32"]
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
 
 class BaseModelSpec(Model):
@@ -52,8 +52,10 @@ class MergeSpec(Model):
 
     enabled: bool = True
     """Run the merge Job. When false the resource only inspects the adapter (for multi-LoRA serving)."""
-    dtype: Dtype = "float16"
-    """Precision of the merged weights. Merging happens in float32 and is cast once to this dtype."""
+    dtype: Dtype = "auto"
+    """Precision of the merged weights. Merging happens in float32 and is cast once to this dtype. auto keeps
+    the base model's (its config.json torch_dtype / dtype; float16 when it names none or another type); the
+    dtype used is recorded in the artifact manifest and the merge step's result."""
     device: Literal["cpu", "gpu"] = "cpu"
     """Where the merge runs. The streaming merge on CPU needs memory for one shard, not the whole model."""
     method: Literal["stream", "peft"] = "stream"
@@ -70,7 +72,8 @@ class FineTunedModelSpec(Model):
     merge: MergeSpec = Field(default_factory=MergeSpec)
     """Whether and how to merge the adapter into the base."""
     output: OutputSpec | None = None
-    """Where the merged model goes; defaults to the operator's artifact root (<root>/<namespace>/<name>)."""
+    """Where the merged model goes; defaults to the operator's artifact root
+    (<root>/<namespace>/finetunedmodels/<name>)."""
     job: JobTemplate = Field(default_factory=JobTemplate)
     """Template for the inspect and merge Jobs."""
 

@@ -163,7 +163,8 @@ class QuantizationJobSpec(Model):
     quality_gate: QualityGateSpec | None = None
     """When set, an evaluate Job compares perplexity with the source and fails the resource above the limit."""
     output: OutputSpec | None = None
-    """Where the quantized model goes; defaults to the operator's artifact root."""
+    """Where the quantized model goes; defaults to the operator's artifact root
+    (<root>/<namespace>/quantizationjobs/<name>)."""
     job: JobTemplate = Field(default_factory=JobTemplate)
     """Template for the quantize and evaluate Jobs."""
 

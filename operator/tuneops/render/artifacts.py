@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tuneops.api import KINDS
 from tuneops.config import OperatorConfig
 from tuneops.render.types import Owner
 
 
 def default_output_uri(config: OperatorConfig, owner: Owner) -> str:
-    return f"{config.artifact_root.rstrip('/')}/{owner.namespace}/{owner.name}"
+    """`<root>/<namespace>/<plural>/<name>`: the kind keeps a FineTunedModel and a QuantizationJob of the same
+    name from writing over each other's artifact."""
+    info = KINDS.get(owner.kind)
+    plural = info.plural if info is not None else owner.kind.lower()
+    return f"{config.artifact_root.rstrip('/')}/{owner.namespace}/{plural}/{owner.name}"
 
 
 def gguf_file(files: Sequence[str], gguf_type: str | None) -> str | None:

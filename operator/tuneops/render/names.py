@@ -33,11 +33,16 @@ def bounded_name(*parts: str, digest: str | None = None, limit: int = MAX_NAME) 
     """`part1-part2[-digest8]` as a DNS label of at most `limit` characters.
 
     A name that does not fit is cut and gets a hash of the full name appended, so two long names that share a
-    prefix stay distinct. A name that starts with a digit gets a letter prefix (Service names must not).
+    prefix stay distinct. A name that starts with a digit gets a letter prefix (Service names must not). A name
+    that had to be changed to become a label gets a hash of the name as written: `llama.v2` and `llama-v2` both
+    read `llama-v2` as labels and would otherwise own the same Deployment.
     """
+    written = "-".join(p for p in parts if p)
     base = "-".join(_dns_label(p) for p in parts if p)
     if base[0].isdigit():
         base = "t" + base
+    if base != written:
+        base = f"{base}-{content_hash(written)[:HASH_LEN]}"
     suffix = f"-{digest[:HASH_LEN]}" if digest else ""
     if len(base) + len(suffix) <= limit:
         return base + suffix

@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--base", required=True)
     m.add_argument("--adapter", required=True)
     m.add_argument("--output", required=True)
-    m.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    m.add_argument(
+        "--dtype",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        default="auto",
+        help="precision of the merged weights; auto: the base model's (float16 when its config names none)",
+    )
     m.add_argument("--method", choices=["stream", "peft"], default="stream")
 
     a = sub.add_parser("quantize-awq", help="AWQ 4-bit weights (compressed-tensors for vLLM)")

@@ -14,6 +14,7 @@ from typing import Any
 from tuneops import storage
 from tuneops.storage.manifest import tool_versions
 from tuneops.workers.common import (
+    DTYPES,
     InvalidInput,
     copy_model_side_files,
     read_json,
@@ -26,6 +27,8 @@ from tuneops.workers.result import ArtifactResult, WorkerResult
 log = logging.getLogger("tuneops.workers.merge")
 
 METHODS = ("stream", "peft")
+AUTO = "auto"
+DEFAULT_DTYPE = "float16"
 TOOLS = ("torch", "safetensors", "transformers", "peft")
 
 
@@ -203,18 +206,36 @@ def _write_config(base_dir: Path, out_dir: Path, dtype: str) -> None:
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def resolve_dtype(requested: str, base_config: dict[str, Any]) -> str:
+    """`auto` is the base model's own precision (config.json `dtype`, or `torch_dtype` before transformers 5),
+    so a bfloat16 base is not narrowed to float16's range; float16 when the config names none we write."""
+    if requested != AUTO:
+        torch_dtype(requested)
+        return requested
+    named = base_config.get("dtype") or base_config.get("torch_dtype")
+    if isinstance(named, str) and named.removeprefix("torch.") in DTYPES:
+        return named.removeprefix("torch.")
+    if named:
+        log.warning("base model dtype %r is not one the merge writes; using %s", named, DEFAULT_DTYPE)
+    return DEFAULT_DTYPE
+
+
 def run_merge(
-    base_uri: str, adapter_uri: str, output_uri: str, *, dtype: str = "float16", method: str = "stream"
+    base_uri: str, adapter_uri: str, output_uri: str, *, dtype: str = AUTO, method: str = "stream"
 ) -> WorkerResult:
     if method not in METHODS:
         raise InvalidInput(f"merge method {method!r} is not one of {', '.join(METHODS)}")
-    torch_dtype(dtype)
+    if dtype != AUTO:
+        torch_dtype(dtype)
     out = storage.Output.of(output_uri)
     base_dir = storage.fetch(base_uri)
     adapter_dir = storage.fetch(adapter_uri)
     adapter = Adapter.load(adapter_dir)
     if not (base_dir / "config.json").is_file():
         raise InvalidInput(f"{base_uri}: config.json not found (not a transformers model folder)")
+    requested, dtype = dtype, resolve_dtype(dtype, read_json(base_dir / "config.json"))
+    if requested == AUTO:
+        log.info("dtype auto: the base model's %s", dtype)
     problems = [p for p in compatibility(adapter, base_dir, merge=False, max_lora_rank=None)]
     if problems:
         raise InvalidInput("adapter does not fit the base model: " + "; ".join(problems[:5]))
@@ -232,7 +253,7 @@ def run_merge(
     found = out.reusable(key)
     if found is not None:
         log.info("a complete merge of the same inputs exists at %s: reusing it", output_uri)
-        return _result(output_uri, found, used, reused=True)
+        return _result(output_uri, found, used, dtype, reused=True)
     staging = out.begin()
     try:
         start = time.monotonic()
@@ -260,13 +281,14 @@ def run_merge(
     except BaseException:
         out.abort()
         raise
-    return _result(output_uri, manifest, used, reused=False)
+    return _result(output_uri, manifest, used, dtype, reused=False)
 
 
-def _result(uri: str, m: storage.Manifest, method: str, *, reused: bool) -> WorkerResult:
+def _result(uri: str, m: storage.Manifest, method: str, dtype: str, *, reused: bool) -> WorkerResult:
     return WorkerResult(
         artifact=ArtifactResult(
             uri=uri, digest=m.digest, size_bytes=m.size_bytes, format=m.format, reused=reused or None
         ),
         method=method,
+        dtype=dtype,
     )

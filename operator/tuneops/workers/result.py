@@ -62,6 +62,8 @@ class WorkerResult(_Camel):
     metrics: Metrics | None = None
     passed: bool | None = None
     method: str | None = None
+    dtype: str | None = None
+    """merge: the precision the merged weights were written in (what `auto` resolved to)."""
     error: str | None = None
 
     def dumps(self) -> str:
