@@ -111,7 +111,7 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
     | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
     | _triples("", ["secrets"], ("get",))
-    | _triples("", ["events"], ("create",))
+    | _triples("", ["events"], ("create", "list"))
 )
 # kopf watches CRDs (to notice the kinds appear) and, when it watches named namespaces, the namespaces.
 EXPECTED_DISCOVERY_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ("list", "watch"))

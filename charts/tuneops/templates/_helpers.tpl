@@ -101,7 +101,7 @@ server-side apply (create + patch) and pruned (delete); Pods only listed; Secret
 {{- end }}
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- if and .Values.operator.peering.enabled (ne (include "tuneops.watchNamespaces" .) "[]") }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
