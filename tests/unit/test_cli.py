@@ -117,10 +117,50 @@ def test_missing_file_and_bad_json(command: str, here: Path, capsys: pytest.Capt
     assert (code, err) == (2, "error: m.json:3:1: invalid JSON: Expecting ',' delimiter\n")
 
 
-def test_render_reports_an_unreadable_operator_config(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unreadable_operator_config_is_reported(
+    command: str, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (here / "m.yaml").write_text(yaml.safe_dump(ftm()))
-    code, _, err = run(capsys, "render", "-f", "m.yaml", "--config", "missing.yaml")
+    code, _, err = run(capsys, command, "-f", "m.yaml", "--config", "missing.yaml")
     assert code == 2 and err.startswith("error: operator config missing.yaml: ") and err.count("\n") == 1
+
+
+def test_references_are_followed_across_the_files_given(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A service in one file, the GGUF QuantizationJob it serves in another: refused before any Job runs."""
+    qjob = {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "QuantizationJob",
+        "metadata": {"name": "q"},
+        "spec": {"source": {"uri": "hf://org/model"}, "method": "gguf"},
+    }
+    svc: dict[str, Any] = {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "svc"},
+        "spec": {"model": {"quantizationJobRef": {"name": "q"}}},
+    }
+    (here / "q.yaml").write_text(yaml.safe_dump(qjob))
+    (here / "svc.yaml").write_text(yaml.safe_dump(svc))
+    refusal = (
+        "error: svc.yaml#1: InferenceService 'svc':\n"
+        "  spec.runtime: vllm does not serve GGUF artifacts here; use runtime: llamacpp\n"
+    )
+    assert run(capsys, "validate", "-f", "q.yaml", "-f", "svc.yaml") == (
+        2,
+        "ok: q.yaml#1: QuantizationJob q\n",
+        refusal,
+    )
+    assert run(capsys, "render", "-f", "q.yaml", "-f", "svc.yaml") == (2, "", refusal)
+    code, out, err = run(capsys, "validate", "-f", "svc.yaml")
+    assert (code, out) == (0, "ok: svc.yaml#1: InferenceService svc\n")
+    assert "not checked: QuantizationJob/q (spec.model.quantizationJobRef) not in the given files" in err
+    # A namespace given on the command line is where references without one are looked for.
+    svc["metadata"]["namespace"] = "ml"
+    (here / "svc.yaml").write_text(yaml.safe_dump(svc))
+    assert run(capsys, "validate", "-n", "ml", "-f", "q.yaml", "-f", "svc.yaml")[::2] == (2, refusal)
 
 
 def test_a_folder_is_read_like_kubectl(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
