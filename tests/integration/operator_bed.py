@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,16 @@ class OperatorProcess:
     """`tuneops run` in a subprocess with short poll/resync periods; stopped by PID."""
 
     def __init__(
-        self, kubeconfig: Path, log_path: Path, resync: float = 3.0, extra_env: dict[str, str] | None = None
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        resync: float = 3.0,
+        extra_env: dict[str, str] | None = None,
+        namespaces: Sequence[str] = (),
     ):
+        """`namespaces`: watch these (kopf's --namespace); empty watches every namespace."""
         self.kubeconfig = kubeconfig
+        self.namespaces = tuple(namespaces)
         self.log_path = log_path
         self.resync = resync
         self.extra_env = extra_env or {}
@@ -51,7 +59,8 @@ class OperatorProcess:
         env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneops.cli", "run", "--standalone", "-A",
+            [sys.executable, "-m", "tuneops.cli", "run", "--standalone",
+             *([f"--namespace={n}" for n in self.namespaces] or ["-A"]),
              f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", f"--metrics-port={self.metrics_port}"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip

@@ -1,12 +1,14 @@
 """The chart installed by Helm into an API server with RBAC on; the operator runs with the chart's ServiceAccount.
 
 A control plane of its own (RBAC authorization, audit log, OwnerReferencesPermissionEnforcement as on
-hardened clusters), so the session's AlwaysAllow control plane stays as it is.
+hardened clusters), so the session's AlwaysAllow control plane stays as it is. The chart is installed with its
+default (least-privileged) RBAC, watching one namespace; the broad mode is checked by upgrading the release.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import subprocess
 import tempfile
@@ -32,8 +34,11 @@ from tests.integration.operator_bed import Cluster, OperatorProcess
 from tests.unit.chart_support import (
     CHART,
     EXPECTED_DISCOVERY_RULES,
+    EXPECTED_NAMESPACE_DISCOVERY_RULES,
     EXPECTED_NAMESPACE_RULES,
+    EXPECTED_SECRET_RULES,
     helm,
+    values_args,
 )
 from tuneops.local.controlplane import AuditLog, ControlPlane, binaries_missing
 
@@ -41,6 +46,8 @@ RELEASE = "tuneops"
 RELEASE_NS = "tuneops-system"
 SA = "tuneops"
 SA_USER = f"system:serviceaccount:{RELEASE_NS}:{SA}"
+WATCHED = "team-a"
+VALUES = {"watchNamespaces": [WATCHED]}
 
 
 @dataclass
@@ -106,11 +113,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     operator: OperatorProcess | None = None
     try:
         kubectl = Kubectl(_ensure_kubectl(), cp.kubeconfig_path)
+        kubectl("create", "namespace", WATCHED)  # the chart puts a Role into it
         # A 1.20 server knows no x-kubernetes-validations: Helm's default server-side apply refuses the CRDs
         # there, the classic create drops the field (docs/helm.md).
         out = helm(
             "install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
-            "--server-side=false", f"--kubeconfig={cp.kubeconfig_path}", timeout=180,
+            "--server-side=false", f"--kubeconfig={cp.kubeconfig_path}", *values_args(VALUES, work), timeout=180,
         )  # fmt: skip
         for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
             kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
@@ -118,8 +126,16 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         # The operator reads the config the chart wrote into its ConfigMap, as it does in the Pod.
         cm = kubectl.get_json("configmap", f"{RELEASE}-config", namespace=RELEASE_NS)
         (work / "config.yaml").write_text(cm["data"]["config.yaml"])
+        # ... and watches what the Deployment's arguments say.
+        dep = kubectl.get_json("deployment", RELEASE, namespace=RELEASE_NS)
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        watched = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
+        assert watched == [WATCHED], args
         operator = OperatorProcess(
-            sa_kubeconfig, work / "operator.log", extra_env={"TUNEOPS_CONFIG": str(work / "config.yaml")}
+            sa_kubeconfig,
+            work / "operator.log",
+            extra_env={"TUNEOPS_CONFIG": str(work / "config.yaml")},
+            namespaces=watched,
         )
         operator.start()
         api = config.new_client_from_config(config_file=str(cp.kubeconfig_path))
@@ -131,11 +147,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         cp.stop()
 
 
-@pytest.fixture
-def ns(bed: Bed, request: pytest.FixtureRequest) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    bed.kubectl("create", "namespace", name)
-    return name
+@pytest.fixture(scope="module")
+def elsewhere(bed: Bed) -> str:
+    """A namespace the operator does not watch."""
+    bed.kubectl("create", "namespace", "elsewhere")
+    return "elsewhere"
 
 
 def test_helm_install_creates_the_release_and_crds(bed: Bed) -> None:
@@ -149,7 +165,8 @@ def test_helm_install_creates_the_release_and_crds(bed: Bed) -> None:
     assert "No resources found" in out
 
 
-def test_operator_with_the_charts_service_account_reconciles_a_finetunedmodel(bed: Bed, ns: str) -> None:
+def test_operator_with_the_charts_service_account_reconciles_a_finetunedmodel(bed: Bed) -> None:
+    ns = WATCHED
     mark = bed.audit.mark()
     bed.kubectl.apply(ftm("m"), namespace=ns)
     inspect = job_named(bed.cluster, ns, "inspect", wait_for)
@@ -208,17 +225,30 @@ EVERYONE = {
 }
 
 
-def test_the_chart_grants_exactly_the_least_privilege_verbs(bed: Bed, ns: str) -> None:
-    granted = _can_i_list(bed, ns) - EVERYONE
-    expected = EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES
+def assert_granted(granted: set[tuple[str, str, str]], expected: set[tuple[str, str, str]]) -> None:
     assert granted == expected, (
         f"granted but not expected: {sorted(granted - expected)}\nexpected but not granted: {sorted(expected - granted)}"
+    )
+
+
+# The default: the operator's rights in the namespace it watches, read-only discovery cluster-wide, no Secrets.
+DEFAULT_GRANTS = EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
+
+
+def test_the_chart_grants_exactly_the_least_privilege_verbs(bed: Bed) -> None:
+    assert_granted(_can_i_list(bed, WATCHED) - EVERYONE, DEFAULT_GRANTS)
+
+
+def test_outside_the_watched_namespaces_the_chart_grants_only_discovery(bed: Bed, elsewhere: str) -> None:
+    assert_granted(
+        _can_i_list(bed, elsewhere) - EVERYONE, EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
     )
 
 
 @pytest.mark.parametrize(
     ("verb", "resource"),
     [
+        ("get", "secrets"),
         ("list", "secrets"),
         ("watch", "secrets"),
         ("delete", "jobs"),
@@ -226,19 +256,61 @@ def test_the_chart_grants_exactly_the_least_privilege_verbs(bed: Bed, ns: str) -
         ("update", "finetunedmodels"),
         ("delete", "finetunedmodels"),
         ("create", "clusterroles"),
-        ("list", "namespaces"),
         ("patch", "customresourcedefinitions"),
     ],
 )
-def test_the_service_account_cannot(bed: Bed, ns: str, verb: str, resource: str) -> None:
-    proc = bed.kubectl("auth", "can-i", verb, resource, f"--as={SA_USER}", "-n", ns, check=False)
+def test_the_service_account_cannot(bed: Bed, verb: str, resource: str) -> None:
+    proc = bed.kubectl("auth", "can-i", verb, resource, f"--as={SA_USER}", "-n", WATCHED, check=False)
     assert proc.stdout.strip() == "no", f"{SA_USER} may {verb} {resource}"
 
 
-def test_a_kind_the_operator_never_touches_is_refused_to_its_token(bed: Bed, ns: str) -> None:
+@pytest.mark.parametrize(
+    ("verb", "resource"), [("create", "jobs"), ("create", "deployments"), ("get", "secrets")]
+)
+def test_the_service_account_cannot_elsewhere(bed: Bed, elsewhere: str, verb: str, resource: str) -> None:
+    proc = bed.kubectl("auth", "can-i", verb, resource, f"--as={SA_USER}", "-n", elsewhere, check=False)
+    assert proc.stdout.strip() == "no", f"{SA_USER} may {verb} {resource} in {elsewhere}"
+
+
+def test_a_kind_the_operator_never_touches_is_refused_to_its_token(bed: Bed) -> None:
     """The token really is the ServiceAccount's: a request outside its rules is refused by the API server."""
     proc = subprocess.run(
-        [str(bed.kubectl.binary), f"--kubeconfig={bed.sa_kubeconfig}", "-n", ns, "get", "secrets"],
+        [str(bed.kubectl.binary), f"--kubeconfig={bed.sa_kubeconfig}", "-n", WATCHED, "get", "secrets"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert proc.returncode != 0 and "forbidden" in proc.stderr.lower()
+
+
+def test_cluster_scope_is_the_broad_mode_and_grants_exactly_its_set(
+    bed: Bed, elsewhere: str, tmp_path: Path
+) -> None:
+    """`rbac.scope: cluster` (with readSecrets) grants the operator's rights in every namespace; the release is
+    upgraded to it and back."""
+
+    def upgrade(values: dict[str, object]) -> None:
+        helm(
+            "upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--server-side=false",
+            f"--kubeconfig={bed.cp.kubeconfig_path}", *values_args(values, tmp_path), timeout=180,
+        )  # fmt: skip
+
+    upgrade({"rbac": {"scope": "cluster", "readSecrets": True}})
+    try:
+        broad = EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES | EXPECTED_SECRET_RULES
+        assert_granted(wait_for_grants(bed, elsewhere, broad), broad)
+    finally:
+        upgrade(VALUES)
+    assert_granted(wait_for_grants(bed, WATCHED, DEFAULT_GRANTS), DEFAULT_GRANTS)
+
+
+def wait_for_grants(bed: Bed, ns: str, expected: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """What the ServiceAccount may do in `ns` once the API server's RBAC cache shows `expected` (or after 30 s)."""
+    last: set[tuple[str, str, str]] = set()
+
+    def matches() -> bool:
+        nonlocal last
+        last = _can_i_list(bed, ns) - EVERYONE
+        return last == expected
+
+    with contextlib.suppress(AssertionError):  # the caller's comparison says what differs
+        wait_for(matches, timeout=30, interval=1, what="the upgraded RBAC rules")
+    return last

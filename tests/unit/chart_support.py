@@ -99,7 +99,7 @@ CHILD_VERBS = ("get", "list", "create", "patch", "delete")
 # its own resources are read and watched by kopf, which also patches its annotations; status is merge-patched;
 # Jobs are read and server-side applied (create + patch of a new object), never listed or deleted; Pods only
 # listed by the job-name label or the service selector; serving children applied, listed by owner and pruned;
-# Secrets read by name (InferenceService.spec.apiKeySecretRef); Events created.
+# Events created. Secrets are not read unless rbac.readSecrets asks for it (EXPECTED_SECRET_RULES).
 EXPECTED_NAMESPACE_RULES = (
     _triples("tuneops.io", CRS, ("get", "list", "watch", "patch"))
     | _triples("tuneops.io", [f"{r}/status" for r in CRS], ("patch",))
@@ -110,9 +110,10 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("apps", ["deployments"], CHILD_VERBS)
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
     | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
-    | _triples("", ["secrets"], ("get",))
     | _triples("", ["events"], ("create", "list"))
 )
+# rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
+EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))
 # kopf watches CRDs (to notice the kinds appear) and, when it watches named namespaces, the namespaces.
 EXPECTED_DISCOVERY_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ("list", "watch"))
 EXPECTED_NAMESPACE_DISCOVERY_RULES = _triples("", ["namespaces"], ("list", "watch"))

@@ -19,6 +19,7 @@ from tests.unit.chart_support import (
     EXPECTED_DISCOVERY_RULES,
     EXPECTED_NAMESPACE_DISCOVERY_RULES,
     EXPECTED_NAMESPACE_RULES,
+    EXPECTED_SECRET_RULES,
     ROOT,
     find,
     helm,
@@ -37,7 +38,8 @@ K8S_VERSIONS = ("1.25.0", "1.37.0")
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "namespaced": {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]},
-    "cluster-some-namespaces": {"watchNamespaces": ["team-a"], "rbac": {"readSecrets": False}},
+    "cluster-some-namespaces": {"watchNamespaces": ["team-a"], "rbac": {"scope": "cluster"}},
+    "cluster-secrets": {"rbac": {"scope": "cluster", "readSecrets": True}},
     "templated-crds": {"crds": {"templated": True, "annotations": {"example.com/owner": "platform"}}},
     "monitoring": {
         "metrics": {
@@ -326,7 +328,9 @@ def test_config_is_mounted_and_passed_through_tuneops_config(tmp_path: Path) -> 
 
 
 def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
-    assert operator_config(render({}, tmp_path)) == OperatorConfig()
+    """Apart from the namespaces: the chart's default is to watch its own."""
+    assert operator_config(render({}, tmp_path)) == OperatorConfig(namespaces=["tuneops-system"])
+    assert operator_config(render({"rbac": {"scope": "cluster"}}, tmp_path)) == OperatorConfig()
 
 
 def test_config_values_reach_the_operator(tmp_path: Path) -> None:
@@ -342,6 +346,7 @@ def test_config_values_reach_the_operator(tmp_path: Path) -> None:
             "workerMemory": "2Gi",
             "gpuToleration": False,
             "spareGpus": True,
+            "allowCustomCode": True,
         },
         "watchNamespaces": ["ml"],
     }
@@ -358,6 +363,7 @@ def test_config_values_reach_the_operator(tmp_path: Path) -> None:
         "corp.local",
     )
     assert (cfg.allow_cross_namespace_refs, cfg.gpu_toleration, cfg.spare_gpus) == (True, False, True)
+    assert cfg.allow_custom_code is True
     assert (cfg.job_ttl_seconds, cfg.worker_cpu, cfg.worker_memory) == (600, "500m", "2Gi")
     assert cfg.namespaces == ["ml"]
 
@@ -377,11 +383,15 @@ def test_a_config_change_restarts_the_operator(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, ["--standalone", "--all-namespaces"]),
+        ({}, ["--standalone", "--namespace=tuneops-system"]),
+        ({"rbac": {"scope": "cluster"}}, ["--standalone", "--all-namespaces"]),
         ({"watchNamespaces": ["a", "b"]}, ["--standalone", "--namespace=a", "--namespace=b"]),
-        ({"rbac": {"scope": "namespaced"}}, ["--standalone", "--namespace=tuneops-system"]),
-        ({"operator": {"peering": {"enabled": True, "name": "p1"}}}, ["--peering=p1", "--all-namespaces"]),
-        ({"operator": {"extraArgs": ["--foo"]}}, ["--standalone", "--all-namespaces", "--foo"]),
+        ({"rbac": {"scope": "cluster"}, "watchNamespaces": ["a"]}, ["--standalone", "--namespace=a"]),
+        (
+            {"operator": {"peering": {"enabled": True, "name": "p1"}}},
+            ["--peering=p1", "--namespace=tuneops-system"],
+        ),
+        ({"operator": {"extraArgs": ["--foo"]}}, ["--standalone", "--namespace=tuneops-system", "--foo"]),
     ],
 )
 def test_operator_args(values: dict[str, Any], expected: list[str], tmp_path: Path) -> None:
@@ -409,8 +419,43 @@ def test_operator_env_values(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ RBAC
 
 
-def test_cluster_scope_grants_exactly_the_least_privilege_set(tmp_path: Path) -> None:
+CLUSTER = {"rbac": {"scope": "cluster"}}
+
+
+def rules_by_kind(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+    """What each (Cluster)Role grants, keyed "ClusterRole" or "Role/<namespace>"."""
+    out = {}
+    for d in find(docs, "ClusterRole") + find(docs, "Role"):
+        key = d["kind"] if d["kind"] == "ClusterRole" else f"Role/{d['metadata']['namespace']}"
+        out[key] = rule_set(d["rules"])
+    return out
+
+
+def test_default_is_namespaced_in_the_release_namespace_without_secrets(tmp_path: Path) -> None:
+    """The least-privileged mode is the default: Jobs, Deployments and the rest only in the release namespace,
+    Secrets nowhere, and nothing but read-only discovery cluster-wide."""
     docs = render({}, tmp_path)
+    assert rules_by_kind(docs) == {
+        "ClusterRole": EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES,
+        "Role/tuneops-system": EXPECTED_NAMESPACE_RULES,
+    }
+    assert not {r for rules in rules_by_kind(docs).values() for r in rules if r[1] == "secrets"}
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": one(docs, "Role")["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tuneops", "namespace": "tuneops-system"}
+    ]
+    assert container(docs)["args"][3:] == ["--standalone", "--namespace=tuneops-system"]
+
+
+def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privilege_set(
+    tmp_path: Path,
+) -> None:
+    docs = render(CLUSTER, tmp_path)
     role = one(docs, "ClusterRole")
     assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES
     binding = one(docs, "ClusterRoleBinding")
@@ -423,59 +468,69 @@ def test_cluster_scope_grants_exactly_the_least_privilege_set(tmp_path: Path) ->
 
 
 def test_cluster_scope_watching_named_namespaces_may_discover_namespaces(tmp_path: Path) -> None:
-    role = one(render({"watchNamespaces": ["a"]}, tmp_path), "ClusterRole")
+    role = one(render({**CLUSTER, "watchNamespaces": ["a"]}, tmp_path), "ClusterRole")
     assert rule_set(role["rules"]) == (
         EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
     )
 
 
 def test_namespaced_scope_grants_roles_per_namespace_and_only_discovery_cluster_wide(tmp_path: Path) -> None:
-    docs = render({"rbac": {"scope": "namespaced"}, "watchNamespaces": ["a", "b"]}, tmp_path)
-    assert (
-        rule_set(one(docs, "ClusterRole")["rules"])
-        == EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
-    )
-    roles = find(docs, "Role")
+    docs = render({"watchNamespaces": ["a", "b"]}, tmp_path)
+    assert rules_by_kind(docs) == {
+        "ClusterRole": EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES,
+        "Role/a": EXPECTED_NAMESPACE_RULES,
+        "Role/b": EXPECTED_NAMESPACE_RULES,
+    }
     bindings = find(docs, "RoleBinding")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
-    for role in roles:
-        assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == "tuneops-system"
 
 
 def test_namespaced_scope_defaults_to_the_release_namespace(tmp_path: Path) -> None:
-    docs = render({"rbac": {"scope": "namespaced"}}, tmp_path, namespace="ops")
+    docs = render({}, tmp_path, namespace="ops")
     assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ops"]
 
 
-def test_secrets_can_be_left_out(tmp_path: Path) -> None:
-    role = one(render({"rbac": {"readSecrets": False}}, tmp_path), "ClusterRole")
-    assert rule_set(role["rules"]) == (EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES) - {
-        ("", "secrets", "get")
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"watchNamespaces": ["a", "b"]}, {"Role/a", "Role/b"}),
+        (CLUSTER, {"ClusterRole"}),
+    ],
+)
+def test_secrets_are_read_only_when_asked_and_only_where_the_operator_works(
+    values: dict[str, Any], where: set[str], tmp_path: Path
+) -> None:
+    without = rules_by_kind(render(values, tmp_path))
+    with_secrets = rules_by_kind(render(merged(values, {"rbac": {"readSecrets": True}}), tmp_path))
+    assert {k: v - without[k] for k, v in with_secrets.items() if v != without[k]} == {
+        k: EXPECTED_SECRET_RULES for k in where
     }
 
 
 @pytest.mark.parametrize(
     ("values", "peerings"),
     [
-        ({"operator": {"peering": {"enabled": True}}}, {"clusterkopfpeerings"}),
-        ({"operator": {"peering": {"enabled": True}}, "watchNamespaces": ["a"]}, {"kopfpeerings"}),
-        ({}, set()),
+        ({**CLUSTER, "operator": {"peering": {"enabled": True}}}, {"ClusterRole": {"clusterkopfpeerings"}}),
+        (
+            {**CLUSTER, "operator": {"peering": {"enabled": True}}, "watchNamespaces": ["a"]},
+            {"ClusterRole": {"kopfpeerings"}},
+        ),
+        ({"operator": {"peering": {"enabled": True}}}, {"Role/tuneops-system": {"kopfpeerings"}}),
+        ({}, {}),
+        (CLUSTER, {}),
     ],
 )
-def test_peering_rbac_only_when_peering(values: dict[str, Any], peerings: set[str], tmp_path: Path) -> None:
-    role = one(render(values, tmp_path), "ClusterRole")
-    granted = {r for g, r, _ in rule_set(role["rules"]) if g == "kopf.dev"}
-    assert granted == peerings
-    for resource in peerings:
-        assert {v for g, r, v in rule_set(role["rules"]) if r == resource} == {
-            "get",
-            "list",
-            "watch",
-            "patch",
-        }
+def test_peering_rbac_only_when_peering(
+    values: dict[str, Any], peerings: dict[str, set[str]], tmp_path: Path
+) -> None:
+    rules = rules_by_kind(render(values, tmp_path))
+    granted = {k: {r for g, r, _ in v if g == "kopf.dev"} for k, v in rules.items()}
+    assert {k: v for k, v in granted.items() if v} == peerings
+    for key, resources in peerings.items():
+        for resource in resources:
+            assert {v for g, r, v in rules[key] if r == resource} == {"get", "list", "watch", "patch"}
 
 
 def test_no_rbac_and_an_existing_service_account(tmp_path: Path) -> None:

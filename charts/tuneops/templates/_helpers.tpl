@@ -62,7 +62,8 @@ app.kubernetes.io/part-of: tuneops
 {{/*
 What the operator does in a namespace. Derived from the code (operator/tuneops/kube and reconcile): reads of
 its own resources plus kopf's list/watch and annotation patches; status writes; children applied with
-server-side apply (create + patch) and pruned (delete); Pods only listed; Secrets only read by name.
+server-side apply (create + patch) and pruned (delete); Pods only listed; Secrets only read by name, and only
+with rbac.readSecrets.
 */}}
 {{- define "tuneops.namespaceRules" -}}
 - apiGroups: ["tuneops.io"]
