@@ -125,8 +125,8 @@ INVALID = [
     ("no source", _qjob(source={}), "spec.source", "cel"),
     ("settings of the other method", _qjob(awq={"bits": 4}), "spec", "cel"),
     ("gpus not TP x PP", _isvc(resources={"gpus": 3}, vllm={"tensorParallelSize": 2}), "spec", "cel"),
-    ("duplicate adapter names", _isvc(lora={"adapters": [{"name": "a", "uri": "s3://b/1"}, {"name": "a", "uri": "s3://b/2"}]}), "spec.lora", "cel"),
-    ("lora on llama.cpp", _isvc(runtime="llamacpp", lora={"adapters": [{"name": "a", "uri": "s3://b/1"}]}), "spec", "cel"),
+    ("duplicate adapter names", _isvc(lora={"adapters": [{"name": "a", "uri": "pvc://b/1"}, {"name": "a", "uri": "pvc://b/2"}]}), "spec.lora", "cel"),
+    ("lora on llama.cpp", _isvc(runtime="llamacpp", lora={"adapters": [{"name": "a", "uri": "pvc://b/1"}]}), "spec", "cel"),
 ]  # fmt: skip
 
 
@@ -153,7 +153,7 @@ def test_method_is_immutable() -> None:
 VALID = [
     _isvc(),
     _isvc(vllm={"tensorParallelSize": 4, "dtype": "bfloat16"}, resources={"gpus": 4}),
-    _isvc(lora={"adapters": [{"name": "sql", "uri": "s3://b/1"}, {"name": "chat", "fineTunedModelRef": {"name": "c"}}],
+    _isvc(lora={"adapters": [{"name": "sql", "uri": "pvc://b/1"}, {"name": "chat", "fineTunedModelRef": {"name": "c"}}],
                 "maxLoraRank": 8}),
     _qjob(gguf={"quantTypes": ["Q4_K_M", "Q8_0"]}, qualityGate={"maxPerplexityIncreasePct": 5}),
     _qjob(method="awq", awq={"calibration": {"samples": 64}}),

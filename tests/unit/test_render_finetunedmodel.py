@@ -16,7 +16,7 @@ from tests.unit.render_support import (
     owner,
     validate,
 )
-from tuneops.api import parse_spec
+from tuneops.api import SpecError, parse_spec
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import Features, Images, OperatorConfig
@@ -281,3 +281,28 @@ def test_names_that_read_the_same_as_labels_stay_apart() -> None:
     assert bounded_name("llama.v2") != bounded_name("llama-v2") == "llama-v2"
     assert bounded_name("7b-chat") != bounded_name("t7b-chat") == "t7b-chat"
     validate(dotted)
+
+
+@pytest.mark.parametrize(
+    ("base", "refused"),
+    [
+        ({"uri": "hf://org/base", "revision": "v3"}, None),
+        ({"uri": "hf://org/base@v2"}, None),
+        ({"uri": "hf://org/base@v2", "revision": "v2"}, None),  # the same revision twice: nothing is dropped
+        ({"uri": "hf://org/base@v2", "revision": "v3"},
+         "spec.baseModel.revision: baseModel.uri pins revision 'v2' and baseModel.revision says 'v3'"),
+        ({"uri": "hf://org/base@v2/sub", "revision": "main"}, "pins revision 'v2'"),
+        ({"uri": "s3://bucket/base", "revision": "v3"},
+         "spec.baseModel.revision: revision applies to hf:// models only"),
+    ],
+)  # fmt: skip
+def test_one_revision_for_the_base_model(base: dict[str, Any], refused: str | None) -> None:
+    body = {"baseModel": base, "adapter": {"uri": "pvc://adapters/a"}}
+    if refused is None:
+        job = render_merge_job(spec(**body), OWNER, OperatorConfig())
+        assert worker(job)["args"][3].startswith(base["uri"]), "the revision reaches the worker"
+        return
+    with pytest.raises(SpecError) as err:
+        spec(**body)
+    (problem,) = err.value.problems
+    assert refused in problem, problem

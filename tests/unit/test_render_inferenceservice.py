@@ -620,6 +620,51 @@ def test_golden_vllm_tp4_gpus_from_parallelism() -> None:
     assert server(by_kind(r, "Deployment"))["resources"]["limits"]["nvidia.com/gpu"] == "4"
 
 
+# Adapter URIs vLLM cannot load are refused by the spec, so `tuneops validate` and the operator both name the
+# field before a Pod tries (and fails) to load them.
+@pytest.mark.parametrize(
+    ("uri", "refused"),
+    [
+        ("pvc://adapters/a", None),
+        ("file:///adapters/a", None),
+        ("hf://acme/sql-lora", None),
+        ("hf://acme/loras/sql", None),
+        ("s3://bucket/adapters/a", "vLLM cannot load adapters from s3://"),
+        ("hf://acme/sql-lora@v2", "would ignore @v2"),
+        ("hf://acme/loras@v2/sql", "would ignore @v2"),
+    ],
+)
+def test_adapter_uris_vllm_cannot_load_are_refused_by_the_spec(uri: str, refused: str | None) -> None:
+    body = {"lora": {"adapters": [{"name": "ok", "uri": "pvc://adapters/ok"}, {"name": "a", "uri": uri}]}}
+    if refused is None:
+        assert spec(**body).lora is not None
+        return
+    with pytest.raises(SpecError) as err:
+        spec(**body)
+    (problem,) = err.value.problems
+    assert problem.startswith("spec.lora.adapters[1].uri: ") and refused in problem, problem
+
+
+def test_validate_names_the_adapter_uri_and_the_gpu_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuneops.cli import main
+
+    head = {"apiVersion": "tuneops.io/v1alpha1", "kind": "InferenceService"}
+    docs = [
+        {**head, "metadata": {"name": "lora"}, "spec": {"model": {"uri": "hf://org/m"},
+                                                        "lora": {"adapters": [{"name": "a", "uri": "s3://b/a"}]}}},
+        {**head, "metadata": {"name": "tp"}, "spec": {"model": {"uri": "hf://org/m"},
+                                                      "vllm": {"tensorParallelSize": 2}, "resources": {"gpus": 0}}},
+    ]  # fmt: skip
+    path = tmp_path / "svc.yaml"
+    path.write_text("---\n".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.lora.adapters[0].uri: vLLM cannot load adapters from s3://" in err, err
+    assert "spec.resources.gpus: 0 GPUs cannot run vllm.tensorParallelSize (2)" in err, err
+
+
 def test_adapter_paths_vllm_cannot_read_are_refused_at_render_time() -> None:
     s = spec(lora=lora())
     with pytest.raises(RenderError, match="s3://"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuneops.api.common import (
     LIST_MAX,
@@ -16,6 +16,7 @@ from tuneops.api.common import (
     ShortStr,
     Str,
     Uri,
+    field_errors,
 )
 
 KIND = "FineTunedModel"
@@ -32,10 +33,25 @@ class BaseModelSpec(Model):
     uri: Uri
     """Where the base model's weights are (a Hugging Face-format folder)."""
     revision: Str | None = None
-    """Revision (branch, tag or commit) for hf:// URIs; pinned into the artifact manifest."""
+    """Revision (branch, tag or commit) for hf:// URIs; pinned into the artifact manifest. The same as an
+    @revision in the URI; setting both is refused."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret with the credentials for a private hf:// or s3:// base model (only the base model is read with it;
     passed as env, never as an argument)."""
+
+    @model_validator(mode="after")
+    def _one_revision(self) -> BaseModelSpec:
+        if self.revision is None:
+            return self
+        scheme, _, rest = self.uri.partition("://")
+        if scheme != "hf":
+            raise field_errors("BaseModelSpec", (("revision",), f"revision applies to hf:// models only; "
+                               f"{scheme}:// has none: remove baseModel.revision", self.revision))  # fmt: skip
+        pinned = rest.partition("@")[2].split("/")[0] if "@" in rest else None
+        if pinned is not None and pinned != self.revision:
+            raise field_errors("BaseModelSpec", (("revision",), f"baseModel.uri pins revision {pinned!r} and "
+                               f"baseModel.revision says {self.revision!r}: set the revision in one place", self.revision))  # fmt: skip
+        return self
 
 
 class AdapterSpec(Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from tuneops.api.common import (
     LIST_MAX,
@@ -155,7 +155,27 @@ class LoraAdapterRef(Model):
     fine_tuned_model_ref: ObjectRef | None = None
     """A FineTunedModel whose adapter is served (its base must be this service's base)."""
     uri: Uri | None = None
-    """An adapter folder."""
+    """An adapter folder vLLM can load: pvc://, file:// or hf://org/name (vLLM reads no s3:// and no
+    @revision); an adapter elsewhere is served through a FineTunedModel, which publishes it to a claim."""
+
+    @field_validator("uri")
+    @classmethod
+    def _loadable_by_vllm(cls, uri: str | None) -> str | None:
+        # vLLM resolves an adapter path itself at load time: a refusal there comes hours later, as a failed load.
+        scheme, _, rest = (uri or "").partition("://")
+        if scheme == "s3":
+            raise ValueError(
+                "vLLM cannot load adapters from s3://: put the adapter on a PersistentVolumeClaim (pvc://) or the "
+                "Hub (hf://), or serve it with fineTunedModelRef (a FineTunedModel with merge.enabled: false "
+                "publishes it to a claim)"
+            )
+        if scheme == "hf" and "@" in rest:
+            raise ValueError(
+                "vLLM loads hf:// adapters at their default revision and would ignore "
+                f"@{rest.partition('@')[2].split('/')[0]}: drop it, and publish each version under its own "
+                "repository or path"
+            )
+        return uri
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LoraAdapterRef:
@@ -333,10 +353,13 @@ class AdapterState(Model):
 
 
 class PodAdapters(Model):
-    """What one Pod actually serves (from its /v1/models)."""
+    """A ready Pod that does not serve what it should (from its /v1/models), and why."""
 
     pod: DNSName
-    adapters: list[ServedName] = Field(default_factory=list, max_length=1024)
+    ready_adapters: int = 0
+    """Adapters of the spec this Pod serves."""
+    message: Str = ""
+    """What is missing, failing or still being unloaded there, in a line."""
 
 
 class InferenceServiceStatus(BaseStatus):
@@ -354,8 +377,8 @@ class InferenceServiceStatus(BaseStatus):
     """Digest of the served model artifact; a new upstream digest rolls the Pods."""
     adapters: list[AdapterState] | None = Field(default=None, max_length=1024)
     """Per adapter: on how many ready Pods it is served."""
-    pods: list[PodAdapters] | None = Field(default=None, max_length=1024)
-    """Per Pod: which adapters it serves."""
+    pods: list[PodAdapters] | None = Field(default=None, max_length=10)
+    """The first Pods that do not serve every adapter, and why; Pods that do are only counted (adapters[])."""
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
