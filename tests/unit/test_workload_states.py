@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
+from tuneops import handlers, metrics
 from tuneops.api.conditions import READY, STUCK_REASONS, TERMINAL_REASONS, Reason, derive_phase, set_condition
+from tuneops.api.inferenceservice import AdapterState
+from tuneops.reconcile.base import Outcome
+from tuneops.reconcile.inferenceservice import publish_adapters
 from tuneops.reconcile.jobs import observe_job
 from tuneops.reconcile.workload import (
     LIMIT,
@@ -298,3 +302,41 @@ def test_a_running_job_is_running_whatever_an_old_event_says() -> None:
     running = pod(phase="Running", containers=[{"name": "worker", "state": {"running": {}}}])
     out = observe_job(job(), [running], [event("m-merge-abc12", "FailedMount", "old")])
     assert (out.state, out.reason) == ("Running", Reason.JOB_RUNNING)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        (Outcome(reason=Reason.UNSCHEDULABLE, requeue_after=1.0), "progressing"),
+        (Outcome(reason=Reason.IMAGE_PULL_BACK_OFF, requeue_after=1.0), "failed"),
+        (Outcome(reason=Reason.JOB_FAILED), "failed"),
+        (Outcome(reason=Reason.INVALID_SPEC), "invalid"),
+        (Outcome(reason=Reason.WAITING_FOR_SOURCE, requeue_after=1.0), "waiting"),
+        (Outcome(ready=True, reason=Reason.SUCCEEDED), "ready"),
+    ],
+)
+def test_reconcile_results_count_a_stuck_terminal_workload_as_failed(outcome: Outcome, result: str) -> None:
+    """tuneops_reconcile_total: looking again at a Pod in ImagePullBackOff is not progress."""
+    assert handlers._result(outcome) == result
+
+
+def served(ns: str, name: str) -> dict[str, float]:
+    return {
+        s.labels["state"]: s.value
+        for m in metrics.REGISTRY.collect()
+        if m.name == "tuneops_adapters_served"
+        for s in m.samples
+        if s.labels["resource_namespace"] == ns and s.labels["name"] == name
+    }
+
+
+def test_adapters_served_gauge_follows_status_and_leaves_with_the_service() -> None:
+    states = [AdapterState(name="a", state="Ready", ready_pods=2), AdapterState(name="b", state="Ready"),
+              AdapterState(name="c", state="Failed", message="404")]  # fmt: skip
+    publish_adapters("team", "edge", states)
+    assert served("team", "edge") == {"Ready": 2, "Loading": 0, "Pending": 0, "Failed": 1}
+    publish_adapters("team", "edge", [])
+    assert served("team", "edge") == {"Ready": 0, "Loading": 0, "Pending": 0, "Failed": 0}
+    publish_adapters("team", "edge", None)
+    assert served("team", "edge") == {}
+    publish_adapters("team", "never-had-adapters", None)  # removing what was never published is fine

@@ -122,7 +122,7 @@ def ready_condition(seen: Observed, available: Cond, adapters: Cond | None) -> t
     if adapters is not None and adapters.status is False:
         return Cond(READY, False, Reason.ADAPTERS_LOADING, adapters.message), True
     if not w.rolled_out:
-        stuck = f"; new Pods stuck: {w.cause.message}" if w.cause else ""
+        stuck = f"; not ready: {w.cause.message}" if w.cause else ""
         return Cond(READY, True, Reason.MINIMUM_REPLICAS_AVAILABLE,
                     f"serving; rollout in progress ({available.message}){stuck}"), True  # fmt: skip
     if w.desired == 0:
