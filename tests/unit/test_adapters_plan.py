@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from tuneops.adapters import (
@@ -14,11 +17,18 @@ from tuneops.adapters import (
     PodMemory,
     PodResult,
     ServedModels,
+    api_key_problem,
     error_message,
     plan_pod,
+    pod_problems,
+    pod_url,
     record_results,
     summarize,
 )
+from tuneops.api.common import Condition
+from tuneops.api.inferenceservice import InferenceServiceStatus, PodAdapters
+from tuneops.reconcile.lora import ready_pods
+from tuneops.reconcile.service_status import Adapters, adapter_states
 
 BASE = "base"
 
@@ -219,3 +229,88 @@ def test_same_path_digest_change_warns_about_the_prefix_cache() -> None:
     plan = plan_pod(desired(want("a", "d2")), served(a="/adapters/a"), PodMemory(loaded={"a": "d1"}))
     assert plan.actions[0].kind is ActionKind.LOAD_INPLACE
     assert "same path" in plan.actions[0].reason
+
+
+def test_a_long_model_list_is_read_up_to_a_cap() -> None:
+    body = {
+        "data": [{"id": "base", "parent": None}] + [{"id": f"x{i}", "parent": "base"} for i in range(5000)]
+    }
+    body["data"].insert(1, {"id": "y" * 1000, "parent": "base"})
+    models = ServedModels.from_openai_models(body, limit=100)
+    assert len(models.adapters) == 98  # the base, the over-long name, then 98 adapters
+    assert models.ignored == 5002 - 100 + 1
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("sk-abc.123_XYZ", None),
+        ("secret\n", "trailing newline"),
+        (" secret", "whitespace"),
+        ("sec ret", "printable ASCII"),
+        ("sécret", "printable ASCII"),
+        ("", "empty"),
+    ],
+)
+def test_api_key_problems(key: str, problem: str | None) -> None:
+    found = api_key_problem(key)
+    assert (found is None) if problem is None else (problem in (found or ""))
+
+
+def test_pods_are_reached_by_ip_only() -> None:
+    assert pod_url("10.0.0.7", 8000) == "http://10.0.0.7:8000"
+    assert pod_url("fd00::7", 8000) == "http://[fd00::7]:8000"
+    for bad in ("evil.example.com", "10.0.0.7/../x", "10.0.0.7:9999", ""):
+        with pytest.raises(ValueError):
+            pod_url(bad, 8000)
+
+
+def k8s_pod(name: str, *, ready: bool = True, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def test_only_the_pods_the_service_routes_to_are_asked() -> None:
+    """A LeaderWorkerSet's workers run no API server: only leaders (worker index 0), as the Service selects."""
+    index = "leaderworkerset.sigs.k8s.io/worker-index"
+    pods = [
+        k8s_pod("lws-0", labels={index: "0"}),
+        k8s_pod("lws-0-1", labels={index: "1"}),
+        k8s_pod("lws-1", labels={index: "0"}),
+        k8s_pod("lws-1-1", labels={index: "1"}),
+        k8s_pod("deploy-abc"),
+        k8s_pod("not-ready", ready=False),
+    ]
+    assert [p["metadata"]["name"] for p in ready_pods(pods)] == ["deploy-abc", "lws-0", "lws-1"]
+
+
+def test_status_of_100_adapters_on_50_failing_pods_stays_small() -> None:
+    """status.adapters holds counts and status.pods at most 10 Pods: far under etcd's 1.5 MiB object limit."""
+    wanted = {f"adapter-{i:03d}": want(f"adapter-{i:03d}", f"sha256:{i:064d}") for i in range(100)}
+    long_error = "x" * 5000
+    pods = []
+    for p in range(50):
+        memory = PodMemory(
+            failures={
+                n: FailureRecord(digest=a.digest, attempts=3, message=long_error) for n, a in wanted.items()
+            }
+        )
+        extras = served(**{f"stale-{p}-{j}": f"/adapters/stale-{j}" for j in range(100)})
+        pods.append(pod(f"server-{p:02d}-{'x' * 40}", wanted, extras, memory))
+    summary = summarize(wanted, pods)
+    problems = pod_problems(wanted, pods)
+    status = InferenceServiceStatus(
+        adapters=adapter_states(Adapters(summary)),
+        pods=[PodAdapters(pod=x.pod, ready_adapters=x.ready_adapters, message=x.message) for x in problems],
+        conditions=[
+            Condition(type="AdaptersReady", status="False", reason=summary.reason, message=summary.message)
+        ],
+    )
+    size = len(json.dumps(status.wire()))
+    print(f"status of 100 adapters x 50 Pods: {size} bytes")
+    assert size < 64 << 10, size
+    assert len(problems) == 10
+    assert all(len(x.message) <= 200 for x in problems)
+    assert "and 95 more" in summary.message

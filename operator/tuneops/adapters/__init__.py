@@ -1,8 +1,18 @@
 """Runtime LoRA adapter reconciliation against vLLM servers: plan, execute, summarise."""
 
-from tuneops.adapters.client import AdapterAPIError, AdapterClient, error_message, reconcile_pod
+from tuneops.adapters.client import (
+    AdapterAPIError,
+    AdapterClient,
+    Deadline,
+    api_key_problem,
+    describe,
+    error_message,
+    excerpt,
+    pod_url,
+    reconcile_pod,
+)
 from tuneops.adapters.plan import plan_pod, record_results
-from tuneops.adapters.summary import summarize
+from tuneops.adapters.summary import pod_problems, summarize
 from tuneops.adapters.types import (
     DEFAULT_MAX_ATTEMPTS,
     ActionKind,
@@ -16,6 +26,7 @@ from tuneops.adapters.types import (
     FailureRecord,
     PodMemory,
     PodPlan,
+    PodProblem,
     PodResult,
     ServedModels,
 )
@@ -31,14 +42,21 @@ __all__ = [
     "AdapterState",
     "AdapterSummary",
     "AdaptersSummary",
+    "Deadline",
     "DesiredAdapter",
     "FailureRecord",
     "PodMemory",
     "PodPlan",
+    "PodProblem",
     "PodResult",
     "ServedModels",
+    "api_key_problem",
+    "describe",
     "error_message",
+    "excerpt",
     "plan_pod",
+    "pod_problems",
+    "pod_url",
     "reconcile_pod",
     "record_results",
     "summarize",

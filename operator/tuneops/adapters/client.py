@@ -1,7 +1,14 @@
-"""Executes planned LoRA changes against one vLLM server's runtime API and reads back what it serves."""
+"""Executes planned LoRA changes against one vLLM server's runtime API and reads back what it serves.
+
+The server is a tenant's Pod, so nothing it answers is trusted: bodies are read up to a cap, redirects are
+never followed, every call ends by a deadline shared by the whole pass, and whatever reaches status is a short
+printable excerpt.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -22,10 +29,31 @@ from tuneops.adapters.types import (
     ServedModels,
 )
 
-DEFAULT_TIMEOUT_S = 30.0
-# large adapters are read from disk (or a network volume) inside the request
-DEFAULT_LOAD_TIMEOUT_S = 300.0
-_MAX_MESSAGE = 1000
+# A model list of the largest fleet of adapters a server holds fits in far less; anything bigger is refused.
+MODELS_BODY_MAX = 1 << 20
+# Load and unload answers are read only for their error message.
+ACTION_BODY_MAX = 16 << 10
+LIST_TIMEOUT_S = 10.0
+UNLOAD_TIMEOUT_S = 15.0
+# adapters are read from disk (or a network volume) inside the request
+LOAD_TIMEOUT_S = 60.0
+# One pass over all Pods of a service holds one of the operator's handler threads for at most this long.
+PASS_DEADLINE_S = 60.0
+# Calls per Pod per pass; what is left is planned again on the next pass.
+MAX_ACTIONS_PER_POD = 16
+EXCERPT_MAX = 200
+# kept for callers that set their own timeouts
+DEFAULT_TIMEOUT_S = LIST_TIMEOUT_S
+DEFAULT_LOAD_TIMEOUT_S = LOAD_TIMEOUT_S
+
+
+def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
+    """A short, single-line, printable version of text a server (or anyone) sent, safe to put in status."""
+    head = text[: limit * 4]
+    clean = " ".join("".join(ch if ch.isprintable() else " " for ch in head).split())
+    if len(clean) > limit or len(text) > len(head):
+        return clean[: limit - 1] + "…"
+    return clean
 
 
 def error_message(status: int, text: str) -> str:
@@ -45,15 +73,85 @@ def error_message(status: int, text: str) -> str:
             message = str(body["message"])
         elif body.get("detail"):
             message = str(body["detail"])
-    if not message:
-        message = f"HTTP {status}"
-    return message[:_MAX_MESSAGE]
+    return excerpt(message) or f"HTTP {status}"
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be sent as a bearer token (None: it can).
+
+    vLLM compares the header with its key byte for byte, so a key with a trailing newline (``echo`` into a
+    Secret) can never be matched by any client: it is reported, not stripped.
+    """
+    if not key:
+        return "the API key is empty"
+    if key != key.strip():
+        return "the API key starts or ends with whitespace (a trailing newline?): no client can send it"
+    if not all("!" <= ch <= "~" for ch in key):
+        return "the API key holds characters other than printable ASCII: no client can send it in a header"
+    return None
+
+
+def pod_url(ip: str, port: int) -> str:
+    """The base URL of a Pod's server, from its IP only: never a host name, so no lookup can redirect it."""
+    address = ipaddress.ip_address(ip)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{host}:{int(port)}"
+
+
+class Deadline:
+    """The end of one pass: every call is bounded by what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+
+class AdapterAPIError(Exception):
+    """The server answered a read with an error (or something that is not a model list)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int, *, truncate: bool) -> bytes:
+    """At most ``cap`` bytes of the body; beyond that the rest is dropped (truncate) or the read fails."""
+    if response.content_length is not None and response.content_length > cap and not truncate:
+        raise _TooLarge(f"body of {response.content_length} bytes is over the {cap}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(min(64 << 10, cap + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > cap:
+        if not truncate:
+            raise _TooLarge(f"body is over the {cap}-byte limit")
+        return b"".join(chunks)[:cap]
+    return b"".join(chunks)
+
+
+def _encoding_problem(response: aiohttp.ClientResponse) -> str | None:
+    # bodies are never decompressed: a small gzip body can expand past any cap
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    return None if encoding in ("", "identity") else f"compressed body ({excerpt(encoding, 40)}) refused"
 
 
 class AdapterClient:
     """A thin client for one server: GET /v1/models, POST /v1/load_lora_adapter, /v1/unload_lora_adapter.
 
-    Use it as an async context manager, or pass a shared ``aiohttp.ClientSession`` (not closed here).
+    Use it as an async context manager, or pass a shared ``aiohttp.ClientSession`` (not closed here). A shared
+    session should be made with ``auto_decompress=False``; redirects are refused either way.
     """
 
     def __init__(
@@ -61,20 +159,34 @@ class AdapterClient:
         base_url: str,
         *,
         api_key: str | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        timeout_s: float = LIST_TIMEOUT_S,
+        unload_timeout_s: float = UNLOAD_TIMEOUT_S,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
+        deadline: Deadline | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        if api_key is not None:
+            problem = api_key_problem(api_key)
+            if problem:
+                raise ValueError(problem)
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._load_timeout = aiohttp.ClientTimeout(total=load_timeout_s)
+        self._headers = {"Accept-Encoding": "identity"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout_s = timeout_s
+        self._unload_timeout_s = unload_timeout_s
+        self._load_timeout_s = load_timeout_s
+        self.deadline = deadline or Deadline(PASS_DEADLINE_S)
         self._session = session
         self._owns_session = session is None
 
     async def __aenter__(self) -> AdapterClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False,
+                trust_env=False,  # no proxy from the environment: the Pod IP is the only peer
+                connector=aiohttp.TCPConnector(limit=2, force_close=True),
+            )
         return self
 
     async def __aexit__(
@@ -95,47 +207,92 @@ class AdapterClient:
             raise RuntimeError("AdapterClient used outside 'async with' and without a session")
         return self._session
 
+    def _budget(self, per_call: float) -> float:
+        left = min(per_call, self.deadline.remaining())
+        if left <= 0:
+            raise TimeoutError("the pass deadline is spent")
+        return left
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        cap: int,
+        per_call: float,
+        payload: dict[str, Any] | None = None,
+        *,
+        whole: bool = False,
+    ) -> tuple[int, str]:
+        """(status, body text) of one request, with the body capped and no redirect followed. With ``whole``
+        a successful answer over the cap is an error; otherwise (and for error answers) it is cut at the cap."""
+        seconds = self._budget(per_call)
+        try:
+            # the client's own total timeout covers the body too; this one also bounds what it may miss
+            async with (
+                asyncio.timeout(seconds + 1.0),
+                self._http().request(
+                    method,
+                    f"{self.base_url}{path}",
+                    json=payload,
+                    headers=self._headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=seconds),
+                ) as response,
+            ):
+                if 300 <= response.status < 400:
+                    raise AdapterAPIError(response.status, "redirect refused: only the Pod itself is asked")
+                problem = _encoding_problem(response)
+                if problem:
+                    raise AdapterAPIError(response.status, problem)
+                ok = 200 <= response.status < 300
+                try:
+                    body = await _read_capped(response, cap, truncate=not (ok and whole))
+                except _TooLarge as exc:
+                    raise AdapterAPIError(response.status, str(exc)) from None
+                return response.status, body.decode("utf-8", errors="replace")
+        except aiohttp.ClientResponseError as exc:
+            raise AdapterAPIError(exc.status, excerpt(exc.message)) from None
+
     async def list_models(self) -> ServedModels:
-        async with self._http().get(
-            f"{self.base_url}/v1/models", headers=self._headers, timeout=self._timeout
-        ) as response:
-            text = await response.text()
-            if response.status != 200:
-                raise AdapterAPIError(response.status, error_message(response.status, text))
-            try:
-                body = json.loads(text)
-            except ValueError as exc:
-                raise AdapterAPIError(response.status, f"/v1/models is not JSON: {text[:200]!r}") from exc
+        status, text = await self._call("GET", "/v1/models", MODELS_BODY_MAX, self.timeout_s, whole=True)
+        if status != 200:
+            raise AdapterAPIError(status, error_message(status, text))
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise AdapterAPIError(status, f"/v1/models is not JSON: {excerpt(text, 80)!r}") from None
         if not isinstance(body, Mapping):
             raise AdapterAPIError(200, "/v1/models did not return an object")
         try:
             return ServedModels.from_openai_models(body)
         except ValueError as exc:
-            raise AdapterAPIError(200, str(exc)) from exc
+            raise AdapterAPIError(200, excerpt(str(exc))) from None
 
     async def _post(self, action: AdapterAction, path: str, payload: dict[str, Any]) -> ActionResult:
-        timeout = self._timeout if action.kind is ActionKind.UNLOAD else self._load_timeout
+        per_call = self._unload_timeout_s if action.kind is ActionKind.UNLOAD else self._load_timeout_s
         start = time.monotonic()
         try:
-            async with self._http().post(
-                f"{self.base_url}{path}", json=payload, headers=self._headers, timeout=timeout
-            ) as response:
-                text = await response.text()
-                ok = 200 <= response.status < 300
-                return ActionResult(
-                    action=action,
-                    ok=ok,
-                    status=response.status,
-                    message="" if ok else error_message(response.status, text),
-                    seconds=time.monotonic() - start,
-                )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, text = await self._call("POST", path, ACTION_BODY_MAX, per_call, payload)
+        except AdapterAPIError as exc:
             return ActionResult(
                 action=action,
                 ok=False,
-                message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                status=exc.status,
+                message=exc.message,
                 seconds=time.monotonic() - start,
             )
+        except (aiohttp.ClientError, TimeoutError, UnicodeError, ValueError) as exc:
+            return ActionResult(
+                action=action, ok=False, message=describe(exc), seconds=time.monotonic() - start
+            )
+        ok = 200 <= status < 300
+        return ActionResult(
+            action=action,
+            ok=ok,
+            status=status,
+            message="" if ok else error_message(status, text),
+            seconds=time.monotonic() - start,
+        )
 
     async def apply(self, action: AdapterAction) -> ActionResult:
         if action.kind is ActionKind.UNLOAD:
@@ -146,17 +303,26 @@ class AdapterClient:
         return await self._post(action, "/v1/load_lora_adapter", payload)
 
     async def apply_all(self, actions: Sequence[AdapterAction]) -> tuple[ActionResult, ...]:
-        # in plan order (unloads first, to free slots); the server loads adapters one at a time anyway
-        return tuple([await self.apply(action) for action in actions])
+        """In plan order (unloads first, to free slots; the server loads one at a time anyway). Stops while the
+        pass still has time for the listing that reads back the outcome."""
+        reserve = min(self.timeout_s, 5.0, self.deadline.seconds / 4)
+        results: list[ActionResult] = []
+        for action in actions:
+            if self.deadline.remaining() <= reserve:
+                break
+            results.append(await self.apply(action))
+        return tuple(results)
 
 
-class AdapterAPIError(Exception):
-    """The server answered a read with an error (or something that is not a model list)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}" if status else message)
-        self.status = status
-        self.message = message
+# What a broken, slow or hostile server can make a call raise; anything else is a bug and propagates.
+POD_ERRORS: tuple[type[BaseException], ...] = (
+    AdapterAPIError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    UnicodeError,
+    ValueError,
+)
 
 
 async def reconcile_pod(
@@ -166,25 +332,27 @@ async def reconcile_pod(
     memory: PodMemory,
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_actions: int = MAX_ACTIONS_PER_POD,
 ) -> PodResult:
-    """One pass on one pod: read /v1/models, run the planned calls, and report what it lists afterwards.
+    """One pass on one pod: read /v1/models, run up to ``max_actions`` planned calls, and report what it lists
+    afterwards.
 
     The returned states come from planning again against the post-action listing, so Ready means the pod
     lists the adapter with the desired digest now, not that a call returned 200.
     """
     try:
         before = await client.list_models()
-    except (AdapterAPIError, aiohttp.ClientError, TimeoutError) as exc:
-        return PodResult(pod=pod, reachable=False, error=_describe(exc), memory=memory)
+    except POD_ERRORS as exc:
+        return PodResult(pod=pod, reachable=False, error=describe(exc), memory=memory)
     plan = plan_pod(desired, before, memory, max_attempts=max_attempts)
     if not plan.actions:
         return PodResult(pod=pod, reachable=True, served=before, states=plan.states, memory=memory)
-    results = await client.apply_all(plan.actions)
+    results = await client.apply_all(plan.actions[:max_actions])
     try:
         after = await client.list_models()
-    except (AdapterAPIError, aiohttp.ClientError, TimeoutError) as exc:
+    except POD_ERRORS as exc:
         new_memory = record_results(memory, results, None)
-        return PodResult(pod=pod, reachable=False, error=_describe(exc), results=results, memory=new_memory)
+        return PodResult(pod=pod, reachable=False, error=describe(exc), results=results, memory=new_memory)
     new_memory = record_results(memory, results, after)
     final = plan_pod(desired, after, new_memory, max_attempts=max_attempts)
     return PodResult(
@@ -192,6 +360,7 @@ async def reconcile_pod(
     )
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """A short printable account of an error, for status."""
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return excerpt(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

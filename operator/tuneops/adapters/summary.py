@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from tuneops.adapters.client import excerpt
 from tuneops.adapters.types import (
     AdapterPodState,
     AdaptersSummary,
     AdapterState,
     AdapterSummary,
     DesiredAdapter,
+    PodProblem,
     PodResult,
 )
 from tuneops.api.conditions import Reason
+
+# Status stays a few KiB at any fleet size: lists in messages name this many items, then count the rest.
+NAMED_MAX = 5
+# status.pods names at most this many Pods (those that do not serve what they should).
+PODS_NAMED_MAX = 10
 
 
 def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) -> AdaptersSummary:
@@ -40,7 +47,7 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
         if failed:
             aggregate = AdapterState.FAILED
             pod_name, first = failed[0]
-            message = (
+            message = excerpt(
                 f"adapter {name} failed to load on {len(failed)}/{total} pod(s) "
                 f"(pod {pod_name}, {first.attempts} attempt(s)): {first.message}"
             )
@@ -68,30 +75,32 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
                 continue
             if state.state is AdapterState.FAILED:
                 stale_failed.append(
-                    f"adapter {state.name} could not be unloaded on pod {pod.pod}: {state.message}"
+                    f"adapter {excerpt(state.name, 80)} could not be unloaded on pod {pod.pod}: "
+                    f"{excerpt(state.message)}"
                 )
             else:
-                stale.append(f"{state.name} on {pod.pod}")
-    unreachable = [f"{pod.pod}: {pod.error}" for pod in pods if not pod.reachable]
+                stale.append(f"{excerpt(state.name, 80)} on {pod.pod}")
+    unreachable = [f"{pod.pod}: {excerpt(pod.error)}" for pod in pods if not pod.reachable]
 
     if failures:
-        return _done(adapters, False, Reason.ADAPTER_LOAD_FAILED, "; ".join(failures))
+        return _done(adapters, False, Reason.ADAPTER_LOAD_FAILED, named(failures, "; "))
     if stale_failed:
-        return _done(adapters, False, Reason.ADAPTER_UNLOAD_FAILED, "; ".join(stale_failed))
+        return _done(adapters, False, Reason.ADAPTER_UNLOAD_FAILED, named(stale_failed, "; "))
     if not desired and not stale and not unreachable:
         return _done(adapters, True, Reason.NO_ADAPTERS, "no adapters requested")
     if total == 0:
         return _done(adapters, False, Reason.NO_READY_PODS, "no ready pods to serve adapters on")
     if unreachable:
         return _done(
-            adapters, False, Reason.POD_UNREACHABLE, "cannot read adapters from " + "; ".join(unreachable)
+            adapters, False, Reason.POD_UNREACHABLE, "cannot read adapters from " + named(unreachable, "; ")
         )
     pending = [a for a in adapters if a.state is not AdapterState.READY]
     if pending or stale:
         parts = [f"{a.name} served on {a.ready_pods}/{a.total_pods} pod(s)" for a in pending]
+        message = named(parts, "; ")
         if stale:
-            parts.append("unloading " + ", ".join(stale))
-        return _done(adapters, False, Reason.ADAPTERS_LOADING, "; ".join(parts))
+            message = "; ".join(filter(None, (message, "unloading " + named(stale, ", "))))
+        return _done(adapters, False, Reason.ADAPTERS_LOADING, message)
     return _done(
         adapters,
         True,
@@ -102,3 +111,38 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
 
 def _done(adapters: list[AdapterSummary], ready: bool, reason: str, message: str) -> AdaptersSummary:
     return AdaptersSummary(adapters=tuple(adapters), ready=ready, reason=reason, message=message)
+
+
+def named(items: Sequence[str], sep: str, limit: int = NAMED_MAX) -> str:
+    """The first ``limit`` items joined, and how many more there are."""
+    shown = sep.join(items[:limit])
+    return f"{shown}{sep}and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def pod_problems(
+    desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult], limit: int = PODS_NAMED_MAX
+) -> tuple[PodProblem, ...]:
+    """status.pods: the first ``limit`` Pods that do not serve exactly the desired adapters, each with a
+    one-line reason. Pods that do are only counted (status.adapters[].readyPods)."""
+    problems: list[PodProblem] = []
+    for pod in pods:
+        if len(problems) >= limit:
+            break
+        if not pod.reachable:
+            problems.append(PodProblem(pod=pod.pod, message=excerpt(f"unreachable: {pod.error}")))
+            continue
+        ready = sum(
+            1 for n in desired if (s := pod.states.get(n)) is not None and s.state is AdapterState.READY
+        )
+        issues = [
+            f"{excerpt(s.name, 80)} {s.state.value.lower()}" + (f": {s.message}" if s.message else "")
+            for s in sorted(pod.states.values(), key=lambda s: (s.state is not AdapterState.FAILED, s.name))
+            if s.state is not AdapterState.READY
+        ]
+        if pod.served is not None and pod.served.ignored:
+            issues.append(f"lists {pod.served.ignored} more model(s) than are read; ignored")
+        if issues:
+            problems.append(
+                PodProblem(pod=pod.pod, ready_adapters=ready, message=excerpt(named(issues, "; ", 3)))
+            )
+    return tuple(problems)

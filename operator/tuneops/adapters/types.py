@@ -21,6 +21,12 @@ class DesiredAdapter(BaseModel):
     digest: str
 
 
+# Entries read from one /v1/models answer; a server listing more is reported, and the rest ignored.
+MAX_LISTED_MODELS = 1024
+# Longer names are not vLLM adapters anyone asked for; they are counted as ignored, never echoed.
+MAX_MODEL_NAME = 256
+
+
 class ServedModels(BaseModel):
     """What one server reports on GET /v1/models: base models and LoRA adapters (entries with a parent)."""
 
@@ -31,9 +37,11 @@ class ServedModels(BaseModel):
     adapters: dict[str, str] = Field(default_factory=dict)
     # adapter name -> the base model it is served on (the entry's `parent`)
     parents: dict[str, str] = Field(default_factory=dict)
+    # entries beyond MAX_LISTED_MODELS, or with over-long names: neither planned for nor shown
+    ignored: int = 0
 
     @classmethod
-    def from_openai_models(cls, body: Mapping[str, Any]) -> ServedModels:
+    def from_openai_models(cls, body: Mapping[str, Any], limit: int = MAX_LISTED_MODELS) -> ServedModels:
         """Parse an OpenAI-style model list; vLLM marks a LoRA entry by a non-null `parent`."""
         data = body.get("data")
         if not isinstance(data, list):
@@ -41,17 +49,20 @@ class ServedModels(BaseModel):
         bases: list[str] = []
         adapters: dict[str, str] = {}
         parents: dict[str, str] = {}
-        for entry in data:
+        ignored = max(0, len(data) - limit)
+        for entry in data[:limit]:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
-                raise ValueError(f"malformed model entry: {entry!r}")
+                raise ValueError(f"malformed model entry: {str(entry)[:100]!r}")
             name: str = entry["id"]
             parent = entry.get("parent")
-            if parent:
-                adapters[name] = str(entry.get("root") or "")
-                parents[name] = str(parent)
+            if not name or len(name) > MAX_MODEL_NAME:
+                ignored += 1
+            elif parent:
+                adapters[name] = str(entry.get("root") or "")[:4096]
+                parents[name] = str(parent)[:MAX_MODEL_NAME]
             else:
                 bases.append(name)
-        return cls(base_models=tuple(bases), adapters=adapters, parents=parents)
+        return cls(base_models=tuple(bases), adapters=adapters, parents=parents, ignored=ignored)
 
 
 class ActionKind(StrEnum):
@@ -150,6 +161,16 @@ class PodResult(BaseModel):
     results: tuple[ActionResult, ...] = ()
     states: dict[str, AdapterPodState] = Field(default_factory=dict)
     memory: PodMemory = Field(default_factory=PodMemory)
+
+
+class PodProblem(BaseModel):
+    """A ready Pod that does not serve what it should, and why, in a line (status.pods)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pod: str
+    ready_adapters: int = 0
+    message: str = ""
 
 
 class AdapterSummary(BaseModel):

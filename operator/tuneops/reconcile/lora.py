@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
 from tuneops.adapters import (
     AdapterClient,
+    Deadline,
     DesiredAdapter,
     PodMemory,
     PodResult,
+    describe,
     plan_pod,
+    pod_problems,
+    pod_url,
     reconcile_pod,
     summarize,
 )
+from tuneops.adapters.client import PASS_DEADLINE_S, POD_ERRORS
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
 from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
 from tuneops.reconcile.sources import Sources
 from tuneops.render import serving as render
+from tuneops.render.serving.vllm import LWS_WORKER_INDEX
 from tuneops.render.types import Owner
 
 # What the adapter reconciler remembers per Pod between passes (digest loaded under each name, failures).
 # Losing it (operator restart) only costs one in-place reload per adapter.
 _POD_MEMORY: dict[tuple[str, str, str], PodMemory] = {}
 _MEMORY_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+# Pods of one service talked to at once; the rest wait their turn within the same pass deadline.
+POD_CONCURRENCY = 8
 
 
 def lora_enabled(spec: InferenceServiceSpec, sources: Sources) -> bool:
@@ -35,8 +45,10 @@ def lora_enabled(spec: InferenceServiceSpec, sources: Sources) -> bool:
 def reconcile_adapters(
     ctx: Context, spec: InferenceServiceSpec, owner: Owner, pods: list[dict[str, Any]], sources: Sources
 ) -> tuple[Adapters, list[PodAdapters]]:
-    """Load and unload adapters on every ready Pod of `pods` (the service's; or, with lora.dynamic false, only
-    read what they serve); the truth comes from each Pod's /v1/models afterwards."""
+    """Load and unload adapters on every ready serving Pod of `pods` (the service's; or, with lora.dynamic
+    false, only read what they serve); the truth comes from each Pod's /v1/models afterwards.
+
+    Returns the verdict and status.pods: only the Pods that do not serve what they should, at most ten."""
     desired = {
         a.name: DesiredAdapter(
             name=a.name, path=render.adapter_path(a.uri, ctx.config), digest=a.digest or ""
@@ -48,17 +60,22 @@ def reconcile_adapters(
     results: list[PodResult] = []
     if ready:
         results = asyncio.run(
-            _reconcile_pods(owner, ready, desired, sources.api_key, dynamic=bool(lora and lora.dynamic))
+            reconcile_pods(owner, ready, desired, sources.api_key, dynamic=bool(lora and lora.dynamic))
         )
-    served = [PodAdapters(pod=r.pod, adapters=sorted(r.served.adapters) if r.served else []) for r in results]
-    return Adapters(summarize(desired, results), sources.refused, sources.pending), served
+    problems = [PodAdapters(pod=p.pod, ready_adapters=p.ready_adapters, message=p.message)
+                for p in pod_problems(desired, results)]  # fmt: skip
+    return Adapters(summarize(desired, results), sources.refused, sources.pending), problems
 
 
 def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pods the Service sends requests to: ready, and for a LeaderWorkerSet only the leaders (a worker
+    runs no API server; the Service selects worker index 0)."""
     out = []
     for p in pods:
-        st = p.get("status") or {}
-        if (p.get("metadata") or {}).get("deletionTimestamp") or not st.get("podIP"):
+        meta, st = p.get("metadata") or {}, p.get("status") or {}
+        if meta.get("deletionTimestamp") or not st.get("podIP"):
+            continue
+        if (meta.get("labels") or {}).get(LWS_WORKER_INDEX, "0") != "0":
             continue
         if any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []):
             out.append(p)
@@ -69,30 +86,46 @@ async def _observe_pod(pod: str, client: AdapterClient, desired: dict[str, Desir
     """Static adapters (lora.dynamic false): read what the Pod serves; it loaded them from --lora-modules."""
     try:
         served = await client.list_models()
-    except Exception as exc:  # an unreachable Pod serves nothing this pass
-        return PodResult(pod=pod, reachable=False, error=str(exc) or type(exc).__name__)
+    except POD_ERRORS as exc:  # an unreachable Pod serves nothing this pass
+        return PodResult(pod=pod, reachable=False, error=describe(exc))
     started = PodMemory(loaded={n: d.digest for n, d in desired.items() if served.adapters.get(n) == d.path})
     plan = plan_pod(desired, served, started)
     return PodResult(pod=pod, reachable=True, served=served, states=plan.states, memory=started)
 
 
-async def _reconcile_pods(
+async def reconcile_pods(
     owner: Owner,
     pods: list[dict[str, Any]],
     desired: dict[str, DesiredAdapter],
     api_key: str | None,
     dynamic: bool,
+    *,
+    deadline_s: float = PASS_DEADLINE_S,
+    port: int = render.PORT,
 ) -> list[PodResult]:
+    """One pass over the Pods, in parallel up to POD_CONCURRENCY, all within one deadline; whatever one Pod
+    answers (or fails to) becomes its own result and never the others'."""
     ns, name = owner.namespace, owner.name
+    deadline = Deadline(deadline_s)
+    turns = asyncio.Semaphore(POD_CONCURRENCY)
 
     async def one(pod: dict[str, Any]) -> PodResult:
-        key = (ns, name, pod["metadata"].get("uid", pod["metadata"]["name"]))
+        pod_name = pod["metadata"]["name"]
+        key = (ns, name, pod["metadata"].get("uid", pod_name))
         with _MEMORY_LOCK:
             memory = _POD_MEMORY.get(key, PodMemory())
-        async with AdapterClient(f"http://{pod['status']['podIP']}:{render.PORT}", api_key=api_key) as client:
-            if not dynamic:
-                return await _observe_pod(pod["metadata"]["name"], client, desired)
-            result = await reconcile_pod(pod["metadata"]["name"], client, desired, memory)
+        try:
+            async with turns, asyncio.timeout(deadline.remaining() + 2.0):
+                url = pod_url(pod["status"]["podIP"], port)
+                async with AdapterClient(url, api_key=api_key, deadline=deadline) as client:
+                    if not dynamic:
+                        return await _observe_pod(pod_name, client, desired)
+                    result = await reconcile_pod(pod_name, client, desired, memory)
+        except POD_ERRORS as exc:
+            return PodResult(pod=pod_name, reachable=False, error=describe(exc), memory=memory)
+        except Exception as exc:  # a bug met on one Pod's answer must not cost the other Pods their pass
+            log.exception("adapters on Pod %s/%s", ns, pod_name)
+            return PodResult(pod=pod_name, reachable=False, error=describe(exc), memory=memory)
         with _MEMORY_LOCK:
             _POD_MEMORY[key] = result.memory
         return result

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneops.adapters import api_key_problem
 from tuneops.api import FINETUNEDMODEL, QUANTIZATIONJOB, SpecError
 from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
@@ -203,4 +204,8 @@ def _api_key(ctx: Context, ns: str, spec: InferenceServiceSpec) -> str | None:
     raw = ((secret or {}).get("data") or {}).get(ref.key)
     if raw is None:
         raise Invalid(f"spec.apiKeySecretRef: Secret {ref.name!r} has no key {ref.key!r}")
-    return base64.b64decode(raw).decode()
+    key = base64.b64decode(raw).decode("utf-8", errors="replace")
+    problem = api_key_problem(key)
+    if problem:
+        raise Invalid(f"spec.apiKeySecretRef: Secret {ref.name!r} key {ref.key!r}: {problem}")
+    return key
