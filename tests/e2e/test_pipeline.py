@@ -87,6 +87,7 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-e2e")
     demo.make_models(cluster.pvc_root)
     manifests = demo.load_manifests()
+    demo.ensure_claims(api, demo.claims_of(manifests), NAMESPACE, cluster.pvc_root)
     demo.apply(api, manifests, NAMESPACE)
 
     # Every resource reaches Ready.

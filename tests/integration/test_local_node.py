@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import textwrap
 import time
 import urllib.request
@@ -16,14 +15,18 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.integration.local_node_support import (
+    IMAGE,
+    deployment_manifest,
+    in_phase,
+    make_claim,
+    pod_manifest,
+    read_pod,
+    running_node,
+)
 from tuneops.local.controlplane import ControlPlane
-from tuneops.local.node import LocalNode, NodeConfig
+from tuneops.local.node import LocalNode
 from tuneops.local.proxy import ServiceProxy
-from tuneops.local.runtimes import Runtime, default_runtimes
-
-# Images no registry serves: the node's mapping is the only thing that makes them runnable.
-IMAGE = "registry.example/test/python:1"
-OTHER_IMAGE = "registry.example/test/unmapped:1"
 
 
 def _alive(pid: int) -> bool:
@@ -40,30 +43,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNode]:
-    test_runtime = Runtime(
-        name="test-python",
-        images=(r"^registry\.example/test/python:",),
-        commands={"python3": sys.executable, "python": sys.executable},
-        entrypoint=(sys.executable,),
-        env={"PYTHONUNBUFFERED": "1"},
-    )
-    config = NodeConfig(
-        root=tmp_path_factory.mktemp("node"),
-        name="test-local-node",
-        kubeconfig=control_plane.kubeconfig_path,
-        runtimes=[test_runtime, *default_runtimes()],
-        backoff_base_s=0.5,
-        backoff_max_s=2.0,
-        probe_period_cap_s=1.0,
-        sync_s=0.1,
-        config_refresh_s=0.5,
-    )
-    n = LocalNode(config)
-    n.start()
-    try:
+    with running_node(control_plane, tmp_path_factory.mktemp("node")) as n:
         yield n
-    finally:
-        n.stop(grace=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -79,34 +60,6 @@ def proxy(node: LocalNode) -> Iterator[ServiceProxy]:
 @pytest.fixture
 def core(kube_api: Any) -> client.CoreV1Api:
     return client.CoreV1Api(kube_api)
-
-
-def _pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
-    container = {
-        "name": "main",
-        "image": IMAGE,
-        "command": ["python3", "-c", textwrap.dedent(script)],
-        **spec.pop("container", {}),
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": spec.pop("labels", {"app": name})},
-        "spec": {"containers": [container], "restartPolicy": spec.pop("restartPolicy", "Never"), **spec},
-    }
-
-
-def _get(core: client.CoreV1Api, ns: str, name: str) -> dict[str, Any]:
-    pod: dict[str, Any] = core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, ns))
-    return pod
-
-
-def _phase(core: client.CoreV1Api, ns: str, name: str, *phases: str) -> Callable[[], dict[str, Any] | None]:
-    def check() -> dict[str, Any] | None:
-        pod = _get(core, ns, name)
-        return pod if pod.get("status", {}).get("phase") in phases else None
-
-    return check
 
 
 def _gone(core: client.CoreV1Api, ns: str, name: str) -> Callable[[], bool]:
@@ -142,7 +95,7 @@ def test_pod_runs_with_env_volumes_and_reports_termination_message(
         pathlib.Path("/dev/termination-log").write_text(json.dumps(msg))
         raise SystemExit(3)
     """
-    pod = _pod(
+    pod = pod_manifest(
         "worker",
         script,
         container={
@@ -164,8 +117,9 @@ def test_pod_runs_with_env_volumes_and_reports_termination_message(
             {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}},
         ],
     )
+    make_claim(core, namespace, "shared")
     core.create_namespaced_pod(namespace, pod)
-    done = wait_until(_phase(core, namespace, "worker", "Failed"), timeout=30, what="pod Failed")
+    done = wait_until(in_phase(core, namespace, "worker", "Failed"), timeout=30, what="pod Failed")
     status = done["status"]
     assert done["spec"]["nodeName"] == "test-local-node"
     term = status["containerStatuses"][0]["state"]["terminated"]
@@ -175,7 +129,7 @@ def test_pod_runs_with_env_volumes_and_reports_termination_message(
     assert message["token"] == "s3cret"
     assert message["pod"] == "worker"
     assert message["ip"] == status["podIP"]
-    assert status["podIP"].startswith("127.42.")
+    assert status["podIP"].startswith(node.ip_prefix + ".")
     assert message["cpus"] == "2"  # 1500m rounded up, as a resourceFieldRef does
     assert message["greeting"] == "hello"
     # The container path /data/worker is the claim's folder on the host.
@@ -184,17 +138,18 @@ def test_pod_runs_with_env_volumes_and_reports_termination_message(
     assert conditions["Ready"] == "False" and conditions["Initialized"] == "True"
 
 
-def test_job_completes_through_the_node_and_writes_to_its_claim(
+def test_job_completes_through_the_node_and_writes_to_itsmake_claim(
     node: LocalNode, kube_api: Any, namespace: str, wait_until: Callable[..., Any]
 ) -> None:
     batch = client.BatchV1Api(kube_api)
+    make_claim(client.CoreV1Api(kube_api), namespace, "results")
     script = """
         import pathlib, sys
         out = pathlib.Path(sys.argv[1])
         out.write_text("done")
         pathlib.Path("/dev/termination-log").write_text('{"ok": true}')
     """
-    template = _pod("job", script)
+    template = pod_manifest("job", script)
     template["spec"]["containers"][0]["args"] = ["/mnt/pvc/results/out.txt"]
     template["spec"]["containers"][0]["volumeMounts"] = [{"name": "results", "mountPath": "/mnt/pvc/results"}]
     template["spec"]["volumes"] = [{"name": "results", "persistentVolumeClaim": {"claimName": "results"}}]
@@ -245,19 +200,8 @@ def test_deployment_pods_get_own_addresses_become_ready_and_are_reachable(
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
         "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
     }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [container], "terminationGracePeriodSeconds": 5},
-            },
-        },
-    }
+    pod_spec = {"containers": [container], "terminationGracePeriodSeconds": 5}
+    deployment = deployment_manifest("web", 2, pod_spec)
     apps.create_namespaced_deployment(namespace, deployment)
     core.create_namespaced_service(
         namespace,
@@ -274,7 +218,7 @@ def test_deployment_pods_get_own_addresses_become_ready_and_are_reachable(
     wait_until(ready, timeout=60, what="2 ready replicas")
     pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
     ips = {p.status.pod_ip for p in pods}
-    assert len(ips) == 2 and all(ip.startswith("127.42.") for ip in ips)
+    assert len(ips) == 2 and all(ip.startswith(node.ip_prefix + ".") for ip in ips)
     for p in pods:
         with urllib.request.urlopen(f"http://{p.status.pod_ip}:8080/", timeout=5) as resp:
             assert resp.read().decode() == p.metadata.name
@@ -315,9 +259,11 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     mounts = {"volumeMounts": [{"name": "out", "mountPath": "/out"}]}
     volumes = [{"name": "out", "persistentVolumeClaim": {"claimName": f"out-{namespace}"}}]
     out = node.config.root / "pvc" / f"out-{namespace}"
+    make_claim(core, namespace, f"out-{namespace}")
     for name, script in (("polite", polite), ("stubborn", stubborn)):
         core.create_namespaced_pod(
-            namespace, _pod(name, script, container=mounts, volumes=volumes, terminationGracePeriodSeconds=2)
+            namespace,
+            pod_manifest(name, script, container=mounts, volumes=volumes, terminationGracePeriodSeconds=2),
         )
     for name in ("polite", "stubborn"):
         wait_until(lambda n=name: (out / f"{n}-started").exists(), timeout=30, what=f"{name} started")
@@ -345,7 +291,7 @@ def test_restart_policies_and_backoff(
     """
     core.create_namespaced_pod(
         namespace,
-        _pod(
+        pod_manifest(
             "flaky",
             flaky,
             restartPolicy="OnFailure",
@@ -353,22 +299,24 @@ def test_restart_policies_and_backoff(
             volumes=[{"name": "scratch", "emptyDir": {}}],
         ),
     )
-    done = wait_until(_phase(core, namespace, "flaky", "Succeeded"), timeout=30, what="flaky Succeeded")
+    done = wait_until(in_phase(core, namespace, "flaky", "Succeeded"), timeout=30, what="flaky Succeeded")
     cs = done["status"]["containerStatuses"][0]
     assert cs["restartCount"] == 1
     assert cs["lastState"]["terminated"]["exitCode"] == 1
     assert cs["state"]["terminated"]["exitCode"] == 0
 
     # Always: a container that keeps crashing is restarted with back-off and the Pod stays Running.
-    core.create_namespaced_pod(namespace, _pod("crash", "raise SystemExit(2)", restartPolicy="Always"))
+    core.create_namespaced_pod(
+        namespace, pod_manifest("crash", "raise SystemExit(2)", restartPolicy="Always")
+    )
 
     def crashing() -> bool:
-        pod = _get(core, namespace, "crash")
+        pod = read_pod(core, namespace, "crash")
         statuses = pod["status"].get("containerStatuses") or [{}]
         return pod["status"]["phase"] == "Running" and statuses[0].get("restartCount", 0) >= 2
 
     wait_until(crashing, timeout=30, what="crash loop")
-    cs = _get(core, namespace, "crash")["status"]["containerStatuses"][0]
+    cs = read_pod(core, namespace, "crash")["status"]["containerStatuses"][0]
     assert cs["lastState"]["terminated"]["exitCode"] == 2
 
 
@@ -383,7 +331,7 @@ def test_init_containers_run_in_order_before_the_main_container(
     main = (
         "import pathlib; pathlib.Path('/dev/termination-log').write_text(open('/work/log').read() + 'main')"
     )
-    pod = _pod(
+    pod = pod_manifest(
         "ordered",
         main,
         container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
@@ -391,7 +339,7 @@ def test_init_containers_run_in_order_before_the_main_container(
         volumes=[{"name": "work", "emptyDir": {}}],
     )
     core.create_namespaced_pod(namespace, pod)
-    done = wait_until(_phase(core, namespace, "ordered", "Succeeded"), timeout=30, what="Succeeded")
+    done = wait_until(in_phase(core, namespace, "ordered", "Succeeded"), timeout=30, what="Succeeded")
     assert done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "init1 init2 main"
     assert [s["state"]["terminated"]["reason"] for s in done["status"]["initContainerStatuses"]] == [
         "Completed",
@@ -411,47 +359,19 @@ def test_configmap_files_follow_updates(
     """
     core.create_namespaced_pod(
         namespace,
-        _pod(
+        pod_manifest(
             "watcher",
             watcher,
             container={"volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]},
             volumes=[{"name": "cfg", "configMap": {"name": "live"}}],
         ),
     )
-    wait_until(_phase(core, namespace, "watcher", "Running"), timeout=30, what="watcher running")
+    wait_until(in_phase(core, namespace, "watcher", "Running"), timeout=30, what="watcher running")
     core.patch_namespaced_config_map("live", namespace, {"data": {"value": "two"}})
-    done = wait_until(_phase(core, namespace, "watcher", "Succeeded"), timeout=30, what="watcher saw update")
+    done = wait_until(
+        in_phase(core, namespace, "watcher", "Succeeded"), timeout=30, what="watcher saw update"
+    )
     assert done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "saw two"
-
-
-def test_gpu_pods_and_unmapped_images_wait_with_a_reason(
-    node: LocalNode, core: client.CoreV1Api, namespace: str, wait_until: Callable[..., Any]
-) -> None:
-    gpu = _pod("gpu", "print(1)", container={"resources": {"limits": {"nvidia.com/gpu": "1"}}})
-    core.create_namespaced_pod(namespace, gpu)
-    unmapped = _pod("unmapped", "print(1)", container={"image": OTHER_IMAGE})
-    core.create_namespaced_pod(namespace, unmapped)
-
-    def event(name: str, reason: str) -> Any:
-        return [
-            e
-            for e in core.list_namespaced_event(namespace).items
-            if e.involved_object.name == name and e.reason == reason
-        ]
-
-    events = wait_until(lambda: event("gpu", "FailedScheduling"), timeout=20, what="FailedScheduling event")
-    assert "no GPU" in events[0].message
-    pod = _get(core, namespace, "gpu")
-    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
-    cond = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
-    assert cond["status"] == "False" and cond["reason"] == "Unschedulable"
-
-    def waiting() -> Any:
-        st = _get(core, namespace, "unmapped")["status"].get("containerStatuses") or [{}]
-        return (st[0].get("state") or {}).get("waiting", {}).get("reason") == "ErrImagePull" and st[0]
-
-    status = wait_until(waiting, timeout=20, what="ErrImagePull")
-    assert OTHER_IMAGE in status["state"]["waiting"]["message"]
 
 
 def test_liveness_failure_restarts_the_container(
@@ -465,7 +385,7 @@ def test_liveness_failure_restarts_the_container(
     }
     core.create_namespaced_pod(
         namespace,
-        _pod(
+        pod_manifest(
             "unhealthy",
             sleeper,
             restartPolicy="Always",
@@ -475,7 +395,7 @@ def test_liveness_failure_restarts_the_container(
     )
 
     def restarted() -> Any:
-        st = _get(core, namespace, "unhealthy")["status"].get("containerStatuses") or [{}]
+        st = read_pod(core, namespace, "unhealthy")["status"].get("containerStatuses") or [{}]
         return st[0].get("restartCount", 0) >= 1 and st[0]
 
     status = wait_until(restarted, timeout=40, what="restart after failed liveness probe")

@@ -35,6 +35,8 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 Say = Callable[[str], None]
+# The claim the operator writes artifacts to on the local cluster (its config's artifact_root).
+ARTIFACT_CLAIM = "artifacts"
 
 
 def default_root() -> Path:
@@ -234,7 +236,7 @@ class LocalCluster:
     def _write_operator_config(self) -> None:
         # PVCs are mounted in Pods where the local node keeps the claims, so a path the operator hands a
         # server at runtime (an adapter to hot-load) is the same path inside and outside the "container".
-        config = {"pvc_mount_root": str(self.pvc_root), "artifact_root": "pvc://artifacts"}
+        config = {"pvc_mount_root": str(self.pvc_root), "artifact_root": f"pvc://{ARTIFACT_CLAIM}"}
         self.operator_config_path.write_text(yaml.safe_dump(config, sort_keys=True))
 
     def _wait_node_ready(self, timeout: float = 60.0) -> None:

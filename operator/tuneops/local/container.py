@@ -23,6 +23,20 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it (`10s`, `1m20s`, `5m0s`, `500ms`): the kubelet's messages quote them so."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000):d}ms"
+    minutes, secs = divmod(round(seconds, 3), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
+
+
 @dataclass
 class ProbeState:
     kind: str  # startup | readiness | liveness
@@ -69,6 +83,8 @@ class Container:
     env: dict[str, str] = field(default_factory=dict)
     kill_reason: str = ""
     backoff_streak: int = 0
+    pull_failures: int = 0
+    pull_retry_at: float = 0.0
 
     @property
     def name(self) -> str:

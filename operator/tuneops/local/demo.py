@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -16,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from tuneops.kube.client import CUSTOM, POD, ApiError, Kube
-from tuneops.local.cli import REPO, LocalCluster, Say, default_root, ensure_tools
+from tuneops.kube.client import CUSTOM, POD, ApiError, Kube, ResourceType
+from tuneops.local.cli import ARTIFACT_CLAIM, REPO, LocalCluster, Say, default_root, ensure_tools
+from tuneops.local.node import PVC
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 SHORT = {"FineTunedModel": "ftm", "QuantizationJob": "qjob", "InferenceService": "tisvc"}
@@ -25,6 +27,8 @@ SHORT = {"FineTunedModel": "ftm", "QuantizationJob": "qjob", "InferenceService":
 BASE_MODEL = "models/tiny-llama"
 ADAPTERS = {"adapters/tiny-chat": 1, "adapters/tiny-sql": 2, "adapters/tiny-extra": 3}
 TRAIN_STEPS = 20
+PV = ResourceType("v1", "PersistentVolume", "persistentvolumes", namespaced=False)
+CLAIM_URI = re.compile(r"pvc://([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)")
 
 
 class DemoError(RuntimeError):
@@ -48,6 +52,35 @@ def make_models(pvc_root: Path, say: Say = print) -> None:
 
 def load_manifests(path: Path = QUICKSTART) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+
+
+def claims_of(manifests: Iterable[dict[str, Any]]) -> list[str]:
+    """The PersistentVolumeClaims the manifests' pvc:// URIs name, and the operator's artifact claim."""
+    return sorted({ARTIFACT_CLAIM, *CLAIM_URI.findall(json.dumps(list(manifests)))})
+
+
+def ensure_claims(api: Kube, names: Iterable[str], namespace: str, pvc_root: Path) -> None:
+    """Each claim with a volume bound to it (the node's folder for it), as a cluster's provisioner leaves them:
+    the local node refuses to schedule a Pod whose claim does not exist, as the scheduler does."""
+    for name in names:
+        pv_name = f"local-{namespace}-{name}"
+        if api.get(PV, None, pv_name) is None:
+            api.create(PV, None, {
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": pv_name, "labels": {"app.kubernetes.io/managed-by": "tuneops-local"}},
+                "spec": {
+                    "capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(pvc_root / name)},
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            })  # fmt: skip
+        if api.get(PVC, namespace, name) is None:
+            api.create(PVC, namespace, {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
+                         "resources": {"requests": {"storage": "100Gi"}}},
+            })  # fmt: skip
 
 
 def apply(api: Kube, manifests: Iterable[dict[str, Any]], namespace: str) -> None:
@@ -238,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         make_models(cluster.pvc_root, say)
         api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-demo")
         manifests = load_manifests(args.filename)
+        ensure_claims(api, claims_of(manifests), args.namespace, cluster.pvc_root)
         apply(api, manifests, args.namespace)
         say(
             f"==> applied {args.filename} ({len(manifests)} resources in namespace {args.namespace}); progress:"

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import platform
 import shutil
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneops.kube.client import EVENT, NODE, POD, ApiError, Kube, event_body
+from tuneops.kube.client import EVENT, NODE, POD, ApiError, Kube, ResourceType, event_body
+from tuneops.local import loopback
 from tuneops.local.container import now_rfc3339
 from tuneops.local.informer import Informer
 from tuneops.local.pod import PodWorker
@@ -28,6 +31,9 @@ Obj = dict[str, Any]
 
 NODE_NAME = "tuneops-local"
 KUBELET_VERSION = "v1.20.2"
+PVC = ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+# How often an unschedulable Pod is tried again: what it lacks (a claim, a label) may appear meanwhile.
+RESCHEDULE_S = 5.0
 
 
 @dataclass
@@ -38,8 +44,9 @@ class NodeConfig:
     name: str = NODE_NAME
     kubeconfig: Path | None = None
     runtimes: list[Runtime] = field(default_factory=default_runtimes)
-    ip_prefix: str = "127.42"
-    """Pods get <prefix>.x.y addresses (all of 127.0.0.0/8 reaches loopback on Linux)."""
+    ip_prefix: str | None = None
+    """Pods get <prefix>.x.y addresses (all of 127.0.0.0/8 reaches loopback on Linux). None: the first
+    `127.X` no other local node on this machine holds (the last one this root used when still free)."""
     backoff_base_s: float = 10.0
     backoff_max_s: float = 300.0
     probe_period_cap_s: float | None = None
@@ -126,7 +133,8 @@ class LocalNode:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._unschedulable: set[str] = set()
+        self._unschedulable: dict[str, tuple[str, float]] = {}
+        self._claim: loopback.Claim | None = None
         self._ips: dict[str, str] = {}
         self._threads: list[threading.Thread] = []
         self.pods = Informer(self.api, POD, self._on_pod, name="pods")
@@ -134,9 +142,22 @@ class LocalNode:
 
     # ----- lifecycle ----------------------------------------------------------------------------------
 
+    @property
+    def ip_prefix(self) -> str:
+        if self._claim is None:
+            raise RuntimeError("the local node holds no address range before start()")
+        return self._claim.prefix
+
+    def _claim_addresses(self) -> None:
+        remembered = self.config.root / "ip-prefix"
+        previous = remembered.read_text().strip() if remembered.is_file() else None
+        self._claim = loopback.claim(preferred=previous, exact=self.config.ip_prefix)
+        remembered.write_text(self._claim.prefix + "\n")
+
     def start(self, timeout: float = 30.0) -> None:
         for sub in ("pvc", "pods"):
             (self.config.root / sub).mkdir(parents=True, exist_ok=True)
+        self._claim_addresses()
         self._register()
         self.pods.start()
         if not self.pods.wait_synced(timeout):
@@ -159,6 +180,8 @@ class LocalNode:
             t.start()
         for t in threads:
             t.join()
+        if self._claim is not None:
+            self._claim.release()
 
     def request_stop(self) -> None:
         """Make `wait()` return (safe from a signal handler)."""
@@ -190,9 +213,12 @@ class LocalNode:
 
     # ----- API helpers --------------------------------------------------------------------------------
 
-    def record_event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+    def record_event(
+        self, obj: Obj, type_: str, reason: str, message: str, component: str = "kubelet"
+    ) -> None:
         involved = {"apiVersion": "v1", "kind": "Pod", **obj}
-        source = {"component": "kubelet", "host": self.config.name}
+        # The scheduler's Events name no host; the kubelet's name the node.
+        source = {"component": component, **({"host": self.config.name} if component == "kubelet" else {})}
         body = event_body(involved, type_, reason, message, source=source,
                           reporting=("tuneops-local-node", self.config.name))  # fmt: skip
         try:
@@ -212,7 +238,9 @@ class LocalNode:
     def _memory_root(self) -> Path:
         shm = Path("/dev/shm")
         if shm.is_dir() and os.access(shm, os.W_OK):
-            return shm / f"tuneops-{self.config.name}-{os.getuid()}"
+            # Two nodes may share a name (each with its own API server): the root tells them apart.
+            tag = hashlib.sha256(str(self.config.root).encode()).hexdigest()[:8]
+            return shm / f"tuneops-{self.config.name}-{os.getuid()}-{tag}"
         return self.config.root / "memory"
 
     def _register(self) -> None:
@@ -295,55 +323,70 @@ class LocalNode:
             for uid in gone:
                 self._workers.pop(uid, None)
                 self._ips.pop(uid, None)
-        self._unschedulable &= live
+        for uid in set(self._unschedulable) - live:
+            self._unschedulable.pop(uid, None)
 
     def _allocate_ip(self, pod: Obj) -> str:
         uid = str(pod["metadata"]["uid"])
         with self._lock:
             used = set(self._ips.values())
             previous = str((pod.get("status") or {}).get("podIP") or "")
-            if previous.startswith(self.config.ip_prefix + ".") and previous not in used:
+            if previous.startswith(self.ip_prefix + ".") and previous not in used:
                 self._ips[uid] = previous
                 return previous
             n = 0
             while True:
                 n += 1
-                ip = f"{self.config.ip_prefix}.{n // 250}.{n % 250 + 2}"
+                ip = f"{self.ip_prefix}.{n // 250}.{n % 250 + 2}"
                 if ip not in used:
                     self._ips[uid] = ip
                     return ip
 
-    def _schedule(self, pod: Obj) -> None:
-        meta = pod["metadata"]
+    def _fit_problem(self, pod: Obj) -> str | None:
+        """Why the scheduler would find no node for the Pod, in its words; None when this node fits."""
         spec = pod.get("spec") or {}
-        uid = str(meta["uid"])
-        if uid in self._unschedulable:
-            return
-        if (spec.get("schedulerName") or "default-scheduler") != "default-scheduler":
-            return
-        problem = None
+        namespace = str(pod["metadata"]["namespace"])
+        # The volume-binding check runs before the resource filters, so a missing claim is reported first.
+        for vol in spec.get("volumes") or []:
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and self.api.get(PVC, namespace, str(claim)) is None:
+                return f'0/1 nodes are available: 1 persistentvolumeclaim "{claim}" not found.'
         gpu = requests_gpu(pod)
         if gpu:
-            problem = f"0/1 nodes are available: 1 Insufficient {gpu}. The local node has no GPU."
-        selector = spec.get("nodeSelector") or {}
+            return f"0/1 nodes are available: 1 Insufficient {gpu}."
         node_labels = {
             "kubernetes.io/hostname": self.config.name,
             "kubernetes.io/os": "linux",
             **self.config.labels,
         }
-        missing = {k: v for k, v in selector.items() if node_labels.get(k) != v and k != "kubernetes.io/arch"}
-        if problem is None and missing:
-            problem = f"0/1 nodes are available: 1 node(s) didn't match node selector {missing}."
+        selector = spec.get("nodeSelector") or {}
+        if any(node_labels.get(k) != v for k, v in selector.items() if k != "kubernetes.io/arch"):
+            return "0/1 nodes are available: 1 node(s) didn't match node selector."
+        return None
+
+    def _schedule(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        spec = pod.get("spec") or {}
+        uid = str(meta["uid"])
+        if (spec.get("schedulerName") or "default-scheduler") != "default-scheduler":
+            return
+        reported, retry_at = self._unschedulable.get(uid, ("", 0.0))
+        if time.monotonic() < retry_at:
+            return
+        problem = self._fit_problem(pod)
         ns, name = str(meta["namespace"]), str(meta["name"])
         if problem is not None:
-            self._unschedulable.add(uid)
-            self.record_event(pod, "Warning", "FailedScheduling", problem)
+            self._unschedulable[uid] = (problem, time.monotonic() + RESCHEDULE_S)
+            if problem == reported:
+                return
             unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                            "message": problem, "lastTransitionTime": now_rfc3339(), "lastProbeTime": None}  # fmt: skip
             status = {"status": {"phase": "Pending", "conditions": [unscheduled]}}
             with contextlib.suppress(ApiError):
                 self.api.patch(POD, ns, name, status, "status", strategic=True)
+            self.record_event(pod, "Warning", "FailedScheduling", problem, component="default-scheduler")
             return
+        self._unschedulable.pop(uid, None)
         binding = {
             "apiVersion": "v1",
             "kind": "Binding",
@@ -357,5 +400,9 @@ class LocalNode:
                 log.warning("binding %s/%s failed: %s", ns, name, err)
             return
         self.record_event(
-            pod, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {self.config.name}"
+            pod,
+            "Normal",
+            "Scheduled",
+            f"Successfully assigned {ns}/{name} to {self.config.name}",
+            component="default-scheduler",
         )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneops.kube.client import POD, ApiError
 from tuneops.local import podstatus, probes, proctree
-from tuneops.local.container import Container, exit_code, now_rfc3339
+from tuneops.local.container import Container, exit_code, go_duration, now_rfc3339
 from tuneops.local.podenv import (
     HOST_IP,
     ConfigError,
@@ -190,9 +190,10 @@ class PodWorker:
             except ConfigError as err:
                 self.volume_error = str(err)
         if self.volume_error is not None and not any(c.proc for c in self._all()):
+            # As on a real node: the containers wait without a message; the Event says which volume.
             for c in self._all():
-                c.state = {"waiting": {"reason": "ContainerCreating", "message": self.volume_error}}
-            self._event_once("FailedMount", "Warning", "FailedMount", self.volume_error)
+                c.state = {"waiting": {"reason": "ContainerCreating"}}
+            self._event_once(f"FailedMount:{self.volume_error}", "Warning", "FailedMount", self.volume_error)
             return
         if self.failed_init:
             return
@@ -262,7 +263,39 @@ class PodWorker:
     def _waiting(self, c: Container, reason: str, message: str, backoff: float = 2.0) -> None:
         c.state = {"waiting": {"reason": reason, "message": message}}
         c.next_start = time.monotonic() + backoff
-        self._event_once(f"{reason}:{c.name}", "Warning", "Failed", f"Error: {message}")
+        self._event_once(f"{reason}:{c.name}:{message}", "Warning", "Failed", f"Error: {message}")
+
+    def _pull(self, c: Container) -> Runtime | None:
+        """The container's runtime, found as the kubelet pulls an image: an image the mapping lacks fails
+        with ErrImagePull, then waits in ImagePullBackOff, and is tried again with the crash back-off's timing."""
+        image = str(c.spec.get("image") or "")
+        runtime = find_runtime(self.node.config.runtimes, image)
+        if runtime is not None:
+            c.pull_failures = 0
+            return runtime
+        cfg = self.node.config
+        now = time.monotonic()
+        if now < c.pull_retry_at:
+            message = f'Back-off pulling image "{image}"'
+            c.state = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
+            c.next_start = c.pull_retry_at
+            self.node.record_event(self.pod, "Normal", "BackOff", message)
+            self.node.record_event(self.pod, "Warning", "Failed", "Error: ImagePullBackOff")
+            return None
+        error = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+            "the local node's image mapping has no runtime for this image"
+        )
+        self.node.record_event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
+        self.node.record_event(self.pod, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
+        self.node.record_event(self.pod, "Warning", "Failed", "Error: ErrImagePull")
+        delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**c.pull_failures)
+        c.pull_failures += 1
+        c.pull_retry_at = now + delay
+        # The kubelet shows ErrImagePull until its next sync of the Pod, then ImagePullBackOff until the retry.
+        c.next_start = now + delay / 2
+        c.state = {"waiting": {"reason": "ErrImagePull", "message": error}}
+        return None
 
     def _command(self, c: Container, runtime: Runtime, rewriter: PathRewriter) -> list[str] | None:
         """The container's environment (into `c.env`) and command line; None after setting it waiting."""
@@ -278,13 +311,8 @@ class PodWorker:
         return None
 
     def _start(self, c: Container) -> None:
-        image = str(c.spec.get("image") or "")
-        runtime = find_runtime(self.node.config.runtimes, image)
+        runtime = self._pull(c)
         if runtime is None:
-            message = (
-                f"the local node has no runtime for image {image!r}; add one to the node's image mapping"
-            )
-            self._waiting(c, "ErrImagePull", message, backoff=10.0)
             return
         c.runtime = runtime
         rewriter = self._rewriter(c)
@@ -343,23 +371,26 @@ class PodWorker:
             self._back_off(c, term, ran)
 
     def _back_off(self, c: Container, term: Obj, ran: float) -> None:
+        """The kubelet's crash back-off: the first restart is immediate, then 10 s, 20 s, ... up to 5 min;
+        a container that ran long enough starts over."""
         cfg = self.node.config
         if ran > BACKOFF_RESET_S:
             c.backoff_streak = 0
-        delay = min(cfg.backoff_max_s, cfg.backoff_base_s * (2**c.backoff_streak))
+        delay = (
+            0.0
+            if c.backoff_streak == 0
+            else min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (c.backoff_streak - 1))
+        )
         c.backoff_streak += 1
         c.last_state = {"terminated": term}
         c.restart_count += 1
         c.next_start = time.monotonic() + delay
         if delay > 0:
-            c.state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off {delay:g}s restarting failed container={c.name} pod={self.name}",
-                }
-            }
+            pod = f"{self.name}_{self.namespace}({self.uid})"
+            message = f"back-off {go_duration(delay)} restarting failed container={c.name} pod={pod}"
+            c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
             self.node.record_event(
-                self.pod, "Warning", "BackOff", f"Back-off restarting failed container {c.name}"
+                self.pod, "Warning", "BackOff", f"Back-off restarting failed container {c.name} in pod {pod}"
             )
 
     def _termination_message(self, c: Container, exit_code: int) -> str:

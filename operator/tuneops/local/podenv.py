@@ -99,7 +99,8 @@ def _value_from(spec: Obj, src: Obj, place: Placement, config: ConfigLookup) -> 
         if key in data:
             return data[key].decode(errors="replace")
         if not ref.get("optional"):
-            raise ConfigError(f"couldn't find key {key} in {kind[:-1]} {place.namespace}/{ref['name']}")
+            kind_name = "Secret" if kind == "secrets" else "ConfigMap"
+            raise ConfigError(f"couldn't find key {key} in {kind_name} {place.namespace}/{ref['name']}")
     return None
 
 

@@ -29,7 +29,12 @@ def phase(init: Sequence[Container], containers: Sequence[Container], failed_ini
 
 
 def _conditions(
-    containers: Sequence[Container], initialized: bool, ready: bool, finished: bool, old: list[Obj]
+    init: Sequence[Container],
+    containers: Sequence[Container],
+    initialized: bool,
+    ready: bool,
+    finished: bool,
+    old: list[Obj],
 ) -> list[Obj]:
     now = now_rfc3339()
     conditions: list[Obj] = [
@@ -38,6 +43,10 @@ def _conditions(
         {"type": "ContainersReady", "status": "True" if ready else "False"},
         {"type": "Ready", "status": "True" if ready else "False"},
     ]
+    if not initialized:
+        incomplete = [c.name for c in init if not c.done or c.state.get("terminated", {}).get("exitCode")]
+        conditions[1]["reason"] = "ContainersNotInitialized"
+        conditions[1]["message"] = f"containers with incomplete status: [{' '.join(incomplete)}]"
     if not ready:
         unready = [c.name for c in containers if not c.ready]
         for cond in conditions[2:]:
@@ -72,15 +81,22 @@ def pod_status(
     old = (pod.get("status") or {}).get("conditions") or []
     status: Obj = {
         "phase": current,
-        "conditions": _conditions(containers, initialized, ready, finished, old),
+        "conditions": _conditions(init, containers, initialized, ready, finished, old),
         "hostIP": HOST_IP,
         "podIP": ip,
         "podIPs": [{"ip": ip}],
         "startTime": start_time,
-        "containerStatuses": [c.status() for c in containers],
+        "containerStatuses": [_waiting_for_init(c.status(), initialized) for c in containers],
     }
     if init:
         status["initContainerStatuses"] = [c.status() for c in init]
+    return status
+
+
+def _waiting_for_init(status: Obj, initialized: bool) -> Obj:
+    # Until the init containers are done the others have not been created: the kubelet says PodInitializing.
+    if not initialized and status["state"] == {"waiting": {"reason": "ContainerCreating"}}:
+        return {**status, "state": {"waiting": {"reason": "PodInitializing"}}}
     return status
 
 

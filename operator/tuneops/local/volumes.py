@@ -41,7 +41,12 @@ def projection(vol: Obj, data: dict[str, bytes]) -> dict[str, tuple[bytes, int]]
         if key not in data:
             if src.get("optional"):
                 continue
-            raise ConfigError(f"key {key!r} not found")
+            what = (
+                "configmap references non-existent config key"
+                if "configMap" in vol
+                else ("references non-existent secret key")
+            )
+            raise ConfigError(f"{what}: {key}")
         files[str(item["path"])] = (data[key], int(item.get("mode") or mode))
     return files
 
@@ -97,7 +102,7 @@ class Volumes:
                 try:
                     self._project(vol, path)
                 except ConfigError as err:
-                    errors.append(f"MountVolume.SetUp failed for volume {name!r}: {err}")
+                    errors.append(f'MountVolume.SetUp failed for volume "{name}" : {err}')
             else:
                 errors.append(f"volume {name!r}: this volume type is not supported by the local node")
                 continue
