@@ -193,7 +193,7 @@ def test_terminal_decisions_and_phase(reason: str, terminal: bool, phase: str) -
 
 
 def test_log_tail_is_bounded_printable_and_keeps_its_end() -> None:
-    log = "\x1b[31mstarting\x00\n" + "x" * 5000 + "\nRuntimeError: CUDA out of memory\r\n"
+    log = "\x1b[31mstarting\x00\n" + "x\u2028" * 2500 + "\nRuntimeError: CUDA out of memory\r\n"
     cs = waiting("CrashLoopBackOff", "", name="server", restarts=9, last=terminated(1, message=log))
     cause = pod_cause(pod("edge-1", "Running", containers=[cs]))
     assert cause is not None

@@ -40,7 +40,6 @@ MOUNT_EVENTS = frozenset({"FailedMount", "FailedAttachVolume"})
 SCHEDULING_EVENTS = frozenset({"FailedScheduling"})
 EVENT_REASONS = MOUNT_EVENTS | SCHEDULING_EVENTS
 
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]+")
 _SPACES = re.compile(r"\s+")
 
 
@@ -63,7 +62,7 @@ class Cause:
 
 def clean(text: object) -> str:
     """One printable line: control characters and runs of whitespace become one space."""
-    return _SPACES.sub(" ", _UNPRINTABLE.sub(" ", str(text or ""))).strip()
+    return _SPACES.sub(" ", "".join(ch if ch.isprintable() else " " for ch in str(text or ""))).strip()
 
 
 def bounded(head: str, detail: object = "", tail: bool = False, limit: int = LIMIT) -> str:
