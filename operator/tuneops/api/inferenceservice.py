@@ -66,7 +66,8 @@ class ModelSource(Model):
     gguf_type: ShortStr | None = None
     """llama.cpp: which quantization of a GGUF QuantizationJob to serve (default: the first one listed)."""
     token_secret_ref: SecretKeyRef | None = None
-    """Secret holding the token for a private hf:// or s3:// uri (used by the download init container)."""
+    """Secret with the credentials for downloading the model from hf:// or s3:// (the download init container):
+    the uri, or where the referenced FineTunedModel or QuantizationJob wrote its artifact."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
