@@ -132,9 +132,10 @@ def test_multi_lora() -> None:
     modules = json.loads(one(ms, "ConfigMap")["data"]["lora-modules.json"])
     assert [m["name"] for m in modules] == ["support", "sql", "summarize"]
     assert {m["base_model_name"] for m in modules} == {"llama-8b"}
+    # A FineTunedModel's adapter is served from the copy its inspect Job publishes under its output.
     assert [m["path"] for m in modules] == [
-        "/mnt/pvc/adapters/llama-8b-support",
-        "/mnt/pvc/adapters/llama-8b-sql",
+        "/mnt/pvc/tuneops-artifacts/demo/finetunedmodels/llama-8b-support",
+        "/mnt/pvc/tuneops-artifacts/demo/finetunedmodels/llama-8b-sql",
         "/mnt/pvc/adapters/llama-8b-summarize",
     ]
     assert len([m for m in ms if m["kind"] == "Job"]) == 2, "two FineTunedModels: inspect only, no merge"

@@ -116,9 +116,9 @@ status:
 @dataclass(frozen=True)
 class Row:
     id: str
-    docs: str  # YAML documents; the last is the resource refused
-    field: str
-    reason: str
+    docs: str  # YAML documents; the last is the resource refused (or, in ACCEPTED, served)
+    field: str = ""
+    reason: str = ""
     config: dict[str, Any] | None = None
 
 
@@ -139,6 +139,37 @@ spec: {model: {uri: "hf://org/model"}, vllm: {tensorParallelSize: 4}, resources:
 spec: {baseModel: {uri: "hf://org/base"}, adapter: {uri: "hf://org/adapter"}, merge: {dtype: float8}}
 """,
         "spec.merge.dtype",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
+        "spec/base-revision-set-twice",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec: {baseModel: {uri: "hf://org/base@v2", revision: v3}, adapter: {uri: "pvc://adapters/a"}}
+""",
+        "spec.baseModel.revision",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
+        "spec/adapter-uri-on-s3",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "pvc://models/base"}
+  lora: {adapters: [{name: a, uri: "s3://bucket/a"}]}
+""",
+        "spec.lora.adapters[0].uri",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
+        "spec/adapter-uri-hf-at-a-revision",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "pvc://models/base"}
+  lora: {adapters: [{name: a, uri: "hf://org/a@v2"}]}
+""",
+        "spec.lora.adapters[0].uri",
         Reason.INVALID_SPEC,
     ),
     Row(
@@ -451,6 +482,59 @@ def test_validate_refuses_what_the_operator_refuses(
         code, lines = cli_refusal(command, row, tmp_path, capsys)
         assert code == 2, (command, lines)
         assert names_field(lines, row.field), (command, lines)
+
+
+# What the operator serves, validate and render accept: the prediction is no stricter than the operator.
+ACCEPTED = [
+    Row(
+        "adapter-on-s3-published-by-a-finetunedmodel",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec: {baseModel: {uri: "pvc://models/base"}, adapter: {uri: "s3://bucket/a"}, merge: {enabled: false}}
+status:
+  artifact: {uri: "file:///store/tuned/0123456789abcdef", format: peft}
+---
+"""
+        + IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "pvc://models/base"}
+  resources: {gpus: 1}
+  lora: {adapters: [{name: a, fineTunedModelRef: {name: tuned}}]}
+""",
+    ),
+    Row(
+        "llamacpp-on-a-gguf-quantizationjob",
+        QJ_GGUF
+        + "---\n"
+        + IS_HEAD
+        + "metadata: {name: svc}\nspec: {model: {quantizationJobRef: {name: q}}, runtime: llamacpp}\n",
+    ),
+    Row(
+        "lora-on-an-awq-quantizationjob",
+        QJ_AWQ
+        + "---\n"
+        + IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {quantizationJobRef: {name: q}}
+  resources: {gpus: 1}
+  lora: {adapters: [{name: a, uri: "pvc://adapters/a"}]}
+""",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ACCEPTED, ids=[r.id for r in ACCEPTED])
+def test_validate_accepts_what_the_operator_serves(
+    row: Row, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = operator_verdict(row)
+    assert not {c["reason"] for c in status["conditions"]} & REFUSALS, status["conditions"]
+    path = tmp_path / "row.yaml"
+    path.write_text(row.docs)
+    for command in ("validate", "render"):
+        assert main([command, "-f", str(path)]) == 0, capsys.readouterr().err
 
 
 # -- every refusal in the code has a row or a reason it cannot have one -----------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -97,16 +97,21 @@ class Resolver:
         assert isinstance(spec, FineTunedModelSpec)
         if spec.merge.enabled:
             return ResolvedModel(uri=merge_output_uri(spec, found.owner, self.config)), None
-        adapter = ResolvedAdapter(name=found.name, uri=spec.adapter.uri)
+        adapter = self.adapter(ref, namespace, found.name)
         return ResolvedModel(uri=base_uri(spec), token_secret=spec.base_model.token_secret_ref), adapter
 
     def adapter(self, ref: ObjectRef, namespace: str, name: str) -> ResolvedAdapter:
+        """A FineTunedModel's adapter where the service loads it: an unmerged one from the copy its inspect Job
+        publishes under its output (in a folder named after the adapter's digest, unknown here), as the
+        operator does; a merged one from its adapter URI."""
         found = self._find("FineTunedModel", ref, namespace)
         if found is None:
             return ResolvedAdapter(name=name, uri=self._default(ref, namespace, "FineTunedModel"))
         spec = found.spec
         assert isinstance(spec, FineTunedModelSpec)
-        return ResolvedAdapter(name=name, uri=spec.adapter.uri)
+        if spec.merge.enabled:
+            return ResolvedAdapter(name=name, uri=spec.adapter.uri)
+        return ResolvedAdapter(name=name, uri=merge_output_uri(spec, found.owner, self.config))
 
     def quantizationjob(self, ref: ObjectRef, namespace: str) -> ResolvedModel:
         found = self._find("QuantizationJob", ref, namespace)
@@ -168,28 +173,18 @@ class Resolver:
         self, spec: InferenceServiceSpec, namespace: str
     ) -> tuple[ResolvedModel | None, list[ResolvedAdapter]]:
         """What the service will serve, as far as the input tells (model None: its source is not in the input;
-        adapters whose FineTunedModel is not in the input are left out). An unmerged FineTunedModel's adapter
-        is served from the copy its inspect Job publishes under its output, as the operator does."""
+        adapters whose FineTunedModel is not in the input are left out)."""
         served, adapters = self.served(spec, namespace)
         refs = {r.field: r for r in references(spec)}
         source = refs.get("spec.model.fineTunedModelRef") or refs.get("spec.model.quantizationJobRef")
         model = None if source is not None and not self.known(source, namespace) else served
-        published: dict[str, str] = {}
-        unknown: set[str] = set()
-        entries = [(a.name, a.fine_tuned_model_ref) for a in spec.lora.adapters] if spec.lora else []
-        if spec.model.fine_tuned_model_ref is not None:
-            entries.append((spec.model.fine_tuned_model_ref.name, spec.model.fine_tuned_model_ref))
-        for name, ref in entries:
-            found = self._find("FineTunedModel", ref, namespace) if ref is not None else None
-            if ref is not None and found is None:
-                unknown.add(name)
-            elif (
-                found is not None
-                and isinstance(found.spec, FineTunedModelSpec)
-                and not found.spec.merge.enabled
-            ):
-                published[name] = merge_output_uri(found.spec, found.owner, self.config)
-        known = [replace(a, uri=published.get(a.name, a.uri)) for a in adapters if a.name not in unknown]
+        unknown = {
+            a.name
+            for a in (spec.lora.adapters if spec.lora else [])
+            if a.fine_tuned_model_ref is not None
+            and self._find("FineTunedModel", a.fine_tuned_model_ref, namespace) is None
+        }
+        known = [a for a in adapters if a.name not in unknown]
         return model, known
 
 
