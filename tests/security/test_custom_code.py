@@ -14,8 +14,10 @@ import pytest
 from tests.workers.conftest import run_cli
 from tuneops import API_VERSION, toolpaths
 from tuneops.api import parse_spec
+from tuneops.api.conditions import Reason
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
+from tuneops.reconcile.jobs import observe_job
 from tuneops.render import Owner, ResolvedModel, render_quantize_job
 from tuneops.workers import gguf
 from tuneops.workers.customcode import clean_env, custom_code
@@ -132,6 +134,13 @@ def test_gguf_worker_refuses_a_model_with_its_own_code(
     assert "allowCustomCode" in error
     assert not marker.exists(), "the model's code ran"
     assert not (tmp_path / "out").exists()
+    # What the operator makes of that Pod: the worker's own words in the QuantizationJob's condition.
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    term = {"exitCode": 2, "reason": "Error", "message": log.read_text()}
+    pod = {"status": {"containerStatuses": [{"state": {"terminated": term}}]}}
+    outcome = observe_job(job, [pod])
+    assert (outcome.state, outcome.reason) == ("Failed", Reason.JOB_FAILED)
+    assert "carries its own Python code" in outcome.message and "allowCustomCode" in outcome.message
 
 
 @pytest.mark.workers
