@@ -1,13 +1,15 @@
 """The local node's pure translations: quantities, $(VAR) expansion, path and host rewrites, image mapping,
-a container's environment and command line."""
+a container's environment and command line, Go durations in messages, and loopback ranges per node."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from tuneops.config import Images
-from tuneops.local import probes
-from tuneops.local.container import Container
+from tuneops.local import loopback, probes
+from tuneops.local.container import Container, go_duration
 from tuneops.local.podenv import (
     ConfigError,
     Placement,
@@ -252,3 +254,27 @@ def test_probes_decide_readiness_and_restarts_from_their_thresholds() -> None:
     assert probes.advance(c, 3.0, check) == []
     assert probes.advance(c, 4.0, check) == []
     assert probes.advance(c, 5.0, check) == [probes.Finding("restart", "Liveness probe failed: down")]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "500ms"), (2, "2s"), (10, "10s"), (80, "1m20s"), (160, "2m40s"), (300, "5m0s"), (1.5, "1.5s")],
+)
+def test_back_off_durations_read_as_the_kubelet_prints_them(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+
+
+def test_each_node_holds_its_own_loopback_range_until_it_lets_go(tmp_path: Path) -> None:
+    first = loopback.claim(folder=tmp_path)
+    second = loopback.claim(folder=tmp_path)
+    assert (first.prefix, second.prefix) == ("127.42", "127.43")
+    with pytest.raises(loopback.PrefixTaken, match=r"127\.42"):
+        loopback.claim(exact="127.42", folder=tmp_path)
+    # A node that restarts gets its old range back when it is free, and never one another node holds.
+    third = loopback.claim(preferred="127.43", folder=tmp_path)
+    assert third.prefix == "127.44"
+    first.release()
+    again = loopback.claim(preferred="127.42", folder=tmp_path)
+    assert again.prefix == "127.42"
+    for held in (second, third, again):
+        held.release()
