@@ -68,11 +68,12 @@ def observe_workload(
         updated=int(wstatus.get("updatedReplicas") or 0),
         current=(workload.get("metadata") or {}).get("generation") == wstatus.get("observedGeneration"),
     )
-    settling = not seen.rolled_out or progress_deadline(workload) is not None
+    # A workload not made yet has no Pods to explain.
+    settling = bool(workload) and (not seen.rolled_out or progress_deadline(workload) is not None)
     if not (settling or lora_enabled(spec, sources)):
         return seen, []
     pods = kube.list(k.POD, ns, dict(rendered.selector))
-    if settling and workload:
+    if settling:
         seen = replace(seen, cause=diagnose(pods, pod_events(kube, ns, pods), workload))
     return seen, pods
 
