@@ -7,6 +7,7 @@ printable error within the pass deadline, and the other is served as if nothing 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -30,7 +31,11 @@ from tuneops.adapters import (
 )
 from tuneops.adapters.client import ACTION_BODY_MAX, MAX_ACTIONS_PER_POD, MODELS_BODY_MAX
 from tuneops.adapters.types import MAX_LISTED_MODELS
+from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.config import OperatorConfig
+from tuneops.reconcile.base import Context, Invalid
 from tuneops.reconcile.lora import reconcile_pods
+from tuneops.reconcile.sources import _api_key
 from tuneops.render.types import Owner
 
 WANT = {n: DesiredAdapter(name=n, path=f"/adapters/{n}", digest=f"sha256:{n}") for n in ("a", "b")}
@@ -255,3 +260,27 @@ def test_excerpt_is_short_and_printable() -> None:
     assert excerpt("a\nb\x1b[31m\x00c  d") == "a b [31m c d"
     long = excerpt("x" * (ACTION_BODY_MAX * 10))
     assert len(long) == 200 and long.endswith("…")
+
+
+class _Secrets:
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def get(self, rtype: Any, ns: str, name: str) -> dict[str, Any]:
+        return {"data": {"key": base64.b64encode(self.value).decode()}}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [(b"secret\n", "trailing newline"), (b"\xff\xfe", "printable ASCII"), (b"", "empty")],
+)
+def test_a_bad_api_key_in_the_secret_is_an_invalid_spec(value: bytes, says: str) -> None:
+    spec = InferenceServiceSpec.model_validate(
+        {"model": {"uri": "pvc://models/m"}, "apiKeySecretRef": {"name": "api", "key": "key"}}
+    )
+    ctx = Context(kube=cast(Any, _Secrets(value)), config=OperatorConfig())
+    with pytest.raises(Invalid, match=says) as err:
+        _api_key(ctx, "ns", spec)
+    assert err.value.reason == "InvalidSpec"
+    assert "Secret 'api' key 'key'" in err.value.message
+    assert _api_key(Context(kube=cast(Any, _Secrets(b"sk-1")), config=OperatorConfig()), "ns", spec) == "sk-1"
