@@ -49,61 +49,49 @@ def _ready_with(api: Kube, kind: str, ns: str, name: str, reason: str) -> Callab
     return check
 
 
-def test_job_with_an_image_no_registry_has_reports_image_pull_back_off(
-    node: LocalNode,
-    claims: None,
-    start_operator: Callable[..., OperatorProcess],
-    api: Kube,
-    kubectl: Any,
-    namespace: str,
-    wait_until: Callable[..., Any],
-) -> None:
-    start_operator(TUNEOPS_IMAGE_WORKER=MISSING_IMAGE)
-    kubectl.apply(ftm("m"), namespace=namespace)
-    ready = wait_until(_ready_with(api, "FineTunedModel", namespace, "m", "ImagePullBackOff"), timeout=90)
-    assert ready["status"] == "False"
-    assert MISSING_IMAGE in ready["message"], ready
-
-
-def test_serving_pod_asking_for_a_gpu_reports_the_schedulers_message(
-    node: LocalNode,
-    claims: None,
-    start_operator: Callable[..., OperatorProcess],
-    api: Kube,
-    kubectl: Any,
-    namespace: str,
-    wait_until: Callable[..., Any],
-) -> None:
-    start_operator()
-    tisvc = {
+def _gpu_service() -> dict[str, Any]:
+    return {
         "apiVersion": "tuneops.io/v1alpha1",
         "kind": "InferenceService",
-        "metadata": {"name": "gpu"},
+        "metadata": {"name": "m"},
         "spec": {"model": {"uri": "pvc://models/tiny-llama"}, "runtime": "vllm", "resources": {"gpus": 1}},
     }
-    kubectl.apply(tisvc, namespace=namespace)
-    ready = wait_until(_ready_with(api, "InferenceService", namespace, "gpu", "Unschedulable"), timeout=90)
-    assert ready["status"] == "False"
-    assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in ready["message"], ready
 
 
-def test_job_reading_a_missing_secret_reports_create_container_config_error(
-    node: LocalNode,
-    claims: None,
-    start_operator: Callable[..., OperatorProcess],
-    api: Kube,
-    kubectl: Any,
-    namespace: str,
-    wait_until: Callable[..., Any],
-) -> None:
-    start_operator()
+def _model_with_missing_secret() -> dict[str, Any]:
     model = ftm("m")
     model["spec"]["adapter"] = {
         "uri": "hf://example/tiny-adapter",
         "tokenSecretRef": {"name": "hf-token", "key": "HF_TOKEN"},
     }
-    kubectl.apply(model, namespace=namespace)
-    reason = "CreateContainerConfigError"
-    ready = wait_until(_ready_with(api, "FineTunedModel", namespace, "m", reason), timeout=90)
+    return model
+
+
+CASES = {
+    # A Job whose image no registry (here: the node's image mapping) has.
+    "image": (lambda: ftm("m"), {"TUNEOPS_IMAGE_WORKER": MISSING_IMAGE}, "ImagePullBackOff", MISSING_IMAGE),
+    # A serving Pod asking for a GPU on a cluster without one.
+    "gpu": (_gpu_service, {}, "Unschedulable", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),
+    # A Job reading credentials from a Secret that does not exist.
+    "secret": (_model_with_missing_secret, {}, "CreateContainerConfigError", 'secret "hf-token" not found'),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_stuck_workload_reaches_ready_with_its_cause(
+    case: str,
+    node: LocalNode,
+    claims: None,
+    start_operator: Callable[..., OperatorProcess],
+    api: Kube,
+    kubectl: Any,
+    namespace: str,
+    wait_until: Callable[..., Any],
+) -> None:
+    make, env, reason, words = CASES[case]
+    resource = make()
+    start_operator(**env)
+    kubectl.apply(resource, namespace=namespace)
+    ready = wait_until(_ready_with(api, resource["kind"], namespace, "m", reason), timeout=90, what=reason)
     assert ready["status"] == "False"
-    assert 'secret "hf-token" not found' in ready["message"], ready
+    assert words in ready["message"], ready
