@@ -47,7 +47,7 @@ class OperatorConfig(BaseModel):
 
     images: Images = Field(default_factory=Images)
     artifact_root: str = "pvc://tuneops-artifacts"
-    """Where outputs go when a resource names none: <root>/<namespace>/<name>."""
+    """Where outputs go when a resource names none: <root>/<namespace>/<kind plural>/<name>."""
     pvc_mount_root: str = "/mnt/pvc"
     """Where PersistentVolumeClaims are mounted in Pods; pvc://claim/path is <root>/<claim>/path."""
     namespaces: list[str] = Field(default_factory=list)
