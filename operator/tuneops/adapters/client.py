@@ -42,9 +42,6 @@ PASS_DEADLINE_S = 60.0
 # Calls per Pod per pass; what is left is planned again on the next pass.
 MAX_ACTIONS_PER_POD = 16
 EXCERPT_MAX = 200
-# kept for callers that set their own timeouts
-DEFAULT_TIMEOUT_S = LIST_TIMEOUT_S
-DEFAULT_LOAD_TIMEOUT_S = LOAD_TIMEOUT_S
 
 
 def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
