@@ -6,11 +6,13 @@ The reconcilers call them with sources read from the referenced resources' statu
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from tuneops.api.common import ObjectRef
+from tuneops.api.common import JobTemplate, ObjectRef
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
@@ -100,3 +102,138 @@ def check_quantization_source(
             )
         ]
     return check_quantizationjob(spec, source)
+
+
+# -- what a tenant may choose for its Pods (the operator config's allow-lists) --------------------------------
+
+# Env value sources a spec may use; a secretKeyRef only to a Secret the spec already names.
+_ENV_SOURCES = frozenset({"secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"})
+
+
+def _matches(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _flag(arg: str) -> str | None:
+    """The flag an argument sets (`--a_b=1` -> `--a-b`; short flags as written), None for a value."""
+    if not arg.startswith("-") or arg == "-" or arg[1:2].isdigit():
+        return None
+    name = arg.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def _denied_flag(flag: str, config: OperatorConfig) -> str | None:
+    """The deny-list entry `flag` sets (itself, or one it abbreviates: argparse takes unique prefixes)."""
+    allow = config.allow
+    if _matches(flag, allow.extra_args):
+        return None
+    for denied in allow.denied_args:
+        if fnmatch.fnmatchcase(flag, denied):
+            return denied
+        literal = not any(c in denied for c in "*?[")
+        if literal and flag.startswith("--") and len(flag) > 3 and denied.startswith(flag):
+            return denied
+    return None
+
+
+def _job_templates(spec: BaseModel) -> list[tuple[str, JobTemplate]]:
+    template = getattr(spec, "job", None)
+    return [("spec.job", template)] if isinstance(template, JobTemplate) else []
+
+
+def check_pod_policy(spec: BaseModel, config: OperatorConfig) -> list[Problem]:
+    """What the spec chooses for its Pods that the operator config does not allow (reason NotAllowed): images
+    other than the configured ones and config.allow.images, ServiceAccounts, PriorityClasses and
+    RuntimeClasses outside their lists, server arguments on the deny-list, and env from Secrets the spec
+    does not otherwise name."""
+    allow = config.allow
+    problems: list[Problem] = []
+
+    def not_allowed(fld: str, msg: str) -> None:
+        problems.append(Problem(Reason.NOT_ALLOWED, fld, msg))
+
+    configured = set(config.images.model_dump().values())
+    scheduling: list[tuple[str, BaseModel]] = [*_job_templates(spec)]
+    if isinstance(spec, InferenceServiceSpec):
+        scheduling.append(("spec", spec))
+    for at, holder in scheduling:
+        image = getattr(holder, "image", None)
+        if image and image not in configured and not _matches(image, allow.images):
+            not_allowed(
+                f"{at}.image",
+                f"image {image!r} is not allowed by the operator config (allow.images; "
+                "chart value config.allow.images); leave it unset for the configured image",
+            )
+        account = getattr(holder, "service_account_name", None)
+        if account and not _matches(account, allow.service_accounts):
+            not_allowed(
+                f"{at}.serviceAccountName",
+                f"ServiceAccount {account!r} is not allowed by the operator "
+                "config (allow.serviceAccounts); leave it unset to run without a token",
+            )
+        priority = getattr(holder, "priority_class_name", None)
+        if priority and not _matches(priority, allow.priority_classes):
+            not_allowed(
+                f"{at}.priorityClassName",
+                f"PriorityClass {priority!r} is not allowed by the operator config (allow.priorityClasses)",
+            )
+    if isinstance(spec, InferenceServiceSpec):
+        problems += _service_pod_problems(spec, config)
+    return problems
+
+
+def _service_pod_problems(spec: InferenceServiceSpec, config: OperatorConfig) -> list[Problem]:
+    out: list[Problem] = []
+    runtime_class = spec.runtime_class_name
+    if runtime_class and not _matches(runtime_class, config.allow.runtime_classes):
+        out.append(
+            Problem(
+                Reason.NOT_ALLOWED,
+                "spec.runtimeClassName",
+                f"RuntimeClass {runtime_class!r} is not "
+                "allowed by the operator config (allow.runtimeClasses)",
+            )
+        )
+    named = {r.name for r in (spec.model.token_secret_ref, spec.api_key_secret_ref) if r is not None}
+    for i, env in enumerate(spec.env or []):
+        source = env.value_from or {}
+        fld = f"spec.env[{i}].valueFrom"
+        unknown = sorted(set(source) - _ENV_SOURCES)
+        if unknown:
+            out.append(
+                Problem(
+                    Reason.NOT_ALLOWED,
+                    fld,
+                    f"{', '.join(unknown)} is not allowed (use secretKeyRef, "
+                    "configMapKeyRef, fieldRef or resourceFieldRef)",
+                )
+            )
+        secret = (source.get("secretKeyRef") or {}).get("name") if isinstance(source, dict) else None
+        if "secretKeyRef" in source and secret not in named:
+            out.append(
+                Problem(
+                    Reason.NOT_ALLOWED,
+                    f"{fld}.secretKeyRef",
+                    f"Secret {secret!r} is not one the "
+                    "spec names (model.tokenSecretRef, apiKeySecretRef); env may read only those",
+                )
+            )
+    settings = (
+        ("spec.vllm.extraArgs", spec.vllm.extra_args if spec.vllm else None),
+        ("spec.llamacpp.extraArgs", spec.llamacpp.extra_args if spec.llamacpp else None),
+    )
+    for at, args in settings:
+        for i, arg in enumerate(args or []):
+            flag = _flag(arg)
+            denied = _denied_flag(flag, config) if flag else None
+            if denied:
+                out.append(
+                    Problem(
+                        Reason.NOT_ALLOWED,
+                        f"{at}[{i}]",
+                        f"{flag} is refused: the operator sets it or it "
+                        f"loads code or reads or writes files (allow.deniedArgs has {denied}; "
+                        "allow.extraArgs lifts it)",
+                    )
+                )
+    return out

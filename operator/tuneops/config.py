@@ -37,6 +37,85 @@ class Features(BaseModel):
     """policy/v1 PodDisruptionBudget (Kubernetes 1.21+); older servers get policy/v1beta1."""
 
 
+class Scratch(BaseModel):
+    """Sizes of the writable scratch every rendered Pod gets (root filesystems are read-only): each emptyDir's
+    sizeLimit, and the ephemeral-storage each container requests. A Pod that writes more is evicted."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    worker: str = "200Gi"
+    """A worker Job's /scratch: HOME, caches and downloads of hf:// and s3:// inputs (whole models)."""
+    model: str = "200Gi"
+    """The served model's download folder when the artifact's size is not known (else its size + 1Gi)."""
+    cache: str = "20Gi"
+    """vLLM's caches (HOME, HF_HOME, XDG_CACHE_HOME, TRITON_CACHE_DIR, VLLM_CACHE_ROOT)."""
+    tmp: str = "2Gi"
+    """/tmp of every container."""
+    shm: str = "16Gi"
+    """/dev/shm of tensor-parallel vLLM Pods (memory-backed: it counts against the Pod's memory)."""
+    request: str = "1Gi"
+    """ephemeral-storage request of every container (scheduling; the sizeLimits cap what is written)."""
+
+
+class AllowLists(BaseModel):
+    """What a tenant's spec may choose for the Pods the operator creates; anything else is refused
+    (Ready=False, reason NotAllowed, naming the field). Patterns are shell globs (fnmatch): `*` matches
+    anything, `ghcr.io/acme/*` every image under that prefix."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    images: list[str] = Field(default_factory=list)
+    """Images a spec may set (spec.image, spec.job.image) besides the configured ones (always allowed)."""
+    service_accounts: list[str] = Field(default_factory=list)
+    """ServiceAccounts a spec may run its Pods as (serviceAccountName), with their token mounted. The default
+    (unset) is always allowed and gets no token."""
+    priority_classes: list[str] = Field(default_factory=list)
+    """PriorityClasses a spec may set (priorityClassName); unset is always allowed."""
+    runtime_classes: list[str] = Field(default_factory=lambda: ["*"])
+    """RuntimeClasses an InferenceService may set (runtimeClassName; e.g. nvidia)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Flags of vllm.extraArgs / llamacpp.extraArgs allowed even though the deny-list names them
+    (e.g. --trust-remote-code)."""
+    denied_args: list[str] = Field(
+        default_factory=lambda: [
+            # code loaded into the server
+            "--trust-remote-code",
+            "--middleware",
+            "--tool-parser-plugin",
+            "--logits-processors",
+            "--worker-cls",
+            "--worker-extension-cls",
+            # files read or written outside the model
+            "--allowed-local-media-path",
+            "--chat-template",
+            "--chat-template-file",
+            "--download-dir",
+            "--path",
+            "--slot-save-path",
+            "--log-file",
+            "--ssl-*",
+            # what the operator sets: the model, its adapters, the API key, the address and port
+            "--model",
+            "-m",
+            "--model-url",
+            "-mu",
+            "--hf-*",
+            "-hf*",
+            "--lora-modules",
+            "--api-key",
+            "--api-key-file",
+            "--host",
+            "--port",
+            "--uds",
+            # work sent to other machines
+            "--rpc",
+        ]
+    )
+    """Flags of vllm.extraArgs / llamacpp.extraArgs that are refused: those that load code
+    (--trust-remote-code, plugins, middleware), read or write arbitrary local files, replace the API key, or
+    move the server off its address and port. `--flag=value` and `--flag value` are both matched."""
+
+
 class OperatorConfig(BaseModel):
     """Everything the renderers and reconcilers read that is not in a resource's spec.
 
@@ -70,6 +149,11 @@ class OperatorConfig(BaseModel):
     """Let GGUF conversion take model folders that carry their own Python code (an auto_map, *.py files).
     llama.cpp's converter runs that code for some architectures (Qwen v1, ChatGLM); off, such sources are
     refused and the converter cannot turn trust_remote_code on. Either way it runs without credentials."""
+
+    scratch: Scratch = Field(default_factory=Scratch)
+    """sizeLimits of the Pods' scratch emptyDirs and their ephemeral-storage request."""
+    allow: AllowLists = Field(default_factory=AllowLists)
+    """What tenants' specs may choose for their Pods: images, ServiceAccounts, PriorityClasses, arguments."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> OperatorConfig:

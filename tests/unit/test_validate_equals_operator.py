@@ -40,7 +40,7 @@ SCANNED = sorted([*(PKG / "reconcile").rglob("*.py"), *(PKG / "render").rglob("*
 
 # Reasons that refuse a spec as written (the person must change it). Job failures, a failed quality gate or an
 # adapter a Pod would not load are outcomes of running, not refusals of the spec.
-REFUSALS = {Reason.INVALID_SPEC, Reason.INCOMPATIBLE_ADAPTER, Reason.SOURCE_NOT_FOUND}
+REFUSALS = {Reason.INVALID_SPEC, Reason.INCOMPATIBLE_ADAPTER, Reason.SOURCE_NOT_FOUND, Reason.NOT_ALLOWED}
 # Calls that make a refusal: the reconcilers' exception, a problem record, check_inferenceservice's reporters.
 REFUSING_CALLS = {"Invalid", "Problem", "invalid", "incompatible"}
 
@@ -317,6 +317,94 @@ spec:
 """,
         "spec.lora.adapters[0]",
         Reason.INCOMPATIBLE_ADAPTER,
+    ),
+    # What a tenant may choose for its Pods (the operator config's allow-lists, docs/security.md).
+    Row(
+        "allow/server-image",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, image: "evil.example/vllm:latest"}
+""",
+        "spec.image",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/worker-image-outside-the-allowed-prefix",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec: {baseModel: {uri: "hf://org/base"}, adapter: {uri: "hf://org/a"}, job: {image: "evil.example/w:1"}}
+""",
+        "spec.job.image",
+        Reason.NOT_ALLOWED,
+        {"allow": {"images": ["registry.example/tuneops/*"]}},
+    ),
+    Row(
+        "allow/worker-service-account",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec: {baseModel: {uri: "hf://org/base"}, adapter: {uri: "hf://org/a"}, job: {serviceAccountName: admin}}
+""",
+        "spec.job.serviceAccountName",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/quantization-priority-class",
+        QJ_HEAD
+        + """metadata: {name: q}
+spec: {source: {uri: "hf://org/model"}, method: awq, job: {priorityClassName: system-node-critical}}
+""",
+        "spec.job.priorityClassName",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/runtime-class",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, runtimeClassName: unconfined}
+""",
+        "spec.runtimeClassName",
+        Reason.NOT_ALLOWED,
+        {"allow": {"runtimeClasses": ["nvidia"]}},
+    ),
+    Row(
+        "allow/env-from-a-secret-the-spec-does-not-name",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "hf://org/model", tokenSecretRef: {name: hf}}
+  env: [{name: X, valueFrom: {secretKeyRef: {name: other-team, key: token}}}]
+""",
+        "spec.env[0].valueFrom.secretKeyRef",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/env-from-an-unknown-source",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "hf://org/model"}
+  env: [{name: X, valueFrom: {fileKeyRef: {path: /etc/passwd, key: x}}}]
+""",
+        "spec.env[0].valueFrom",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-trust-remote-code",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--max-num-seqs=8", "--trust_remote_code"]}}
+""",
+        "spec.vllm.extraArgs[1]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/llamacpp-static-files",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "pvc://m/model.gguf"}, runtime: llamacpp, llamacpp: {extraArgs: ["--path", "/"]}}
+""",
+        "spec.llamacpp.extraArgs[0]",
+        Reason.NOT_ALLOWED,
     ),
 ]
 

@@ -27,6 +27,7 @@ class Reason:
     SOURCE_NOT_FOUND = "SourceNotFound"
     INVALID_SPEC = "InvalidSpec"
     INCOMPATIBLE_ADAPTER = "IncompatibleAdapter"
+    NOT_ALLOWED = "NotAllowed"
     JOB_PENDING = "JobPending"
     JOB_RUNNING = "JobRunning"
     JOB_FAILED = "JobFailed"
@@ -63,6 +64,7 @@ TERMINAL_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
         Reason.INCOMPATIBLE_ADAPTER,
+        Reason.NOT_ALLOWED,
         Reason.JOB_FAILED,
         Reason.OOM_KILLED,
         Reason.DEADLINE_EXCEEDED,

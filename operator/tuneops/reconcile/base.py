@@ -21,6 +21,7 @@ from tuneops.api.conditions import (
     find,
     set_condition,
 )
+from tuneops.checks import check_pod_policy
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.reconcile.jobs import JobOutcome, observe_job
@@ -256,6 +257,10 @@ def reconciler(info: KindInfo[SpecT, StatusT]) -> Callable[[Body[SpecT, StatusT]
                 return sb.conclude(
                     Verdict((Cond(READY, False, Reason.INVALID_SPEC, "; ".join(err.problems)),))
                 )
+            refused = check_pod_policy(spec, ctx.config)
+            if refused:
+                message = "; ".join(str(p) for p in refused)
+                return sb.conclude(Verdict((Cond(READY, False, Reason.NOT_ALLOWED, message),)))
             return body(sb, spec)
 
         return reconcile

@@ -25,6 +25,7 @@ from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.checks import (
     AdapterOnly,
     Reference,
+    check_pod_policy,
     check_quantization_source,
     check_reference,
     references,
@@ -210,6 +211,7 @@ def check_resource(resource: Resource, resolver: Resolver) -> Findings:
             )
         )
     ]
+    problems += check_pod_policy(spec, resolver.config)
     refused = {p.field for p in problems}
     notes = [
         f"not checked: {r.label} ({r.field}) not in the given files"

@@ -13,6 +13,7 @@ local terminal = {
   InitContainerFailed = true,
   InvalidSpec = true,
   JobFailed = true,
+  NotAllowed = true,
   OOMKilled = true,
   ProgressDeadlineExceeded = true,
   QualityGateFailed = true,
