@@ -110,6 +110,37 @@ def assert_restricted(manifests: Iterable[dict[str, Any]]) -> None:
             assert sc["capabilities"] == {"drop": ["ALL"]}
             assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
             assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert_bounded_scratch(m)
+
+
+# Where programs write by default, set to a writable mount by the renderers.
+WRITABLE_ENV = ("HOME", "HF_HOME", "TMPDIR", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME")
+
+
+def assert_bounded_scratch(manifest: dict[str, Any]) -> None:
+    """Read-only root filesystems; every emptyDir has a sizeLimit, every container requests ephemeral-storage,
+    and what a container writes (/tmp, HOME and the caches its env names) is on a writable mount of its own."""
+    for pod in pod_specs(manifest):
+        empty = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for v in pod.get("volumes", []):
+            if "emptyDir" in v:
+                assert v["emptyDir"].get("sizeLimit"), v
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            assert "ephemeral-storage" in c["resources"]["requests"], c["name"]
+            writable = [
+                m["mountPath"]
+                for m in c.get("volumeMounts", [])
+                if m["name"] in empty and not m.get("readOnly")
+            ]
+            assert "/tmp" in writable, c["name"]
+            for e in c.get("env", []):
+                if e["name"] in WRITABLE_ENV and "value" in e:
+                    path = e["value"]
+                    assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), (
+                        c["name"],
+                        e,
+                    )
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

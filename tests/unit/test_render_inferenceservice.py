@@ -193,7 +193,7 @@ def test_golden_llamacpp() -> None:
     assert env_of(c)["LLAMA_API_KEY"] == {"secretKeyRef": {"key": "token", "name": "llama-key"}}
     assert c["resources"] == {
         "limits": {"cpu": "6", "memory": "8Gi"},
-        "requests": {"cpu": "6", "memory": "8Gi"},
+        "requests": {"cpu": "6", "ephemeral-storage": "1Gi", "memory": "8Gi"},
     }
     assert "nvidia.com/gpu" not in json.dumps(by_kind(r, "Deployment"))
     assert {
@@ -305,7 +305,7 @@ def test_gpu_scheduling_and_runtime_details() -> None:
     assert dep["spec"]["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert "kueue.x-k8s.io/queue-name" not in dep["spec"]["selector"]["matchLabels"]
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
-    assert shm == {"emptyDir": {"medium": "Memory"}, "name": "dshm"}
+    assert shm == {"emptyDir": {"medium": "Memory", "sizeLimit": CFG.scratch.shm}, "name": "dshm"}
     assert {"mountPath": "/dev/shm", "name": "dshm"} in c["volumeMounts"]
     env = env_of(c)
     assert env["VLLM_API_KEY"] == {"secretKeyRef": {"key": "key", "name": "api-key"}}

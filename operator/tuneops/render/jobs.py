@@ -11,7 +11,16 @@ from tuneops.api.common import JobTemplate
 from tuneops.config import OperatorConfig
 from tuneops.render.env import Source, env_value, merge_env, source_env
 from tuneops.render.names import canonical_json, content_hash, metadata, standard_labels, step_name
-from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
+from tuneops.render.pod import (
+    GPU_RESOURCE,
+    TERMINATION_LOG,
+    container_defaults,
+    empty_dir,
+    pod_spec,
+    sorted_resources,
+    tmp_volume,
+    with_scratch_request,
+)
 from tuneops.render.types import Manifest, Owner
 from tuneops.render.volumes import Mounts
 
@@ -57,7 +66,7 @@ def worker_resources(template: JobTemplate, config: OperatorConfig, gpus: int) -
     if GPU_RESOURCE in requests and GPU_RESOURCE not in limits:
         limits[GPU_RESOURCE] = requests[GPU_RESOURCE]
     threads_from = "limits.cpu" if "cpu" in limits else "requests.cpu"
-    return sorted_resources(limits, requests), threads_from
+    return sorted_resources(limits, with_scratch_request(requests, config)), threads_from
 
 
 def job_gpus(template: JobTemplate, wanted: int = 0) -> int:
@@ -91,8 +100,8 @@ def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> l
     return merge_env(ours)
 
 
-def scratch_volume() -> tuple[dict[str, Any], dict[str, Any]]:
-    return {"emptyDir": {}, "name": "scratch"}, {"mountPath": SCRATCH_DIR, "name": "scratch"}
+def scratch_volume(config: OperatorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    return empty_dir("scratch", config.scratch.worker), {"mountPath": SCRATCH_DIR, "name": "scratch"}
 
 
 def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerStep) -> dict[str, Any]:
@@ -102,7 +111,8 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
         mounts.add(uri)
     mounts.add(step.output, write=True)
     resources, threads_from = worker_resources(template, config, step.gpus)
-    scratch, scratch_mount = scratch_volume()
+    scratch, scratch_mount = scratch_volume(config)
+    tmp, tmp_mount = tmp_volume(config)
     container: dict[str, Any] = {
         "args": list(step.args),
         "command": ["tuneops"],
@@ -110,13 +120,13 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
         "image": step.image,
         "name": WORKER_CONTAINER,
         "resources": resources,
-        "volumeMounts": [*mounts.volume_mounts(), scratch_mount],
+        "volumeMounts": [*mounts.volume_mounts(), scratch_mount, tmp_mount],
         **container_defaults(),
     }
     spec = pod_spec(
         config,
         containers=[container],
-        volumes=[*mounts.volumes(), scratch],
+        volumes=[*mounts.volumes(), scratch, tmp],
         gpus=job_gpus(template, step.gpus),
         node_selector=template.node_selector,
         tolerations=[t.wire() for t in template.tolerations or []],

@@ -15,6 +15,8 @@ TERMINATION_LOG = "/dev/termination-log"
 RUN_AS_USER = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+EPHEMERAL_STORAGE = "ephemeral-storage"
+TMP_VOLUME = "tmp"
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -28,9 +30,11 @@ def pod_security_context() -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
+    # The root filesystem is read-only: what a container writes goes to its emptyDirs, which have sizeLimits.
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
@@ -46,6 +50,24 @@ def container_defaults() -> dict[str, Any]:
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def empty_dir(name: str, size_limit: str, *, medium: str | None = None) -> dict[str, Any]:
+    """A scratch volume, bounded: a Pod that writes more than `size_limit` is evicted, not the node's disk filled."""
+    source: dict[str, Any] = {"sizeLimit": size_limit}
+    if medium:
+        source["medium"] = medium
+    return {"emptyDir": source, "name": name}
+
+
+def tmp_volume(config: OperatorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """/tmp of a container whose root filesystem is read-only."""
+    return empty_dir(TMP_VOLUME, config.scratch.tmp), {"mountPath": "/tmp", "name": TMP_VOLUME}
+
+
+def with_scratch_request(requests: Mapping[str, int | str], config: OperatorConfig) -> dict[str, int | str]:
+    """Requests with the container's ephemeral-storage (the spec's own value wins)."""
+    return {EPHEMERAL_STORAGE: config.scratch.request, **requests}
 
 
 def cpu_cores(q: int | str | None) -> int | None:

@@ -6,7 +6,7 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import gguf_file
 from tuneops.render.env import env_value
-from tuneops.render.pod import cpu_cores
+from tuneops.render.pod import cpu_cores, tmp_volume
 from tuneops.render.serving.args import llamacpp_args
 from tuneops.render.serving.pod import (
     api_key_env,
@@ -54,16 +54,17 @@ def render_llamacpp(
     gpus = spec.gpus_per_pod()
     resources = server_resources(spec, config, gpus, cpu_default=True)
     threads = lc.threads or cpu_cores(resources.get("limits", {}).get("cpu"))
+    tmp, tmp_mount = tmp_volume(config)
     container = server_container(
         spec,
         image=spec.image or config.images.llamacpp,
         args=llamacpp_args(model_path=files.path, served_name=served, llamacpp=lc, threads=threads),
         env=[env_value("HOME", "/tmp"), *api_key_env(spec, "LLAMA_API_KEY")],
         resources=resources,
-        volume_mounts=[{"mountPath": "/tmp", "name": "tmp"}, *files.mounts, *mounts.volume_mounts()],
+        volume_mounts=[tmp_mount, *files.mounts, *mounts.volume_mounts()],
         startup_seconds=STARTUP_SECONDS,
     )
-    volumes = [{"emptyDir": {}, "name": "tmp"}, *files.volumes, *mounts.volumes()]
+    volumes = [tmp, *files.volumes, *mounts.volumes()]
     pod = server_pod_spec(
         spec, config, container, volumes=volumes, files=files, gpus=gpus, shutdown_seconds=30
     )

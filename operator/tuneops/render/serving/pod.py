@@ -13,7 +13,16 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.env import Source, env_secret, env_value, merge_env, source_env
 from tuneops.render.names import standard_labels
-from tuneops.render.pod import GPU_RESOURCE, TERMINATION_LOG, container_defaults, pod_spec, sorted_resources
+from tuneops.render.pod import (
+    GPU_RESOURCE,
+    TERMINATION_LOG,
+    TMP_VOLUME,
+    container_defaults,
+    empty_dir,
+    pod_spec,
+    sorted_resources,
+    with_scratch_request,
+)
 from tuneops.render.serving.types import CONTAINER, PORT, SERVER
 from tuneops.render.types import Owner, ResolvedModel
 from tuneops.render.volumes import Mounts, parse, pod_path
@@ -52,12 +61,12 @@ def model_files(
         mounts.add(uri)
         base = pod_path(uri, config)
         return ModelFiles(path=f"{base.rstrip('/')}/{file}" if file else base, volumes=(), mounts=(), init=())
-    empty: dict[str, Any] = {}
+    size = config.scratch.model
     if model.size_bytes:
-        empty["sizeLimit"] = f"{math.ceil(model.size_bytes * 1.1 / 2**20) + 1024}Mi"
+        size = f"{math.ceil(model.size_bytes * 1.1 / 2**20) + 1024}Mi"
     return ModelFiles(
         path=f"{MODEL_DIR}/{file}" if file else MODEL_DIR,
-        volumes=({"emptyDir": empty, "name": "model"},),
+        volumes=(empty_dir("model", size),),
         mounts=({"mountPath": MODEL_DIR, "name": "model", "readOnly": True},),
         init=(_fetch_container(uri, model_secret(spec, model), config),),
     )
@@ -79,8 +88,13 @@ def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConf
         "image": config.images.worker,
         "name": FETCH_CONTAINER,
         # Downloading is network- and disk-bound; a small, fixed footprint keeps it off the model's budget.
-        "resources": {"limits": {"memory": "2Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
-        "volumeMounts": [{"mountPath": MODEL_DIR, "name": "model"}, {"mountPath": "/tmp", "name": "tmp"}],
+        "resources": sorted_resources(
+            {"memory": "2Gi"}, with_scratch_request({"cpu": "1", "memory": "1Gi"}, config)
+        ),
+        "volumeMounts": [
+            {"mountPath": MODEL_DIR, "name": "model"},
+            {"mountPath": "/tmp", "name": TMP_VOLUME},
+        ],
         **container_defaults(),
     }
 
@@ -117,7 +131,7 @@ def server_resources(
     limits = dict(requests)
     if gpus:
         limits[GPU_RESOURCE] = str(gpus)
-    return sorted_resources(limits, requests)
+    return sorted_resources(limits, with_scratch_request(requests, config))
 
 
 def api_key_env(spec: InferenceServiceSpec, name: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.env import env_secret, env_value
 from tuneops.render.names import bounded_name, canonical_json, content_hash, metadata, selector_labels
+from tuneops.render.pod import empty_dir, tmp_volume
 from tuneops.render.serving.args import lora_args_index, lora_modules, vllm_args
 from tuneops.render.serving.pod import (
     ModelFiles,
@@ -137,24 +138,25 @@ def _env(
 
 
 def _volumes(
-    owner: Owner, files: ModelFiles, mounts: Mounts, shared_memory: bool
+    owner: Owner, config: OperatorConfig, files: ModelFiles, mounts: Mounts, shared_memory: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and the server's mounts: caches, the launcher ConfigMap, the model, every claim."""
+    tmp, tmp_mount = tmp_volume(config)
     volumes: list[dict[str, Any]] = [
-        {"emptyDir": {}, "name": "cache"},
-        {"emptyDir": {}, "name": "tmp"},
+        empty_dir("cache", config.scratch.cache),
+        tmp,
         {"configMap": {"name": _configmap_name(owner)}, "name": "vllm-config"},
         *files.volumes,
     ]
     volume_mounts: list[dict[str, Any]] = [
         {"mountPath": CACHE_DIR, "name": "cache"},
-        {"mountPath": "/tmp", "name": "tmp"},
+        tmp_mount,
         {"mountPath": CONFIG_DIR, "name": "vllm-config", "readOnly": True},
         *files.mounts,
     ]
     if shared_memory:
         # NCCL exchanges tensors through /dev/shm; the runtime's 64 MB default breaks tensor parallelism.
-        volumes.append({"emptyDir": {"medium": "Memory"}, "name": "dshm"})
+        volumes.append(empty_dir("dshm", config.scratch.shm, medium="Memory"))
         volume_mounts.append({"mountPath": "/dev/shm", "name": "dshm"})
     return volumes + mounts.volumes(), volume_mounts + mounts.volume_mounts()
 
@@ -233,7 +235,7 @@ def _pod_template(
         distributed_executor_backend="ray" if multinode else None,
     )
     per_pod_parallel = v.tensor_parallel_size * (1 if multinode else v.pipeline_parallel_size)
-    volumes, volume_mounts = _volumes(owner, files, mounts, shared_memory=per_pod_parallel > 1)
+    volumes, volume_mounts = _volumes(owner, config, files, mounts, shared_memory=per_pod_parallel > 1)
     container = server_container(
         spec,
         image=spec.image or config.images.vllm,
