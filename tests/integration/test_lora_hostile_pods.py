@@ -66,6 +66,9 @@ def test_a_hostile_pod_costs_neither_memory_nor_other_services(
         (problem,) = status["pods"]
         assert problem["message"].startswith("unreachable:") and len(problem["message"]) <= 200
 
+        # the stalled service's handler returned long before its pass's deadline, saying so
+        wait_until(lambda: "no answer yet" in str(cluster.get("inferenceservices", namespace, "stalled")),
+                   timeout=40, what="the stalled service reported while its pass runs")  # fmt: skip
         good = cluster.get("inferenceservices", namespace, "good")["status"]  # type: ignore[index]
         assert {a["name"]: a["readyPods"] for a in good["adapters"]} == {f"good-a{i}": 1 for i in range(3)}
         assert "pods" not in good

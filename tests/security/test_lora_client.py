@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, cast
 
 import pytest
@@ -30,6 +30,7 @@ from tuneops.adapters import (
     summarize,
 )
 from tuneops.adapters.client import ACTION_BODY_MAX, MAX_ACTIONS_PER_POD, MODELS_BODY_MAX
+from tuneops.adapters.passes import PassRunner
 from tuneops.adapters.types import MAX_LISTED_MODELS
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
@@ -284,3 +285,42 @@ def test_a_bad_api_key_in_the_secret_is_an_invalid_spec(value: bytes, says: str)
     assert err.value.reason == "InvalidSpec"
     assert "Secret 'api' key 'key'" in err.value.message
     assert _api_key(Context(kube=cast(Any, _Secrets(b"sk-1")), config=OperatorConfig()), "ns", spec) == "sk-1"
+
+
+def test_a_slow_pass_holds_the_handler_only_briefly_and_is_not_started_twice() -> None:
+    """The operator's handler threads wait a bounded time for an adapter pass; a pass still running is picked
+    up by the next call, never duplicated, and its result is dropped if the inputs changed meanwhile."""
+    runner: PassRunner[str] = PassRunner("test-adapter-passes", wait_s=0.2)
+    gate = threading.Event()
+    starts: list[int] = []
+
+    async def slow() -> str:
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        return f"pass {len(starts)}"
+
+    def start() -> Coroutine[Any, Any, str]:
+        starts.append(1)
+        return slow()
+
+    def settle() -> None:
+        deadline = time.monotonic() + 5
+        while runner.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    began = time.monotonic()
+    assert runner.run("svc", "inputs-1", start) is None
+    assert time.monotonic() - began < 1.0
+    assert runner.run("svc", "inputs-1", start) is None
+    assert len(starts) == 1
+    gate.set()
+    settle()
+    assert runner.run("svc", "inputs-1", start) == "pass 1"  # finished in between: taken, not run again
+    assert runner.run("svc", "inputs-1", start) == "pass 2"  # the next call is a fresh pass
+    gate.clear()
+    assert runner.run("svc", "inputs-1", start) is None
+    assert runner.run("svc", "inputs-2", start) is None  # one pass per service at a time
+    assert len(starts) == 3
+    gate.set()
+    settle()
+    assert runner.run("svc", "inputs-2", start) == "pass 4"  # pass 3 read the old inputs: dropped

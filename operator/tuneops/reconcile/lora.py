@@ -21,6 +21,7 @@ from tuneops.adapters import (
     summarize,
 )
 from tuneops.adapters.client import PASS_DEADLINE_S, POD_ERRORS
+from tuneops.adapters.passes import PassRunner
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
 from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
@@ -36,6 +37,9 @@ _MEMORY_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 # Pods of one service talked to at once; the rest wait their turn within the same pass deadline.
 POD_CONCURRENCY = 8
+# Passes run off kopf's handler threads: a handler waits a few seconds for its pass, then reports the Pods as
+# not answering yet and looks again on its next poll, while the pass goes on to its deadline.
+_PASSES: PassRunner[list[PodResult]] = PassRunner("tuneops-adapters")
 
 
 def lora_enabled(spec: InferenceServiceSpec, sources: Sources) -> bool:
@@ -57,14 +61,29 @@ def reconcile_adapters(
     }
     ready = ready_pods(pods)
     lora = render.effective_lora(spec, sources.adapters)
+    dynamic = bool(lora and lora.dynamic)
     results: list[PodResult] = []
     if ready:
-        results = asyncio.run(
-            reconcile_pods(owner, ready, desired, sources.api_key, dynamic=bool(lora and lora.dynamic))
+        inputs = (
+            tuple(sorted((d.name, d.path, d.digest) for d in desired.values())),
+            tuple((p["metadata"]["name"], p["metadata"].get("uid"), p["status"]["podIP"]) for p in ready),
+            sources.api_key,
+            dynamic,
         )
+        finished = _PASSES.run(
+            (owner.namespace, owner.name),
+            inputs,
+            lambda: reconcile_pods(owner, ready, desired, sources.api_key, dynamic),
+        )
+        results = finished if finished is not None else [_no_answer_yet(p) for p in ready]
     problems = [PodAdapters(pod=p.pod, ready_adapters=p.ready_adapters, message=p.message)
                 for p in pod_problems(desired, results)]  # fmt: skip
     return Adapters(summarize(desired, results), sources.refused, sources.pending), problems
+
+
+def _no_answer_yet(pod: dict[str, Any]) -> PodResult:
+    name = pod["metadata"]["name"]
+    return PodResult(pod=name, reachable=False, error="no answer yet (the adapter pass is still running)")
 
 
 def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
