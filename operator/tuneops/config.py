@@ -35,6 +35,8 @@ class Features(BaseModel):
     """Job.spec.podFailurePolicy (Kubernetes 1.26+)."""
     pdb_v1: bool = True
     """policy/v1 PodDisruptionBudget (Kubernetes 1.21+); older servers get policy/v1beta1."""
+    hpa_v2: bool = True
+    """autoscaling/v2 HorizontalPodAutoscaler (Kubernetes 1.23+); older servers get autoscaling/v2beta2."""
 
 
 class Scratch(BaseModel):
@@ -131,6 +133,9 @@ class OperatorConfig(BaseModel):
     """Where PersistentVolumeClaims are mounted in Pods; pvc://claim/path is <root>/<claim>/path."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty means all."""
+    operator_namespace: str = ""
+    """The operator's own namespace, admitted by the NetworkPolicies of services whose runtime LoRA API has no
+    API key (the operator calls it). The chart sets it; empty admits no namespace but the service's own."""
     allow_cross_namespace_refs: bool = False
     """Whether a resource may reference resources in other namespaces."""
     job_ttl_seconds: int = 86400
@@ -143,6 +148,8 @@ class OperatorConfig(BaseModel):
     """Default memory request of a worker Job when the spec sets none."""
     gpu_toleration: bool = True
     """Add the nvidia.com/gpu NoSchedule toleration to Pods that request GPUs."""
+    prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
+    """The Prometheus that scrapes the vLLM Pods, queried by KEDA ScaledObjects (spec.autoscaling.engine keda)."""
     spare_gpus: bool = False
     """Whether the cluster keeps spare GPUs for a rolling update's surge Pod (else maxSurge is 0)."""
     allow_custom_code: bool = False

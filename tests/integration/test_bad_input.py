@@ -64,8 +64,10 @@ CASES = [
     ("QuantizationJob", {"source": {"fineTunedModelRef": {"name": "m", "namespace": "kube-system"}},
                          "method": "gguf"}, "InvalidSpec", "cross-namespace"),
     ("InferenceService", {"model": {"quantizationJobRef": {"name": "self-ref"}}}, "WaitingForSource", "self-ref"),
-    ("InferenceService", {"model": {"uri": "pvc://m/x"}, "apiKeySecretRef": {"name": "no-such-secret"}},
-     "InvalidSpec", "apiKeySecretRef"),
+    # The key is read (to call the Pods' LoRA API) only when adapters are served.
+    ("InferenceService", {"model": {"uri": "pvc://m/x"}, "apiKeySecretRef": {"name": "no-such-secret"},
+                          "lora": {"adapters": [{"name": "a", "uri": "pvc://a/1"}]}},
+     "SecretUnreadable", "no-such-secret does not exist"),
 ]  # fmt: skip
 
 

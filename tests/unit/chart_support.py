@@ -111,6 +111,7 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
     | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
     | _triples("", ["events"], ("create", "list"))
+    | _triples("networking.k8s.io", ["networkpolicies"], CHILD_VERBS)
 )
 # rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
 EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))

@@ -328,9 +328,12 @@ def test_config_is_mounted_and_passed_through_tuneops_config(tmp_path: Path) -> 
 
 
 def test_default_config_equals_the_operators_defaults(tmp_path: Path) -> None:
-    """Apart from the namespaces: the chart's default is to watch its own."""
-    assert operator_config(render({}, tmp_path)) == OperatorConfig(namespaces=["tuneops-system"])
-    assert operator_config(render({"rbac": {"scope": "cluster"}}, tmp_path)) == OperatorConfig()
+    """Apart from the namespaces: the chart's default is to watch its own (and it names its own, which the
+    NetworkPolicies of services without an API key admit)."""
+    ns = "tuneops-system"
+    assert operator_config(render({}, tmp_path)) == OperatorConfig(namespaces=[ns], operator_namespace=ns)
+    cluster = OperatorConfig(operator_namespace=ns)
+    assert operator_config(render({"rbac": {"scope": "cluster"}}, tmp_path)) == cluster
 
 
 def test_config_values_reach_the_operator(tmp_path: Path) -> None:

@@ -369,7 +369,7 @@ def test_gpu_aware_rollout(gpus: int, spare: bool, surge: int, unavailable: int,
         "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable},
         "type": "RollingUpdate",
     }
-    (note,) = r.notes
+    (note,) = [n for n in r.notes if n.type == ROLLOUT]
     assert (note.type, note.status, note.reason) == (ROLLOUT, "True", reason)
     assert note.message
 

@@ -16,6 +16,7 @@ AVAILABLE = "Available"
 ADAPTERS_READY = "AdaptersReady"
 PROGRESSING = "Progressing"
 ROLLOUT = "RolloutStrategy"
+SECURED = "Secured"
 
 
 class Reason:
@@ -28,6 +29,8 @@ class Reason:
     INVALID_SPEC = "InvalidSpec"
     INCOMPATIBLE_ADAPTER = "IncompatibleAdapter"
     NOT_ALLOWED = "NotAllowed"
+    # The operator may not read a Secret it needs (RBAC), or it does not exist.
+    SECRET_UNREADABLE = "SecretUnreadable"
     JOB_PENDING = "JobPending"
     JOB_RUNNING = "JobRunning"
     JOB_FAILED = "JobFailed"
@@ -51,6 +54,10 @@ class Reason:
     SURGE_ALLOWED = "SurgeAllowed"
     # Why a workload's Pods do not run, as kubelet, the scheduler and the controllers report it.
     UNSCHEDULABLE = "Unschedulable"
+    # What keeps strangers off the server's runtime LoRA API (condition Secured).
+    API_KEY = "ApiKey"
+    NETWORK_POLICY = "NetworkPolicy"
+    NO_RUNTIME_API = "NoRuntimeApi"
     CLAIM_PENDING = "ClaimPending"
     VOLUME_MOUNT_FAILED = "VolumeMountFailed"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
@@ -67,6 +74,7 @@ TERMINAL_REASONS = frozenset(
         Reason.NOT_ALLOWED,
         Reason.JOB_FAILED,
         Reason.OOM_KILLED,
+        Reason.SECRET_UNREADABLE,
         Reason.DEADLINE_EXCEEDED,
         Reason.QUALITY_GATE_FAILED,
         Reason.SOURCE_NOT_FOUND,

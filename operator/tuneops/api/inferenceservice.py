@@ -280,6 +280,10 @@ class InferenceServiceSpec(Scheduling):
     """Kueue LocalQueue; copied to the kueue.x-k8s.io/queue-name label."""
     service: ServicePort = Field(default_factory=ServicePort)
     """The Service in front of the Pods."""
+    client_namespaces: list[DNSName] | None = Field(default=None, max_length=64)
+    """Namespaces whose Pods may reach the server while runtime LoRA loading is on without an API key. The
+    operator then renders a NetworkPolicy admitting only these, the service's own namespace and the operator's:
+    anyone who reaches the port could load and unload adapters. With apiKeySecretRef no policy is rendered."""
 
     @model_validator(mode="after")
     def _consistent(self) -> InferenceServiceSpec:

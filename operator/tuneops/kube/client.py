@@ -30,6 +30,7 @@ from tuneops.kube.types import (
     INFERENCESERVICE,
     JOB,
     LWS,
+    NETWORKPOLICY,
     NODE,
     PDB,
     PDB_BETA,
@@ -44,7 +45,7 @@ from tuneops.kube.types import (
 
 __all__ = [
     "CONFIGMAP", "CRD", "CUSTOM", "DEPLOYMENT", "EVENT", "FINETUNEDMODEL", "INFERENCESERVICE", "JOB", "LWS",
-    "NODE", "PDB", "PDB_BETA", "POD", "QUANTIZATIONJOB", "SECRET", "SERVICE", "TYPES", "ApiError", "Kube",
+    "NETWORKPOLICY", "NODE", "PDB", "PDB_BETA", "POD", "QUANTIZATIONJOB", "SECRET", "SERVICE", "TYPES", "ApiError", "Kube",
     "NotFound", "ResourceType", "RetryPolicy", "event_body", "retry_after_seconds", "type_of",
 ]  # fmt: skip
 

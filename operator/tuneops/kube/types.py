@@ -39,6 +39,7 @@ DEPLOYMENT = ResourceType("apps/v1", "Deployment", "deployments")
 PDB = ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 PDB_BETA = ResourceType("policy/v1beta1", "PodDisruptionBudget", "poddisruptionbudgets")
 LWS = ResourceType("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets")
+NETWORKPOLICY = ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 CRD = ResourceType(
     "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
 )
@@ -55,7 +56,7 @@ CUSTOM: dict[str, ResourceType] = {t.kind: t for t in (FINETUNEDMODEL, QUANTIZAT
 
 TYPES: dict[tuple[str, str], ResourceType] = {
     (t.api_version, t.kind): t
-    for t in (JOB, POD, NODE, SERVICE, CONFIGMAP, SECRET, EVENT, DEPLOYMENT, PDB, PDB_BETA, LWS, CRD,
+    for t in (JOB, POD, NODE, SERVICE, CONFIGMAP, SECRET, EVENT, DEPLOYMENT, PDB, PDB_BETA, LWS, NETWORKPOLICY, CRD,
               *CUSTOM.values())
 }  # fmt: skip
 

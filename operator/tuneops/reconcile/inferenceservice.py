@@ -131,7 +131,7 @@ def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) 
             writes += 1
     selector = {labels.OWNER: owner.uid, labels.KIND: INFERENCESERVICE.kind}
     pdb = k.PDB if ctx.config.features.pdb_v1 else k.PDB_BETA
-    for rtype in (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, pdb, k.LWS):
+    for rtype in (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, pdb, k.LWS, k.NETWORKPOLICY):
         try:
             children = ctx.kube.list(rtype, owner.namespace, selector)
         except k.NotFound:

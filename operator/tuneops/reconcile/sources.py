@@ -48,7 +48,9 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     model, adapters = _model(ctx, obj, spec)
     more, pending = _adapters(ctx, obj, spec)
     adapters += more
-    api_key = _api_key(ctx, obj["metadata"]["namespace"], spec)
+    # The key is read only to call the Pods' runtime LoRA API; the Pods get it from the kubelet (env valueFrom).
+    calls_pods = spec.runtime == "vllm" and bool((spec.lora and spec.lora.adapters) or adapters)
+    api_key = _api_key(ctx, obj["metadata"]["namespace"], spec) if calls_pods else None
     problems = render.check_inferenceservice(spec, model=model, adapters=adapters)
     refused, service_problems = _split(spec, adapters, problems)
     if service_problems:
@@ -200,8 +202,24 @@ def _api_key(ctx: Context, ns: str, spec: InferenceServiceSpec) -> str | None:
     ref = spec.api_key_secret_ref
     if ref is None:
         return None
-    secret = ctx.kube.get(k.SECRET, ns, ref.name)
-    raw = ((secret or {}).get("data") or {}).get(ref.key)
+    try:
+        secret = ctx.kube.get(k.SECRET, ns, ref.name)
+    except k.ApiError as err:
+        if err.status != 403:
+            raise
+        raise Invalid(
+            f"spec.apiKeySecretRef: the operator may not read Secret {ns}/{ref.name} (HTTP 403), which it needs "
+            "to call the Pods' LoRA API with the key: install the chart with rbac.readSecrets=true (get on Secrets "
+            "where the operator works)",
+            Reason.SECRET_UNREADABLE,
+        ) from err
+    if secret is None:
+        raise Invalid(
+            f"spec.apiKeySecretRef: Secret {ns}/{ref.name} does not exist (the operator needs its key to call the "
+            "Pods' runtime LoRA API)",
+            Reason.SECRET_UNREADABLE,
+        )
+    raw = (secret.get("data") or {}).get(ref.key)
     if raw is None:
         raise Invalid(f"spec.apiKeySecretRef: Secret {ref.name!r} has no key {ref.key!r}")
     key = base64.b64decode(raw).decode("utf-8", errors="replace")

@@ -17,6 +17,7 @@ local terminal = {
   OOMKilled = true,
   ProgressDeadlineExceeded = true,
   QualityGateFailed = true,
+  SecretUnreadable = true,
   SourceNotFound = true,
 }
 

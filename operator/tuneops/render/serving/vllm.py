@@ -288,6 +288,7 @@ def render_vllm(
         note=note,
         served_models=(served_model_name(spec, owner), *(a.name for a in adapters)),
         service_selector=_service_selector(owner) if multinode else None,
+        runtime_api=lora is not None and lora.dynamic,
     )
 
 

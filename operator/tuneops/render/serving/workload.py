@@ -1,11 +1,12 @@
-"""The objects around the server Pods: rollout strategy, Deployment, Service, PodDisruptionBudget, the result."""
+"""The objects around the server Pods: rollout strategy, Deployment, Service, PodDisruptionBudget, NetworkPolicy,
+the result."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tuneops.api.conditions import ROLLOUT, Reason
+from tuneops.api.conditions import ROLLOUT, SECURED, Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.names import metadata, selector_labels
@@ -84,6 +85,68 @@ def pdb(owner: Owner, selector: Mapping[str, str], config: OperatorConfig) -> Ma
     }
 
 
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def protection(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, runtime_api: bool) -> Note:
+    """What keeps strangers off the runtime LoRA API (load and unload adapters): the API key, or else a
+    NetworkPolicy while the API is on."""
+    if spec.api_key_secret_ref is not None:
+        return Note(
+            SECURED,
+            "True",
+            Reason.API_KEY,
+            f"clients and the operator send the API key of Secret {spec.api_key_secret_ref.name}",
+        )
+    if runtime_api:
+        admitted = ", ".join(admitted_namespaces(spec, owner, config))
+        return Note(
+            SECURED,
+            "True",
+            Reason.NETWORK_POLICY,
+            "runtime LoRA loading has no API key: a NetworkPolicy "
+            f"admits only Pods in {admitted} (spec.clientNamespaces; or set apiKeySecretRef)",
+        )
+    return Note(
+        SECURED,
+        "True",
+        Reason.NO_RUNTIME_API,
+        "no runtime LoRA API is served; clients need no key (set apiKeySecretRef to require one)",
+    )
+
+
+def admitted_namespaces(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig) -> list[str]:
+    extra = [config.operator_namespace] if config.operator_namespace else []
+    return sorted({owner.namespace, *extra, *(spec.client_namespaces or [])})
+
+
+def network_policy(
+    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, selector: Mapping[str, str]
+) -> Manifest:
+    """Ingress to the server Pods only from the admitted namespaces, and between the Pods themselves (a
+    LeaderWorkerSet's group talks over Ray). Kubelet probes are not subject to it."""
+    pods = {"matchLabels": dict(sorted(selector.items()))}
+    namespaces = {
+        "matchExpressions": [
+            {
+                "key": NAMESPACE_NAME_LABEL,
+                "operator": "In",
+                "values": admitted_namespaces(spec, owner, config),
+            }
+        ]
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(owner, workload_name(owner), SERVER),
+        "spec": {
+            "ingress": [{"from": [{"namespaceSelector": namespaces}]}, {"from": [{"podSelector": pods}]}],
+            "podSelector": pods,
+            "policyTypes": ["Ingress"],
+        },
+    }
+
+
 def serving_render(
     spec: InferenceServiceSpec,
     owner: Owner,
@@ -94,15 +157,20 @@ def serving_render(
     note: Note,
     served_models: tuple[str, ...],
     service_selector: Mapping[str, str] | None = None,
+    runtime_api: bool = False,
 ) -> ServingRender:
-    """The result: `manifests` then the workload, its Service, and a PodDisruptionBudget when replicated."""
+    """The result: `manifests` then the workload, its Service, a PodDisruptionBudget when replicated, and a
+    NetworkPolicy when the runtime LoRA API (`runtime_api`) has no API key in front of it."""
     selector = selector_labels(owner, SERVER)
     out = [*manifests, workload, service(spec, owner, service_selector or selector)]
     if spec.replicas > 1:
         out.append(pdb(owner, selector, config))
+    secured = protection(spec, owner, config, runtime_api)
+    if secured.reason == Reason.NETWORK_POLICY:
+        out.append(network_policy(spec, owner, config, selector))
     return ServingRender(
         manifests=tuple(out),
-        notes=(note,),
+        notes=(note, secured),
         selector=selector,
         url=service_url(spec, owner, config),
         served_models=served_models,
