@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
+from pydantic.alias_generators import to_snake
 
 from tuneops.api.common import JobTemplate, ObjectRef
 from tuneops.api.conditions import Reason
@@ -136,6 +137,14 @@ def _denied_flag(flag: str, config: OperatorConfig) -> str | None:
     return None
 
 
+# Names a spec may give its Pods, each checked against its allow-list: (attribute, field, what, allow key).
+_NAMED_CHOICES = (
+    ("service_account_name", "serviceAccountName", "ServiceAccount", "serviceAccounts"),
+    ("priority_class_name", "priorityClassName", "PriorityClass", "priorityClasses"),
+    ("runtime_class_name", "runtimeClassName", "RuntimeClass", "runtimeClasses"),
+)
+
+
 def _job_templates(spec: BaseModel) -> list[tuple[str, JobTemplate]]:
     template = getattr(spec, "job", None)
     return [("spec.job", template)] if isinstance(template, JobTemplate) else []
@@ -164,19 +173,12 @@ def check_pod_policy(spec: BaseModel, config: OperatorConfig) -> list[Problem]:
                 f"image {image!r} is not allowed by the operator config (allow.images; "
                 "chart value config.allow.images); leave it unset for the configured image",
             )
-        account = getattr(holder, "service_account_name", None)
-        if account and not _matches(account, allow.service_accounts):
-            not_allowed(
-                f"{at}.serviceAccountName",
-                f"ServiceAccount {account!r} is not allowed by the operator "
-                "config (allow.serviceAccounts); leave it unset to run without a token",
-            )
-        priority = getattr(holder, "priority_class_name", None)
-        if priority and not _matches(priority, allow.priority_classes):
-            not_allowed(
-                f"{at}.priorityClassName",
-                f"PriorityClass {priority!r} is not allowed by the operator config (allow.priorityClasses)",
-            )
+        for attr, name, what, key in _NAMED_CHOICES:
+            chosen = getattr(holder, attr, None)
+            if chosen and not _matches(chosen, getattr(allow, to_snake(key))):
+                not_allowed(
+                    f"{at}.{name}", f"{what} {chosen!r} is not allowed by the operator config (allow.{key})"
+                )
     if isinstance(spec, InferenceServiceSpec):
         problems += _service_pod_problems(spec, config)
     return problems
@@ -184,16 +186,6 @@ def check_pod_policy(spec: BaseModel, config: OperatorConfig) -> list[Problem]:
 
 def _service_pod_problems(spec: InferenceServiceSpec, config: OperatorConfig) -> list[Problem]:
     out: list[Problem] = []
-    runtime_class = spec.runtime_class_name
-    if runtime_class and not _matches(runtime_class, config.allow.runtime_classes):
-        out.append(
-            Problem(
-                Reason.NOT_ALLOWED,
-                "spec.runtimeClassName",
-                f"RuntimeClass {runtime_class!r} is not "
-                "allowed by the operator config (allow.runtimeClasses)",
-            )
-        )
     named = {r.name for r in (spec.model.token_secret_ref, spec.api_key_secret_ref) if r is not None}
     for i, env in enumerate(spec.env or []):
         source = env.value_from or {}
