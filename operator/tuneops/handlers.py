@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from tuneops import GROUP, VERSION, metrics
+from tuneops import GROUP, VERSION, labels, metrics
 from tuneops.api import KINDS
 from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.kube import client as k
@@ -147,6 +147,9 @@ def register(
         kopf.on.resume(*resource, registry=registry, id="reconcile")(handle)
         kopf.on.create(*resource, registry=registry, id="reconcile")(handle)
         kopf.on.update(*resource, field="spec", registry=registry, id="reconcile")(handle)
+        # A person asks to read the inputs again (see labels.REFRESH) without changing the spec.
+        refresh = ("metadata", "annotations", labels.REFRESH)
+        kopf.on.update(*resource, field=refresh, registry=registry, id="refresh")(handle)
 
         def resync(body: kopf.Body, _handle: Callable[..., None] = handle, **kw: Any) -> None:
             # The event handler's own retries drive progress; the timer only catches drift.

@@ -19,6 +19,8 @@ SPEC_HASH = f"{GROUP}/spec-hash"
 MODEL_DIGEST = f"{GROUP}/model-digest"
 ADAPTERS_HASH = f"{GROUP}/adapters-hash"
 ROLLOUT_NOTE = f"{GROUP}/rollout"
+# Set by a person on a FineTunedModel to read its adapter again (new weights under the same URI).
+REFRESH = f"{GROUP}/refresh"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 FIELD_MANAGER = "tuneops"

@@ -156,30 +156,38 @@ class Cluster:
         self, ns: str, job: str, result: dict[str, Any], exit_code: int = 0, reason: str | None = None
     ) -> bool:
         """Play kubelet for one of the Job's Pods: terminate its container with a termination message."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": exit_code,
+            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+            "message": json.dumps(result),
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        return self._pod_state(ns, job, phase, {"terminated": terminated})
+
+    def run_pod(self, ns: str, job: str) -> bool:
+        """Play kubelet for one of the Job's Pods: its container runs."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return self._pod_state(ns, job, "Running", {"running": {"startedAt": now}}, ready=True)
+
+    def _pod_state(self, ns: str, job: str, phase: str, state: dict[str, Any], ready: bool = False) -> bool:
         pods = [p for p in self.job_pods(ns, job) if p.status.phase in (None, "Pending", "Running")]
         if not pods:
             return False
         pod = pods[0]
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         container = pod.spec.containers[0]
         status = {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "phase": phase,
             "containerStatuses": [
                 {
                     "name": container.name,
                     "image": container.image,
                     "imageID": "",
-                    "ready": False,
+                    "ready": ready,
                     "restartCount": 0,
-                    "state": {
-                        "terminated": {
-                            "exitCode": exit_code,
-                            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                            "message": json.dumps(result),
-                            "startedAt": now,
-                            "finishedAt": now,
-                        }
-                    },
+                    "state": state,
                 }
             ],
         }

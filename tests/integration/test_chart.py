@@ -251,7 +251,6 @@ def test_outside_the_watched_namespaces_the_chart_grants_only_discovery(bed: Bed
         ("get", "secrets"),
         ("list", "secrets"),
         ("watch", "secrets"),
-        ("delete", "jobs"),
         ("create", "pods"),
         ("update", "finetunedmodels"),
         ("delete", "finetunedmodels"),

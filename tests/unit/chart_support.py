@@ -97,14 +97,15 @@ CHILD_VERBS = ("get", "list", "create", "patch", "delete")
 
 # What the operator does in a namespace, and nothing more (see operator/tuneops/kube and reconcile/):
 # its own resources are read and watched by kopf, which also patches its annotations; status is merge-patched;
-# Jobs are read and server-side applied (create + patch of a new object), never listed or deleted; Pods only
-# listed by the job-name label or the service selector; serving children applied, listed by owner and pruned;
+# Jobs are read and server-side applied (create + patch of a new object), listed by owner and step and deleted
+# when superseded while they run; Pods only listed by the job-name label or the service selector; serving
+# children applied, listed by owner and pruned;
 # Events created. Secrets are not read unless rbac.readSecrets asks for it (EXPECTED_SECRET_RULES).
 EXPECTED_NAMESPACE_RULES = (
     _triples("tuneops.io", CRS, ("get", "list", "watch", "patch"))
     | _triples("tuneops.io", [f"{r}/status" for r in CRS], ("patch",))
     | _triples("tuneops.io", [f"{r}/finalizers" for r in CRS], ("update",))
-    | _triples("batch", ["jobs"], ("get", "create", "patch"))
+    | _triples("batch", ["jobs"], CHILD_VERBS)
     | _triples("", ["pods"], ("list",))
     | _triples("", ["services", "configmaps"], CHILD_VERBS)
     | _triples("apps", ["deployments"], CHILD_VERBS)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple
 
+from tuneops import labels
 from tuneops.api import KindInfo, SpecError, SpecT, StatusT
 from tuneops.api.common import ConditionStatus, StepStatus
 from tuneops.api.conditions import (
@@ -24,7 +25,7 @@ from tuneops.api.conditions import (
 from tuneops.checks import check_pod_policy
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
-from tuneops.reconcile.jobs import JobOutcome, observe_job
+from tuneops.reconcile.jobs import JobOutcome, job_finished, observe_job
 from tuneops.reconcile.workload import pod_events
 from tuneops.render.types import Owner
 
@@ -202,6 +203,10 @@ class StatusBuilder(Generic[SpecT, StatusT]):
         return outcome
 
     def drop_step(self, name: str) -> None:
+        """The spec no longer has this step: forget it, and stop its Job if one still runs."""
+        dropped = self.step(name)
+        if dropped is not None and dropped.state not in ("Succeeded", "Failed"):
+            stop_superseded(self.ctx.kube, self.owner, name)
         if self.status.steps:
             self.status.steps = [s for s in self.status.steps if s.name != name] or None
 
@@ -273,6 +278,8 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
 
     A step recorded as finished for this exact Job name is not looked at again: its result is already in
     status, and a failed Job is not re-created (no hot loop) until its inputs change, which changes its name.
+    When the name moves on from the one recorded, the step's earlier Jobs still running are deleted: only the
+    Job of the current inputs writes the step's output.
     """
     kube = sb.ctx.kube
     name = job["metadata"]["name"]
@@ -287,9 +294,27 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
     else:
         pods = kube.list(k.POD, ns, {"job-name": name})
         outcome = observe_job(existing, pods, pod_events(kube, ns, pods))
+    if recorded is not None and recorded.job != name:
+        stop_superseded(kube, sb.owner, step.name, keep=name)
     if outcome.state == "Succeeded" and outcome.result.get("error"):
         outcome = JobOutcome("Failed", Reason.JOB_FAILED, str(outcome.result["error"]), outcome.result)
     return sb.record_step(step.name, name, outcome)
+
+
+def stop_superseded(kube: k.Kube, owner: Owner, step: str, keep: str | None = None) -> list[str]:
+    """Delete the owner's Jobs of `step` that have not finished, except `keep`: their inputs are no longer the
+    spec's and they would write the same output. Finished ones stay until their TTL (their logs may be read).
+    Returns the names deleted."""
+    selector = {labels.OWNER: owner.uid, labels.COMPONENT: step}
+    stopped = []
+    for job in kube.list(k.JOB, owner.namespace, selector):
+        meta = job["metadata"]
+        if meta["name"] == keep or meta.get("deletionTimestamp") or job_finished(job):
+            continue
+        kube.delete(k.JOB, owner.namespace, meta["name"], propagation="Background", uid=meta.get("uid"))
+        log.info("deleted Job %s/%s of %s: superseded by %s", owner.namespace, meta["name"], owner.name, keep)
+        stopped.append(meta["name"])
+    return stopped
 
 
 __all__ = [
@@ -308,5 +333,6 @@ __all__ = [
     "owner_of",
     "reconciler",
     "run_step",
+    "stop_superseded",
     "utcnow",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuneops import labels
 from tuneops.api import FINETUNEDMODEL
 from tuneops.api.common import Artifact
 from tuneops.api.conditions import INSPECTED, MERGED, Reason
@@ -47,14 +48,17 @@ def adapter_facts(result: dict[str, Any]) -> AdapterFacts | None:
 @reconciler(FINETUNEDMODEL)
 def reconcile(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     status = sb.status
-    inspect_job = render.render_inspect_job(spec, sb.owner, sb.ctx.config)
+    _stop_stale_merge(sb, spec)
+    refresh = (sb.obj["metadata"].get("annotations") or {}).get(labels.REFRESH)
+    inspect_job = render.render_inspect_job(spec, sb.owner, sb.ctx.config, refresh=refresh)
     inspected = _inspected(sb, spec, inspect_job, run_step(sb, INSPECT, inspect_job))
     if stop := sb.gate(INSPECT, inspect_job, inspected, _describe(status.adapter)):
         return stop
     if not spec.merge.enabled:
         return _unmerged(sb, spec)
 
-    # A new adapter digest gives a new Job name, so new weights under the same URI re-merge.
+    # A new adapter digest gives a new Job name: new weights under the same URI, once read by an inspect Job
+    # (a spec change, or a new tuneops.io/refresh annotation), re-merge; the same digest re-uses the merge.
     merge_job = render.render_merge_job(spec, sb.owner, sb.ctx.config, adapter_digest=status.adapter_digest)
     merged = run_step(sb, MERGE, merge_job)
     # A failed merge leaves the previous artifact (if any) in status: it is still intact where it was written.
@@ -63,6 +67,20 @@ def reconcile(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     if stop := sb.gate(MERGE, merge_job, merged, f"merged into {where}"):
         return stop
     return sb.ready("merged model is ready")
+
+
+def _stop_stale_merge(sb: Builder, spec: FineTunedModelSpec) -> None:
+    """A merge still running for a spec that changed since (merge disabled, or other inputs) stops now, not
+    once the inspect step has re-run: it would write the output meanwhile."""
+    running = sb.step(MERGE.name)
+    if running is None or running.state in ("Succeeded", "Failed"):
+        return
+    if spec.merge.enabled:
+        digest = sb.status.adapter_digest
+        current = render.render_merge_job(spec, sb.owner, sb.ctx.config, adapter_digest=digest)
+        if current["metadata"]["name"] == running.job:
+            return
+    sb.drop_step(MERGE.name)
 
 
 def _inspected(sb: Builder, spec: FineTunedModelSpec, job: dict[str, Any], outcome: JobOutcome) -> JobOutcome:

@@ -25,6 +25,12 @@ def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type", ""): c for c in (job.get("status") or {}).get("conditions") or []}
 
 
+def job_finished(job: dict[str, Any]) -> bool:
+    """The Job controller has marked it Complete or Failed: it runs no Pod any more."""
+    conds = _conditions(job)
+    return any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed"))
+
+
 def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     status = pod.get("status") or {}

@@ -52,6 +52,7 @@ def _job(
     output: str | None,
     digests: InputDigests,
     gpus: int = 0,
+    refresh: str | None = None,
 ) -> Manifest:
     """A worker Job that reads the base and the adapter."""
     base = base_uri(spec)
@@ -64,14 +65,22 @@ def _job(
         digests={base: digests.get("base_digest"), spec.adapter.uri: digests.get("adapter_digest")},
         sources=_sources(spec, base, output),
         gpus=gpus,
+        refresh=refresh,
     )
     return render_job(owner, config, spec.job, worker)
 
 
 def render_inspect_job(
-    spec: FineTunedModelSpec, owner: Owner, config: OperatorConfig, **digests: Unpack[InputDigests]
+    spec: FineTunedModelSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    refresh: str | None = None,
+    **digests: Unpack[InputDigests],
 ) -> Manifest:
-    """The Job that reads adapter_config.json, digests the adapter and, when merging, checks it fits the base."""
+    """The Job that reads adapter_config.json, digests the adapter and, when merging, checks it fits the base.
+
+    Its name follows the spec, not the adapter's bytes: `refresh` (the resource's tuneops.io/refresh
+    annotation) gives a new Job that reads the adapter again, for new weights under the same URI."""
     args = ["--adapter", spec.adapter.uri, "--base", base_uri(spec)]
     publish = None
     if spec.merge.enabled:
@@ -81,7 +90,7 @@ def render_inspect_job(
         # under a new path (vLLM keys its prefix cache by adapter name and path).
         publish = merge_output_uri(spec, owner, config)
         args += ["--publish", publish]
-    return _job(spec, owner, config, INSPECT, args, output=publish, digests=digests)
+    return _job(spec, owner, config, INSPECT, args, output=publish, digests=digests, refresh=refresh)
 
 
 def render_merge_job(

@@ -23,6 +23,7 @@ from tuneops.render.pod import (
 )
 from tuneops.render.types import Manifest, Owner
 from tuneops.render.volumes import Mounts
+from tuneops.storage.artifacts import JOB_NAME_ENV
 
 WORKER_CONTAINER = "worker"
 SCRATCH_DIR = "/scratch"
@@ -43,6 +44,8 @@ class WorkerStep:
     digests: Mapping[str, str | None]
     sources: tuple[Source, ...] = ()
     gpus: int = 0
+    # The resource's tuneops.io/refresh annotation: a new value gives a new Job that reads its inputs again.
+    refresh: str | None = None
 
 
 def worker_cmd(subcommand: str, *args: str) -> tuple[str, ...]:
@@ -160,7 +163,7 @@ def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step
     The hash covers the pod template (image, args with the input/output URIs, env, resources, scheduling),
     the input digests, backoffLimit and activeDeadlineSeconds. It leaves out ttlSecondsAfterFinished and
     podFailurePolicy: those follow the operator's configuration and cluster version, and changing them must
-    not re-run finished work.
+    not re-run finished work. The worker's TUNEOPS_JOB_NAME, the name itself, is set after hashing.
     """
     pod_spec = worker_pod_spec(config, template, step)
     digests = {uri: d for uri, d in sorted(step.digests.items()) if d}
@@ -170,8 +173,12 @@ def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step
         "digests": digests,
         "pod": pod_spec,
     }
+    if step.refresh:
+        hashed["refresh"] = step.refresh
     spec_hash = content_hash(hashed)
     annotations = {labels.SPEC_HASH: spec_hash}
+    if step.refresh:
+        annotations[labels.REFRESH] = step.refresh
     if digests:
         annotations[INPUT_DIGESTS] = canonical_json(digests)
     job_spec: dict[str, Any] = {
@@ -185,6 +192,10 @@ def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step
     if config.features.pod_failure_policy:
         job_spec["podFailurePolicy"] = pod_failure_policy()
     name = step_name(owner.name, step.step, spec_hash)
+    # The Job's own name (known only once hashed) names the worker's staging folder: Jobs that write one
+    # output side by side (a superseded one next to its replacement) never share it.
+    container = pod_spec["containers"][0]
+    container["env"] = merge_env(container["env"], [env_value(JOB_NAME_ENV, name)])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -20,6 +21,8 @@ from tuneops.storage.uri import ArtifactURI, InputError, InvalidURIError, parse_
 
 log = logging.getLogger("tuneops.storage")
 STAGING_MARK = ".tuneops-staging-"
+# Set in every worker Pod to the Job's name.
+JOB_NAME_ENV = "TUNEOPS_JOB_NAME"
 _RENAME_EXCHANGE = 2
 
 
@@ -85,15 +88,21 @@ def publish_dir(staging: Path, final: Path) -> None:
     """Moves a complete staging dir to final. An existing final is swapped out atomically, then removed:
     at every instant final is either the whole old artifact or the whole new one."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
+    if not final.exists():
+        try:
+            os.rename(staging, final)
+            staging = final
+        except OSError as err:
+            # Another writer published in between: replace its artifact as below (the last one wins).
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    if staging != final:
         if not _exchange(staging, final):
             old = final.with_name(f"{final.name}{STAGING_MARK}old-{uuid.uuid4().hex[:8]}")
             os.rename(final, old)
             os.rename(staging, final)
             staging = old
         shutil.rmtree(staging, ignore_errors=True)
-    else:
-        os.rename(staging, final)
     fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -101,13 +110,57 @@ def publish_dir(staging: Path, final: Path) -> None:
         os.close(fd)
 
 
-def clean_stale_staging(final: Path) -> None:
-    """Removes staging siblings left by killed runs (one writer per output URI is the contract)."""
+def writer_name() -> str:
+    """Who writes: the Job's name (TUNEOPS_JOB_NAME, set in every worker Pod), else this process's id.
+
+    It goes into the staging folder's name, so two Jobs writing one output (a superseded one still running
+    next to its replacement) never share a folder, and a retried Pod of the same Job finds its predecessor's.
+    """
+    job = os.environ.get(JOB_NAME_ENV, "")
+    clean = "".join(ch for ch in job if ch.isalnum() or ch in "-.")[:63]
+    return clean or f"pid{os.getpid()}"
+
+
+def staging_path(final: Path, writer: str) -> Path:
+    return final.with_name(f".{final.name}{STAGING_MARK}{writer}-{uuid.uuid4().hex[:8]}")
+
+
+def _lock(path: Path, wait: bool = False) -> int | None:
+    """An exclusive lock on the folder, held as long as the returned descriptor is open (the kernel drops it
+    when the writer dies). None where nobody else holds it could not be told (a filesystem without flock)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_stale_staging(final: Path, writer: str | None = None) -> None:
+    """Removes staging siblings left by killed runs. A live writer holds a lock on its folder, so a superseded
+    Job still writing keeps its folder; where locks cannot be taken, only `writer`'s own earlier folders (a
+    previous Pod of the same Job) are removed."""
     if not final.parent.is_dir():
         return
     for p in final.parent.glob(f".{final.name}{STAGING_MARK}*"):
-        log.info("removing %s left by an interrupted run", p)
-        shutil.rmtree(p, ignore_errors=True)
+        try:
+            fd = _lock(p)
+        except BlockingIOError:
+            continue  # another writer is at work in it
+        except OSError:
+            continue  # gone already, or not a folder
+        try:
+            own = writer is not None and p.name.startswith(f".{final.name}{STAGING_MARK}{writer}-")
+            if fd is not None or own:
+                log.info("removing %s left by an interrupted run", p)
+                shutil.rmtree(p, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
     for p in final.parent.glob(f"{final.name}{STAGING_MARK}old-*"):
         shutil.rmtree(p, ignore_errors=True)
 
@@ -118,6 +171,7 @@ class Output:
 
     uri: ArtifactURI
     staging: Path | None = None
+    _lock_fd: int | None = None
 
     @classmethod
     def of(cls, raw: str) -> Output:
@@ -151,13 +205,28 @@ class Output:
     def begin(self) -> Path:
         if self.uri.is_local:
             final = self._final_local()
-            clean_stale_staging(final)
+            writer = writer_name()
             final.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = final.with_name(f".{final.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            # Writers starting side by side take turns here, so none sees another's folder between its
+            # creation and its lock.
+            turn = _lock(final.parent, wait=True)
+            try:
+                clean_stale_staging(final, writer)
+                self.staging = staging_path(final, writer)
+                self.staging.mkdir()
+                self._lock_fd = _lock(self.staging)
+            finally:
+                if turn is not None:
+                    os.close(turn)
         else:
             self.staging = workdir() / "outputs" / uuid.uuid4().hex
-        self.staging.mkdir(parents=True)
+            self.staging.mkdir(parents=True)
         return self.staging
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def commit(self, **manifest_fields: Any) -> Manifest:
         """Hashes the staged files, writes the manifest, then publishes (rename, or upload with manifest last)."""
@@ -175,9 +244,11 @@ class Output:
             remote.hf_upload(self.staging, self.uri)
             shutil.rmtree(self.staging, ignore_errors=True)
         self.staging = None
+        self._unlock()
         return m
 
     def abort(self) -> None:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
+        self._unlock()
