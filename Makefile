@@ -6,7 +6,7 @@ export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
 PYTEST_ARGS ?=
 
 
-.PHONY: help deps setup kube llamacpp vllm helm crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
+.PHONY: help deps setup kube llamacpp vllm helm crd-schemas crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
 
 help:
 	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
@@ -28,6 +28,9 @@ vllm: ## the CPU build of vLLM in its own environment (cached)
 helm: ## the helm binary used by the chart tests (cached)
 	scripts/get-helm.sh
 
+crd-schemas: ## published schemas of KEDA and Gateway API kinds the renderers are checked against (npm, cached)
+	scripts/get-crd-schemas.sh
+
 crds: setup
 	$(BIN)/tuneops crds --output crds
 	$(BIN)/tuneops argocd --output charts/tuneops/argocd
@@ -40,13 +43,13 @@ lint: setup
 # Everything the tests need. Network-bound installs (venvs) run beside the compiles (API server, llama.cpp);
 # the last line re-links llama.cpp's bindings into a venv that may have been created meanwhile (cached: instant).
 deps:
-	$(MAKE) --no-print-directory -j5 setup kube llamacpp vllm helm
+	$(MAKE) --no-print-directory -j5 setup kube llamacpp vllm helm crd-schemas
 	scripts/build-llamacpp.sh $(VENV)
 
 test: deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit: setup
+test-unit: setup crd-schemas
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: setup kube helm

@@ -226,6 +226,96 @@ class ServicePort(Model):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class Autoscaling(Model):
+    """Replicas follow vLLM's own load metrics, through KEDA or a HorizontalPodAutoscaler; both scale the
+    InferenceService itself (its scale subresource), and the operator carries the count to its Pods."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must not exceed maxReplicas",
+                },
+                {
+                    "rule": "self.minReplicas >= 1 || self.engine == 'keda'",
+                    "message": "minReplicas 0 (scale to zero) needs engine keda",
+                },
+                {
+                    "rule": "!has(self.activationValue) || self.engine == 'keda'",
+                    "message": "activationValue is a KEDA setting: it needs engine keda",
+                },
+                {
+                    "rule": "self.metric != 'kvCacheUsage' || self.targetValue <= 1.0",
+                    "message": "kvCacheUsage is a fraction: targetValue must be at most 1",
+                },
+            ]
+        }
+    }
+
+    engine: Literal["keda", "hpa"]
+    """keda: a KEDA ScaledObject querying Prometheus (scale to zero possible). hpa: an autoscaling/v2
+    HorizontalPodAutoscaler reading a Pods metric served by a Prometheus adapter."""
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest replicas; 0 (engine keda only) scales to zero when idle."""
+    max_replicas: int = Field(ge=1, le=1000)
+    """Most replicas; status reports what that costs in GPUs (maxReplicas x GPUs per replica)."""
+    metric: Literal["requestsWaiting", "requestsRunning", "kvCacheUsage"] = "requestsWaiting"
+    """The vLLM metric to hold at targetValue per replica: vllm:num_requests_waiting, vllm:num_requests_running
+    or vllm:kv_cache_usage_perc (a fraction, 0 to 1)."""
+    target_value: float = Field(gt=0, le=100_000)
+    """Average of the metric per replica the autoscaler aims for."""
+    activation_value: float | None = Field(default=None, ge=0, le=100_000)
+    """engine keda: the metric's value above which a service scaled to zero gets its first replica back
+    (KEDA's activationThreshold; default 0)."""
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    """How long load must stay low before replicas are removed (a loaded model is slow to bring back)."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        if self.min_replicas == 0 and self.engine != "keda":
+            raise ValueError("minReplicas 0 (scale to zero) needs engine keda")
+        if self.activation_value is not None and self.engine != "keda":
+            raise ValueError("activationValue is a KEDA setting: it needs engine keda")
+        if self.metric == "kvCacheUsage" and self.target_value > 1:
+            raise ValueError("kvCacheUsage is a fraction: targetValue must be at most 1")
+        return self
+
+
+class ParentGateway(Model):
+    """The Gateway an HTTPRoute attaches to."""
+
+    name: DNSName
+    namespace: DNSName | None = None
+    """Default: the InferenceService's namespace."""
+    section_name: DNSName | None = None
+    """One listener of the Gateway (default: all that admit the route)."""
+
+
+class EndpointPicker(Model):
+    """The endpoint picker Service the user installs (e.g. llm-d's inference scheduler) in this namespace."""
+
+    name: DNSName
+    port: int = Field(default=9002, ge=1, le=65535)
+    """Its gRPC ext-proc port."""
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+    """What the gateway does when the picker does not answer: route anyway, or refuse the request."""
+
+
+class Routing(Model):
+    """LoRA-affinity and prefix-aware routing by an existing Gateway: an InferencePool (Gateway API Inference
+    Extension) over the server Pods, and an HTTPRoute from the Gateway to it. The plain Service stays."""
+
+    gateway: ParentGateway
+    endpoint_picker: EndpointPicker
+    hostnames: list[DNSName] | None = Field(default=None, max_length=16)
+    """Host names the route answers (default: those of the Gateway's listener)."""
+    path: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/")] = "/"
+    """Path prefix routed to the pool."""
+
+
 class InferenceServiceSpec(Scheduling):
     """Desired state of an InferenceService."""
 
@@ -249,6 +339,10 @@ class InferenceServiceSpec(Scheduling):
                     "rule": "self.runtime != 'llamacpp' || !has(self.resources.gpus) || self.resources.gpus == 0 "
                     "|| (has(self.llamacpp) && has(self.llamacpp.gpuLayers))",
                     "message": "llama.cpp on GPUs needs llamacpp.gpuLayers (and a CUDA llama-server image)",
+                },
+                {
+                    "rule": "self.runtime == 'vllm' || !has(self.autoscaling)",
+                    "message": "autoscaling follows vLLM's metrics: it needs the vllm runtime",
                 },
             ]
         }
@@ -285,10 +379,17 @@ class InferenceServiceSpec(Scheduling):
     operator then renders a NetworkPolicy admitting only these, the service's own namespace and the operator's:
     anyone who reaches the port could load and unload adapters. With apiKeySecretRef no policy is rendered."""
 
+    autoscaling: Autoscaling | None = None
+    """Scale on vLLM's load metrics (KEDA or HPA); replicas is then the autoscaler's to set. Off by default."""
+    routing: Routing | None = None
+    """Route through a Gateway with an InferencePool and its endpoint picker. Off by default."""
+
     @model_validator(mode="after")
     def _consistent(self) -> InferenceServiceSpec:
         if self.runtime == "llamacpp" and self.lora is not None and self.lora.adapters:
             raise ValueError("LoRA adapters are served by the vllm runtime only")
+        if self.runtime != "vllm" and self.autoscaling is not None:
+            raise ValueError("autoscaling follows vLLM's metrics: it needs the vllm runtime")
         errors = self._gpu_problems()
         if errors:
             raise field_errors("InferenceServiceSpec", *errors)
@@ -384,6 +485,10 @@ class InferenceServiceStatus(BaseStatus):
     """Per adapter: on how many ready Pods it is served."""
     pods: list[PodAdapters] | None = Field(default=None, max_length=10)
     """The first Pods that do not serve every adapter, and why; Pods that do are only counted (adapters[])."""
+    autoscaler: ShortStr | None = None
+    """The autoscaler that sets replicas and its bounds (`hpa 1-4`, `keda 0-8`); unset: spec.replicas holds."""
+    max_gpus: int | None = None
+    """With autoscaling: the most GPUs the service may take (maxReplicas x GPUs per replica)."""
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -391,6 +496,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Autoscaler", "type": "string", "jsonPath": ".status.autoscaler"},
+    {"name": "MaxGPUs", "type": "integer", "jsonPath": ".status.maxGpus", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {
         "name": "Adapters",

@@ -60,6 +60,14 @@ TYPES: dict[tuple[str, str], ResourceType] = {
               *CUSTOM.values())
 }  # fmt: skip
 
+# What an InferenceService's autoscaling and routing render: core HPAs, and kinds of other projects' CRDs.
+HPA = ResourceType("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+HPA_BETA = ResourceType("autoscaling/v2beta2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+SCALEDOBJECT = ResourceType("keda.sh/v1alpha1", "ScaledObject", "scaledobjects")
+INFERENCEPOOL = ResourceType("inference.networking.k8s.io/v1", "InferencePool", "inferencepools")
+HTTPROUTE = ResourceType("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
+TYPES.update({(t.api_version, t.kind): t for t in (HPA, HPA_BETA, SCALEDOBJECT, INFERENCEPOOL, HTTPROUTE)})
+
 
 def type_of(obj: dict[str, Any]) -> ResourceType:
     key = (str(obj.get("apiVersion")), str(obj.get("kind")))

@@ -7,12 +7,15 @@ adapter reconciler (the port, the adapters' paths, the effective LoRA settings).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.serving.args import adapter_path
+from tuneops.render.serving.autoscaling import render_autoscaler
 from tuneops.render.serving.checks import check_inferenceservice
 from tuneops.render.serving.llamacpp import render_llamacpp
+from tuneops.render.serving.routing import render_routing
 from tuneops.render.serving.types import PORT, ServingRender, effective_lora
 from tuneops.render.serving.vllm import render_vllm
 from tuneops.render.types import Owner, ResolvedAdapter, ResolvedModel
@@ -35,5 +38,8 @@ def render_inferenceservice(
     `adapter_sources` are URIs adapters may be loaded from later (adapters still waiting for their
     FineTunedModel, and where those publish): their PVC claims are mounted from the start."""
     if spec.runtime == "llamacpp":
-        return render_llamacpp(spec, owner, config, model)
-    return render_vllm(spec, owner, config, model, adapters, adapter_sources)
+        rendered = render_llamacpp(spec, owner, config, model)
+    else:
+        rendered = render_vllm(spec, owner, config, model, adapters, adapter_sources)
+    extra = [*render_autoscaler(spec, owner, config), *render_routing(spec, owner, rendered.selector)]
+    return replace(rendered, manifests=(*rendered.manifests, *extra)) if extra else rendered

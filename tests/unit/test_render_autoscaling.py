@@ -1,0 +1,139 @@
+"""Autoscaling and routing of an InferenceService: the KEDA ScaledObject or HPA, the InferencePool and HTTPRoute,
+checked against the published schemas of KEDA, Gateway API and the Inference Extension."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.unit import published_schemas
+from tests.unit.render_support import check_golden, owner, validate
+from tests.unit.test_render_inferenceservice import MODEL, spec
+from tuneops.api import SpecError
+from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.config import Features, OperatorConfig
+from tuneops.render import render_inferenceservice
+from tuneops.render.serving.autoscaling import VLLM_METRICS, bounds, quantity
+
+OWNER = owner("InferenceService", "mistral")
+CFG = OperatorConfig(prometheus_address="http://prometheus.monitoring.svc:9090")
+ROUTING = {"gateway": {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"},
+           "endpointPicker": {"name": "mistral-epp"}, "hostnames": ["llm.example.com"]}  # fmt: skip
+
+
+def extras(s: InferenceServiceSpec, config: OperatorConfig = CFG) -> list[dict[str, Any]]:
+    """What autoscaling and routing add to the service's manifests."""
+    kinds = {"ScaledObject", "HorizontalPodAutoscaler", "InferencePool", "HTTPRoute"}
+    return [m for m in render_inferenceservice(s, OWNER, config, model=MODEL).manifests if m["kind"] in kinds]
+
+
+def assert_published_valid(manifests: list[dict[str, Any]]) -> None:
+    third_party = [m for m in manifests if m["kind"] != "HorizontalPodAutoscaler"]
+    assert published_schemas.errors(third_party) == [[] for _ in third_party]
+    for m in manifests:
+        if m["apiVersion"] == "autoscaling/v2":
+            validate(m)
+        elif m["apiVersion"] == "autoscaling/v2beta2":
+            kubernetes_validate.validate(m, "1.25.0", strict=True)  # the last with v2beta2
+
+
+CASES = {
+    "keda-scale-to-zero": {"autoscaling": {"engine": "keda", "minReplicas": 0, "maxReplicas": 8, "targetValue": 4,
+                                           "activationValue": 1, "scaleDownStabilizationSeconds": 600}},
+    "hpa-kv-cache": {"resources": {"gpus": 2}, "vllm": {"tensorParallelSize": 2},
+                     "autoscaling": {"engine": "hpa", "maxReplicas": 4, "metric": "kvCacheUsage", "targetValue": 0.75}},
+    "routing": {"routing": ROUTING,
+                "autoscaling": {"engine": "hpa", "minReplicas": 2, "maxReplicas": 6, "metric": "requestsRunning",
+                                "targetValue": 16}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_and_valid_against_the_published_schemas(name: str) -> None:
+    manifests = extras(spec(**CASES[name]))
+    assert_published_valid(manifests)
+    check_golden(f"inferenceservice-{name}", manifests)
+
+
+def test_the_hpa_falls_back_to_v2beta2_on_servers_without_autoscaling_v2() -> None:
+    old = CFG.model_copy(update={"features": Features(hpa_v2=False)})
+    (hpa,) = extras(spec(**CASES["hpa-kv-cache"]), old)
+    assert hpa["apiVersion"] == "autoscaling/v2beta2"
+    assert_published_valid([hpa])
+
+
+def test_autoscalers_scale_the_inferenceservice_not_its_deployment() -> None:
+    for name in ("keda-scale-to-zero", "hpa-kv-cache"):
+        (scaler,) = extras(spec(**CASES[name]))
+        assert scaler["spec"]["scaleTargetRef"] == {
+            "apiVersion": "tuneops.io/v1alpha1", "kind": "InferenceService", "name": "mistral"}  # fmt: skip
+
+
+def test_keda_queries_the_served_model_in_the_namespace() -> None:
+    (so,) = extras(spec(**CASES["keda-scale-to-zero"]))
+    trigger = so["spec"]["triggers"][0]
+    assert (
+        trigger["metadata"]["query"]
+        == 'sum(vllm:num_requests_waiting{namespace="team-a",model_name="mistral"})'
+    )
+    assert trigger["metadata"]["serverAddress"] == CFG.prometheus_address
+    assert (trigger["metadata"]["threshold"], trigger["metadata"]["activationThreshold"]) == ("4", "1")
+
+
+def test_the_routing_pool_selects_the_server_pods() -> None:
+    rendered = render_inferenceservice(spec(routing=ROUTING), OWNER, CFG, model=MODEL)
+    pool = next(m for m in rendered.manifests if m["kind"] == "InferencePool")
+    assert pool["spec"]["selector"]["matchLabels"] == dict(rendered.selector)
+    route = next(m for m in rendered.manifests if m["kind"] == "HTTPRoute")
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == pool["metadata"]["name"]
+    assert any(m["kind"] == "Service" for m in rendered.manifests), "the plain Service stays"
+
+
+def test_off_by_default() -> None:
+    assert extras(spec()) == []
+
+
+def test_a_field_the_published_schema_lacks_is_an_error() -> None:
+    (so,) = extras(spec(**CASES["keda-scale-to-zero"]))
+    so["spec"]["scaleTargetRef"]["replicas"] = 3
+    pool, route = extras(spec(routing=ROUTING))
+    pool["spec"]["targetPortNumber"] = 8000  # the field of the withdrawn v1alpha2 API
+    route["spec"]["rules"][0]["backendRefs"][0]["pool"] = "x"
+    found = published_schemas.errors([so, pool, route])
+    assert all(found), found
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "refused"),
+    [
+        ({"engine": "hpa", "minReplicas": 0, "maxReplicas": 3, "targetValue": 2}, "needs engine keda"),
+        (
+            {"engine": "keda", "minReplicas": 5, "maxReplicas": 3, "targetValue": 2},
+            "must not exceed maxReplicas",
+        ),
+        ({"engine": "hpa", "maxReplicas": 3, "targetValue": 2, "activationValue": 1}, "needs engine keda"),
+        ({"engine": "hpa", "maxReplicas": 3, "metric": "kvCacheUsage", "targetValue": 80}, "at most 1"),
+        ({"engine": "keda", "minReplicas": 0, "maxReplicas": 3, "targetValue": 2}, None),
+    ],
+)
+def test_autoscaling_bounds(autoscaling: dict[str, Any], refused: str | None) -> None:
+    if refused is None:
+        spec(autoscaling=autoscaling)
+        return
+    with pytest.raises(SpecError, match=refused):
+        spec(autoscaling=autoscaling)
+
+
+def test_autoscaling_needs_vllm() -> None:
+    with pytest.raises(SpecError, match="vllm runtime"):
+        spec(runtime="llamacpp", autoscaling={"engine": "hpa", "maxReplicas": 3, "targetValue": 2})
+
+
+def test_bounds_and_quantities() -> None:
+    auto = spec(**CASES["keda-scale-to-zero"]).autoscaling
+    assert auto is not None and bounds(auto) == "keda 0-8"
+    assert [quantity(v) for v in (4, 0.75, 2.5)] == ["4", "750m", "2500m"]
+    assert set(VLLM_METRICS.values()) == {
+        "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"}  # fmt: skip
