@@ -134,5 +134,6 @@ def test_a_healthy_resource_is_served_next_to_hostile_ones(
                what="the healthy resource Ready")  # fmt: skip
     for b in bad:
         cond = settle(cluster, namespace, b["kind"], b["metadata"]["name"], wait_until)
-        assert cond["status"] == "False" and cond["reason"] in ("InvalidSpec", "WaitingForSource"), cond
+        assert cond["status"] == "False", cond
+        assert cond["reason"] in ("InvalidSpec", "WaitingForSource", "SecretUnreadable"), cond
     assert operator.alive() and healthy(operator)
