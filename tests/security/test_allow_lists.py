@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from tests.unit.render_support import check_golden, validate
 from tests.unit.test_validate_equals_operator import (
     FTM_HEAD,
     IS_HEAD,
@@ -183,6 +184,8 @@ def test_runtime_loading_without_a_key_is_behind_a_network_policy() -> None:
     assert selector["values"] == ["apps", "team-a", "tuneops-system"]
     # The server Pods themselves (a LeaderWorkerSet's group over Ray), and nothing else.
     assert from_peers["from"] == [{"podSelector": spec["podSelector"]}]
+    validate(policy)
+    check_golden("inferenceservice-network-policy", [policy])
 
 
 @pytest.mark.parametrize(

@@ -125,7 +125,10 @@ def network_policy(
 ) -> Manifest:
     """Ingress to the server Pods only from the admitted namespaces, and between the Pods themselves (a
     LeaderWorkerSet's group talks over Ray). Kubelet probes are not subject to it."""
-    pods = {"matchLabels": dict(sorted(selector.items()))}
+
+    def pods() -> dict[str, Any]:
+        return {"matchLabels": dict(sorted(selector.items()))}
+
     namespaces = {
         "matchExpressions": [
             {
@@ -140,8 +143,8 @@ def network_policy(
         "kind": "NetworkPolicy",
         "metadata": metadata(owner, workload_name(owner), SERVER),
         "spec": {
-            "ingress": [{"from": [{"namespaceSelector": namespaces}]}, {"from": [{"podSelector": pods}]}],
-            "podSelector": pods,
+            "ingress": [{"from": [{"namespaceSelector": namespaces}]}, {"from": [{"podSelector": pods()}]}],
+            "podSelector": pods(),
             "policyTypes": ["Ingress"],
         },
     }
