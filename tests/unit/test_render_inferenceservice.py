@@ -127,7 +127,9 @@ def test_golden_vllm_download_single_gpu() -> None:
     assert kinds(r) == ["ConfigMap", "Deployment", "Service"]  # one replica: no PDB
     pod = next(pod_specs(by_kind(r, "Deployment")))
     (init,) = pod["initContainers"]
-    assert init["args"] == ["worker", "fetch", "--source", "s3://models/qwen-awq", "--dest", "/mnt/model"]
+    # The init container refuses anything but the artifact's recorded digest (DigestMismatch).
+    assert init["args"] == ["worker", "fetch", "--source", "s3://models/qwen-awq", "--dest", "/mnt/model",
+                            "--expect-digest", "sha256:q"]  # fmt: skip
     assert env_of(init)["TUNEOPS_MODEL_AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "s3-creds"
     assert json.loads(env_of(init)["TUNEOPS_CREDENTIALS"]) == {"s3://models/qwen-awq": "model"}
     model_vol = next(v for v in pod["volumes"] if v["name"] == "model")

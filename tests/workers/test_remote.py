@@ -3,6 +3,7 @@ once with a 5xx."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -31,9 +32,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """moto in server mode on a free loopback port; stopped by its PID."""
+@contextlib.contextmanager
+def moto_server() -> Iterator[dict[str, str]]:
+    """moto in server mode on a free loopback port, with the environment that points boto3 at it; stopped by
+    its PID."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -64,6 +66,12 @@ def s3_env() -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    with moto_server() as env:
+        yield env
 
 
 def _client(env: dict[str, str]) -> Any:
@@ -106,7 +114,11 @@ def test_s3_round_trip(
     assert r.returncode == 0, r.stderr[-3000:]
     art = json.loads(log.read_text())["artifact"]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="models", Prefix="merged/m1/")["Contents"])
-    assert "merged/m1/tuneops-artifact.json" in keys and "merged/m1/config.json" in keys
+    # Published in a folder named after its digest, which is the URI reported; the prefix points at it.
+    folder = "merged/m1/" + art["digest"].removeprefix("sha256:")[:16]
+    assert art["uri"] == f"s3://models/{folder}"
+    assert f"{folder}/tuneops-artifact.json" in keys and f"{folder}/config.json" in keys
+    assert "merged/m1/tuneops-current.json" in keys
     # Download it back through the storage layer: same digest as reported, same bytes as a local merge.
     for k, v in s3_env.items():
         monkeypatch.setenv(k, v)

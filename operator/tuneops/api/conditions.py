@@ -36,6 +36,8 @@ class Reason:
     JOB_FAILED = "JobFailed"
     OOM_KILLED = "OOMKilled"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    # An input's files or digest differ from what was recorded when it was made (tampered or replaced).
+    DIGEST_MISMATCH = "DigestMismatch"
     QUALITY_GATE_FAILED = "QualityGateFailed"
     QUALITY_GATE_SKIPPED = "QualityGateSkipped"
     MERGE_DISABLED = "MergeDisabled"
@@ -76,6 +78,7 @@ TERMINAL_REASONS = frozenset(
         Reason.OOM_KILLED,
         Reason.SECRET_UNREADABLE,
         Reason.DEADLINE_EXCEEDED,
+        Reason.DIGEST_MISMATCH,
         Reason.QUALITY_GATE_FAILED,
         Reason.SOURCE_NOT_FOUND,
         Reason.ADAPTER_LOAD_FAILED,
@@ -95,6 +98,7 @@ TERMINAL_REASONS = frozenset(
 STUCK_REASONS = frozenset(
     {
         Reason.UNSCHEDULABLE,
+        Reason.DIGEST_MISMATCH,
         Reason.CLAIM_PENDING,
         Reason.VOLUME_MOUNT_FAILED,
         Reason.IMAGE_PULL_BACK_OFF,

@@ -84,7 +84,10 @@ def observe_job(
                         "Failed", Reason.OOM_KILLED, f"{msg}: {detail}" if detail else msg, result
                     )
                 msg = f"exit code {term.get('exitCode')}"
-                return JobOutcome("Failed", Reason.JOB_FAILED, f"{detail} ({msg})" if detail else msg, result)
+                # A worker may name a reason of its own for what it refused (a DigestMismatch).
+                own = result.get("reason") == Reason.DIGEST_MISMATCH
+                why = Reason.DIGEST_MISMATCH if own else Reason.JOB_FAILED
+                return JobOutcome("Failed", why, f"{detail} ({msg})" if detail else msg, result)
         return JobOutcome(
             "Failed", Reason.JOB_FAILED, failed.get("message") or failed.get("reason") or "Job failed"
         )

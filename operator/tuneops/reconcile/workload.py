@@ -22,6 +22,7 @@ LIMIT = 300
 SEVERITY: tuple[str, ...] = (
     Reason.OOM_KILLED,
     Reason.CRASH_LOOP_BACK_OFF,
+    Reason.DIGEST_MISMATCH,
     Reason.INIT_CONTAINER_FAILED,
     Reason.CREATE_CONTAINER_CONFIG_ERROR,
     Reason.IMAGE_PULL_BACK_OFF,
@@ -153,6 +154,9 @@ def container_cause(pod: str, cs: Mapping[str, Any], init: bool, image: str = ""
         return Cause(Reason.OOM_KILLED, bounded(head, detail, tail=True))
     verb = "failed" if init else ("keeps crashing" if why == "CrashLoopBackOff" else f"cannot run ({why})")
     reason = Reason.INIT_CONTAINER_FAILED if init else Reason.CRASH_LOOP_BACK_OFF
+    if ended and parse_result(str(ended.get("message") or "")).get("reason") == Reason.DIGEST_MISMATCH:
+        # The fetch init container refused a model that is not the one recorded when it was made.
+        reason = Reason.DIGEST_MISMATCH
     return Cause(reason, bounded(f"{what} {verb} ({'; '.join(facts)})", detail, tail=True))
 
 

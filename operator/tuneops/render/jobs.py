@@ -24,6 +24,7 @@ from tuneops.render.pod import (
 from tuneops.render.types import Manifest, Owner
 from tuneops.render.volumes import Mounts
 from tuneops.storage.artifacts import JOB_NAME_ENV
+from tuneops.storage.integrity import EXPECT_ENV
 
 WORKER_CONTAINER = "worker"
 SCRATCH_DIR = "/scratch"
@@ -99,6 +100,10 @@ def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> l
             },
         },
     ]
+    expected = {uri: d for uri, d in sorted(step.digests.items()) if d and d.startswith("sha256:")}
+    if expected:
+        # The worker checks each input against the digest its producer recorded before using it.
+        ours.append(env_value(EXPECT_ENV, canonical_json(expected)))
     ours += source_env(step.sources)
     return merge_env(ours)
 

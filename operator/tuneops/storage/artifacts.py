@@ -11,13 +11,15 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneops.storage import remote
+from tuneops.storage import integrity, remote
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, build_manifest, read_manifest, verify
-from tuneops.storage.uri import ArtifactURI, InputError, InvalidURIError, parse_uri
+from tuneops.storage.safety import UnsafeInputError, check_tree
+from tuneops.storage.uri import ArtifactURI, InputError, InvalidURIError, parse_uri, pvc_root
 
 log = logging.getLogger("tuneops.storage")
 STAGING_MARK = ".tuneops-staging-"
@@ -34,20 +36,57 @@ def workdir() -> Path:
     return base
 
 
-def fetch(uri: str | ArtifactURI) -> Path:
-    """A local path holding the input: the path itself for file/pvc, a download for s3/hf."""
+def fetch(uri: str | ArtifactURI, expect: str | None = None) -> Path:
+    """A local path holding the input: the path itself for file/pvc, a download for s3/hf.
+
+    Before it is returned the input is checked: no link or special file anywhere in it (nothing outside the
+    artifact is read), its files match its manifest when it has one, and its digest is `expect` (default: what
+    $TUNEOPS_EXPECT_DIGESTS records for this URI) when one is expected.
+    """
     u = parse_uri(uri) if isinstance(uri, str) else uri
+    if expect is None:
+        expect = integrity.expected_digests().get(u.raw)
     if u.is_local:
         p = u.local_path()
-        if not p.exists():
+        if not os.path.lexists(p):
             raise InputError(f"{u.raw}: {p} does not exist")
-        return p
-    dest = workdir() / "inputs" / hashlib.sha256(u.raw.encode()).hexdigest()[:16]
-    if u.scheme == "s3":
-        return remote.s3_download(u, dest)
-    if u.scheme == "hf":
-        return remote.hf_download(u, dest)
-    raise InvalidURIError(f"{u.raw}: unsupported scheme")
+        _inside_claim(u, p)
+    else:
+        dest = workdir() / "inputs" / hashlib.sha256(u.raw.encode()).hexdigest()[:16]
+        if u.scheme == "s3":
+            p = remote.s3_download(u, dest)
+        elif u.scheme == "hf":
+            p = remote.hf_download(u, dest)
+        else:
+            raise InvalidURIError(f"{u.raw}: unsupported scheme")
+    check_input(u, p, expect)
+    return p
+
+
+def check_input(u: ArtifactURI, p: Path, expect: str | None) -> None:
+    """What `fetch` checks of the files it got for `u` (links, manifest, digest); raises with the reason."""
+    check_tree(p, u.raw)
+    if p.is_dir():
+        integrity.verify_dir(u.raw, p, expect)
+    else:
+        integrity.verify_file(u.raw, p, expect, _parent_manifest(u, p))
+
+
+def _inside_claim(u: ArtifactURI, p: Path) -> None:
+    """A pvc:// path stays inside its claim once links in its folders are resolved."""
+    if u.scheme != "pvc":
+        return
+    claim = os.path.realpath(pvc_root() / u.claim)
+    if os.path.commonpath([claim, os.path.realpath(p)]) != claim:
+        raise UnsafeInputError(f"{u.raw}: {p} leads outside the claim {u.claim}; refused")
+
+
+def _parent_manifest(u: ArtifactURI, p: Path) -> Callable[[], Manifest | None]:
+    """The manifest of the artifact a single file belongs to (its folder's), read where the file was."""
+    if u.is_local or u.scheme != "s3" or "/" not in u.key:
+        return integrity.local_parent_manifest(p)
+    parent = parse_uri(u.raw.rsplit("/", 1)[0])
+    return lambda: remote.s3_read_manifest(parent)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -189,9 +228,15 @@ class Output:
                 return None
             return m
         if self.uri.scheme == "s3":
-            m = remote.s3_read_manifest(self.uri)
-            return m if m is not None and remote.s3_complete(self.uri, m) else None
+            return remote.s3_published(self.uri)
         return remote.hf_read_manifest(self.uri)
+
+    def location(self, manifest: Manifest) -> str:
+        """The URI consumers read this artifact from: the output itself (file, pvc, hf: replaced atomically),
+        or for s3 the artifact's own folder under the output prefix (see remote.s3_upload)."""
+        if self.uri.scheme == "s3":
+            return self.uri.child(remote.content_dir(manifest.digest)).raw
+        return self.uri.raw
 
     def reusable(self, key: str) -> Manifest | None:
         """A complete artifact made from the same inputs, parameters and tools (its files are re-hashed)."""

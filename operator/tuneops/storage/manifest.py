@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tuneops.storage.safety import UnsafeInputError, inside, open_regular, safe_relative, walk_files
+
 MANIFEST_NAME = "tuneops-artifact.json"
 MANIFEST_KIND = "TuneopsArtifact"
 MANIFEST_VERSION = 1
@@ -22,8 +24,9 @@ class ManifestError(RuntimeError):
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file, read without following a link."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -64,14 +67,9 @@ def tool_versions(*dists: str) -> dict[str, str]:
 
 
 def list_files(root: Path) -> list[Path]:
-    """Files of an artifact, relative to its root, sorted; the manifest itself is not part of the content."""
-    out = []
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            rel = (Path(dirpath) / n).relative_to(root)
-            if rel.as_posix() != MANIFEST_NAME:
-                out.append(rel)
-    return sorted(out, key=lambda p: p.as_posix())
+    """Files of an artifact, relative to its root, sorted; the manifest itself is not part of the content.
+    A link or special file raises (safety.UnsafeInputError): nothing outside the folder is read or published."""
+    return [Path(rel) for rel in walk_files(root) if rel.as_posix() != MANIFEST_NAME]
 
 
 @dataclass
@@ -113,6 +111,10 @@ class Manifest:
         for f in files:
             if not {"path", "sha256", "size"} <= f.keys():
                 raise ManifestError("manifest file entry lacks path/sha256/size")
+            try:
+                safe_relative(str(f["path"]), "manifest")
+            except UnsafeInputError as exc:
+                raise ManifestError(str(exc)) from None
         return cls(
             format=str(data.get("format", "")),
             files=files,
@@ -174,15 +176,16 @@ def verify(root: Path, manifest: Manifest, *, hashes: bool = True) -> list[str]:
     problems = []
     listed = {str(f["path"]) for f in manifest.files}
     for f in manifest.files:
-        p = root / str(f["path"])
-        if not p.is_file():
+        p = inside(root, str(f["path"]), "manifest")
+        if p.is_symlink() or not p.is_file():
             problems.append(f"missing {f['path']}")
         elif p.stat().st_size != int(f["size"]):
             problems.append(f"size of {f['path']} differs")
         elif hashes and sha256_file(p) != f["sha256"]:
             problems.append(f"sha256 of {f['path']} differs")
     for rel in list_files(root):
-        if rel.as_posix() not in listed:
+        # Hidden top-level entries are a downloader's bookkeeping (.cache/huggingface), as in digest_of.
+        if rel.as_posix() not in listed and not rel.parts[0].startswith("."):
             problems.append(f"unlisted {rel.as_posix()}")
     if files_digest(manifest.files) != manifest.digest:
         problems.append("digest does not match the file list")

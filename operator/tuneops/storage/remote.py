@@ -9,11 +9,12 @@ import os
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from tuneops.storage import credentials
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, ManifestError
+from tuneops.storage.safety import inside, safe_relative
 from tuneops.storage.uri import ArtifactURI, InputError
 
 log = logging.getLogger("tuneops.storage")
@@ -21,6 +22,9 @@ T = TypeVar("T")
 
 RETRIES = int(os.environ.get("TUNEOPS_RETRIES", "5"))
 BACKOFF_S = float(os.environ.get("TUNEOPS_BACKOFF_S", "1.0"))
+# An S3 output prefix names its current artifact folder in this object (see s3_upload).
+POINTER_NAME = "tuneops-current.json"
+POINTER_KIND = "TuneopsArtifactPointer"
 
 
 def _status(exc: BaseException) -> int | None:
@@ -83,22 +87,65 @@ def _s3(uri: ArtifactURI) -> Any:
     )
 
 
+def _list(client: Any, uri: ArtifactURI, prefix: str) -> list[tuple[str, int]]:
+    paginator = client.get_paginator("list_objects_v2")
+    pages = with_retries(
+        f"list {uri.raw}", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=prefix))
+    )
+    return [(obj["Key"], int(obj["Size"])) for page in pages for obj in page.get("Contents", [])]
+
+
+def _get_json(client: Any, bucket: str, key: str) -> Any:
+    """The JSON object at key, or None when there is none (or it is not JSON)."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read(1 << 24)
+        return json.loads(body)
+    except ValueError:
+        return None
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            return None
+        raise
+
+
+def _key(uri: ArtifactURI, name: str) -> str:
+    return f"{uri.key}/{name}" if uri.key else name
+
+
+def content_dir(digest: str) -> str:
+    """The folder an S3 artifact is published in under its output prefix: the first 16 hex digits of its digest."""
+    return digest.removeprefix("sha256:")[:16]
+
+
+def s3_current(uri: ArtifactURI) -> ArtifactURI | None:
+    """Where the output prefix's current artifact lives (its pointer, written after the artifact), if any."""
+    data = _get_json(_s3(uri), uri.bucket, _key(uri, POINTER_NAME))
+    if not isinstance(data, dict) or data.get("kind") != POINTER_KIND:
+        return None
+    where = str(data.get("path", ""))
+    safe_relative(where, f"{uri.raw}: {POINTER_NAME}")
+    return uri.child(where)
+
+
 def s3_download(uri: ArtifactURI, dest: Path) -> Path:
-    """Downloads every object under s3://bucket/prefix/ (or the single object) into dest."""
+    """Downloads every object under s3://bucket/prefix/ (or the single object) into dest.
+
+    An output prefix tuneops publishes to holds one folder per artifact and a pointer to the current one: the
+    pointed folder is what is downloaded. Keys that would land outside dest (`prefix//etc/x`, `..`) are refused.
+    """
+    current = s3_current(uri) if uri.key else None
+    if current is not None:
+        log.info("%s: current artifact at %s", uri.raw, current.raw)
+        uri = current
     client = _s3(uri)
     prefix = uri.key
-    keys: list[tuple[str, int]] = []
-    paginator = client.get_paginator("list_objects_v2")
     list_prefix = prefix + "/" if prefix else ""
-    for page in with_retries(
-        f"list {uri.raw}", lambda: list(paginator.paginate(Bucket=uri.bucket, Prefix=list_prefix))
-    ):
-        for obj in page.get("Contents", []):
-            keys.append((obj["Key"], int(obj["Size"])))
+    keys = _list(client, uri, list_prefix)
     dest.mkdir(parents=True, exist_ok=True)
     if not keys and prefix:
         # A single object (e.g. s3://bucket/models/m-Q4_K_M.gguf or a calibration file).
-        target = dest / Path(prefix).name
+        target = inside(dest, PurePosixPath(prefix).name, uri.raw)
         try:
             with_retries(f"download {uri.raw}", lambda: client.download_file(uri.bucket, prefix, str(target)))
         except Exception as exc:
@@ -108,12 +155,15 @@ def s3_download(uri: ArtifactURI, dest: Path) -> Path:
         return target
     if not keys:
         raise InputError(f"{uri.raw}: bucket {uri.bucket} is empty")
+    wanted: list[tuple[str, Path, int]] = []
     for key, size in keys:
         rel = key[len(list_prefix) :]
-        if not rel or ".." in Path(rel).parts:
-            continue
-        target = dest / rel
-        if target.is_file() and target.stat().st_size == size:
+        if (not rel or rel.endswith("/")) and size == 0:
+            continue  # a console's "folder" marker
+        # Checked for every key before anything is written: one hostile key refuses the whole input.
+        wanted.append((key, inside(dest, rel, f"{uri.raw}: object key {key!r}"), size))
+    for key, target, size in wanted:
+        if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
@@ -122,23 +172,18 @@ def s3_download(uri: ArtifactURI, dest: Path) -> Path:
             functools.partial(client.download_file, uri.bucket, key, str(part)),
         )
         part.replace(target)
-    log.info("downloaded %d objects from %s", len(keys), uri.raw)
+    log.info("downloaded %d objects from %s", len(wanted), uri.raw)
     return dest
 
 
 def s3_read_manifest(uri: ArtifactURI) -> Manifest | None:
-    client = _s3(uri)
-    key = f"{uri.key}/{MANIFEST_NAME}" if uri.key else MANIFEST_NAME
-    try:
-        body = client.get_object(Bucket=uri.bucket, Key=key)["Body"].read()
-        return Manifest.from_json(json.loads(body))
-    except (ValueError, ManifestError):
+    data = _get_json(_s3(uri), uri.bucket, _key(uri, MANIFEST_NAME))
+    if data is None:
         return None
-    except Exception as exc:
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "404", "NoSuchBucket"):
-            return None
-        raise
+    try:
+        return Manifest.from_json(data)
+    except (ManifestError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def s3_complete(uri: ArtifactURI, manifest: Manifest) -> bool:
@@ -152,34 +197,46 @@ def s3_complete(uri: ArtifactURI, manifest: Manifest) -> bool:
     return all(sizes.get(str(f["path"])) == int(f["size"]) for f in manifest.files)
 
 
-def s3_upload(local: Path, uri: ArtifactURI, manifest: Manifest) -> None:
-    """Uploads the files, then the manifest last: the manifest is the commit point readers check.
+def s3_published(uri: ArtifactURI) -> Manifest | None:
+    """The output's current artifact: the pointed folder's manifest, when it is there with all its files."""
+    current = s3_current(uri)
+    if current is None:
+        return None
+    m = s3_read_manifest(current)
+    if m is None or content_dir(m.digest) != current.name or not s3_complete(current, m):
+        return None
+    return m
 
-    Objects of a previous artifact under the same prefix that the new one does not have are removed after
-    the new manifest is in place, so a reader never sees a manifest without its files.
+
+def s3_upload(local: Path, uri: ArtifactURI, manifest: Manifest) -> ArtifactURI:
+    """Publishes under `<prefix>/<digest16>/`: the files, then that folder's manifest, then the prefix's pointer.
+
+    Nothing is overwritten in place: a run killed mid-upload leaves a folder without a manifest, which no
+    reader trusts, and the previous artifact (its folder, and the pointer to it) stays as it was. Folders of
+    earlier artifacts are kept: a service may still serve one (remove them with a bucket lifecycle rule).
     """
     client = _s3(uri)
-    prefix = uri.key + "/" if uri.key else ""
-    old: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=prefix):
-        old += [obj["Key"] for obj in page.get("Contents", [])]
-    for f in manifest.files:
-        rel = str(f["path"])
+    target = uri.child(content_dir(manifest.digest))
+    prefix = target.key + "/"
+    found = s3_read_manifest(target)
+    if found is None or found.digest != manifest.digest or not s3_complete(target, found):
+        for f in manifest.files:
+            rel = str(f["path"])
+            with_retries(
+                f"upload {rel}",
+                functools.partial(client.upload_file, str(local / rel), uri.bucket, prefix + rel),
+            )
         with_retries(
-            f"upload {rel}",
-            functools.partial(client.upload_file, str(local / rel), uri.bucket, prefix + rel),
+            "upload manifest",
+            lambda: client.upload_file(str(local / MANIFEST_NAME), uri.bucket, prefix + MANIFEST_NAME),
         )
+    pointer = json.dumps({"kind": POINTER_KIND, "digest": manifest.digest, "path": target.name}).encode()
     with_retries(
-        "upload manifest",
-        lambda: client.upload_file(str(local / MANIFEST_NAME), uri.bucket, prefix + MANIFEST_NAME),
+        "upload pointer",
+        lambda: client.put_object(Bucket=uri.bucket, Key=_key(uri, POINTER_NAME), Body=pointer),
     )
-    keep = {prefix + str(f["path"]) for f in manifest.files} | {prefix + MANIFEST_NAME}
-    stale = [k for k in old if k not in keep]
-    for i in range(0, len(stale), 1000):
-        client.delete_objects(
-            Bucket=uri.bucket, Delete={"Objects": [{"Key": k} for k in stale[i : i + 1000]]}
-        )
-    log.info("uploaded %d files to %s", len(manifest.files), uri.raw)
+    log.info("uploaded %d files to %s", len(manifest.files), target.raw)
+    return target
 
 
 # ---------------------------------------------------------------------------------------------------- Hub
@@ -191,6 +248,17 @@ def _hf_endpoint() -> str | None:
 
 def _hf_token(uri: ArtifactURI) -> str | None:
     return credentials.hf_token(uri.raw)
+
+
+def _check_hf_names(uri: ArtifactURI, dest: Path) -> None:
+    """The repository's file list, checked before anything is written: a name that would land outside dest
+    refuses the whole download."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token(uri))
+    info = with_retries(f"list {uri.raw}", lambda: api.model_info(uri.repo, revision=uri.revision))
+    for sibling in info.siblings or []:
+        inside(dest, sibling.rfilename, f"{uri.raw}: file {sibling.rfilename!r}")
 
 
 def hf_download(uri: ArtifactURI, dest: Path) -> Path:
@@ -213,6 +281,7 @@ def hf_download(uri: ArtifactURI, dest: Path) -> Path:
                 ),
             )
         else:
+            _check_hf_names(uri, dest)
             path = with_retries(
                 f"download {uri.raw}",
                 lambda: snapshot_download(

@@ -228,7 +228,7 @@ def run_awq(
     fmt = "compressed-tensors" if backend == "llm-compressor" else "awq"
     if found is not None:
         log.info("a complete AWQ artifact of the same inputs exists at %s: reusing it", output_uri)
-        return _result(output_uri, found, reused=True)
+        return _result(out.location(found), found, reused=True)
     staging = out.begin()
     try:
         start = time.monotonic()
@@ -260,7 +260,7 @@ def run_awq(
     except BaseException:
         out.abort()
         raise
-    return _result(output_uri, manifest, reused=False)
+    return _result(out.location(manifest), manifest, reused=False)
 
 
 def _result(uri: str, m: storage.Manifest, *, reused: bool) -> WorkerResult:

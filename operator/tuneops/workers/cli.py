@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from tuneops.storage import InputError, InvalidURIError
+from tuneops.storage.integrity import DigestMismatchError
 from tuneops.workers import result as res
 from tuneops.workers.common import InvalidInput, configure_threads, setup_logging
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download a model into a folder (a serving Pod's init container)")
     f.add_argument("--source", required=True, help="model URI (s3://, hf://, pvc:// or file://)")
     f.add_argument("--dest", required=True, help="folder to fill (may be a mount point)")
+    f.add_argument("--expect-digest", help="the digest recorded for the model: anything else is refused")
     return p
 
 
@@ -119,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
     if args.worker == "fetch":
         from tuneops.workers.fetch import run_fetch
 
-        return run_fetch(args.source, args.dest)
+        return run_fetch(args.source, args.dest, expect=args.expect_digest)
     from tuneops.workers.evaluate import run_evaluate
 
     return run_evaluate(
@@ -139,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("tuneops worker %s (threads=%d)", args.worker, threads)
     try:
         out = _dispatch(args)
+    except DigestMismatchError as exc:
+        msg = f"integrity: {exc}"
+        print(msg, file=sys.stderr)
+        res.write(res.WorkerResult(error=msg, reason=exc.reason))
+        return EXIT_INVALID
     except (InvalidInput, InvalidURIError, InputError) as exc:
         msg = f"invalid input: {exc}"
         print(msg, file=sys.stderr)

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tuneops.storage.safety import safe_relative
+
 log = logging.getLogger("tuneops.workers")
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -86,13 +88,15 @@ def copy_model_side_files(src: Path, dst: Path) -> list[str]:
     """Copies config, generation config, tokenizer and other small files (not weights, not our manifest)."""
     copied = []
     for p in sorted(src.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if p.name.startswith(".") or p.is_dir():
             continue
+        if p.is_symlink() or not p.is_file():
+            raise InvalidInput(f"{p} is a link or a special file; refused (never copied into an artifact)")
         if p.name.endswith(WEIGHT_SUFFIXES) or p.name in WEIGHT_INDEXES or p.name == "tuneops-artifact.json":
             continue
         if p.name.startswith("adapter_"):
             continue
-        shutil.copy2(p, dst / p.name)
+        shutil.copy2(p, dst / p.name, follow_symlinks=False)
         copied.append(p.name)
     return copied
 
@@ -114,7 +118,9 @@ def safetensors_shards(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json(index).get("weight_map", {})
-        names = list(dict.fromkeys(weight_map.values()))
+        names = list(dict.fromkeys(str(v) for v in weight_map.values()))
+        for n in names:
+            safe_relative(n, f"{index.name}")
         missing = [n for n in names if not (model_dir / n).is_file()]
         if missing:
             raise InvalidInput(f"{model_dir}: shards listed in the index are missing: {missing[:3]}")

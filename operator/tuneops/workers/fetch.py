@@ -9,7 +9,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from tuneops.storage import InputError, parse_uri, remote
+from tuneops import storage
+from tuneops.storage import parse_uri, remote
+from tuneops.storage.artifacts import check_input
 from tuneops.storage.manifest import digest_of, list_files
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
@@ -32,16 +34,17 @@ def _format(root: Path) -> str:
     return "safetensors"
 
 
-def run_fetch(source: str, dest: str) -> WorkerResult:
+def run_fetch(source: str, dest: str, expect: str | None = None) -> WorkerResult:
     """Fill `dest` with the model's files. `dest` may be a mount point (an emptyDir), so it is never renamed:
-    files land in a hidden staging folder inside it and are moved up once the download is complete. A
-    folder a finished fetch of the same source filled (its marker is written last) is reused."""
+    files land in a hidden staging folder inside it and are moved up once the download is complete and
+    checked (no links, files as the manifest lists them, the `expect`ed digest). A folder a finished fetch of
+    the same source filled (its marker is written last) is reused."""
     u = parse_uri(source)
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
     marker = target / MARKER
-    done = json.loads(marker.read_text()) if marker.is_file() else {}
-    if done.get("source") == source:
+    done = json.loads(marker.read_text()) if marker.is_file() and not marker.is_symlink() else {}
+    if done.get("source") == source and (not expect or done.get("expect") == expect):
         log.info("fetch: %s already holds %s; reusing", target, source)
         return WorkerResult(
             artifact=ArtifactResult(
@@ -60,24 +63,22 @@ def run_fetch(source: str, dest: str) -> WorkerResult:
             entry.unlink()
     staging = target / f".tuneops-staging-{uuid.uuid4().hex[:8]}"
     if u.is_local:
-        src = u.local_path()
-        if not src.exists():
-            raise InputError(f"{source}: {src} does not exist")
+        # Checked where it is (links, manifest, digest), then copied without following any link.
+        src = storage.fetch(u, expect)
         if src.is_file():
             staging.mkdir()
-            shutil.copy2(src, staging / src.name)
+            shutil.copy2(src, staging / src.name, follow_symlinks=False)
         else:
-            shutil.copytree(src, staging)
-    elif u.scheme == "s3":
-        remote.s3_download(u, staging)
+            shutil.copytree(src, staging, symlinks=True)
     else:
-        remote.hf_download(u, staging)
+        got = remote.s3_download(u, staging) if u.scheme == "s3" else remote.hf_download(u, staging)
+        check_input(u, got, expect)
     for entry in sorted(staging.iterdir()):
         os.replace(entry, target / entry.name)
     staging.rmdir()
     digest = digest_of(target)
     # Written last: its presence means the folder is complete (a restarted init container reuses it).
-    marker.write_text(json.dumps({"source": source, "digest": digest}))
+    marker.write_text(json.dumps({"source": source, "digest": digest, "expect": expect or ""}))
     log.info("fetch: %s -> %s complete", source, target)
     return WorkerResult(
         artifact=ArtifactResult(uri=source, digest=digest, size_bytes=_size(target), format=_format(target))

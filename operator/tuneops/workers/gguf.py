@@ -124,7 +124,7 @@ def run_gguf(
     found = out.reusable(key)
     if found is not None:
         log.info("a complete GGUF artifact of the same inputs exists at %s: reusing it", output_uri)
-        return _result(output_uri, found, names, reused=True)
+        return _result(out.location(found), found, names, reused=True)
     staging = out.begin()
     threads = thread_count()
     try:
@@ -148,7 +148,7 @@ def run_gguf(
     except BaseException:
         out.abort()
         raise
-    return _result(output_uri, manifest, names, reused=False)
+    return _result(out.location(manifest), manifest, names, reused=False)
 
 
 def _result(uri: str, m: storage.Manifest, names: list[str], *, reused: bool) -> WorkerResult:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneops import storage
+from tuneops.storage import remote
+from tuneops.storage.manifest import list_files
+from tuneops.storage.uri import join_uri, parse_uri
 from tuneops.workers.common import InvalidInput, read_json
 from tuneops.workers.result import AdapterFacts, ArtifactResult, WorkerResult
 
@@ -207,25 +210,28 @@ def publish_adapter(adapter_dir: Path, adapter_uri: str, digest: str, publish: s
     vLLM caches prefix blocks by adapter name and path: new weights reloaded from the same path can be served
     stale. A content-addressed path per version makes every weight change a change of path.
     """
-    target = f"{publish.rstrip('/')}/{digest.removeprefix('sha256:')[:16]}"
-    out = storage.Output.of(target)
-    if out.existing() is not None:
+    target = join_uri(publish, remote.content_dir(digest))
+    # An S3 output is content-addressed by the storage layer itself (see storage.remote.s3_upload).
+    out = storage.Output.of(publish if parse_uri(publish).scheme == "s3" else target)
+    found = out.existing()
+    if found is not None and found.digest == digest:
         log.info("adapter already published at %s", target)
         return target
     staging = out.begin()
     try:
-        for src in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
-            rel = src.relative_to(adapter_dir)
-            if rel.parts[0].startswith(".") or rel.name == storage.MANIFEST_NAME:
+        # list_files refuses links and special files: nothing outside the adapter is copied.
+        for rel in list_files(adapter_dir):
+            if rel.parts[0].startswith("."):
                 continue
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, staging / rel)
-        out.commit(
+            shutil.copy2(adapter_dir / rel, staging / rel, follow_symlinks=False)
+        manifest = out.commit(
             format="peft", worker="inspect", inputs={"adapter": {"uri": adapter_uri, "digest": digest}}
         )
     except BaseException:
         out.abort()
         raise
+    target = out.location(manifest)
     log.info("adapter published at %s", target)
     return target
 

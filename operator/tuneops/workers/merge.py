@@ -253,7 +253,7 @@ def run_merge(
     found = out.reusable(key)
     if found is not None:
         log.info("a complete merge of the same inputs exists at %s: reusing it", output_uri)
-        return _result(output_uri, found, used, dtype, reused=True)
+        return _result(out.location(found), found, used, dtype, reused=True)
     staging = out.begin()
     try:
         start = time.monotonic()
@@ -281,7 +281,7 @@ def run_merge(
     except BaseException:
         out.abort()
         raise
-    return _result(output_uri, manifest, used, dtype, reused=False)
+    return _result(out.location(manifest), manifest, used, dtype, reused=False)
 
 
 def _result(uri: str, m: storage.Manifest, method: str, dtype: str, *, reused: bool) -> WorkerResult:

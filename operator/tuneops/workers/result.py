@@ -65,6 +65,8 @@ class WorkerResult(_Camel):
     dtype: str | None = None
     """merge: the precision the merged weights were written in (what `auto` resolved to)."""
     error: str | None = None
+    reason: str | None = None
+    """With error: a condition reason of its own (DigestMismatch), where JobFailed would say too little."""
 
     def dumps(self) -> str:
         """Compact JSON that fits the Kubernetes limit: long lists and messages are cut first."""

@@ -8,6 +8,7 @@ local terminal = {
   CrashLoopBackOff = true,
   CreateContainerConfigError = true,
   DeadlineExceeded = true,
+  DigestMismatch = true,
   ImagePullBackOff = true,
   IncompatibleAdapter = true,
   InitContainerFailed = true,

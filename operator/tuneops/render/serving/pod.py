@@ -68,11 +68,15 @@ def model_files(
         path=f"{MODEL_DIR}/{file}" if file else MODEL_DIR,
         volumes=(empty_dir("model", size),),
         mounts=({"mountPath": MODEL_DIR, "name": "model", "readOnly": True},),
-        init=(_fetch_container(uri, model_secret(spec, model), config),),
+        init=(_fetch_container(uri, model_secret(spec, model), config, model.digest),),
     )
 
 
-def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConfig) -> dict[str, Any]:
+def _fetch_container(
+    uri: str, secret: SecretKeyRef | None, config: OperatorConfig, digest: str | None = None
+) -> dict[str, Any]:
+    """Downloads the model; with the artifact's recorded digest, refuses any other content (DigestMismatch)."""
+    expect = ["--expect-digest", digest] if digest and digest.startswith("sha256:") else []
     env = merge_env(
         [
             env_value("HOME", "/tmp"),
@@ -82,7 +86,7 @@ def _fetch_container(uri: str, secret: SecretKeyRef | None, config: OperatorConf
         ]
     )
     return {
-        "args": ["worker", "fetch", "--source", uri, "--dest", MODEL_DIR],
+        "args": ["worker", "fetch", "--source", uri, "--dest", MODEL_DIR, *expect],
         "command": ["tuneops"],
         "env": env,
         "image": config.images.worker,
