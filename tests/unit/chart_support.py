@@ -119,3 +119,10 @@ EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))
 # kopf watches CRDs (to notice the kinds appear) and, when it watches named namespaces, the namespaces.
 EXPECTED_DISCOVERY_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ("list", "watch"))
 EXPECTED_NAMESPACE_DISCOVERY_RULES = _triples("", ["namespaces"], ("list", "watch"))
+# InferenceService autoscalers and routing (spec.autoscaling, spec.routing): applied, listed by owner, pruned.
+EXPECTED_NAMESPACE_RULES |= (
+    _triples("autoscaling", ["horizontalpodautoscalers"], CHILD_VERBS)
+    | _triples("keda.sh", ["scaledobjects"], CHILD_VERBS)
+    | _triples("inference.networking.k8s.io", ["inferencepools"], CHILD_VERBS)
+    | _triples("gateway.networking.k8s.io", ["httproutes"], CHILD_VERBS)
+)

@@ -24,6 +24,7 @@ CACHE = Path(os.environ.get("TUNEOPS_CACHE", Path.home() / ".cache" / "tuneops")
 SCHEMAS = CACHE / "crd-schemas-keda2.0.0-gateway2.0.0"
 MODELS = SCHEMAS / "node_modules" / "@kubernetes-models"
 PACKAGES = {"keda.sh": "keda", "gateway.networking.k8s.io": "gateway-api"}
+GROUPS = (*PACKAGES, "inference.networking.k8s.io")
 
 
 def ensure() -> Path:

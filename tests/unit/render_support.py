@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
+from tests.unit import published_schemas
 from tuneops import API_VERSION
 from tuneops.render import Owner
 
@@ -27,9 +28,15 @@ def owner(kind: str, name: str, namespace: str = "team-a", uid: str = UID) -> Ow
 def validate(manifest: dict[str, Any]) -> None:
     """Strict schema validation against a fixed Kubernetes version (unknown fields are errors).
 
-    LeaderWorkerSet is a CRD the schemas do not know: its leader and worker templates are checked as core
-    PodTemplates, which is where everything the renderer writes into it lives.
+    Other projects' kinds (KEDA, Gateway API, its Inference Extension) are checked against their published
+    schemas (tests/unit/published_schemas.py). LeaderWorkerSet is a CRD the schemas do not know: its leader
+    and worker templates are checked as core PodTemplates, which is where everything the renderer writes into
+    it lives.
     """
+    if manifest["apiVersion"].split("/")[0] in published_schemas.GROUPS:
+        errors = published_schemas.errors([manifest])[0]
+        assert not errors, f"{manifest['kind']} {manifest['metadata']['name']}: {errors}"
+        return
     if manifest["kind"] == "LeaderWorkerSet":
         lwt = manifest["spec"]["leaderWorkerTemplate"]
         for role in ("leaderTemplate", "workerTemplate"):

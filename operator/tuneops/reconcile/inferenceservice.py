@@ -11,6 +11,7 @@ from tuneops import labels, metrics
 from tuneops.api import INFERENCESERVICE
 from tuneops.api.inferenceservice import AdapterState, InferenceServiceSpec, InferenceServiceStatus
 from tuneops.kube import client as k
+from tuneops.kube import types as kt
 from tuneops.reconcile.base import Cond, Context, Invalid, Outcome, StatusBuilder, Waiting, reconciler
 from tuneops.reconcile.lora import lora_enabled, reconcile_adapters
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
@@ -18,6 +19,7 @@ from tuneops.reconcile.sources import Sources, resolve
 from tuneops.reconcile.workload import diagnose, pod_events, progress_deadline
 from tuneops.render import serving as render
 from tuneops.render.names import content_hash
+from tuneops.render.serving import autoscaling
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Owner
 
@@ -34,7 +36,10 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
         spec, sb.owner, sb.ctx.config, model=sources.model, adapters=sources.servable,
         adapter_sources=sources.sources,
     )  # fmt: skip
-    apply_children(sb.ctx, sb.owner, list(rendered.manifests))
+    try:
+        apply_children(sb.ctx, sb.owner, list(rendered.manifests))
+    except Waiting as err:
+        return sb.conclude(decide(err))
     workload, pods = observe_workload(sb, spec, rendered, sources)
     adapters = _adapters(sb, spec, sources, pods)
     notes = tuple(
@@ -62,6 +67,11 @@ def observe_workload(
     status.url = rendered.url
     status.model_digest = sources.model.digest
     status.served_models = list(rendered.served_models)
+    auto = spec.autoscaling
+    status.autoscaler = autoscaling.bounds(auto) if auto else None
+    # A replica of a multi-node service is a group of Pods; each takes its GPUs.
+    per_replica = spec.gpus_per_pod() * (spec.vllm_settings().nodes if spec.runtime == "vllm" else 1)
+    status.max_gpus = auto.max_replicas * per_replica if auto else None
     seen = Workload(
         desired=spec.replicas,
         ready=status.ready_replicas,
@@ -116,6 +126,14 @@ def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+# Kinds of other projects that spec.autoscaling and spec.routing render, and what installs each.
+EXTENSIONS = {
+    kt.SCALEDOBJECT: "KEDA",
+    kt.INFERENCEPOOL: "Gateway API Inference Extension",
+    kt.HTTPROUTE: "Gateway API",
+}
+
+
 def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) -> int:
     """Apply what changed, delete what is no longer desired; returns the number of writes."""
     writes = 0
@@ -127,15 +145,24 @@ def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) 
         current = ctx.kube.get(rtype, owner.namespace, m["metadata"]["name"])
         have = ((current or {}).get("metadata") or {}).get("annotations", {}).get(labels.SPEC_HASH)
         if have != m["metadata"]["annotations"][labels.SPEC_HASH]:
-            ctx.kube.apply(m)
+            try:
+                ctx.kube.apply(m)
+            except k.NotFound as exc:
+                if rtype not in EXTENSIONS:
+                    raise
+                raise Waiting(
+                    f"{rtype.kind} ({rtype.api_version}) is not served by this cluster: install its CRD "
+                    f"({EXTENSIONS[rtype]}) or remove spec.autoscaling / spec.routing"
+                ) from exc
             writes += 1
     selector = {labels.OWNER: owner.uid, labels.KIND: INFERENCESERVICE.kind}
     pdb = k.PDB if ctx.config.features.pdb_v1 else k.PDB_BETA
-    for rtype in (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, pdb, k.LWS, k.NETWORKPOLICY):
+    hpa = kt.HPA if ctx.config.features.hpa_v2 else kt.HPA_BETA
+    for rtype in (k.DEPLOYMENT, k.SERVICE, k.CONFIGMAP, pdb, k.LWS, k.NETWORKPOLICY, hpa, *EXTENSIONS):
         try:
             children = ctx.kube.list(rtype, owner.namespace, selector)
         except k.NotFound:
-            continue  # LeaderWorkerSet's CRD is not installed: there is nothing of that kind to clean up
+            continue  # the kind's CRD (LeaderWorkerSet, KEDA, Gateway API) is not installed: nothing to clean up
         for child in children:
             if (rtype.kind, child["metadata"]["name"]) not in desired:
                 ctx.kube.delete(rtype, owner.namespace, child["metadata"]["name"])
