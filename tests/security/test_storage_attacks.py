@@ -288,6 +288,8 @@ def test_an_interrupted_s3_upload_leaves_the_previous_artifact_served(
     assert len(partial) == 1
     folder = f"team-a/m/{partial.pop()}"
     assert f"{folder}/{storage.MANIFEST_NAME}" not in keys and any(k.startswith(folder) for k in keys)
+    with pytest.raises(storage.InputError, match="without its manifest"):
+        storage.fetch(f"s3://out/{folder}")
     # A retry completes it; from then on the prefix serves the new one and the old URI still the old one.
     m2, uri2 = publish("s3://out/team-a/m", V2)
     assert uri2 == f"s3://out/{folder}"

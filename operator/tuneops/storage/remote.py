@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 from tuneops.storage import credentials
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, ManifestError
 from tuneops.storage.safety import inside, safe_relative
-from tuneops.storage.uri import ArtifactURI, InputError
+from tuneops.storage.uri import ArtifactURI, InputError, parse_uri
 
 log = logging.getLogger("tuneops.storage")
 T = TypeVar("T")
@@ -25,6 +26,7 @@ BACKOFF_S = float(os.environ.get("TUNEOPS_BACKOFF_S", "1.0"))
 # An S3 output prefix names its current artifact folder in this object (see s3_upload).
 POINTER_NAME = "tuneops-current.json"
 POINTER_KIND = "TuneopsArtifactPointer"
+_CONTENT_DIR = re.compile(r"[0-9a-f]{16}")
 
 
 def _status(exc: BaseException) -> int | None:
@@ -138,6 +140,13 @@ def s3_download(uri: ArtifactURI, dest: Path) -> Path:
     if current is not None:
         log.info("%s: current artifact at %s", uri.raw, current.raw)
         uri = current
+    elif "/" in uri.key and s3_read_manifest(uri) is None:
+        parent = parse_uri(uri.raw.rsplit("/", 1)[0])
+        if _CONTENT_DIR.fullmatch(uri.name) and s3_current(parent) is not None:
+            raise InputError(
+                f"{uri.raw}: an artifact folder of {parent.raw} without its manifest (an upload that did not"
+                " complete); refused"
+            )
     client = _s3(uri)
     prefix = uri.key
     list_prefix = prefix + "/" if prefix else ""
