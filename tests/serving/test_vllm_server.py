@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from serving_support import SERVED_NAME, TinyModels, complete, http_json
 
+from tuneops.render.serving.autoscaling import VLLM_METRICS
 from tuneops.serving.process import ServerProcess, free_port, running_server
 from tuneops.serving.vllm import vllm_cpu_env, vllm_serve_argv
 
@@ -92,3 +93,14 @@ def test_streaming_completion_and_unknown_model(vllm_server: ServerProcess) -> N
     )
     assert status == 404
     assert "does not exist" in body["error"]["message"]
+
+
+def test_autoscaling_metrics_exist_per_served_model(vllm_server: ServerProcess) -> None:
+    complete(vllm_server.base_url, SERVED_NAME, "Load for the metrics", tokens=2)
+    with urllib.request.urlopen(f"{vllm_server.base_url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    for name in VLLM_METRICS.values():
+        # The KEDA query selects the service's series by the served model's name.
+        labelled = [s for s in samples if s.startswith(name + "{") and f'model_name="{SERVED_NAME}"' in s]
+        assert labelled, f"{name} with model_name={SERVED_NAME} missing from /metrics"

@@ -82,7 +82,7 @@ def unknown_fields(obj: Any, declaration: Path | None, path: str = "") -> list[s
 
 
 def _declaration(obj: dict[str, Any]) -> Path:
-    group, version = obj["apiVersion"].split("/")
+    group, version = str(obj["apiVersion"]).split("/")
     return MODELS / PACKAGES[group] / group / version / f"{obj['kind']}.d.ts"
 
 

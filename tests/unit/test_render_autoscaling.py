@@ -16,6 +16,7 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import Features, OperatorConfig
 from tuneops.render import render_inferenceservice
 from tuneops.render.serving.autoscaling import VLLM_METRICS, bounds, quantity
+from tuneops.runner import discover_features
 
 OWNER = owner("InferenceService", "mistral")
 CFG = OperatorConfig(prometheus_address="http://prometheus.monitoring.svc:9090")
@@ -39,7 +40,7 @@ def assert_published_valid(manifests: list[dict[str, Any]]) -> None:
             kubernetes_validate.validate(m, "1.25.0", strict=True)  # the last with v2beta2
 
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "keda-scale-to-zero": {"autoscaling": {"engine": "keda", "minReplicas": 0, "maxReplicas": 8, "targetValue": 4,
                                            "activationValue": 1, "scaleDownStabilizationSeconds": 600}},
     "hpa-kv-cache": {"resources": {"gpus": 2}, "vllm": {"tensorParallelSize": 2},
@@ -137,3 +138,20 @@ def test_bounds_and_quantities() -> None:
     assert [quantity(v) for v in (4, 0.75, 2.5)] == ["4", "750m", "2500m"]
     assert set(VLLM_METRICS.values()) == {
         "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"}  # fmt: skip
+
+
+class _Server:
+    def __init__(self, version: tuple[int, int]):
+        self.version = version
+
+    def server_version(self) -> tuple[int, int]:
+        return self.version
+
+
+@pytest.mark.parametrize(
+    ("version", "v2"), [((1, 20), False), ((1, 22), False), ((1, 23), True), ((1, 31), True)]
+)
+def test_the_hpa_api_version_follows_the_server_version(version: tuple[int, int], v2: bool) -> None:
+    config = OperatorConfig()
+    discover_features(_Server(version), config)  # type: ignore[arg-type]
+    assert config.features.hpa_v2 is v2
