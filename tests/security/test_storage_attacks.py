@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,6 +300,66 @@ def test_an_interrupted_s3_upload_leaves_the_previous_artifact_served(
     assert storage.Output.of("s3://out/team-a/m").existing() == m2
     monkeypatch.setenv("TUNEOPS_WORKDIR", str(tmp_path / "work3"))
     assert storage.read_manifest(storage.fetch(uri1, expect=m1.digest)) == m1
+
+
+SLOW_PUBLISH = """
+import sys, time
+from tuneops import storage
+from tuneops.storage import remote
+
+real = remote._s3
+
+
+class Slow:
+    def __init__(self, client):
+        self.client = client
+
+    def upload_file(self, *args, **kwargs):
+        self.client.upload_file(*args, **kwargs)
+        time.sleep(1)  # room for the kill between two objects
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+remote._s3 = lambda uri: Slow(real(uri))
+out = storage.Output.of(sys.argv[1])
+staging = out.begin()
+for i in range(6):
+    (staging / f"model-{i}.safetensors").write_bytes(bytes([i]) * 4096)
+out.commit(format="safetensors")
+"""
+
+
+def test_a_worker_sigkilled_mid_upload_leaves_the_previous_artifact_served(
+    s3: Any, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    s3.create_bucket(Bucket="killed")
+    m1, uri1 = publish("s3://killed/m", V1)
+    env = {**os.environ, **s3_env, "TUNEOPS_WORKDIR": str(tmp_path / "w")}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, "s3://killed/m"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="killed", Prefix="m/")["Contents"]]
+            new = [k for k in keys if not k.startswith(uri1.removeprefix("s3://killed/")) and "/" in k[2:]]
+            if len(new) >= 2 or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the upload finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    folder = new[0].rsplit("/", 1)[0]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="killed", Prefix=f"{folder}/")["Contents"]]
+    assert keys and f"{folder}/{storage.MANIFEST_NAME}" not in keys
+    assert storage.Output.of("s3://killed/m").existing() == m1
+    assert storage.read_manifest(storage.fetch(uri1, expect=m1.digest)) == m1
+    with pytest.raises(storage.InputError, match="without its manifest"):
+        storage.fetch(f"s3://killed/{folder}")
 
 
 # ------------------------------------------------------------------------------------- tampered artifacts
