@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit import published_schemas
 from tests.unit.render_support import check_golden, owner, validate
+from tests.unit.schema_tools import cel_errors
 from tests.unit.test_render_inferenceservice import MODEL, spec
 from tuneops.api import SpecError
 from tuneops.api.inferenceservice import InferenceServiceSpec
@@ -120,11 +121,17 @@ def test_a_field_the_published_schema_lacks_is_an_error() -> None:
     ],
 )
 def test_autoscaling_bounds(autoscaling: dict[str, Any], refused: str | None) -> None:
+    """The operator and the CRD's CEL rules refuse the same specs, with the same words."""
+    doc = {"apiVersion": "tuneops.io/v1alpha1", "kind": "InferenceService", "metadata": {"name": "m"},
+           "spec": {"model": {"uri": "pvc://models/m"}, "autoscaling": autoscaling}}  # fmt: skip
+    cel = cel_errors(doc)
     if refused is None:
         spec(autoscaling=autoscaling)
+        assert cel == []
         return
     with pytest.raises(SpecError, match=refused):
         spec(autoscaling=autoscaling)
+    assert len(cel) == 1 and refused in cel[0], cel
 
 
 def test_autoscaling_needs_vllm() -> None:

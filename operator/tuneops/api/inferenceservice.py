@@ -246,7 +246,7 @@ class Autoscaling(Model):
                     "message": "activationValue is a KEDA setting: it needs engine keda",
                 },
                 {
-                    "rule": "self.metric != 'kvCacheUsage' || self.targetValue <= 1.0",
+                    "rule": "self.metric != 'kvCacheUsage' || double(self.targetValue) <= 1.0",
                     "message": "kvCacheUsage is a fraction: targetValue must be at most 1",
                 },
             ]
