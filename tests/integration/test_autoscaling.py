@@ -88,3 +88,74 @@ def test_an_engine_whose_crd_is_missing_is_named_in_status(
     assert cond["status"] == "False" and "install its CRD (KEDA)" in cond["message"], cond
     # The server itself is deployed all the same.
     assert cluster.apps.read_namespaced_deployment("chat", namespace)
+
+
+def stand_in_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
+    """A CRD that serves the kind without its schema: what is checked here is that the operator applies the
+    objects and prunes them; their fields are checked against the published schemas in tests/unit."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        # *.k8s.io groups are reserved for reviewed APIs; the upstream CRDs carry their review's URL here.
+        "metadata": {
+            "name": f"{plural}.{group}",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, a test stand-in"},
+        },
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List", "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_routing_objects_are_applied_and_pruned(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kinds = [("inference.networking.k8s.io", "InferencePool", "inferencepools"),
+             ("gateway.networking.k8s.io", "HTTPRoute", "httproutes")]  # fmt: skip
+    kubectl.apply([stand_in_crd(*k) for k in kinds])
+    for group, _, plural in kinds:
+        kubectl("wait", "--for=condition=Established", f"crd/{plural}.{group}", "--timeout=60s")
+
+    def listed(group: str, plural: str) -> list[dict[str, Any]]:
+        found = cluster.custom.list_namespaced_custom_object(group, "v1", namespace, plural)
+        return list(found["items"])
+
+    obj = autoscaled(None)
+    obj["spec"]["routing"] = {
+        "gateway": {"name": "inference-gateway"},
+        "endpointPicker": {"name": "chat-epp"},
+    }
+    kubectl.apply(obj, namespace=namespace)
+    (pool,) = wait_until(
+        lambda: listed("inference.networking.k8s.io", "inferencepools"), what="InferencePool"
+    )
+    (route,) = wait_until(lambda: listed("gateway.networking.k8s.io", "httproutes"), what="HTTPRoute")
+    deployment = cluster.apps.read_namespaced_deployment("chat", namespace)
+    assert pool["spec"]["selector"]["matchLabels"] == deployment.spec.selector.match_labels
+    assert pool["spec"]["endpointPickerRef"]["name"] == "chat-epp"
+    assert route["spec"]["rules"][0]["backendRefs"][0] == {
+        "group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "chat"}  # fmt: skip
+    assert {pool["metadata"]["ownerReferences"][0]["name"], route["metadata"]["ownerReferences"][0]["name"]} == {
+        "chat"}  # fmt: skip
+
+    kubectl.apply(autoscaled(None), namespace=namespace)
+    wait_until(
+        lambda: (
+            not listed("inference.networking.k8s.io", "inferencepools")
+            and not listed("gateway.networking.k8s.io", "httproutes")
+        ),
+        what="the pool and route deleted",
+    )
+    assert cluster.core.read_namespaced_service("chat", namespace), "the plain Service stays"
