@@ -162,3 +162,12 @@ def test_the_hpa_api_version_follows_the_server_version(version: tuple[int, int]
     config = OperatorConfig()
     discover_features(_Server(version), config)  # type: ignore[arg-type]
     assert config.features.hpa_v2 is v2
+
+
+def test_an_autoscaled_service_keeps_its_pdb_at_one_replica() -> None:
+    def kinds(s: InferenceServiceSpec) -> set[str]:
+        return {m["kind"] for m in render_inferenceservice(s, OWNER, CFG, model=MODEL).manifests}
+
+    assert "PodDisruptionBudget" in kinds(spec(autoscaling=CASES["hpa-kv-cache"]["autoscaling"]))
+    one = {"engine": "keda", "minReplicas": 0, "maxReplicas": 1, "targetValue": 4}
+    assert "PodDisruptionBudget" not in kinds(spec(autoscaling=one))

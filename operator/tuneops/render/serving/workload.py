@@ -166,7 +166,8 @@ def serving_render(
     NetworkPolicy when the runtime LoRA API (`runtime_api`) has no API key in front of it."""
     selector = selector_labels(owner, SERVER)
     out = [*manifests, workload, service(spec, owner, service_selector or selector)]
-    if spec.replicas > 1:
+    # An autoscaled service keeps its PDB while it may grow, rather than gaining and losing it as replicas move.
+    if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.max_replicas > 1):
         out.append(pdb(owner, selector, config))
     secured = protection(spec, owner, config, runtime_api)
     if secured.reason == Reason.NETWORK_POLICY:
