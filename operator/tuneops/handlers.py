@@ -79,7 +79,7 @@ class Tracker:
 def _result(outcome: Outcome) -> str:
     if outcome.ready:
         return "ready"
-    if outcome.reason == Reason.WAITING_FOR_SOURCE:
+    if outcome.reason in (Reason.WAITING_FOR_SOURCE, Reason.EXTENSION_NOT_INSTALLED):
         return "waiting"
     if outcome.reason == Reason.INVALID_SPEC:
         return "invalid"

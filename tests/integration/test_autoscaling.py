@@ -86,6 +86,7 @@ def test_an_engine_whose_crd_is_missing_is_named_in_status(
 
     cond = wait_until(ready, what="Ready naming the missing ScaledObject CRD")
     assert cond["status"] == "False" and "install its CRD (KEDA)" in cond["message"], cond
+    assert cond["reason"] == "ExtensionNotInstalled", cond
     # The server itself is deployed all the same.
     assert cluster.apps.read_namespaced_deployment("chat", namespace)
 

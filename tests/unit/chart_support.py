@@ -111,8 +111,8 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("apps", ["deployments"], CHILD_VERBS)
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
     | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
-    | _triples("", ["events"], ("create", "list"))
     | _triples("networking.k8s.io", ["networkpolicies"], CHILD_VERBS)
+    | _triples("", ["events"], ("create", "list"))
 )
 # rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
 EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))

@@ -25,6 +25,8 @@ class Reason:
     RECONCILING = "Reconciling"
     SUCCEEDED = "Succeeded"
     WAITING_FOR_SOURCE = "WaitingForSource"
+    # spec.autoscaling / spec.routing render a kind (KEDA, Gateway API) whose CRD this cluster does not serve.
+    EXTENSION_NOT_INSTALLED = "ExtensionNotInstalled"
     SOURCE_NOT_FOUND = "SourceNotFound"
     INVALID_SPEC = "InvalidSpec"
     INCOMPATIBLE_ADAPTER = "IncompatibleAdapter"
@@ -54,12 +56,12 @@ class Reason:
     POD_UNREACHABLE = "PodUnreachable"
     MAX_SURGE_ZERO = "MaxSurgeZeroNoSpareGPU"
     SURGE_ALLOWED = "SurgeAllowed"
-    # Why a workload's Pods do not run, as kubelet, the scheduler and the controllers report it.
-    UNSCHEDULABLE = "Unschedulable"
     # What keeps strangers off the server's runtime LoRA API (condition Secured).
     API_KEY = "ApiKey"
     NETWORK_POLICY = "NetworkPolicy"
     NO_RUNTIME_API = "NoRuntimeApi"
+    # Why a workload's Pods do not run, as kubelet, the scheduler and the controllers report it.
+    UNSCHEDULABLE = "Unschedulable"
     CLAIM_PENDING = "ClaimPending"
     VOLUME_MOUNT_FAILED = "VolumeMountFailed"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
@@ -74,9 +76,9 @@ TERMINAL_REASONS = frozenset(
         Reason.INVALID_SPEC,
         Reason.INCOMPATIBLE_ADAPTER,
         Reason.NOT_ALLOWED,
+        Reason.SECRET_UNREADABLE,
         Reason.JOB_FAILED,
         Reason.OOM_KILLED,
-        Reason.SECRET_UNREADABLE,
         Reason.DEADLINE_EXCEEDED,
         Reason.DIGEST_MISMATCH,
         Reason.QUALITY_GATE_FAILED,
@@ -166,7 +168,7 @@ def derive_phase(conditions: Iterable[Condition] | None) -> Phase:
         return "Pending"
     if ready.reason in TERMINAL_REASONS:
         return "Failed"
-    if ready.reason == Reason.WAITING_FOR_SOURCE:
+    if ready.reason in (Reason.WAITING_FOR_SOURCE, Reason.EXTENSION_NOT_INSTALLED):
         return "Waiting"
     if ready.reason in {
         Reason.JOB_RUNNING,

@@ -62,11 +62,12 @@ Reconcile = Callable[[Context, dict[str, Any]], Outcome]
 
 
 class Waiting(Exception):
-    """The resource waits for something outside it (a source to become Ready)."""
+    """The resource waits for something outside it (a source to become Ready, a CRD to be installed)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, reason: str = Reason.WAITING_FOR_SOURCE):
         super().__init__(message)
         self.message = message
+        self.reason = reason
 
 
 class Invalid(Exception):
@@ -134,7 +135,7 @@ def judge_step(step: Step, job: str, outcome: JobOutcome, done: str) -> Verdict:
 def blocked(err: Waiting | Invalid) -> Verdict:
     """A source that is not Ready yet is looked at again; an unworkable spec waits for the person."""
     if isinstance(err, Waiting):
-        return Verdict((Cond(READY, False, Reason.WAITING_FOR_SOURCE, err.message),), requeue=True)
+        return Verdict((Cond(READY, False, err.reason, err.message),), requeue=True)
     return Verdict((Cond(READY, False, err.reason, err.message),))
 
 

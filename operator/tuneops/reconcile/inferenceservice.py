@@ -9,6 +9,7 @@ from typing import Any
 
 from tuneops import labels, metrics
 from tuneops.api import INFERENCESERVICE
+from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import AdapterState, InferenceServiceSpec, InferenceServiceStatus
 from tuneops.kube import client as k
 from tuneops.kube import types as kt
@@ -152,7 +153,8 @@ def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) 
                     raise
                 raise Waiting(
                     f"{rtype.kind} ({rtype.api_version}) is not served by this cluster: install its CRD "
-                    f"({EXTENSIONS[rtype]}) or remove spec.autoscaling / spec.routing"
+                    f"({EXTENSIONS[rtype]}) or remove spec.autoscaling / spec.routing",
+                    Reason.EXTENSION_NOT_INSTALLED,
                 ) from exc
             writes += 1
     selector = {labels.OWNER: owner.uid, labels.KIND: INFERENCESERVICE.kind}
