@@ -80,7 +80,7 @@ return hs
 CONFIGMAP_HEAD = f"""\
 # {HEADER}
 # Argo CD health checks for the tuneops kinds, as an argocd-cm patch (merge it into your argocd-cm, e.g.
-# `kubectl -n argocd patch configmap argocd-cm --patch-file argocd-cm.yaml`). The scripts are those of health/*.lua.
+# `kubectl -n argocd patch configmap argocd-cm --patch-file argocd-cm.yaml`), one Lua script per kind.
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -132,14 +132,13 @@ def configmap() -> str:
 
 
 def files() -> dict[str, str]:
-    """Every generated file, by its path relative to the chart's argocd/ folder."""
-    out = {f"health/{kind}.lua": health_script(kind) for kind in KINDS}
-    out["argocd-cm.yaml"] = configmap()
-    return out
+    """Every generated file, by its path relative to the chart's argocd/ folder: the argocd-cm patch only, so
+    the three scripts exist once in the tree (`tuneops argocd -o -` prints it; the tests read the scripts from it)."""
+    return {"argocd-cm.yaml": configmap()}
 
 
 def write(output: Path) -> list[Path]:
-    """Write the scripts and the argocd-cm patch under `output`; returns the paths written."""
+    """Write the argocd-cm patch under `output`; returns the paths written."""
     written = []
     for name, text in files().items():
         path = output / name

@@ -18,16 +18,21 @@ from tuneops.api.conditions import TERMINAL_REASONS, Reason
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "charts" / "tuneops" / "argocd"
-HEALTH = ARGOCD / "health"
 ARGOCD_CM = ARGOCD / "argocd-cm.yaml"
 KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService")
+
+
+def script(kind: str) -> str:
+    """A kind's health check as Argo CD reads it: from the committed argocd-cm patch."""
+    data: dict[str, str] = yaml.safe_load(ARGOCD_CM.read_text())["data"]
+    return data[argocd.config_key(kind)]
 
 
 def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
     lua = lupa.LuaRuntime(unpack_returned_tuples=True)
     lua.globals().obj = lua.table_from(obj, recursive=True)
-    result = lua.execute((HEALTH / f"{kind}.lua").read_text())
-    assert result is not None, f"{kind}.lua returned nothing"
+    result = lua.execute(script(kind))
+    assert result is not None, f"the {kind} health check returned nothing"
     return str(result["status"]), str(result["message"] or "")
 
 
@@ -168,9 +173,7 @@ def test_cli_writes_the_files_and_prints_the_patch(
 def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
     cm = yaml.safe_load(ARGOCD_CM.read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
-    expected = {
-        f"resource.customizations.health.tuneops.io_{k}": (HEALTH / f"{k}.lua").read_text() for k in KINDS
-    }
+    expected = {f"resource.customizations.health.tuneops.io_{k}": argocd.health_script(k) for k in KINDS}
     assert cm["data"] == expected
 
 
