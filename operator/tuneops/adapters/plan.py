@@ -47,68 +47,79 @@ def plan_pod(
     unloads: list[AdapterAction] = []
     states: dict[str, AdapterPodState] = {}
     for name in sorted(desired):
-        want = desired[name]
-        if want.name != name:
-            raise ValueError(f"desired adapter keyed {name!r} is named {want.name!r}")
-        failure = _failure_for(memory, name, want.digest)
-        attempts = failure.attempts if failure else 0
-        last_error = failure.message if failure else ""
-        served_path = served.adapters.get(name)
-        known = memory.loaded.get(name)
-        if served_path is not None and known == want.digest and served_path == want.path:
-            states[name] = AdapterPodState(name=name, state=AdapterState.READY, digest=want.digest)
-            continue
-        if attempts >= max_attempts:
-            states[name] = AdapterPodState(
-                name=name,
-                state=AdapterState.FAILED,
-                digest=want.digest,
-                attempts=attempts,
-                message=last_error,
-            )
-            continue
-        if served_path is None:
-            kind, reason = ActionKind.LOAD, "not served"
-        else:
-            kind = ActionKind.LOAD_INPLACE
-            if known is None:
-                reason = "served with unknown digest"
-            elif known != want.digest:
-                reason = f"digest changed from {known}"
-                if served_path == want.path:
-                    # vLLM keys prefix-cache blocks by (name, path); same-path reloads can reuse old KV blocks
-                    reason += (
-                        " at the same path (stale prefix-cache blocks possible: use a digest-specific path)"
-                    )
-            else:
-                reason = f"served from {served_path}"
-        loads.append(AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason))
-        states[name] = AdapterPodState(
-            name=name,
-            state=AdapterState.LOADING,
-            digest=want.digest,
-            attempts=attempts,
-            message=last_error,
-        )
+        action, states[name] = _plan_desired(name, desired[name], served, memory, max_attempts)
+        if action is not None:
+            loads.append(action)
     for name in sorted(set(served.adapters) - set(desired)):
-        failure = _failure_for(memory, name, "")
-        attempts = failure.attempts if failure else 0
-        last_error = failure.message if failure else ""
-        if attempts >= max_attempts:
-            state = AdapterState.FAILED
-        else:
-            state = AdapterState.UNLOADING
-            unloads.append(AdapterAction(kind=ActionKind.UNLOAD, name=name, reason="not desired"))
-        states[name] = AdapterPodState(
-            name=name,
-            state=state,
-            desired=False,
-            digest=memory.loaded.get(name, ""),
-            attempts=attempts,
-            message=last_error,
-        )
+        action, states[name] = _plan_undesired(name, memory, max_attempts)
+        if action is not None:
+            unloads.append(action)
     # unloads first: they free the server's adapter slots (--max-cpu-loras) the loads may need
     return PodPlan(actions=(*unloads, *loads), states=states)
+
+
+def _past_failures(memory: PodMemory, name: str, digest: str) -> tuple[int, str]:
+    """Failed attempts so far for ``name`` at ``digest``, and the last error message."""
+    failure = _failure_for(memory, name, digest)
+    return (failure.attempts, failure.message) if failure else (0, "")
+
+
+def _plan_desired(
+    name: str, want: DesiredAdapter, served: ServedModels, memory: PodMemory, max_attempts: int
+) -> tuple[AdapterAction | None, AdapterPodState]:
+    """The load (if any) one desired adapter needs, and its state on the pod."""
+    if want.name != name:
+        raise ValueError(f"desired adapter keyed {name!r} is named {want.name!r}")
+    attempts, last_error = _past_failures(memory, name, want.digest)
+    served_path = served.adapters.get(name)
+    known = memory.loaded.get(name)
+    if served_path is not None and known == want.digest and served_path == want.path:
+        return None, AdapterPodState(name=name, state=AdapterState.READY, digest=want.digest)
+    state = AdapterState.FAILED if attempts >= max_attempts else AdapterState.LOADING
+    pod_state = AdapterPodState(
+        name=name, state=state, digest=want.digest, attempts=attempts, message=last_error
+    )
+    if state is AdapterState.FAILED:
+        return None, pod_state
+    kind, reason = _load_reason(want, served_path, known)
+    return AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason), pod_state
+
+
+def _load_reason(want: DesiredAdapter, served_path: str | None, known: str | None) -> tuple[ActionKind, str]:
+    """Whether to load or reload in place, and why, for a desired adapter that is not Ready."""
+    if served_path is None:
+        return ActionKind.LOAD, "not served"
+    if known is None:
+        return ActionKind.LOAD_INPLACE, "served with unknown digest"
+    if known == want.digest:
+        return ActionKind.LOAD_INPLACE, f"served from {served_path}"
+    reason = f"digest changed from {known}"
+    if served_path == want.path:
+        # vLLM keys prefix-cache blocks by (name, path); same-path reloads can reuse old KV blocks
+        reason += " at the same path (stale prefix-cache blocks possible: use a digest-specific path)"
+    return ActionKind.LOAD_INPLACE, reason
+
+
+def _plan_undesired(
+    name: str, memory: PodMemory, max_attempts: int
+) -> tuple[AdapterAction | None, AdapterPodState]:
+    """The unload (if any) an adapter served but no longer desired needs, and its state on the pod."""
+    attempts, last_error = _past_failures(memory, name, "")
+    action = None
+    if attempts >= max_attempts:
+        state = AdapterState.FAILED
+    else:
+        state = AdapterState.UNLOADING
+        action = AdapterAction(kind=ActionKind.UNLOAD, name=name, reason="not desired")
+    pod_state = AdapterPodState(
+        name=name,
+        state=state,
+        desired=False,
+        digest=memory.loaded.get(name, ""),
+        attempts=attempts,
+        message=last_error,
+    )
+    return action, pod_state
 
 
 def record_results(

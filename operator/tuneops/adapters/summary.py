@@ -29,44 +29,55 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
     but serves nothing. AdaptersReady is True only when every desired adapter is served on every such pod
     and no adapter that was removed from the spec is still served.
     """
-    total = len(pods)
-    adapters: list[AdapterSummary] = []
-    failures: list[str] = []
-    for name in sorted(desired):
-        want = desired[name]
-        ready = 0
-        failed: list[tuple[str, AdapterPodState]] = []
-        for pod in pods:
-            state = pod.states.get(name)
-            if state is None:
-                continue
-            if state.state is AdapterState.READY:
-                ready += 1
-            elif state.state is AdapterState.FAILED:
-                failed.append((pod.pod, state))
-        if failed:
-            aggregate = AdapterState.FAILED
-            pod_name, first = failed[0]
-            message = excerpt(
-                f"adapter {name} failed to load on {len(failed)}/{total} pod(s) "
-                f"(pod {pod_name}, {first.attempts} attempt(s)): {first.message}"
-            )
-            failures.append(message)
-        elif total and ready == total:
-            aggregate, message = AdapterState.READY, ""
-        else:
-            aggregate, message = AdapterState.LOADING, f"served on {ready}/{total} ready pod(s)"
-        adapters.append(
-            AdapterSummary(
-                name=name,
-                digest=want.digest,
-                ready_pods=ready,
-                total_pods=total,
-                state=aggregate,
-                message=message,
-            )
-        )
+    adapters = [_adapter_summary(name, desired[name], pods) for name in sorted(desired)]
+    failures = [a.message for a in adapters if a.state is AdapterState.FAILED]
+    stale, stale_failed = _stale(pods)
+    unreachable = [f"{pod.pod}: {excerpt(pod.error)}" for pod in pods if not pod.reachable]
+    if failures:
+        return _done(adapters, False, Reason.ADAPTER_LOAD_FAILED, named(failures, "; "))
+    if stale_failed:
+        return _done(adapters, False, Reason.ADAPTER_UNLOAD_FAILED, named(stale_failed, "; "))
+    if not desired and not stale and not unreachable:
+        return _done(adapters, True, Reason.NO_ADAPTERS, "no adapters requested")
+    return _served(adapters, len(pods), stale, unreachable)
 
+
+def _adapter_summary(name: str, want: DesiredAdapter, pods: Sequence[PodResult]) -> AdapterSummary:
+    """One desired adapter's count of ready pods, and its aggregate state (Failed if any pod failed it)."""
+    total = len(pods)
+    ready = 0
+    failed: list[tuple[str, AdapterPodState]] = []
+    for pod in pods:
+        state = pod.states.get(name)
+        if state is None:
+            continue
+        if state.state is AdapterState.READY:
+            ready += 1
+        elif state.state is AdapterState.FAILED:
+            failed.append((pod.pod, state))
+    if failed:
+        aggregate = AdapterState.FAILED
+        pod_name, first = failed[0]
+        message = excerpt(
+            f"adapter {name} failed to load on {len(failed)}/{total} pod(s) "
+            f"(pod {pod_name}, {first.attempts} attempt(s)): {first.message}"
+        )
+    elif total and ready == total:
+        aggregate, message = AdapterState.READY, ""
+    else:
+        aggregate, message = AdapterState.LOADING, f"served on {ready}/{total} ready pod(s)"
+    return AdapterSummary(
+        name=name,
+        digest=want.digest,
+        ready_pods=ready,
+        total_pods=total,
+        state=aggregate,
+        message=message,
+    )
+
+
+def _stale(pods: Sequence[PodResult]) -> tuple[list[str], list[str]]:
+    """Adapters still served though no longer desired: those being unloaded, and those that failed to."""
     stale: list[str] = []
     stale_failed: list[str] = []
     for pod in pods:
@@ -80,14 +91,13 @@ def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) 
                 )
             else:
                 stale.append(f"{excerpt(state.name, 80)} on {pod.pod}")
-    unreachable = [f"{pod.pod}: {excerpt(pod.error)}" for pod in pods if not pod.reachable]
+    return stale, stale_failed
 
-    if failures:
-        return _done(adapters, False, Reason.ADAPTER_LOAD_FAILED, named(failures, "; "))
-    if stale_failed:
-        return _done(adapters, False, Reason.ADAPTER_UNLOAD_FAILED, named(stale_failed, "; "))
-    if not desired and not stale and not unreachable:
-        return _done(adapters, True, Reason.NO_ADAPTERS, "no adapters requested")
+
+def _served(
+    adapters: list[AdapterSummary], total: int, stale: list[str], unreachable: list[str]
+) -> AdaptersSummary:
+    """AdaptersReady once nothing has failed: whether every ready pod serves exactly the desired set."""
     if total == 0:
         return _done(adapters, False, Reason.NO_READY_PODS, "no ready pods to serve adapters on")
     if unreachable:
