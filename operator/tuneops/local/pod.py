@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneops.kube.client import POD, ApiError
-from tuneops.local import podstatus, probes, proctree
-from tuneops.local.container import Container, exit_code, go_duration, now_rfc3339
+from tuneops.local import backoff, podstatus, probes, proctree
+from tuneops.local.container import Container, exit_code, now_rfc3339
 from tuneops.local.podenv import (
     HOST_IP,
     ConfigError,
@@ -40,8 +40,6 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
-# A container that ran this long without failing starts its next crash loop from the base back-off.
-BACKOFF_RESET_S = 600.0
 
 
 class PodWorker:
@@ -134,7 +132,7 @@ class PodWorker:
         if "terminated" in state:
             c.state = state
             code = int(state["terminated"].get("exitCode", 1))
-            c.done = (c.init and code == 0) or not self._restarts(code)
+            c.done = (c.init and code == 0) or not backoff.restarts(self.restart_policy, code)
         elif "running" in state:
             # Its process went away with the node: count it as a crash and apply the restart policy.
             term = {
@@ -145,7 +143,7 @@ class PodWorker:
                 "finishedAt": now_rfc3339(),
             }
             c.state = {"terminated": term}
-            c.done = not c.init and not self._restarts(137)
+            c.done = not c.init and not backoff.restarts(self.restart_policy, 137)
         else:
             return
         if not c.done:
@@ -217,13 +215,6 @@ class PodWorker:
             return
         self._start(c)
 
-    def _restarts(self, exit_code: int) -> bool:
-        if self.restart_policy == "Always":
-            return True
-        if self.restart_policy == "OnFailure":
-            return exit_code != 0
-        return False
-
     # ----- starting -----------------------------------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
@@ -266,36 +257,10 @@ class PodWorker:
         self._event_once(f"{reason}:{c.name}:{message}", "Warning", "Failed", f"Error: {message}")
 
     def _pull(self, c: Container) -> Runtime | None:
-        """The container's runtime, found as the kubelet pulls an image: an image the mapping lacks fails
-        with ErrImagePull, then waits in ImagePullBackOff, and is tried again with the crash back-off's timing."""
-        image = str(c.spec.get("image") or "")
-        runtime = find_runtime(self.node.config.runtimes, image)
-        if runtime is not None:
-            c.pull_failures = 0
-            return runtime
-        cfg = self.node.config
-        now = time.monotonic()
-        if now < c.pull_retry_at:
-            message = f'Back-off pulling image "{image}"'
-            c.state = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
-            c.next_start = c.pull_retry_at
-            self.node.record_event(self.pod, "Normal", "BackOff", message)
-            self.node.record_event(self.pod, "Warning", "Failed", "Error: ImagePullBackOff")
-            return None
-        error = (
-            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-            "the local node's image mapping has no runtime for this image"
-        )
-        self.node.record_event(self.pod, "Normal", "Pulling", f'Pulling image "{image}"')
-        self.node.record_event(self.pod, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
-        self.node.record_event(self.pod, "Warning", "Failed", "Error: ErrImagePull")
-        delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**c.pull_failures)
-        c.pull_failures += 1
-        c.pull_retry_at = now + delay
-        # The kubelet shows ErrImagePull until its next sync of the Pod, then ImagePullBackOff until the retry.
-        c.next_start = now + delay / 2
-        c.state = {"waiting": {"reason": "ErrImagePull", "message": error}}
-        return None
+        runtime, events = backoff.pull(c, self.node.config)
+        for type_, reason, message in events:
+            self.node.record_event(self.pod, type_, reason, message)
+        return runtime
 
     def _command(self, c: Container, runtime: Runtime, rewriter: PathRewriter) -> list[str] | None:
         """The container's environment (into `c.env`) and command line; None after setting it waiting."""
@@ -364,34 +329,17 @@ class PodWorker:
         ran = time.monotonic() - c.started_mono
         if c.init and term["exitCode"] == 0:
             c.done = True
-        elif not self._restarts(term["exitCode"]):
+        elif not backoff.restarts(self.restart_policy, term["exitCode"]):
             c.done = True
             self.failed_init = self.failed_init or c.init
         else:
             self._back_off(c, term, ran)
 
     def _back_off(self, c: Container, term: Obj, ran: float) -> None:
-        """The kubelet's crash back-off: the first restart is immediate, then 10 s, 20 s, ... up to 5 min;
-        a container that ran long enough starts over."""
-        cfg = self.node.config
-        if ran > BACKOFF_RESET_S:
-            c.backoff_streak = 0
-        delay = (
-            0.0
-            if c.backoff_streak == 0
-            else min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (c.backoff_streak - 1))
-        )
-        c.backoff_streak += 1
-        c.last_state = {"terminated": term}
-        c.restart_count += 1
-        c.next_start = time.monotonic() + delay
-        if delay > 0:
-            pod = f"{self.name}_{self.namespace}({self.uid})"
-            message = f"back-off {go_duration(delay)} restarting failed container={c.name} pod={pod}"
-            c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
-            self.node.record_event(
-                self.pod, "Warning", "BackOff", f"Back-off restarting failed container {c.name} in pod {pod}"
-            )
+        pod_ref = f"{self.name}_{self.namespace}({self.uid})"
+        event = backoff.crash_back_off(c, term, ran, self.node.config, pod_ref)
+        if event is not None:
+            self.node.record_event(self.pod, *event)
 
     def _termination_message(self, c: Container, exit_code: int) -> str:
         try:
