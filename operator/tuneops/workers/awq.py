@@ -195,20 +195,10 @@ def run_awq(
     samples: int = 128,
     max_seq_len: int = 512,
 ) -> WorkerResult:
-    if backend not in BACKENDS:
-        raise InvalidInput(f"AWQ backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    allowed_bits = (4, 8) if backend == "llm-compressor" else (4,)
-    if bits not in allowed_bits:
-        raise InvalidInput(f"{bits}-bit weights are not supported by {backend}")
-    if group_size <= 0 or samples <= 0 or max_seq_len < 8:
-        raise InvalidInput("group-size and samples must be positive, max-seq-len at least 8")
+    _check_args(backend, bits, group_size, samples, max_seq_len)
     out = storage.Output.of(output_uri)
     src = storage.fetch(source_uri)
-    if not (src / "config.json").is_file():
-        raise InvalidInput(f"{source_uri}: config.json not found (not a transformers model folder)")
-    hidden = json.loads((src / "config.json").read_text()).get("hidden_size")
-    if isinstance(hidden, int) and hidden % group_size:
-        raise InvalidInput(f"hidden size {hidden} is not a multiple of group-size {group_size}")
+    _check_source(src, source_uri, group_size)
     cal = storage.fetch(calibration_uri) if calibration_uri else None
     texts = calibration_texts(cal)
     inputs = {"source": storage.digest_of(src)}
@@ -225,7 +215,6 @@ def run_awq(
     tools = tool_versions(*TOOLS[backend])
     key = storage.reuse_key("quantize-awq", inputs, params, tools)
     found = out.reusable(key)
-    fmt = "compressed-tensors" if backend == "llm-compressor" else "awq"
     if found is not None:
         log.info("a complete AWQ artifact of the same inputs exists at %s: reusing it", output_uri)
         return _result(out.location(found), found, reused=True)
@@ -243,13 +232,10 @@ def run_awq(
             samples=samples,
             max_seq_len=max_seq_len,
         )
-        # save_pretrained writes config and tokenizer; these may be missing from what it writes.
-        for name in ("generation_config.json", "chat_template.jinja", "tokenizer.model"):
-            if (src / name).is_file() and not (staging / name).exists():
-                (staging / name).write_bytes((src / name).read_bytes())
+        _copy_extras(src, staging)
         log.info("AWQ (%s) done in %.1fs", backend, time.monotonic() - start)
         manifest = out.commit(
-            format=fmt,
+            format="compressed-tensors" if backend == "llm-compressor" else "awq",
             worker="quantize-awq",
             key=key,
             inputs={k: {"digest": v} for k, v in inputs.items()}
@@ -261,6 +247,33 @@ def run_awq(
         out.abort()
         raise
     return _result(out.location(manifest), manifest, reused=False)
+
+
+def _check_args(backend: str, bits: int, group_size: int, samples: int, max_seq_len: int) -> None:
+    """Refuse settings the chosen backend cannot quantize with, before anything is downloaded."""
+    if backend not in BACKENDS:
+        raise InvalidInput(f"AWQ backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    allowed_bits = (4, 8) if backend == "llm-compressor" else (4,)
+    if bits not in allowed_bits:
+        raise InvalidInput(f"{bits}-bit weights are not supported by {backend}")
+    if group_size <= 0 or samples <= 0 or max_seq_len < 8:
+        raise InvalidInput("group-size and samples must be positive, max-seq-len at least 8")
+
+
+def _check_source(src: Path, source_uri: str, group_size: int) -> None:
+    """Refuse a folder that is not a transformers model, or whose hidden size the groups do not divide."""
+    if not (src / "config.json").is_file():
+        raise InvalidInput(f"{source_uri}: config.json not found (not a transformers model folder)")
+    hidden = json.loads((src / "config.json").read_text()).get("hidden_size")
+    if isinstance(hidden, int) and hidden % group_size:
+        raise InvalidInput(f"hidden size {hidden} is not a multiple of group-size {group_size}")
+
+
+def _copy_extras(src: Path, staging: Path) -> None:
+    # save_pretrained writes config and tokenizer; these may be missing from what it writes.
+    for name in ("generation_config.json", "chat_template.jinja", "tokenizer.model"):
+        if (src / name).is_file() and not (staging / name).exists():
+            (staging / name).write_bytes((src / name).read_bytes())
 
 
 def _result(uri: str, m: storage.Manifest, *, reused: bool) -> WorkerResult:

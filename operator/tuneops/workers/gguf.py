@@ -90,14 +90,7 @@ def run_gguf(
     outtype: str = "f16",
     allow_custom_code: bool = False,
 ) -> WorkerResult:
-    types = [t.upper() for t in types] or ["Q4_K_M"]
-    unknown = [t for t in types if t not in QUANT_TYPES]
-    if unknown:
-        raise InvalidInput(f"unknown GGUF type(s) {', '.join(unknown)}; known: {', '.join(QUANT_TYPES)}")
-    if outtype.lower() not in OUTTYPES:
-        raise InvalidInput(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
-    outtype = outtype.lower()
-    types = list(dict.fromkeys(types))
+    types, outtype = _check_args(types, outtype)
     missing = _missing_tools()
     if missing:
         raise RuntimeError(f"llama.cpp tools not found ({', '.join(missing)}); run scripts/build-llamacpp.sh")
@@ -105,16 +98,7 @@ def run_gguf(
     src = storage.fetch(source_uri)
     if not (src / "config.json").is_file():
         raise InvalidInput(f"{source_uri}: config.json not found (not a transformers model folder)")
-    code = custom_code(src)
-    if code and not allow_custom_code:
-        raise InvalidInput(
-            f"{source_uri} carries its own Python code ({'; '.join(code)}), which GGUF conversion could run; "
-            "refused: the operator config does not allow custom code (allowCustomCode)"
-        )
-    if code:
-        log.warning(
-            "%s carries its own code (%s): the converter may run it, without credentials", source_uri, code
-        )
+    _check_custom_code(src, source_uri, allow_custom_code)
     _check_types(src, types)
     inputs = {"source": storage.digest_of(src)}
     params = {"types": types, "outtype": outtype}
@@ -126,16 +110,8 @@ def run_gguf(
         log.info("a complete GGUF artifact of the same inputs exists at %s: reusing it", output_uri)
         return _result(out.location(found), found, names, reused=True)
     staging = out.begin()
-    threads = thread_count()
     try:
-        base = staging / f".convert-{outtype}.gguf"
-        convert(src, base, outtype, allow_custom_code=allow_custom_code)
-        for t, name in zip(types, names, strict=True):
-            if t.lower() == outtype:
-                os.link(base, staging / name)
-            else:
-                quantize(base, staging / name, t, threads)
-        base.unlink()
+        _build(src, staging, types, names, outtype, allow_custom_code=allow_custom_code)
         manifest = out.commit(
             format="gguf",
             worker="quantize-gguf",
@@ -149,6 +125,46 @@ def run_gguf(
         out.abort()
         raise
     return _result(out.location(manifest), manifest, names, reused=False)
+
+
+def _check_args(types: list[str], outtype: str) -> tuple[list[str], str]:
+    """The requested types (upper case, deduplicated, Q4_K_M if none) and outtype (lower case), or refuse."""
+    types = [t.upper() for t in types] or ["Q4_K_M"]
+    unknown = [t for t in types if t not in QUANT_TYPES]
+    if unknown:
+        raise InvalidInput(f"unknown GGUF type(s) {', '.join(unknown)}; known: {', '.join(QUANT_TYPES)}")
+    if outtype.lower() not in OUTTYPES:
+        raise InvalidInput(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    return list(dict.fromkeys(types)), outtype.lower()
+
+
+def _check_custom_code(src: Path, source_uri: str, allow_custom_code: bool) -> None:
+    """Refuse a model folder that carries Python code unless the operator config allows it."""
+    code = custom_code(src)
+    if code and not allow_custom_code:
+        raise InvalidInput(
+            f"{source_uri} carries its own Python code ({'; '.join(code)}), which GGUF conversion could run; "
+            "refused: the operator config does not allow custom code (allowCustomCode)"
+        )
+    if code:
+        log.warning(
+            "%s carries its own code (%s): the converter may run it, without credentials", source_uri, code
+        )
+
+
+def _build(
+    src: Path, staging: Path, types: list[str], names: list[str], outtype: str, *, allow_custom_code: bool
+) -> None:
+    """Convert once at ``outtype``, then write one file per type: a hard link where no quantizing is needed."""
+    threads = thread_count()
+    base = staging / f".convert-{outtype}.gguf"
+    convert(src, base, outtype, allow_custom_code=allow_custom_code)
+    for t, name in zip(types, names, strict=True):
+        if t.lower() == outtype:
+            os.link(base, staging / name)
+        else:
+            quantize(base, staging / name, t, threads)
+    base.unlink()
 
 
 def _result(uri: str, m: storage.Manifest, names: list[str], *, reused: bool) -> WorkerResult:
