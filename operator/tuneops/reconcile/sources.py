@@ -199,6 +199,8 @@ def adapter_sources(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpe
 
 
 def _api_key(ctx: Context, ns: str, spec: InferenceServiceSpec) -> str | None:
+    # A Secret that cannot be read heals without a spec change (RBAC granted, Secret created): it is reported
+    # as SecretUnreadable and looked at again, like a source that is not Ready yet.
     ref = spec.api_key_secret_ref
     if ref is None:
         return None
@@ -207,14 +209,14 @@ def _api_key(ctx: Context, ns: str, spec: InferenceServiceSpec) -> str | None:
     except k.ApiError as err:
         if err.status != 403:
             raise
-        raise Invalid(
+        raise Waiting(
             f"spec.apiKeySecretRef: the operator may not read Secret {ns}/{ref.name} (HTTP 403), which it needs "
             "to call the Pods' LoRA API with the key: install the chart with rbac.readSecrets=true (get on Secrets "
             "where the operator works)",
             Reason.SECRET_UNREADABLE,
         ) from err
     if secret is None:
-        raise Invalid(
+        raise Waiting(
             f"spec.apiKeySecretRef: Secret {ns}/{ref.name} does not exist (the operator needs its key to call the "
             "Pods' runtime LoRA API)",
             Reason.SECRET_UNREADABLE,
