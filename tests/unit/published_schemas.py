@@ -4,7 +4,8 @@ KEDA's ScaledObject and Gateway API's HTTPRoute: npm's @kubernetes-models packag
 carry each project's schema twice: compiled validators (types, required fields, enums, patterns; run with node)
 and TypeScript declarations listing every field of every object, which give the strictness the validators lack
 (an unknown field is an error). The InferencePool of the Gateway API Inference Extension is published on no
-package registry: INFERENCE_POOL_V1 transcribes the fields of its v1 API reference.
+package registry (npm, PyPI, Debian; see docs/routing.md): INFERENCE_POOL_V1 transcribes the fields of its v1
+API reference.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ INFERENCE_POOL_V1: dict[str, Any] = {
                     },
                 },
                 "targetPorts": {"type": "array", "minItems": 1, "maxItems": 8, "items": _PORT},
+                "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
             },
         },
     },

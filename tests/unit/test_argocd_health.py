@@ -174,6 +174,9 @@ def test_argocd_cm_snippet_carries_the_scripts_unchanged() -> None:
     cm = yaml.safe_load(ARGOCD_CM.read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
     expected = {f"resource.customizations.health.tuneops.io_{k}": argocd.health_script(k) for k in KINDS}
+    expected["resource.customizations.ignoreDifferences.tuneops.io_InferenceService"] = (
+        argocd.ignore_differences("InferenceService")
+    )
     assert cm["data"] == expected
 
 

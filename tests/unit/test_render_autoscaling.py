@@ -104,7 +104,18 @@ def test_a_field_the_published_schema_lacks_is_an_error() -> None:
     pool["spec"]["targetPortNumber"] = 8000  # the field of the withdrawn v1alpha2 API
     route["spec"]["rules"][0]["backendRefs"][0]["pool"] = "x"
     found = published_schemas.errors([so, pool, route])
-    assert all(found), found
+    for errors, field in zip(found, ("replicas", "targetPortNumber", "pool"), strict=True):
+        assert len(errors) == 1 and field in errors[0], errors
+
+
+def test_the_inference_pool_schema_knows_every_v1_spec_field() -> None:
+    """The transcription is no stricter than the API: each optional v1 field is accepted with a legal value."""
+    pool, _ = extras(spec(routing=ROUTING))
+    pool["spec"]["appProtocol"] = "kubernetes.io/h2c"
+    pool["spec"]["endpointPickerRef"].update({"group": "", "kind": "Service", "failureMode": "FailOpen"})
+    assert published_schemas.errors([pool]) == [[]]
+    pool["spec"]["appProtocol"] = "grpc"
+    assert published_schemas.errors([pool]) != [[]]
 
 
 @pytest.mark.parametrize(
