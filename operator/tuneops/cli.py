@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,8 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config_path=args.config,
         liveness=args.liveness,
         metrics_port=args.metrics_port,
-        standalone=args.standalone,
-        peering=args.peering,
+        leader_election=args.leader_election,
+        lease_namespace=args.leader_election_namespace,
+        lease_name=args.leader_election_id,
     )
 
 
@@ -233,8 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="operator config YAML; default $TUNEOPS_CONFIG")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)")
-    p.add_argument("--standalone", action="store_true", help="no peering (one operator instance only)")
-    p.add_argument("--peering", default=None, help="peering object name (default: tuneops)")
+    p.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="act only while holding a coordination.k8s.io Lease, so replicas stand by (off: one instance only)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "default",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    p.add_argument("--leader-election-id", default="tuneops", help="name of the Lease (default: tuneops)")
+    # Accepted for scripts written for earlier releases: one instance without leader election is the default.
+    p.add_argument("--standalone", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

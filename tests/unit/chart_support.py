@@ -93,36 +93,33 @@ def _triples(group: str, resources: Sequence[str], verbs: Sequence[str]) -> set[
 
 
 CRS = ("finetunedmodels", "quantizationjobs", "inferenceservices")
-CHILD_VERBS = ("get", "list", "create", "patch", "delete")
+CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
-# What the operator does in a namespace, and nothing more (see operator/tuneops/kube and reconcile/):
-# its own resources are read and watched by kopf, which also patches its annotations; status is merge-patched;
-# Jobs are read and server-side applied (create + patch of a new object), listed by owner and step and deleted
-# when superseded while they run; Pods only listed by the job-name label or the service selector; serving
-# children applied, listed by owner and pruned;
-# Events created. Secrets are not read unless rbac.readSecrets asks for it (EXPECTED_SECRET_RULES).
+# What the operator does in a namespace, and nothing more (see operator/tuneops/kube, controller.py and
+# reconcile/): every kind it reads is listed and watched into its cache; its own resources are only read, and
+# written through status (merge patch); children are server-side applied (create + patch of a new object) and
+# pruned (delete); Pods are patched for the annotation that records the adapters each serves; Events are created
+# and listed. Secrets are not read unless rbac.readSecrets asks for it (EXPECTED_SECRET_RULES). Nothing is
+# needed outside the watched namespaces: no ClusterRole in the namespaced scope.
 EXPECTED_NAMESPACE_RULES = (
-    _triples("tuneops.io", CRS, ("get", "list", "watch", "patch"))
+    _triples("tuneops.io", CRS, ("get", "list", "watch"))
     | _triples("tuneops.io", [f"{r}/status" for r in CRS], ("patch",))
     | _triples("tuneops.io", [f"{r}/finalizers" for r in CRS], ("update",))
     | _triples("batch", ["jobs"], CHILD_VERBS)
-    | _triples("", ["pods"], ("list",))
+    | _triples("", ["pods"], ("get", "list", "watch", "patch"))
     | _triples("", ["services", "configmaps"], CHILD_VERBS)
     | _triples("apps", ["deployments"], CHILD_VERBS)
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)
     | _triples("leaderworkerset.x-k8s.io", ["leaderworkersets"], CHILD_VERBS)
     | _triples("networking.k8s.io", ["networkpolicies"], CHILD_VERBS)
     | _triples("", ["events"], ("create", "list"))
-)
-# rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
-EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))
-# kopf watches CRDs (to notice the kinds appear) and, when it watches named namespaces, the namespaces.
-EXPECTED_DISCOVERY_RULES = _triples("apiextensions.k8s.io", ["customresourcedefinitions"], ("list", "watch"))
-EXPECTED_NAMESPACE_DISCOVERY_RULES = _triples("", ["namespaces"], ("list", "watch"))
-# InferenceService autoscalers and routing (spec.autoscaling, spec.routing): applied, listed by owner, pruned.
-EXPECTED_NAMESPACE_RULES |= (
-    _triples("autoscaling", ["horizontalpodautoscalers"], CHILD_VERBS)
+    # InferenceService autoscalers and routing (spec.autoscaling, spec.routing).
+    | _triples("autoscaling", ["horizontalpodautoscalers"], CHILD_VERBS)
     | _triples("keda.sh", ["scaledobjects"], CHILD_VERBS)
     | _triples("inference.networking.k8s.io", ["inferencepools"], CHILD_VERBS)
     | _triples("gateway.networking.k8s.io", ["httproutes"], CHILD_VERBS)
 )
+# rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
+EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))
+# operator.leaderElection.enabled: the Lease in the release namespace (get and update limited to its name).
+EXPECTED_LEASE_RULES = _triples("coordination.k8s.io", ["leases"], ("get", "create", "update"))

@@ -16,8 +16,7 @@ from packaging.requirements import Requirement
 
 from tests.unit.chart_support import (
     CHART,
-    EXPECTED_DISCOVERY_RULES,
-    EXPECTED_NAMESPACE_DISCOVERY_RULES,
+    EXPECTED_LEASE_RULES,
     EXPECTED_NAMESPACE_RULES,
     EXPECTED_SECRET_RULES,
     ROOT,
@@ -48,7 +47,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "grafana": {"dashboards": {"enabled": True}},
     },
-    "peering": {"operator": {"peering": {"enabled": True, "name": "tuneops-a"}}},
+    "leader-election": {"operator": {"leaderElection": {"enabled": True}, "replicas": 2}},
     "artifact-claim": {
         "watchNamespaces": ["team-a", "team-b"],
         "config": {"artifactRoot": "pvc://models/tuneops"},
@@ -198,6 +197,8 @@ def test_values_sets_match_the_schema(name: str) -> None:
         ({"config": {"artifactRoot": "/data"}}, "/config/artifactRoot"),
         ({"config": {"imagez": {}}}, "imagez"),
         ({"operator": {"resyncSeconds": 1}}, "/operator/resyncSeconds"),
+        ({"operator": {"replicas": -1}}, "/operator/replicas"),
+        ({"operator": {"peering": {"enabled": True}}}, "peering"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "/metrics/serviceMonitor/interval"),
         ({"unknownTopLevel": True}, "unknownTopLevel"),
@@ -218,6 +219,10 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_pat
         (
             {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
             "needs metrics.service",
+        ),
+        (
+            {"operator": {"replicas": 2}},
+            "operator.replicas is 2: more than one replica needs operator.leaderElection.enabled=true",
         ),
         (
             {"artifacts": {"claim": {"create": True}}, "config": {"artifactRoot": "s3://bucket/models"}},
@@ -308,6 +313,27 @@ def test_deployment_is_one_replica_recreate_with_restricted_security(tmp_path: P
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
 
 
+def test_leader_election_runs_standbys_and_rolls_updates(tmp_path: Path) -> None:
+    docs = render({"operator": {"leaderElection": {"enabled": True}, "replicas": 3}}, tmp_path)
+    dep = deployment(docs)
+    assert dep["spec"]["replicas"] == 3
+    # The new Pod starts before the old one goes; it stands by until the old one releases the Lease.
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    c = container(docs)
+    assert c["args"][3:5] == ["--leader-election", "--leader-election-id=tuneops"]
+    # The Lease's namespace is the Pod's own (the CLI's default for --leader-election-namespace).
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_one_replica_with_leader_election_also_rolls(tmp_path: Path) -> None:
+    dep = deployment(render({"operator": {"leaderElection": {"enabled": True}}}, tmp_path))
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
 def test_liveness_probe_points_at_the_kopf_endpoint(tmp_path: Path) -> None:
     c = container(render({"operator": {"livenessPort": 8181}}, tmp_path))
     assert "--liveness=http://0.0.0.0:8181/healthz" in c["args"]
@@ -386,15 +412,15 @@ def test_a_config_change_restarts_the_operator(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({}, ["--standalone", "--namespace=tuneops-system"]),
-        ({"rbac": {"scope": "cluster"}}, ["--standalone", "--all-namespaces"]),
-        ({"watchNamespaces": ["a", "b"]}, ["--standalone", "--namespace=a", "--namespace=b"]),
-        ({"rbac": {"scope": "cluster"}, "watchNamespaces": ["a"]}, ["--standalone", "--namespace=a"]),
+        ({}, ["--namespace=tuneops-system"]),
+        ({"rbac": {"scope": "cluster"}}, ["--all-namespaces"]),
+        ({"watchNamespaces": ["a", "b"]}, ["--namespace=a", "--namespace=b"]),
+        ({"rbac": {"scope": "cluster"}, "watchNamespaces": ["a"]}, ["--namespace=a"]),
         (
-            {"operator": {"peering": {"enabled": True, "name": "p1"}}},
-            ["--peering=p1", "--namespace=tuneops-system"],
+            {"operator": {"leaderElection": {"enabled": True}}},
+            ["--leader-election", "--leader-election-id=tuneops", "--namespace=tuneops-system"],
         ),
-        ({"operator": {"extraArgs": ["--foo"]}}, ["--standalone", "--namespace=tuneops-system", "--foo"]),
+        ({"operator": {"extraArgs": ["--foo"]}}, ["--namespace=tuneops-system", "--foo"]),
     ],
 )
 def test_operator_args(values: dict[str, Any], expected: list[str], tmp_path: Path) -> None:
@@ -425,23 +451,27 @@ def test_operator_env_values(tmp_path: Path) -> None:
 CLUSTER = {"rbac": {"scope": "cluster"}}
 
 
+LEASE_ROLE = "Role/tuneops-system/tuneops-leader-election"
+
+
 def rules_by_kind(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
-    """What each (Cluster)Role grants, keyed "ClusterRole" or "Role/<namespace>"."""
+    """What each (Cluster)Role grants, keyed "ClusterRole", "Role/<namespace>" (the operator's Role in a watched
+    namespace) or "Role/<namespace>/<name>" (any other Role)."""
     out = {}
     for d in find(docs, "ClusterRole") + find(docs, "Role"):
         key = d["kind"] if d["kind"] == "ClusterRole" else f"Role/{d['metadata']['namespace']}"
+        if d["kind"] == "Role" and d["metadata"]["name"] != "tuneops":
+            key += f"/{d['metadata']['name']}"
         out[key] = rule_set(d["rules"])
     return out
 
 
 def test_default_is_namespaced_in_the_release_namespace_without_secrets(tmp_path: Path) -> None:
     """The least-privileged mode is the default: Jobs, Deployments and the rest only in the release namespace,
-    Secrets nowhere, and nothing but read-only discovery cluster-wide."""
+    Secrets nowhere, and nothing cluster-wide."""
     docs = render({}, tmp_path)
-    assert rules_by_kind(docs) == {
-        "ClusterRole": EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES,
-        "Role/tuneops-system": EXPECTED_NAMESPACE_RULES,
-    }
+    assert rules_by_kind(docs) == {"Role/tuneops-system": EXPECTED_NAMESPACE_RULES}
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
     assert not {r for rules in rules_by_kind(docs).values() for r in rules if r[1] == "secrets"}
     binding = one(docs, "RoleBinding")
     assert binding["roleRef"] == {
@@ -452,7 +482,7 @@ def test_default_is_namespaced_in_the_release_namespace_without_secrets(tmp_path
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "tuneops", "namespace": "tuneops-system"}
     ]
-    assert container(docs)["args"][3:] == ["--standalone", "--namespace=tuneops-system"]
+    assert container(docs)["args"][3:] == ["--namespace=tuneops-system"]
 
 
 def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privilege_set(
@@ -460,7 +490,7 @@ def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privil
 ) -> None:
     docs = render(CLUSTER, tmp_path)
     role = one(docs, "ClusterRole")
-    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES
+    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = one(docs, "ServiceAccount")
@@ -470,20 +500,16 @@ def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privil
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
 
 
-def test_cluster_scope_watching_named_namespaces_may_discover_namespaces(tmp_path: Path) -> None:
+def test_cluster_scope_watching_named_namespaces_grants_the_same_set(tmp_path: Path) -> None:
+    """The operator watches each named namespace itself: no namespace discovery."""
     role = one(render({**CLUSTER, "watchNamespaces": ["a"]}, tmp_path), "ClusterRole")
-    assert rule_set(role["rules"]) == (
-        EXPECTED_NAMESPACE_RULES | EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES
-    )
+    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
 
 
-def test_namespaced_scope_grants_roles_per_namespace_and_only_discovery_cluster_wide(tmp_path: Path) -> None:
+def test_namespaced_scope_grants_roles_per_namespace_and_nothing_cluster_wide(tmp_path: Path) -> None:
     docs = render({"watchNamespaces": ["a", "b"]}, tmp_path)
-    assert rules_by_kind(docs) == {
-        "ClusterRole": EXPECTED_DISCOVERY_RULES | EXPECTED_NAMESPACE_DISCOVERY_RULES,
-        "Role/a": EXPECTED_NAMESPACE_RULES,
-        "Role/b": EXPECTED_NAMESPACE_RULES,
-    }
+    assert rules_by_kind(docs) == {"Role/a": EXPECTED_NAMESPACE_RULES, "Role/b": EXPECTED_NAMESPACE_RULES}
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
     bindings = find(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
     for binding in bindings:
@@ -512,28 +538,51 @@ def test_secrets_are_read_only_when_asked_and_only_where_the_operator_works(
     }
 
 
+LEADER = {"operator": {"leaderElection": {"enabled": True}}}
+
+
 @pytest.mark.parametrize(
-    ("values", "peerings"),
+    ("values", "roles"),
     [
-        ({**CLUSTER, "operator": {"peering": {"enabled": True}}}, {"ClusterRole": {"clusterkopfpeerings"}}),
-        (
-            {**CLUSTER, "operator": {"peering": {"enabled": True}}, "watchNamespaces": ["a"]},
-            {"ClusterRole": {"kopfpeerings"}},
-        ),
-        ({"operator": {"peering": {"enabled": True}}}, {"Role/tuneops-system": {"kopfpeerings"}}),
-        ({}, {}),
-        (CLUSTER, {}),
+        ({}, {"Role/tuneops-system"}),
+        (CLUSTER, {"ClusterRole"}),
+        (LEADER, {"Role/tuneops-system", LEASE_ROLE}),
+        ({**LEADER, **CLUSTER}, {"ClusterRole", LEASE_ROLE}),
+        ({**LEADER, "watchNamespaces": ["a"]}, {"Role/a", LEASE_ROLE}),
     ],
 )
-def test_peering_rbac_only_when_peering(
-    values: dict[str, Any], peerings: dict[str, set[str]], tmp_path: Path
+def test_lease_rights_only_with_leader_election_and_only_in_the_release_namespace(
+    values: dict[str, Any], roles: set[str], tmp_path: Path
 ) -> None:
-    rules = rules_by_kind(render(values, tmp_path))
-    granted = {k: {r for g, r, _ in v if g == "kopf.dev"} for k, v in rules.items()}
-    assert {k: v for k, v in granted.items() if v} == peerings
-    for key, resources in peerings.items():
-        for resource in resources:
-            assert {v for g, r, v in rules[key] if r == resource} == {"get", "list", "watch", "patch"}
+    docs = render(values, tmp_path)
+    rules = rules_by_kind(docs)
+    assert set(rules) == roles
+    assert {k for k, v in rules.items() if any(g == "coordination.k8s.io" for g, _, _ in v)} == roles & {
+        LEASE_ROLE
+    }
+    if LEASE_ROLE in roles:
+        assert rules[LEASE_ROLE] == EXPECTED_LEASE_RULES
+        role = one(docs, "Role", "tuneops-leader-election")
+        # create cannot name the object; get and update are limited to the release's Lease.
+        by_verbs = {tuple(r["verbs"]): r.get("resourceNames") for r in role["rules"]}
+        assert by_verbs == {("create",): None, ("get", "update"): ["tuneops"]}
+        binding = one(docs, "RoleBinding", "tuneops-leader-election")
+        assert binding["metadata"]["namespace"] == "tuneops-system"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tuneops-leader-election"
+        }  # fmt: skip
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tuneops", "namespace": "tuneops-system"}
+        ]
+
+
+def test_no_kind_of_the_operators_own_is_patched_or_updated(tmp_path: Path) -> None:
+    """Spec and metadata of tuneops resources are the user's: the operator writes status only."""
+    for values in ({}, CLUSTER):
+        granted = set().union(*rules_by_kind(render(values, tmp_path)).values())
+        own = {(r, v) for g, r, v in granted if g == "tuneops.io" and "/" not in r}
+        assert own == {(r, v) for r in ("finetunedmodels", "quantizationjobs", "inferenceservices")
+                       for v in ("get", "list", "watch")}  # fmt: skip
 
 
 def test_no_rbac_and_an_existing_service_account(tmp_path: Path) -> None:

@@ -60,15 +60,16 @@ app.kubernetes.io/part-of: tuneops
 {{- end -}}
 
 {{/*
-What the operator does in a namespace. Derived from the code (operator/tuneops/kube and reconcile): reads of
-its own resources plus kopf's list/watch and annotation patches; status writes; children applied with
-server-side apply (create + patch) and pruned (delete); Pods only listed; Secrets only read by name, and only
-with rbac.readSecrets.
+What the operator does in a namespace. Derived from the code (operator/tuneops/kube, controller.py and
+reconcile/): every kind it reads is listed and watched into its cache (get for the odd direct read); its own
+resources are only read, and written through status; children are applied with server-side apply (create +
+patch) and pruned (delete); Pods are patched for one annotation (the adapters each serves); Secrets only read
+by name, and only with rbac.readSecrets.
 */}}
 {{- define "tuneops.namespaceRules" -}}
 - apiGroups: ["tuneops.io"]
   resources: ["finetunedmodels", "quantizationjobs", "inferenceservices"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["tuneops.io"]
   resources: ["finetunedmodels/status", "quantizationjobs/status", "inferenceservices/status"]
   verbs: ["patch"]
@@ -79,37 +80,37 @@ with rbac.readSecrets.
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["inference.networking.k8s.io"]
   resources: ["inferencepools"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- if .Values.rbac.readSecrets }}
 - apiGroups: [""]
   resources: ["secrets"]
@@ -118,28 +119,17 @@ with rbac.readSecrets.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
-{{- if and .Values.operator.peering.enabled (ne (include "tuneops.watchNamespaces" .) "[]") }}
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end }}
 {{- end -}}
 
-{{/* What kopf needs outside namespaces: CRD discovery, and namespace discovery when it watches named ones. */}}
-{{- define "tuneops.clusterRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
-{{- if ne (include "tuneops.watchNamespaces" .) "[]" }}
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
-{{- end }}
-{{- if and .Values.operator.peering.enabled (eq (include "tuneops.watchNamespaces" .) "[]") }}
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end }}
+{{/* The Lease of leader election: created once, then read and renewed by name (create cannot be limited to a name). */}}
+{{- define "tuneops.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "tuneops.fullname" . | quote }}]
+  verbs: ["get", "update"]
 {{- end -}}
 
 {{/* The claim config.artifactRoot names (pvc://<claim>[/path]); only called when the chart creates it. */}}

@@ -40,6 +40,7 @@ PDB = ResourceType("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 PDB_BETA = ResourceType("policy/v1beta1", "PodDisruptionBudget", "poddisruptionbudgets")
 LWS = ResourceType("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets")
 NETWORKPOLICY = ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+LEASE = ResourceType("coordination.k8s.io/v1", "Lease", "leases")
 CRD = ResourceType(
     "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False
 )
