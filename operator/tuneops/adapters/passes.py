@@ -27,7 +27,9 @@ class PassRunner(Generic[T]):
 
     ``run`` starts a pass (unless one is in flight) and waits up to ``wait_s`` for it. A pass still running then
     returns None and keeps running; the next call for the key takes its result if it was made from the same
-    inputs, or starts a fresh pass from the new ones once it ends.
+    inputs, or starts a fresh pass from the new ones once it ends. The result of a pass made from other inputs
+    than the caller's is not returned; it goes, once, to the caller's ``superseded(inputs, result)`` (in the
+    caller's thread, before any new pass starts), since what a pass did is a fact whatever its inputs.
     """
 
     def __init__(self, name: str, wait_s: float = HANDLER_WAIT_S) -> None:
@@ -44,7 +46,14 @@ class PassRunner(Generic[T]):
             self._loop = loop
         return self._loop
 
-    def run(self, key: Hashable, inputs: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> T | None:
+    def run(
+        self,
+        key: Hashable,
+        inputs: Hashable,
+        start: Callable[[], Coroutine[Any, Any, T]],
+        superseded: Callable[[Hashable, T], None] | None = None,
+    ) -> T | None:
+        orphan: _Pass[T] | None = None
         with self._lock:
             current = self._passes.get(key)
             if current is not None and current.future.done() and not current.consumed:
@@ -52,7 +61,11 @@ class PassRunner(Generic[T]):
                 del self._passes[key]
                 if current.inputs == inputs:
                     return current.future.result()  # finished since the last call
-                current = None
+                orphan = current
+        if orphan is not None:
+            _hand_over(orphan, superseded)  # outside the lock: it may take a while, and other keys go on
+        with self._lock:
+            current = self._passes.get(key)
             if current is None or current.future.done():
                 current = _Pass(inputs, asyncio.run_coroutine_threadsafe(start(), self._event_loop()))
                 self._passes[key] = current
@@ -63,9 +76,20 @@ class PassRunner(Generic[T]):
         with self._lock:
             if self._passes.get(key) is current:
                 del self._passes[key]
+            first = not current.consumed
             current.consumed = True
-        return result if current.inputs == inputs else None
+        if current.inputs == inputs:
+            return result
+        if first and superseded is not None:
+            superseded(current.inputs, result)
+        return None
 
     def in_flight(self) -> int:
         with self._lock:
             return sum(1 for p in self._passes.values() if not p.future.done())
+
+
+def _hand_over(finished: _Pass[T], superseded: Callable[[Hashable, T], None] | None) -> None:
+    """A finished pass nobody will take: its result to ``superseded``; a pass that raised is dropped."""
+    if superseded is not None and finished.future.exception() is None:
+        superseded(finished.inputs, finished.future.result())

@@ -116,7 +116,7 @@ class FailureRecord(BaseModel):
 
 
 class PodMemory(BaseModel):
-    """What the reconciler remembers about one pod between passes (kept in status or an annotation).
+    """What the reconciler remembers about one pod between passes (kept on the Pod: adapters/memory.py).
 
     ``loaded`` holds the digest last loaded under each adapter name: /v1/models shows names and paths but not
     content, so without it a same-name update could keep serving stale weights.
