@@ -57,6 +57,17 @@ API_GIVEUPS = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+QUEUE_DEPTH = Gauge(
+    "tuneops_workqueue_depth",
+    "Resources waiting in the work queue (due now or later).",
+    registry=REGISTRY,
+)
+WAKEUPS = Counter(
+    "tuneops_wakeups_total",
+    "Reconciles queued because something changed, by what changed (spec, child, source, adapters, resync).",
+    ["cause"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "tuneops_build_info",
     "Build information (always 1).",

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 from typing import Any
 
 import kopf
 
-from tuneops import labels, metrics
+from tuneops import metrics
 from tuneops.config import OperatorConfig
+from tuneops.controller import Controller
 from tuneops.kube.client import Kube
 from tuneops.reconcile import RECONCILERS
-from tuneops.reconcile.base import Context
 
 log = logging.getLogger(__name__)
-
-
-class _TemporaryIsInfo(logging.Filter):
-    """kopf logs a step still in progress ("failed temporarily") as an error; here it is the normal path."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and "failed temporarily" in record.getMessage():
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
 
 
 def discover_features(kube: Kube, config: OperatorConfig) -> None:
@@ -39,28 +32,36 @@ def discover_features(kube: Kube, config: OperatorConfig) -> None:
     log.info("Kubernetes %d.%d: podFailurePolicy=%s", major, minor, config.features.pod_failure_policy)
 
 
-def build_registry(
-    ctx: Context, resync_seconds: float, peering: str | None, standalone: bool
-) -> kopf.OperatorRegistry:
-    from tuneops import handlers
-
+def build_registry(controller: Controller, elector: Any, done: threading.Event) -> kopf.OperatorRegistry:
+    """kopf runs the process: logging in, the liveness endpoint, signals. The control loop is our own (see
+    controller.py); kopf watches nothing itself."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = labels.FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tuneops.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="tuneops.io", key="last-handled-configuration"
-        )
         settings.posting.enabled = False  # our own Events say what happened, once per transition
-        settings.peering.standalone = standalone
-        settings.peering.name = peering or "tuneops"
-        settings.peering.mandatory = False
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        settings.scanning.disabled = True  # no resource handlers: no API discovery either
+        settings.peering.standalone = True  # one active instance is the Lease's business (leader election)
         settings.networking.request_timeout = 60
-        settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+
+        def lead_then_run() -> None:
+            if elector is not None:
+                if not elector.acquire(done):
+                    return
+                elector.keep(done, on_lost=lambda: _lost(done))
+            controller.start()
+
+        threading.Thread(target=lead_then_run, name="controller", daemon=True).start()
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        controller.stop()
+        if elector is not None:
+            elector.release()
+
+    @kopf.on.probe(registry=registry, id="controller")
+    def probe(**_: Any) -> dict[str, Any]:
+        return controller.health()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -70,8 +71,17 @@ def build_registry(
         ) or kopf.login_with_kubeconfig(**kwargs)
         return info
 
-    handlers.register(registry, ctx, RECONCILERS, resync_seconds)
     return registry
+
+
+def _lost(done: threading.Event) -> None:
+    """Another instance may act from now on: stop at once (the Deployment starts this one again)."""
+    log.error("lost the leader Lease; stopping")
+    LOST.set()
+    done.set()
+
+
+LOST = threading.Event()
 
 
 def run_operator(
@@ -81,30 +91,42 @@ def run_operator(
     config_path: str | None,
     liveness: str | None,
     metrics_port: int,
-    standalone: bool,
-    peering: str | None,
+    leader_election: bool = False,
+    lease_namespace: str = "default",
+    lease_name: str = "tuneops",
 ) -> int:
     logging.basicConfig(
         level=os.environ.get("TUNEOPS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_TemporaryIsInfo())
     config = OperatorConfig.load(config_path)
     watch = [] if all_namespaces else (namespaces or config.namespaces)
     kube = Kube.from_environment()
     discover_features(kube, config)
-    ctx = Context(kube=kube, config=config, poll_seconds=float(os.environ.get("TUNEOPS_POLL_SECONDS", "5")))
-    resync = float(os.environ.get("TUNEOPS_RESYNC_SECONDS", "300"))
-    registry = build_registry(ctx, resync, peering, standalone)
+    controller = Controller(
+        kube,
+        config,
+        RECONCILERS,
+        namespaces=watch,
+        resync_s=float(os.environ.get("TUNEOPS_RESYNC_SECONDS", "300")),
+        poll_s=float(os.environ.get("TUNEOPS_POLL_SECONDS", "30")),
+        workers=int(os.environ.get("TUNEOPS_WORKERS", "8")),
+    )
+    elector = None
+    if leader_election:
+        from tuneops.leader import LeaderElector
+
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(kube, lease_namespace, lease_name, identity)
+    done = threading.Event()
+    registry = build_registry(controller, elector, done)
     metrics.serve(metrics_port)
     kopf.run(
         registry=registry,
-        standalone=standalone,
-        priority=0,
-        peering_name=None if standalone else (peering or "tuneops"),
-        namespaces=watch,
-        clusterwide=not watch,
+        standalone=True,
+        clusterwide=True,
         liveness_endpoint=liveness or None,
+        stop_flag=done,
     )
-    return 0
+    controller.stop()
+    return 1 if LOST.is_set() else 0

@@ -84,6 +84,15 @@ class OperatorProcess:
                     ) from None
                 time.sleep(0.2)
 
+    def reconciles(self) -> float:
+        """Reconciles finished so far (tuneops_reconcile_total over kinds and results)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        prefix = "tuneops_reconcile_total{"
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.proc is None:
             return

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tuneops import handlers, metrics
+from tuneops import controller as handlers
+from tuneops import metrics
 from tuneops.api.conditions import READY, STUCK_REASONS, TERMINAL_REASONS, Reason, derive_phase, set_condition
 from tuneops.api.inferenceservice import AdapterState
 from tuneops.reconcile.base import Outcome

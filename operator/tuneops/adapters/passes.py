@@ -26,7 +26,7 @@ class PassRunner(Generic[T]):
     """At most one pass per key at a time, on one event loop thread shared by all keys.
 
     ``run`` starts a pass (unless one is in flight) and waits up to ``wait_s`` for it. A pass still running then
-    returns None and keeps running; the next call for the key takes its result if it was made from the same
+    returns None and keeps running (and calls ``late()`` when it ends, so the caller looks again at once); the next call for the key takes its result if it was made from the same
     inputs, or starts a fresh pass from the new ones once it ends. The result of a pass made from other inputs
     than the caller's is not returned; it goes, once, to the caller's ``superseded(inputs, result)`` (in the
     caller's thread, before any new pass starts), since what a pass did is a fact whatever its inputs.
@@ -52,6 +52,7 @@ class PassRunner(Generic[T]):
         inputs: Hashable,
         start: Callable[[], Coroutine[Any, Any, T]],
         superseded: Callable[[Hashable, T], None] | None = None,
+        late: Callable[[], None] | None = None,
     ) -> T | None:
         orphan: _Pass[T] | None = None
         with self._lock:
@@ -72,6 +73,8 @@ class PassRunner(Generic[T]):
         try:
             result = current.future.result(timeout=self.wait_s)
         except concurrent.futures.TimeoutError:
+            if late is not None:  # the caller stops waiting: tell it when the pass ends, so it looks again
+                current.future.add_done_callback(lambda _: late())
             return None
         with self._lock:
             if self._passes.get(key) is current:

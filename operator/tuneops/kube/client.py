@@ -295,7 +295,7 @@ class Kube:
         """The List object itself: its items and the resourceVersion a watch starts from."""
         query = []
         if selector:
-            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(selector.items()))))
+            query.append(("labelSelector", _selector(selector)))
         result: dict[str, Any] = self._call("GET", rtype.collection(namespace), query=query)
         return result
 
@@ -309,12 +309,19 @@ class Kube:
         return items
 
     def watch(
-        self, rtype: ResourceType, namespace: str | None, resource_version: str, timeout_s: int = 60
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        resource_version: str,
+        timeout_s: int = 60,
+        selector: Mapping[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Watch events (type + object) from `resource_version` until the server ends the stream."""
         path = rtype.collection(namespace)
         query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
                  ("timeoutSeconds", str(timeout_s))]  # fmt: skip
+        if selector:
+            query.append(("labelSelector", _selector(selector)))
         response = self._send("GET", path, None, query, "application/json", (5.0, timeout_s + 15.0))
         stream = response.response
         try:
@@ -420,6 +427,10 @@ class Kube:
             self.create(EVENT, body["metadata"]["namespace"], body)
         except Exception as exc:  # an Event is advisory; losing one must not stop a reconcile
             log.warning("could not record event %s on %s: %s", reason, involved["metadata"]["name"], exc)
+
+
+def _selector(selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
 def event_body(

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneops.kube.client import EVENT, NODE, POD, ApiError, Kube, ResourceType, event_body
+from tuneops.kube.informer import Informer
 from tuneops.local import loopback
 from tuneops.local.container import now_rfc3339
-from tuneops.local.informer import Informer
 from tuneops.local.pod import PodWorker
 from tuneops.local.podenv import HOST_IP
 from tuneops.local.runtimes import Runtime, default_runtimes

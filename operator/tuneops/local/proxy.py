@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneops.kube.client import SERVICE
-from tuneops.local.informer import Informer, Obj
+from tuneops.kube.informer import Informer, Obj
 from tuneops.local.node import LocalNode
 
 log = logging.getLogger(__name__)

@@ -36,19 +36,26 @@ def utcnow() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _no_wake(kind: str, namespace: str, name: str, cause: str = "", delay: float = 0.0) -> None:
+    """Outside the operator's control loop nothing is queued; the caller looks again on its own."""
+
+
 @dataclass
 class Context:
-    """What a reconciler may use: the API client, the operator's config and a clock."""
+    """What a reconciler may use: the API client (its reads of watched kinds come from memory in the
+    operator), the operator's config, a clock, and `wake` to queue a resource again when something the API
+    server does not report has finished (an adapter pass)."""
 
     kube: k.Kube
     config: OperatorConfig
     clock: Callable[[], str] = utcnow
-    poll_seconds: float = 5.0
+    poll_seconds: float = 30.0
+    wake: Callable[..., None] = _no_wake
 
 
 @dataclass
 class Outcome:
-    """What the caller (a kopf handler) does next: nothing, or look again after a delay."""
+    """What the control loop does next: nothing, or look again after a delay."""
 
     requeue_after: float | None = None
     ready: bool = False

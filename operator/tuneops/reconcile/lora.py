@@ -37,8 +37,8 @@ from tuneops.render.types import Owner
 log = logging.getLogger(__name__)
 # Pods of one service talked to at once; the rest wait their turn within the same pass deadline.
 POD_CONCURRENCY = 8
-# Passes run off kopf's handler threads: a handler waits a few seconds for its pass, then reports the Pods as
-# not answering yet and looks again on its next poll, while the pass goes on to its deadline.
+# Passes run off the operator's reconcile threads: a reconcile waits a few seconds for its pass, then reports
+# the Pods as not answering yet, while the pass goes on to its deadline and queues the service again when done.
 _PASSES: PassRunner[list[PodResult]] = PassRunner("tuneops-adapters")
 
 
@@ -92,6 +92,7 @@ def reconcile_adapters(
             inputs,
             lambda: reconcile_pods(owner, ready, desired, sources.api_key, dynamic, memories=memories),
             superseded,
+            late=lambda: ctx.wake("InferenceService", owner.namespace, owner.name, "adapters"),
         )
         if finished is not None and dynamic:
             remember(ctx, owner.namespace, pods, inputs, finished)

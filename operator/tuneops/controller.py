@@ -1,0 +1,314 @@
+"""The control loop: informers keep the tuneops resources and their children in memory, a change queues the
+resources it concerns, and workers reconcile them from memory.
+
+What queues a resource:
+  - its own change that asks for work: created, spec (generation) or annotations changed, being deleted;
+  - a change to anything its latest reconcile read (its Jobs and their Pods, its Deployment, a source
+    FineTunedModel becoming Ready): the cache records each reconcile's reads (see kube.cache);
+  - its adapter pass finishing after the reconcile stopped waiting for it;
+  - a step still in progress, after the poll interval (a slow fallback: a child's change comes first);
+  - an error, after a growing, bounded backoff;
+  - the resync timer, for every resource (catches what no watch reports).
+
+A settled operator makes no API requests beyond its watch streams: reads come from memory, and status is
+written only when it changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tuneops import labels, metrics
+from tuneops.api.conditions import TERMINAL_REASONS, Reason
+from tuneops.config import OperatorConfig
+from tuneops.kube import client as k
+from tuneops.kube import types as kt
+from tuneops.kube.cache import CachedKube, Reader
+from tuneops.kube.informer import Informer, Obj, key_of
+from tuneops.reconcile.base import Context, Outcome, Reconcile
+from tuneops.reconcile.inferenceservice import publish_adapters
+from tuneops.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+# Backoff of a resource whose reconcile keeps raising: doubles per failure up to the cap, with jitter, and
+# resets on the first success. Bounded, so a fixed bug or a recovered API server is picked up within minutes.
+ERROR_BACKOFF_BASE_S = 1.0
+ERROR_BACKOFF_CAP_S = 300.0
+# Labels the children's informers index, as the reconcilers select children by them.
+INDEXED_LABELS = (labels.OWNER, "job-name", labels.INSTANCE)
+
+
+def error_backoff(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before the next try after `failures` consecutive errors (1, 2, 4 ... 300, +-25% jitter)."""
+    raw = min(ERROR_BACKOFF_CAP_S, ERROR_BACKOFF_BASE_S * float(2 ** max(0, min(failures - 1, 16))))
+    return round(raw * (0.75 + 0.5 * float(rng())), 3)
+
+
+class Tracker:
+    """Consecutive failures per resource (for the backoff) and the resources-by-condition gauge."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._states: dict[Reader, tuple[str, str]] = {}
+        self._failures: dict[Reader, int] = {}
+
+    def record(self, key: Reader, ready: str, reason: str) -> None:
+        with self._guard:
+            if self._states.get(key) == (ready, reason):
+                return
+            self._states[key] = (ready, reason)
+            self._publish()
+
+    def failed(self, key: Reader) -> int:
+        """Count one more consecutive failure of `key`; returns the count."""
+        with self._guard:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            return self._failures[key]
+
+    def succeeded(self, key: Reader) -> None:
+        with self._guard:
+            self._failures.pop(key, None)
+
+    def forget(self, key: Reader) -> None:
+        with self._guard:
+            self._states.pop(key, None)
+            self._failures.pop(key, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        counts = Counter((kind, ns, ready, reason) for (kind, ns, _), (ready, reason) in self._states.items())
+        metrics.RESOURCES.clear()
+        for (kind, ns, ready, reason), n in counts.items():
+            metrics.RESOURCES.labels(kind=kind, resource_namespace=ns, ready=ready, reason=reason).set(n)
+
+
+def _result(outcome: Outcome) -> str:
+    if outcome.ready:
+        return "ready"
+    if outcome.reason in (Reason.WAITING_FOR_SOURCE, Reason.EXTENSION_NOT_INSTALLED):
+        return "waiting"
+    if outcome.reason == Reason.INVALID_SPEC:
+        return "invalid"
+    # A terminal reason counts as failed even while the operator keeps looking (a Pod in ImagePullBackOff).
+    if outcome.requeue_after is not None and outcome.reason not in TERMINAL_REASONS:
+        return "progressing"
+    return "failed"
+
+
+def asks_for_work(before: Obj | None, obj: Obj) -> bool:
+    """A change to a tuneops resource that its reconcile must see. Status alone (mostly our own writes) is
+    not: the resync and the readers of the resource (its dependents) take care of that."""
+    if before is None:
+        return True
+    old, new = before.get("metadata") or {}, obj.get("metadata") or {}
+    return any(
+        old.get(f) != new.get(f) for f in ("generation", "annotations", "labels", "deletionTimestamp", "uid")
+    )
+
+
+def child_types(config: OperatorConfig) -> tuple[k.ResourceType, ...]:
+    """The kinds the operator makes and reads back, by the API versions this cluster serves."""
+    pdb = k.PDB if config.features.pdb_v1 else k.PDB_BETA
+    hpa = kt.HPA if config.features.hpa_v2 else kt.HPA_BETA
+    return (k.JOB, k.POD, k.DEPLOYMENT, k.LWS, k.SERVICE, k.CONFIGMAP, pdb, k.NETWORKPOLICY, hpa,
+            kt.SCALEDOBJECT, kt.INFERENCEPOOL, kt.HTTPROUTE)  # fmt: skip
+
+
+class Controller:
+    """Informers, the work queue and its workers, for the kinds in `reconcilers`."""
+
+    def __init__(
+        self,
+        kube: k.Kube,
+        config: OperatorConfig,
+        reconcilers: dict[str, Reconcile],
+        *,
+        namespaces: list[str] | None = None,
+        resync_s: float = 300.0,
+        poll_s: float = 30.0,
+        workers: int = 8,
+    ) -> None:
+        self.cache = CachedKube(kube)
+        self.reconcilers = reconcilers
+        self.ctx = Context(kube=self.cache, config=config, poll_seconds=poll_s, wake=self.wake)
+        self.queue: WorkQueue[Reader] = WorkQueue()
+        self.tracker = Tracker()
+        self.resync_s = resync_s
+        self.workers = workers
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started = threading.Event()
+        self.own: list[Informer] = []
+        self.children: list[Informer] = []
+        managed = {labels.MANAGED_BY: labels.MANAGED_BY_VALUE}
+        scopes: list[str | None] = list(namespaces or []) or [None]
+        for ns in scopes:
+            where = ns or "all"
+            for kind in reconcilers:
+                rtype = k.CUSTOM[kind]
+                inf = Informer(kube, rtype, name=f"watch-{rtype.plural}-{where}", namespace=ns,
+                               on_event=self._own_event(kind))  # fmt: skip
+                self.own.append(inf)
+                self.cache.add(inf)
+            for rtype in child_types(config):
+                inf = Informer(kube, rtype, name=f"watch-{rtype.plural}-{where}", namespace=ns, selector=managed,
+                               index_keys=INDEXED_LABELS, on_event=self._child_event(rtype))  # fmt: skip
+                self.children.append(inf)
+                self.cache.add(inf)
+
+    # ----- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start watching; once every informer has listed, queue every resource and start the workers.
+        False if stopped before that."""
+        for inf in self.own + self.children:
+            inf.start()
+        for inf in self.own + self.children:
+            while not inf.wait_synced(1.0):
+                if self._stop.is_set():
+                    return False
+        log.info("watching %d kinds; %d resources", len(self.own) + len(self.children),
+                 sum(len(i.store) for i in self.own))  # fmt: skip
+        self._queue_all("start")
+        for n in range(self.workers):
+            self._spawn(self._work, f"reconcile-{n}")
+        self._spawn(self._resync, "resync")
+        self.started.set()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.close()
+        for inf in self.own + self.children:
+            inf.stop()
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: raises when an informer or worker died."""
+        dead = [i.name for i in self.own + self.children if not i.alive()]
+        dead += [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self._stop.is_set():
+            raise RuntimeError(f"stopped threads: {', '.join(dead)}")
+        return {"started": self.started.is_set(), "queued": len(self.queue)}
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # ----- what queues a resource -------------------------------------------------------------------
+
+    def wake(self, kind: str, namespace: str, name: str, cause: str = "adapters", delay: float = 0.0) -> None:
+        metrics.WAKEUPS.labels(cause=cause).inc()
+        log.debug("queued %s %s/%s (%s) in %.1fs", kind, namespace, name, cause, delay)
+        self.queue.add((kind, namespace, name), delay)
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def _queue_all(self, cause: str, spread_s: float = 0.0) -> None:
+        for inf in self.own:
+            for obj in inf.store.list():
+                ns, name = key_of(obj)
+                self.wake(inf.rtype.kind, ns, name, cause, random.uniform(0.0, spread_s))
+
+    def _own_event(self, kind: str) -> Callable[[str, Obj | None, Obj | None], None]:
+        rtype = k.CUSTOM[kind]
+
+        def on_event(type_: str, obj: Obj | None, before: Obj | None) -> None:
+            if obj is None:  # listed again after the watch broke: anything may have changed meanwhile
+                if self.started.is_set():
+                    self._queue_all("relist")
+                return
+            if type_ == "DELETED" or asks_for_work(before, obj):
+                self.wake(kind, *key_of(obj), cause="spec")
+            self._wake_readers(rtype, obj, before, "source")
+
+        return on_event
+
+    def _child_event(self, rtype: k.ResourceType) -> Callable[[str, Obj | None, Obj | None], None]:
+        def on_event(type_: str, obj: Obj | None, before: Obj | None) -> None:
+            if obj is None:
+                if self.started.is_set():
+                    self._queue_all("relist")
+                return
+            self._wake_readers(rtype, obj, before, "child")
+
+        return on_event
+
+    def _wake_readers(self, rtype: k.ResourceType, obj: Obj, before: Obj | None, cause: str) -> None:
+        for reader in self.cache.deps.readers(rtype, obj, before):
+            self.wake(*reader, cause=cause)
+
+    def _resync(self) -> None:
+        while not self._stop.wait(self.resync_s):
+            # Spread over a tenth of the period, so a large fleet does not arrive at once.
+            self._queue_all("resync", spread_s=min(self.resync_s / 10.0, 30.0))
+
+    # ----- workers ----------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                self.process(key)
+            except Exception:  # process() keeps an object's errors with it; this is a bug in the loop itself
+                log.exception("%s %s/%s: unexpected error", *key)
+                self.queue.add(key, error_backoff(1))
+            finally:
+                self.queue.done(key)
+                metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def process(self, key: Reader) -> Outcome | None:
+        """Reconcile one resource from memory; queue it again as its outcome asks. None when it is gone."""
+        kind, ns, name = key
+        current = self.cache.get(k.CUSTOM[kind], ns, name)
+        if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
+            # Children go with the garbage collector; nothing of ours lives outside the cluster.
+            self.forget(key)
+            return None
+        obj = copy.deepcopy(current)
+        started = time.monotonic()
+        reads: set[Any] = set()
+        try:
+            with self.cache.tracking() as reads:
+                outcome = self.reconcilers[kind](self.ctx, obj)
+        except Exception as exc:
+            # Whatever one object does (a malformed body, a bug, an API server that stays away past the
+            # client's retry budget) stays with that object: logged, counted and retried with backoff.
+            failures = self.tracker.failed(key)
+            delay = error_backoff(failures)
+            metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+            metrics.RECONCILE_TOTAL.labels(kind=kind, result="error").inc()
+            log.error(
+                "%s %s/%s: reconcile failed (%d in a row), retrying in %.1fs: %s: %s",
+                kind, ns, name, failures, delay, type(exc).__name__, exc,
+                exc_info=not isinstance(exc, k.ApiError),
+            )  # fmt: skip
+            self.queue.add(key, delay)
+            return None
+        finally:
+            # Even a failed pass waits for what it read: a change there may be what it needs.
+            self.cache.deps.record(key, frozenset(reads))
+            metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+        self.tracker.succeeded(key)
+        metrics.RECONCILE_TOTAL.labels(kind=kind, result=_result(outcome)).inc()
+        self.tracker.record(
+            key, "True" if outcome.ready else ("False" if outcome.reason else "Unknown"), outcome.reason
+        )
+        if outcome.requeue_after is not None:
+            self.queue.add(key, outcome.requeue_after)
+        return outcome
+
+    def forget(self, key: Reader) -> None:
+        self.cache.deps.forget(key)
+        self.tracker.forget(key)
+        if key[0] == "InferenceService":
+            publish_adapters(key[1], key[2], None)

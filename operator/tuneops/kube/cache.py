@@ -1,0 +1,219 @@
+"""Reads from informers' stores instead of the API server, and who read what.
+
+`CachedKube` is a `Kube` whose reads of watched kinds come from memory (the informer of that kind and
+namespace, once it has listed) and whose writes go to the server as before, their answers kept in the store
+so that the next read sees them. Kinds it does not watch (Secrets, Events), and namespaces outside the
+watched ones, are read from the server as before.
+
+While a reconcile runs under `tracking`, every read of a watched kind is recorded: the object by name, or a
+list by label selector. `Dependencies` keeps those records per reconcile, so a change to any object one of
+them read (a Job finishing, a Pod failing to pull, a source becoming Ready) wakes exactly the resources
+whose outcome may change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tuneops.kube.client import Kube, NotFound, ResourceType, type_of
+from tuneops.kube.informer import Informer, Obj, key_of, matches
+
+# Who reads: a reconcile's key, (kind, namespace, name) of the tuneops resource.
+Reader = tuple[str, str, str]
+# What was read: one object by name, or a list by selector (frozen, sorted label pairs).
+Read = tuple[ResourceType, str, str | tuple[tuple[str, str], ...]]
+
+
+class Dependencies:
+    """Which reconciles read which objects, from their latest pass."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: dict[Reader, frozenset[Read]] = {}
+        self._by_name: dict[tuple[ResourceType, str, str], set[Reader]] = {}
+        # Lists by selector, found through one of the selector's label pairs.
+        self._by_label: dict[
+            tuple[ResourceType, str, str, str], dict[Reader, set[tuple[tuple[str, str], ...]]]
+        ] = {}
+
+    def record(self, reader: Reader, reads: frozenset[Read]) -> None:
+        with self._lock:
+            if self._reads.get(reader) == reads:
+                return
+            self._forget(reader)
+            self._reads[reader] = reads
+            for rtype, namespace, what in reads:
+                if isinstance(what, str):
+                    self._by_name.setdefault((rtype, namespace, what), set()).add(reader)
+                elif what:
+                    label, value = what[0]
+                    self._by_label.setdefault((rtype, namespace, label, value), {}).setdefault(
+                        reader, set()
+                    ).add(what)
+
+    def forget(self, reader: Reader) -> None:
+        with self._lock:
+            self._forget(reader)
+
+    def _forget(self, reader: Reader) -> None:
+        for rtype, namespace, what in self._reads.pop(reader, frozenset()):
+            if isinstance(what, str):
+                readers = self._by_name.get((rtype, namespace, what))
+                if readers is not None:
+                    readers.discard(reader)
+                    if not readers:
+                        del self._by_name[(rtype, namespace, what)]
+            elif what:
+                label, value = what[0]
+                entry = self._by_label.get((rtype, namespace, label, value))
+                if entry is not None:
+                    entry.pop(reader, None)
+                    if not entry:
+                        del self._by_label[(rtype, namespace, label, value)]
+
+    def readers(self, rtype: ResourceType, *objs: Obj | None) -> set[Reader]:
+        """The reconciles whose latest pass read any of `objs` (an object's old and new copies)."""
+        out: set[Reader] = set()
+        with self._lock:
+            for obj in objs:
+                if obj is None:
+                    continue
+                namespace, name = key_of(obj)
+                out |= self._by_name.get((rtype, namespace, name), set())
+                have = (obj.get("metadata") or {}).get("labels") or {}
+                for label, value in have.items():
+                    entry = self._by_label.get((rtype, namespace, label, str(value)))
+                    for reader, selectors in (entry or {}).items():
+                        if reader not in out and any(matches(obj, dict(s)) for s in selectors):
+                            out.add(reader)
+        return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._reads)
+
+
+class CachedKube(Kube):
+    """A Kube that reads watched kinds from informers (see the module's docstring)."""
+
+    def __init__(self, base: Kube) -> None:
+        super().__init__(base.api, retry=base.retry, user_agent=str(base.api.user_agent))
+        self.base = base
+        self.informers: dict[tuple[ResourceType, str | None], Informer] = {}
+        self.deps = Dependencies()
+        self._tracking = threading.local()
+
+    def add(self, informer: Informer) -> None:
+        self.informers[(informer.rtype, informer.namespace)] = informer
+
+    def informer(self, rtype: ResourceType, namespace: str | None) -> Informer | None:
+        """The synced informer that holds `rtype` in `namespace`, if reads of it may come from memory."""
+        found = self.informers.get((rtype, namespace)) or self.informers.get((rtype, None))
+        if found is None or not found.synced or found.refused == 403:
+            return None  # not watched, not listed yet, or not allowed to list: ask the server
+        return found
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[set[Read]]:
+        """Record this thread's reads of watched kinds into the set yielded."""
+        seen: set[Read] = set()
+        self._tracking.seen = seen
+        try:
+            yield seen
+        finally:
+            self._tracking.seen = None
+
+    def _saw(self, rtype: ResourceType, namespace: str, what: str | tuple[tuple[str, str], ...]) -> None:
+        seen: set[Read] | None = getattr(self._tracking, "seen", None)
+        if seen is not None:
+            seen.add((rtype, namespace, what))
+
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base._call(*args, **kwargs)  # every request goes through the client this one wraps
+
+    def _send(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base._send(*args, **kwargs)
+
+    # ----- reads ------------------------------------------------------------------------------------
+
+    def get(self, rtype: ResourceType, namespace: str | None, name: str) -> dict[str, Any] | None:
+        found = self.informer(rtype, namespace)
+        if found is None:
+            return super().get(rtype, namespace, name)
+        self._saw(rtype, namespace or "", name)
+        return found.store.get(namespace or "", name)
+
+    def list(
+        self, rtype: ResourceType, namespace: str | None, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        # The informer holds only what carries its own selector (the operator's label, which everything it
+        # makes carries): a list by any selector is answered from those objects.
+        found = self.informer(rtype, namespace)
+        if found is None:
+            return super().list(rtype, namespace, selector)
+        self._saw(rtype, namespace or "", tuple(sorted((selector or {}).items())))
+        if found.refused == 404:
+            raise NotFound("LIST", rtype.collection(namespace), "not served (its CRD is not installed)")
+        return found.store.list(namespace, selector)
+
+    # ----- writes: the answer is the newest copy ----------------------------------------------------
+
+    def _keep(self, obj: dict[str, Any] | None) -> None:
+        if not isinstance(obj, dict) or not obj.get("metadata"):
+            return
+        try:
+            rtype = type_of(obj)
+        except KeyError:
+            return
+        found = self.informers.get((rtype, key_of(obj)[0])) or self.informers.get((rtype, None))
+        if found is not None and found.synced and matches(obj, found.selector):
+            found.store.upsert(obj)
+
+    def apply(self, obj: dict[str, Any], field_manager: str = "tuneops") -> dict[str, Any]:
+        out = super().apply(obj, field_manager)
+        self._keep(out)
+        return out
+
+    def create(
+        self, rtype: ResourceType, namespace: str | None, body: dict[str, Any], subresource_of: str = ""
+    ) -> dict[str, Any]:
+        out = super().create(rtype, namespace, body, subresource_of)
+        if not subresource_of:
+            self._keep(out)
+        return out
+
+    def replace(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        out = super().replace(rtype, obj)
+        self._keep(out)
+        return out
+
+    def patch(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: dict[str, Any],
+        subresource: str = "",
+        strategic: bool = False,
+    ) -> dict[str, Any]:
+        out = super().patch(rtype, namespace, name, body, subresource, strategic)
+        self._keep(out)
+        return out
+
+    def delete(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        grace_seconds: int | None = None,
+        uid: str | None = None,
+    ) -> None:
+        super().delete(rtype, namespace, name, propagation, grace_seconds, uid)
+        found = self.informers.get((rtype, namespace)) or self.informers.get((rtype, None))
+        if found is not None:
+            # Gone or going: the watch brings it back if it lingers (finalizers).
+            found.store.delete(namespace or "", name)

@@ -1,0 +1,108 @@
+"""The operator reacts to its children's changes, not to a timer, and a settled operator asks the API server
+nothing: the poll interval here is two minutes and the resync five, so anything that happens within seconds
+was woken by a watch."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.helpers import (
+    ADAPTER_RESULT,
+    complete,
+    ftm,
+    job_named,
+    merge_result,
+    qjob,
+    ready_reason,
+    wait_ready,
+)  # fmt: skip
+from tests.integration.operator_bed import Cluster, OperatorProcess
+
+SLOW = {"TUNEOPS_POLL_SECONDS": "120", "TUNEOPS_RESYNC_SECONDS": "300"}
+
+
+def requests(audit_log: Any, mark: int, user: str) -> list[Any]:
+    """The operator's requests since `mark`, watch streams aside."""
+    return [e for e in audit_log.select(mark, user=user) if e.verb != "watch"]
+
+
+def settle(op: OperatorProcess, quiet_s: float = 2.0, timeout: float = 60.0) -> None:
+    """Until the operator's reconcile count stops moving for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    last = op.reconciles()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = op.reconciles()
+        if now == last:
+            return
+        last = now
+    raise AssertionError("the operator kept reconciling")
+
+
+def test_a_finished_pod_wakes_its_owner_and_a_ready_source_wakes_its_user(
+    start_operator: Callable[..., OperatorProcess], cluster: Cluster, kubectl: Any, namespace: str,
+    wait_until: Callable[..., Any], audit_log: Any, operator_user: str,
+) -> None:  # fmt: skip
+    op = start_operator(**SLOW)
+    op.wait_serving()
+    kubectl.apply(ftm("m"), namespace=namespace)
+    kubectl.apply(qjob("q", "m"), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") is not None, timeout=30,
+               what="the QuantizationJob waits for its source")  # fmt: skip
+    # A Pod's completion reaches its owner through the watch, not the 2-minute poll: the inspect Pod's
+    # makes the merge Job, the merge Pod's makes the model Ready.
+    started = time.monotonic()
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    merge = job_named(cluster, namespace, "merge", wait_until)
+    inspect_to_merge = time.monotonic() - started
+    started = time.monotonic()
+    complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=10)
+    pod_to_status = time.monotonic() - started
+    # The QuantizationJob read its source while it waited: the source turning Ready wakes it.
+    job_named(cluster, namespace, "quantize", wait_until, owner="q")
+    source_to_job = time.monotonic() - started
+    print(f"inspect Pod done -> merge Job: {inspect_to_merge:.2f}s; merge Pod done -> owner Ready: "
+          f"{pod_to_status:.2f}s; -> the dependent's Job: {source_to_job:.2f}s")  # fmt: skip
+    assert inspect_to_merge < 3.0 and pod_to_status < 3.0, (inspect_to_merge, pod_to_status)
+    assert source_to_job < 5.0, source_to_job
+
+    # Settled: between resyncs the operator neither reads nor writes (its watch streams aside).
+    settle(op)
+    mark = audit_log.mark()
+    time.sleep(8)
+    quiet = requests(audit_log, mark, operator_user)
+    assert quiet == [], [(e.verb, e.resource, e.name) for e in quiet]
+
+
+def test_a_restarted_operator_lists_each_kind_once_and_writes_nothing(
+    start_operator: Callable[..., OperatorProcess], cluster: Cluster, kubectl: Any, namespace: str,
+    wait_until: Callable[..., Any], audit_log: Any, operator_user: str,
+) -> None:  # fmt: skip
+    first = start_operator(**SLOW)
+    first.wait_serving()
+    kubectl.apply(ftm("r", merge=False), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    wait_ready(cluster, "finetunedmodels", namespace, "r", wait_until, timeout=10)
+    settle(first)
+    first.stop()
+
+    mark = audit_log.mark()
+    second = start_operator(**SLOW)
+    second.wait_serving()
+    wait_until(lambda: second.reconciles() >= 1, timeout=30, what="the restarted operator's first pass")
+    settle(second)
+    seen = requests(audit_log, mark, operator_user)
+    writes = [(e.verb, e.resource, e.name) for e in seen if e.verb not in ("get", "list")]
+    assert writes == [], writes
+    lists = Counter(e.resource for e in seen if e.verb == "list")
+    assert lists and set(lists.values()) == {1}, lists
+    assert {"finetunedmodels", "jobs", "pods", "deployments"} <= set(lists), lists
+    gets = [(e.resource, e.name) for e in seen if e.verb == "get"]
+    assert all(r == "" for r, _ in gets), gets  # only /version (feature discovery), no object
+    assert ready_reason(cluster, "finetunedmodels", namespace, "r") == ("True", "Succeeded")
