@@ -59,7 +59,7 @@ class OperatorProcess:
         env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuneops.cli", "run", "--standalone",
+            [sys.executable, "-m", "tuneops.cli", "run",
              *([f"--namespace={n}" for n in self.namespaces] or ["-A"]),
              f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz", f"--metrics-port={self.metrics_port}"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,

@@ -174,7 +174,7 @@ class LocalCluster:
             liveness, metrics = free_port(), free_port()
             state["operator"] = self._spawn(
                 "operator",
-                [sys.executable, "-m", "tuneops.cli", "run", "--standalone", "-A",
+                [sys.executable, "-m", "tuneops.cli", "run", "-A",
                  f"--liveness=http://127.0.0.1:{liveness}/healthz", f"--metrics-port={metrics}"],
                 {"TUNEOPS_CONFIG": str(self.operator_config_path), "TUNEOPS_POLL_SECONDS": "1",
                  "TUNEOPS_RESYNC_SECONDS": "15"},
