@@ -105,6 +105,23 @@ def check_quantization_source(
     return check_quantizationjob(spec, source)
 
 
+def check_routing(spec: BaseModel, config: OperatorConfig) -> list[Problem]:
+    """spec.routing needs an endpoint picker for its InferencePool: the spec's, or the operator config's default."""
+    if not isinstance(spec, InferenceServiceSpec) or spec.routing is None:
+        return []
+    if spec.routing.endpoint_picker is not None or config.routing.endpoint_picker is not None:
+        return []
+    return [
+        Problem(
+            Reason.INVALID_SPEC,
+            "spec.routing.endpointPicker",
+            "not set, and the operator config has no default (routing.endpointPicker; chart value "
+            "config.routing.endpointPicker): set it to the endpoint picker Service installed in this namespace "
+            "(e.g. llm-d's inference scheduler), or have the operator config name a default",
+        )
+    ]
+
+
 # -- what a tenant may choose for its Pods (the operator config's allow-lists) --------------------------------
 
 # Env value sources a spec may use; a secretKeyRef only to a Secret the spec already names.

@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from tuneops.api.inferenceservice import EndpointPicker
+
 
 class Images(BaseModel):
     """Container images of each step and runtime (pinned tags; the chart overrides them)."""
@@ -118,6 +120,17 @@ class AllowLists(BaseModel):
     move the server off its address and port. `--flag=value` and `--flag value` are both matched."""
 
 
+class RoutingDefaults(BaseModel):
+    """Defaults of an InferenceService's spec.routing (docs/routing.md)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    endpoint_picker: EndpointPicker | None = None
+    """The endpoint picker of a spec.routing that names none: {name, port, failureMode}, a Service of that name
+    in each InferenceService's namespace (an InferencePool refers to a picker in its own namespace). None:
+    spec.routing must name one."""
+
+
 class OperatorConfig(BaseModel):
     """Everything the renderers and reconcilers read that is not in a resource's spec.
 
@@ -161,6 +174,8 @@ class OperatorConfig(BaseModel):
     """sizeLimits of the Pods' scratch emptyDirs and their ephemeral-storage request."""
     allow: AllowLists = Field(default_factory=AllowLists)
     """What tenants' specs may choose for their Pods: images, ServiceAccounts, PriorityClasses, arguments."""
+    routing: RoutingDefaults = Field(default_factory=RoutingDefaults)
+    """Defaults of spec.routing: the endpoint picker of services that name none."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> OperatorConfig:

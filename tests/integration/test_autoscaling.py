@@ -1,13 +1,23 @@
-"""An autoscaled InferenceService on a real API server: the operator's HPA targets the InferenceService's scale
-subresource, the real kube-controller-manager's HPA controller reads it, and turning autoscaling off removes it."""
+"""An autoscaled or routed InferenceService on a real API server: the operator's HPA targets the InferenceService's
+scale subresource, the real kube-controller-manager's HPA controller reads it, and turning autoscaling off removes
+it; KEDA's ScaledObject, the InferencePool and the HTTPRoute are admitted by CRDs carrying those projects' published
+schemas, and stored exactly as the operator rendered them."""
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+from kubernetes.client import ApiException
+
 from tests.integration.operator_bed import Cluster, OperatorProcess
+from tests.unit.published_schemas import crd_schema
+from tuneops.config import OperatorConfig
+from tuneops.kube.types import type_of
+from tuneops.render.plan import render_documents
 
 # The test bed's API server is 1.20: no autoscaling/v2, and the operator must have found that out.
 HPA = "horizontalpodautoscalers.v2beta2.autoscaling"
@@ -91,72 +101,175 @@ def test_an_engine_whose_crd_is_missing_is_named_in_status(
     assert cluster.apps.read_namespaced_deployment("chat", namespace)
 
 
-def stand_in_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
-    """A CRD that serves the kind without its schema: what is checked here is that the operator applies the
-    objects and prunes them; their fields are checked against the published schemas in tests/unit."""
+# The operator reads its children from informers: one whose kind's CRD was missing when the operator started finds
+# the CRD within its 30 s rediscovery. Applies go straight to the API server, so children appear at once; pruning
+# them waits for the informer, hence these longer waits.
+REDISCOVERY_WAIT = 90.0
+
+
+def published_crd(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A CRD serving `manifest`'s kind with the schema its project publishes (tests/unit/published_schemas.py:
+    KEDA's and Gateway API's npm packages; for InferencePool, which no registry publishes, the transcription of
+    its v1 API reference). The API server checks types, enums and required fields against it, and drops any
+    field it does not define."""
+    rtype = type_of(manifest)
+    group, version = rtype.api_version.split("/")
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         # *.k8s.io groups are reserved for reviewed APIs; the upstream CRDs carry their review's URL here.
         "metadata": {
-            "name": f"{plural}.{group}",
-            "annotations": {"api-approved.kubernetes.io": "unapproved, a test stand-in"},
+            "name": f"{rtype.plural}.{group}",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, a copy of the published schema"},
         },
         "spec": {
             "group": group,
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List", "singular": kind.lower()},
+            "names": {"kind": rtype.kind, "plural": rtype.plural, "listKind": f"{rtype.kind}List",
+                      "singular": rtype.kind.lower()},
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                    },
-                }
-            ],
+            "versions": [{"name": version, "served": True, "storage": True, "subresources": {"status": {}},
+                          "schema": {"openAPIV3Schema": crd_schema(manifest)}}],
         },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def install_crds(kubectl: Any) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+    """`install_crds(manifests)`: the published CRDs of the manifests' kinds, deleted when the test ends (the
+    other tests here need them absent)."""
+    names: list[str] = []
+
+    def install(manifests: list[dict[str, Any]]) -> None:
+        crds = [published_crd(m) for m in manifests]
+        kubectl.apply(crds)
+        for crd in crds:
+            names.append(crd["metadata"]["name"])
+            kubectl("wait", "--for=condition=Established", f"crd/{names[-1]}", "--timeout=60s")
+
+    yield install
+    for name in names:
+        kubectl("delete", "crd", name, "--wait=true", "--timeout=120s", timeout=150)
+
+
+def rendered(obj: dict[str, Any], namespace: str, kinds: set[str]) -> list[dict[str, Any]]:
+    """What the operator applies for `obj` of `kinds` (the operator of the test bed runs on the default config)."""
+    return [m for m in render_documents([obj], OperatorConfig(), namespace=namespace) if m["kind"] in kinds]
+
+
+def stored(cluster: Cluster, manifest: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+    """The objects of `manifest`'s kind in the namespace, as the API server keeps them."""
+    rtype = type_of(manifest)
+    group, version = rtype.api_version.split("/")
+    found = cluster.custom.list_namespaced_custom_object(group, version, namespace, rtype.plural)
+    return list(found["items"])
+
+
+def assert_stored_as_rendered(cluster: Cluster, manifest: dict[str, Any], namespace: str) -> None:
+    """The API server kept every field the operator set (its schema defines them all: none was dropped) and
+    added none."""
+    (found,) = stored(cluster, manifest, namespace)
+    assert found["spec"] == manifest["spec"]
+    assert found["metadata"]["labels"] == manifest["metadata"]["labels"] | {
+        "tuneops.io/owner": found["metadata"]["ownerReferences"][0]["uid"]
     }
+    assert found["metadata"]["ownerReferences"][0]["name"] == manifest["metadata"]["name"]
 
 
-def test_routing_objects_are_applied_and_pruned(
-    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+def assert_schema_enforced(cluster: Cluster, manifest: dict[str, Any], namespace: str) -> None:
+    """The CRD is no stand-in: a field its schema does not define is dropped, a wrong type refused. (Through the
+    REST paths, as the operator writes: kubectl's discovery may not list a group established a moment ago.)"""
+    group, version = type_of(manifest).api_version.split("/")
+    where = (group, version, namespace, type_of(manifest).plural)
+    probe = copy.deepcopy(manifest)
+    probe["metadata"] = {"name": "probe"}
+    probe["spec"]["notInTheSchema"] = "x"
+    kept = cluster.custom.create_namespaced_custom_object(*where, probe)
+    assert "notInTheSchema" not in kept["spec"], kept["spec"]
+    nested = next(k for k, v in sorted(manifest["spec"].items()) if isinstance(v, dict | list))
+    probe["spec"] = {**manifest["spec"], nested: 7}
+    with pytest.raises(ApiException) as refused:
+        cluster.custom.replace_namespaced_custom_object(
+            *where, "probe", probe | {"metadata": kept["metadata"]}
+        )
+    assert refused.value.status == 422 and f"spec.{nested}" in str(refused.value.body), refused.value.body
+    cluster.custom.delete_namespaced_custom_object(*where, "probe")
+
+
+def test_a_keda_scaledobject_is_admitted_by_kedas_published_crd(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kubectl: Any,
+    namespace: str,
+    wait_until: Callable[..., Any],
+    install_crds: Callable[[list[dict[str, Any]]], None],
 ) -> None:
-    kinds = [("inference.networking.k8s.io", "InferencePool", "inferencepools"),
-             ("gateway.networking.k8s.io", "HTTPRoute", "httproutes")]  # fmt: skip
-    kubectl.apply([stand_in_crd(*k) for k in kinds])
-    for group, _, plural in kinds:
-        kubectl("wait", "--for=condition=Established", f"crd/{plural}.{group}", "--timeout=60s")
+    """KEDA is not running: nothing scales; the ScaledObject is admitted as rendered and status reports it."""
+    obj = autoscaled({"engine": "keda", "minReplicas": 0, "maxReplicas": 2, "targetValue": 4})
+    (scaled,) = rendered(obj, namespace, {"ScaledObject"})
+    install_crds([scaled])
+    assert_schema_enforced(cluster, scaled, namespace)
 
-    def listed(group: str, plural: str) -> list[dict[str, Any]]:
-        found = cluster.custom.list_namespaced_custom_object(group, "v1", namespace, plural)
-        return list(found["items"])
-
-    obj = autoscaled(None)
-    obj["spec"]["routing"] = {
-        "gateway": {"name": "inference-gateway"},
-        "endpointPicker": {"name": "chat-epp"},
-    }
     kubectl.apply(obj, namespace=namespace)
-    (pool,) = wait_until(
-        lambda: listed("inference.networking.k8s.io", "inferencepools"), what="InferencePool"
-    )
-    (route,) = wait_until(lambda: listed("gateway.networking.k8s.io", "httproutes"), what="HTTPRoute")
+    wait_until(lambda: stored(cluster, scaled, namespace), what="ScaledObject")
+    assert_stored_as_rendered(cluster, scaled, namespace)
+
+    def status() -> dict[str, Any]:
+        return dict((cluster.get("inferenceservices", namespace, "chat") or {}).get("status") or {})
+
+    seen = wait_until(lambda: status() if status().get("autoscaler") else None, what="status.autoscaler")
+    assert (seen["autoscaler"], seen["maxGpus"]) == ("keda 0-2", 4), seen
+    ready = cluster.ready("inferenceservices", namespace, "chat") or {}
+    assert ready.get("reason") != "ExtensionNotInstalled", ready
+
+    kubectl.apply(autoscaled(None), namespace=namespace)
+    wait_until(lambda: not stored(cluster, scaled, namespace), timeout=REDISCOVERY_WAIT,
+               what="the ScaledObject deleted")  # fmt: skip
+    wait_until(lambda: "autoscaler" not in status(), what="status.autoscaler cleared")
+
+
+def test_routing_objects_are_admitted_by_the_published_crds_and_pruned(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    kubectl: Any,
+    namespace: str,
+    wait_until: Callable[..., Any],
+    install_crds: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    obj = autoscaled(None)
+    obj["spec"]["routing"] = {"gateway": {"name": "inference-gateway"}}
+
+    # No endpoint picker in the spec, none in the operator config: refused before anything is applied.
+    kubectl.apply(obj, namespace=namespace)
+
+    def refused() -> dict[str, Any] | None:
+        cond = cluster.ready("inferenceservices", namespace, "chat")
+        return cond if cond and cond.get("reason") == "InvalidSpec" else None
+
+    cond = wait_until(refused, what="Ready=False, InvalidSpec")
+    assert cond["status"] == "False" and "spec.routing.endpointPicker" in cond["message"], cond
+
+    obj["spec"]["routing"]["endpointPicker"] = {"name": "chat-epp"}
+    pool, route = rendered(obj, namespace, {"InferencePool", "HTTPRoute"})
+    install_crds([pool, route])
+    for manifest in (pool, route):
+        assert_schema_enforced(cluster, manifest, namespace)
+
+    kubectl.apply(obj, namespace=namespace)
+    wait_until(lambda: stored(cluster, pool, namespace), what="InferencePool")
+    wait_until(lambda: stored(cluster, route, namespace), what="HTTPRoute")
+    for manifest in (pool, route):
+        assert_stored_as_rendered(cluster, manifest, namespace)
+    ((kept_pool,), (kept_route,)) = stored(cluster, pool, namespace), stored(cluster, route, namespace)
     deployment = cluster.apps.read_namespaced_deployment("chat", namespace)
-    assert pool["spec"]["selector"]["matchLabels"] == deployment.spec.selector.match_labels
-    assert pool["spec"]["endpointPickerRef"]["name"] == "chat-epp"
-    assert route["spec"]["rules"][0]["backendRefs"][0] == {
+    assert kept_pool["spec"]["selector"]["matchLabels"] == deployment.spec.selector.match_labels
+    assert kept_pool["spec"]["endpointPickerRef"]["name"] == "chat-epp"
+    assert kept_route["spec"]["rules"][0]["backendRefs"][0] == {
         "group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "chat"}  # fmt: skip
-    assert {pool["metadata"]["ownerReferences"][0]["name"], route["metadata"]["ownerReferences"][0]["name"]} == {
-        "chat"}  # fmt: skip
 
     kubectl.apply(autoscaled(None), namespace=namespace)
     wait_until(
-        lambda: (
-            not listed("inference.networking.k8s.io", "inferencepools")
-            and not listed("gateway.networking.k8s.io", "httproutes")
-        ),
+        lambda: not stored(cluster, pool, namespace) and not stored(cluster, route, namespace),
+        timeout=REDISCOVERY_WAIT,
         what="the pool and route deleted",
     )
     assert cluster.core.read_namespaced_service("chat", namespace), "the plain Service stays"

@@ -6,6 +6,7 @@ and TypeScript declarations listing every field of every object, which give the 
 (an unknown field is an error). The InferencePool of the Gateway API Inference Extension is published on no
 package registry (npm, PyPI, Debian; see docs/routing.md): INFERENCE_POOL_V1 transcribes the fields of its v1
 API reference.
+The same declarations (and the transcription) also give the CRDs the integration tests install (`crd_schema`).
 """
 
 from __future__ import annotations
@@ -157,3 +158,92 @@ def errors(objects: list[dict[str, Any]]) -> list[list[str]]:
         else:
             out.append([*next(by_node), *unknown_fields(obj, _declaration(obj))])
     return out
+
+
+# -- the same schemas as a CRD's openAPIV3Schema (tests/integration/test_autoscaling.py installs them) ---------
+
+_MEMBER = re.compile(r'^    "([^"]+)"(\??): ', re.M)
+_ALIAS = re.compile(r"^export type I\w+ = ([^;]+);", re.M)
+_PLAIN = {"string": "string", "number": "number", "boolean": "boolean"}
+
+
+def _members(body: str) -> list[tuple[str, bool, str]]:
+    """(name, required, type) of each field of a class body; a type may span lines (an inline map)."""
+    out = []
+    for m in _MEMBER.finditer(body):
+        depth, end = 0, m.end()
+        while depth or body[end] != ";":
+            depth += {"{": 1, "<": 1, "}": -1, ">": -1}.get(body[end], 0)
+            end += 1
+        out.append((m.group(1), not m.group(2), " ".join(body[m.end() : end].split())))
+    return out
+
+
+def _openapi(type_: str, imports: dict[str, Path], within: tuple[Path, ...]) -> dict[str, Any]:
+    if type_ in _PLAIN:
+        return {"type": _PLAIN[type_]}
+    literals = type_.split(" | ")
+    if all(re.fullmatch(r'"[^"]*"|\d+', t) for t in literals):
+        values = [json.loads(t) for t in literals]
+        return {"type": "string" if isinstance(values[0], str) else "integer", "enum": values}
+    if sorted(literals) == ["number", "string"]:  # a Kubernetes quantity or IntOrString
+        return {"x-kubernetes-int-or-string": True}
+    if inner := re.fullmatch(r"Array<(.+)>", type_):
+        return {"type": "array", "items": _openapi(inner.group(1), imports, within)}
+    if inner := re.fullmatch(r"\{ \[key: string\]: (.+); \}", type_):
+        return {"type": "object", "additionalProperties": _openapi(inner.group(1), imports, within)}
+    if type_ in imports:
+        return openapi_schema(imports[type_], within)
+    raise ValueError(f"{within[-1].name}: no OpenAPI schema for the TypeScript type {type_!r}")
+
+
+def openapi_schema(declaration: Path, within: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema (as a CRD holds it) of what a @kubernetes-models .d.ts declares: each field
+    of its class with its type, required unless optional. The declarations carry no bounds or patterns (the
+    package's validators check those, in `errors`); numbers are `number`, which holds integers too."""
+    if declaration.name == "ObjectMeta.d.ts":
+        return {"type": "object"}  # the API server keeps metadata's schema itself; a CRD may not restate it
+    if declaration in within:
+        raise ValueError(f"{declaration.name} contains itself: no structural schema")
+    text = declaration.read_text()
+    imports = {name: _resolve(declaration, spec) for name, spec in _IMPORT.findall(text)}
+    body = _CLASS.search(text)
+    if body is None:
+        alias = _ALIAS.search(text)
+        if alias is None:
+            raise ValueError(f"{declaration}: neither a class nor a type alias")
+        return _openapi(" ".join(alias.group(1).split()), imports, (*within, declaration))
+    members = _members(body.group(1))
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {n: _openapi(t, imports, (*within, declaration)) for n, _, t in members},
+    }
+    required = sorted(n for n, needed, _ in members if needed)
+    return schema | ({"required": required} if required else {})
+
+
+def structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema as an API server takes it in a CRD: every node typed (enums here are strings), no `const`, no
+    `additionalProperties` beside `properties` (the API server drops unknown fields there anyway)."""
+    out = {k: v for k, v in schema.items() if k not in ("const", "$schema")}
+    if "const" in schema:
+        out["enum"] = [schema["const"]]
+    if "enum" in out:
+        out.setdefault("type", "string")
+    if "properties" in out:
+        out.pop("additionalProperties", None)
+        out["properties"] = {k: structural(v) for k, v in out["properties"].items()}
+    elif isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = structural(out["additionalProperties"])
+    if "items" in out:
+        out["items"] = structural(out["items"])
+    return out
+
+
+def crd_schema(obj: dict[str, Any]) -> dict[str, Any]:
+    """The openAPIV3Schema of a CRD serving `obj`'s kind, from its published schema (for InferencePool, which no
+    registry publishes, from the transcription INFERENCE_POOL_V1)."""
+    if obj["kind"] == "InferencePool":
+        return structural(INFERENCE_POOL_V1)
+    ensure()
+    return openapi_schema(_declaration(obj))

@@ -196,6 +196,8 @@ def test_values_sets_match_the_schema(name: str) -> None:
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"config": {"artifactRoot": "/data"}}, "/config/artifactRoot"),
         ({"config": {"imagez": {}}}, "imagez"),
+        ({"config": {"routing": {"endpointPicker": {"port": 9002}}}}, "/config/routing/endpointPicker"),
+        ({"config": {"routing": {"endpointPicker": {"name": "epp", "failureMode": "Open"}}}}, "failureMode"),
         ({"operator": {"resyncSeconds": 1}}, "/operator/resyncSeconds"),
         ({"operator": {"replicas": -1}}, "/operator/replicas"),
         ({"operator": {"peering": {"enabled": True}}}, "peering"),
@@ -376,6 +378,7 @@ def test_config_values_reach_the_operator(tmp_path: Path) -> None:
             "gpuToleration": False,
             "spareGpus": True,
             "allowCustomCode": True,
+            "routing": {"endpointPicker": {"name": "epp", "port": 9003, "failureMode": "FailOpen"}},
         },
         "watchNamespaces": ["ml"],
     }
@@ -395,6 +398,8 @@ def test_config_values_reach_the_operator(tmp_path: Path) -> None:
     assert cfg.allow_custom_code is True
     assert (cfg.job_ttl_seconds, cfg.worker_cpu, cfg.worker_memory) == (600, "500m", "2Gi")
     assert cfg.namespaces == ["ml"]
+    picker = cfg.routing.endpoint_picker
+    assert picker is not None and picker.wire() == {"name": "epp", "port": 9003, "failureMode": "FailOpen"}
 
 
 def test_a_config_change_restarts_the_operator(tmp_path: Path) -> None:

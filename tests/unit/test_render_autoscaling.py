@@ -13,16 +13,25 @@ from tests.unit.render_support import check_golden, owner, validate
 from tests.unit.schema_tools import cel_errors
 from tests.unit.test_render_inferenceservice import MODEL, spec
 from tuneops.api import SpecError
+from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.checks import check_routing
 from tuneops.config import Features, OperatorConfig
 from tuneops.render import render_inferenceservice
 from tuneops.render.serving.autoscaling import VLLM_METRICS, bounds, quantity
+from tuneops.render.types import RenderError
 from tuneops.runner import discover_features
 
 OWNER = owner("InferenceService", "mistral")
 CFG = OperatorConfig(prometheus_address="http://prometheus.monitoring.svc:9090")
 ROUTING = {"gateway": {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"},
            "endpointPicker": {"name": "mistral-epp"}, "hostnames": ["llm.example.com"]}  # fmt: skip
+# The same routing leaving the endpoint picker to the operator config, and a config that names one.
+NO_PICKER = {key: value for key, value in ROUTING.items() if key != "endpointPicker"}
+PICKER_CFG = OperatorConfig.model_validate(
+    {"prometheusAddress": CFG.prometheus_address,
+     "routing": {"endpointPicker": {"name": "shared-epp", "port": 9003, "failureMode": "FailOpen"}}}
+)  # fmt: skip
 
 
 def extras(s: InferenceServiceSpec, config: OperatorConfig = CFG) -> list[dict[str, Any]]:
@@ -91,6 +100,32 @@ def test_the_routing_pool_selects_the_server_pods() -> None:
     route = next(m for m in rendered.manifests if m["kind"] == "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == pool["metadata"]["name"]
     assert any(m["kind"] == "Service" for m in rendered.manifests), "the plain Service stays"
+
+
+def test_the_endpoint_picker_comes_from_the_operator_config_when_the_spec_names_none() -> None:
+    manifests = extras(spec(routing=NO_PICKER), PICKER_CFG)
+    assert_published_valid(manifests)
+    check_golden("inferenceservice-routing-picker-from-config", manifests)
+    pool, _ = manifests
+    assert pool["spec"]["endpointPickerRef"] == {
+        "failureMode": "FailOpen", "kind": "Service", "name": "shared-epp", "port": {"number": 9003}}  # fmt: skip
+    # A picker the spec names wins over the default, all of it (the default's port and failureMode too).
+    pool, _ = extras(spec(routing=ROUTING), PICKER_CFG)
+    assert pool["spec"]["endpointPickerRef"] == {
+        "failureMode": "FailClose", "kind": "Service", "name": "mistral-epp", "port": {"number": 9002}}  # fmt: skip
+
+
+def test_routing_with_no_endpoint_picker_anywhere_is_refused() -> None:
+    """Refused before rendering (tests/unit/test_validate_equals_operator.py runs the operator and validate on
+    it); the renderer will not make a pool without a picker either."""
+    s = spec(routing=NO_PICKER)
+    (problem,) = check_routing(s, CFG)
+    assert (problem.reason, problem.field) == (Reason.INVALID_SPEC, "spec.routing.endpointPicker")
+    assert "config.routing.endpointPicker" in problem.message
+    assert check_routing(s, PICKER_CFG) == []
+    assert check_routing(spec(routing=ROUTING), CFG) == []
+    with pytest.raises(RenderError, match="endpointPicker"):
+        extras(s)
 
 
 def test_off_by_default() -> None:

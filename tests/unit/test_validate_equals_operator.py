@@ -318,6 +318,15 @@ spec:
         "spec.lora.adapters[0]",
         Reason.INCOMPATIBLE_ADAPTER,
     ),
+    Row(
+        "routing/no-endpoint-picker-in-the-spec-or-the-operator-config",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, routing: {gateway: {name: inference-gateway}}}
+""",
+        "spec.routing.endpointPicker",
+        Reason.INVALID_SPEC,
+    ),
     # What a tenant may choose for its Pods (the operator config's allow-lists, docs/security.md).
     Row(
         "allow/server-image",
@@ -610,6 +619,12 @@ spec:
   lora: {adapters: [{name: a, uri: "pvc://adapters/a"}]}
 """,
     ),
+    Row(
+        "routing-with-the-operator-configs-endpoint-picker",
+        IS_HEAD
+        + "metadata: {name: svc}\nspec: {model: {uri: hf://org/model}, routing: {gateway: {name: inference-gateway}}}\n",
+        config={"routing": {"endpointPicker": {"name": "shared-epp"}}},
+    ),
 ]
 
 
@@ -621,8 +636,13 @@ def test_validate_accepts_what_the_operator_serves(
     assert not {c["reason"] for c in status["conditions"]} & REFUSALS, status["conditions"]
     path = tmp_path / "row.yaml"
     path.write_text(row.docs)
+    argv = ["-f", str(path)]
+    if row.config is not None:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(row.config))
+        argv += ["--config", str(config)]
     for command in ("validate", "render"):
-        assert main([command, "-f", str(path)]) == 0, capsys.readouterr().err
+        assert main([command, *argv]) == 0, capsys.readouterr().err
 
 
 # -- every refusal in the code has a row or a reason it cannot have one -----------------------------------

@@ -295,7 +295,8 @@ class ParentGateway(Model):
 
 
 class EndpointPicker(Model):
-    """The endpoint picker Service the user installs (e.g. llm-d's inference scheduler) in this namespace."""
+    """The endpoint picker Service the user installs (e.g. llm-d's inference scheduler) in the InferenceService's
+    namespace."""
 
     name: DNSName
     port: int = Field(default=9002, ge=1, le=65535)
@@ -309,7 +310,9 @@ class Routing(Model):
     Extension) over the server Pods, and an HTTPRoute from the Gateway to it. The plain Service stays."""
 
     gateway: ParentGateway
-    endpoint_picker: EndpointPicker
+    endpoint_picker: EndpointPicker | None = None
+    """The endpoint picker Service (in this namespace) the InferencePool points at. Default: the operator config's
+    routing.endpointPicker; a service with neither is refused (Ready=False, InvalidSpec)."""
     hostnames: list[DNSName] | None = Field(default=None, max_length=16)
     """Host names the route answers (default: those of the Gateway's listener)."""
     path: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/")] = "/"

@@ -11,6 +11,7 @@ from tuneops import labels, metrics
 from tuneops.api import INFERENCESERVICE
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import AdapterState, InferenceServiceSpec, InferenceServiceStatus
+from tuneops.checks import check_routing
 from tuneops.kube import client as k
 from tuneops.kube import types as kt
 from tuneops.reconcile.base import Cond, Context, Invalid, Outcome, StatusBuilder, Waiting, reconciler
@@ -29,6 +30,9 @@ Builder = StatusBuilder[InferenceServiceSpec, InferenceServiceStatus]
 
 @reconciler(INFERENCESERVICE)
 def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
+    refused = check_routing(spec, sb.ctx.config)
+    if refused:
+        return sb.conclude(decide(Invalid("; ".join(map(str, refused)), refused[0].reason)))
     try:
         sources = resolve(sb.ctx, sb.obj, spec)
     except (Waiting, Invalid) as err:

@@ -28,6 +28,7 @@ from tuneops.checks import (
     check_pod_policy,
     check_quantization_source,
     check_reference,
+    check_routing,
     references,
     uri_model,
 )
@@ -212,6 +213,7 @@ def check_resource(resource: Resource, resolver: Resolver) -> Findings:
         )
     ]
     problems += check_pod_policy(spec, resolver.config)
+    problems += check_routing(spec, resolver.config)
     refused = {p.field for p in problems}
     notes = [
         f"not checked: {r.label} ({r.field}) not in the given files"

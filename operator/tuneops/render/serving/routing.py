@@ -1,7 +1,8 @@
 """Routing through a Gateway: an InferencePool over the server Pods and an HTTPRoute from the Gateway to it.
 
 Only kinds the Gateway API Inference Extension still publishes are rendered (its v1 InferencePool); the endpoint
-picker is the user's (e.g. llm-d's inference scheduler), named by spec.routing.endpointPicker.
+picker is the user's (e.g. llm-d's inference scheduler), named by spec.routing.endpointPicker or, when the spec
+names none, by the operator config's routing.endpointPicker.
 """
 
 from __future__ import annotations
@@ -9,17 +10,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tuneops.api.inferenceservice import InferenceServiceSpec, Routing
+from tuneops.api.inferenceservice import EndpointPicker, InferenceServiceSpec, Routing
+from tuneops.config import OperatorConfig
 from tuneops.render.names import metadata
 from tuneops.render.serving.types import PORT, SERVER, workload_name
-from tuneops.render.types import Manifest, Owner
+from tuneops.render.types import Manifest, Owner, RenderError
 
 POOL_GROUP = "inference.networking.k8s.io"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 
-def inference_pool(owner: Owner, routing: Routing, selector: Mapping[str, str]) -> Manifest:
-    picker = routing.endpoint_picker
+def endpoint_picker(routing: Routing, config: OperatorConfig) -> EndpointPicker | None:
+    """The spec's picker, else the operator config's default (None: neither names one; checks.check_routing
+    refuses such a spec)."""
+    return routing.endpoint_picker or config.routing.endpoint_picker
+
+
+def inference_pool(owner: Owner, picker: EndpointPicker, selector: Mapping[str, str]) -> Manifest:
     return {
         "apiVersion": f"{POOL_GROUP}/v1",
         "kind": "InferencePool",
@@ -63,8 +70,15 @@ def http_route(owner: Owner, routing: Routing) -> Manifest:
     }
 
 
-def render_routing(spec: InferenceServiceSpec, owner: Owner, selector: Mapping[str, str]) -> list[Manifest]:
+def render_routing(
+    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, selector: Mapping[str, str]
+) -> list[Manifest]:
     """The pool and its route when spec.routing asks for them; none otherwise."""
     if spec.routing is None:
         return []
-    return [inference_pool(owner, spec.routing, selector), http_route(owner, spec.routing)]
+    picker = endpoint_picker(spec.routing, config)
+    if picker is None:
+        raise RenderError(
+            "spec.routing.endpointPicker: no endpoint picker in the spec or the operator config"
+        )
+    return [inference_pool(owner, picker, selector), http_route(owner, spec.routing)]
