@@ -1,6 +1,7 @@
-"""`python -m bench [NAME ...]`: runs benchmark modules (bench/<name>.py) and prints one table.
+"""`python -m bench [NAME ...] [OPTIONS]`: runs benchmark modules (bench/<name>.py) and prints one table.
 
-A module exposes `run() -> list[dict]`; each row has name, value, unit, and optionally baseline (measured in
+A module exposes `run() -> list[dict]`; options this command does not know go to the one benchmark named
+(`python -m bench scale --scenario b`: its `run(argv)`; `python -m bench scale --help` lists them). Each row has name, value, unit, and optionally baseline (measured in
 the same run), ratio (value / baseline), target (e.g. "ratio <= 0.5", ">= 100", "identical") and ok. A row
 whose target is missed makes the command exit 1, so `make bench` fails loudly on a regression.
 """
@@ -66,14 +67,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, add_help=False)
+    p.add_argument("-h", "--help", action="store_true", help="this help, or the named benchmark's")
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(discover())})")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if args.help and len(args.names) != 1:
+        p.print_help()
+        return 0
+    if args.help:
+        extra = ["--help", *extra]
     names = args.names or discover()
     unknown = sorted(set(names) - set(discover()))
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    if extra and len(names) != 1:
+        p.error(f"{' '.join(extra)}: a benchmark's own options need that one benchmark named")
     sys.path.insert(0, str(HERE.parent))
     rows: list[dict[str, Any]] = []
     failed = False
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         try:
             module = importlib.import_module(f"bench.{name}")
-            got = module.run()
+            got = module.run(extra) if extra else module.run()
         except Exception:
             traceback.print_exc()
             rows.append({"name": f"{name}: error", "value": "error", "target": "ok", "ok": False})
