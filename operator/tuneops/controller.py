@@ -278,7 +278,7 @@ class Controller:
         started = time.monotonic()
         reads: set[Any] = set()
         try:
-            with self.cache.tracking() as reads:
+            with self.cache.tracking(key) as reads:
                 outcome = self.reconcilers[kind](self.ctx, obj)
         except Exception as exc:
             # Whatever one object does (a malformed body, a bug, an API server that stays away past the

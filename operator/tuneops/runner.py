@@ -55,6 +55,7 @@ def build_registry(controller: Controller, elector: Any, done: threading.Event) 
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:
+        done.set()  # releases kopf's own wait on the stop flag (a thread), so the process exits at once
         controller.stop()
         if elector is not None:
             elector.release()

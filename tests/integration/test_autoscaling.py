@@ -101,9 +101,9 @@ def test_an_engine_whose_crd_is_missing_is_named_in_status(
     assert cluster.apps.read_namespaced_deployment("chat", namespace)
 
 
-# The operator reads its children from informers: one whose kind's CRD was missing when the operator started finds
-# the CRD within its 30 s rediscovery. Applies go straight to the API server, so children appear at once; pruning
-# them waits for the informer, hence these longer waits.
+# The operator reads its children from informers: one whose kind's CRD was missing when the operator started lists
+# again once the operator's first apply of that kind succeeds. Applies go straight to the API server, so children
+# appear at once; pruning them waits for that list, hence these longer waits.
 REDISCOVERY_WAIT = 90.0
 
 

@@ -133,3 +133,18 @@ def test_a_deleted_resource_is_forgotten() -> None:
     ctl.own[0].store.delete(NS, "m")
     assert ctl.process(KEY) is None
     assert KEY not in ctl.tracker._states and len(ctl.cache.deps) == 0
+
+
+def test_a_change_during_the_pass_to_what_it_already_read_wakes_it() -> None:
+    ctl: c.Controller
+
+    def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
+        ctx.kube.get(k.JOB, NS, "m-inspect")
+        # The Job finishes while this pass is still under way (before its reads are recorded at the end).
+        ctl._child_event(k.JOB)("MODIFIED", job("m-inspect", "6", succeeded=1), job("m-inspect"))
+        return Outcome()
+
+    ctl = make(reconcile)
+    next(i for i in ctl.children if i.rtype == k.JOB).store.upsert(job("m-inspect"))
+    ctl.process(KEY)
+    assert ctl.queue.pending(now_only=True) == 1

@@ -69,3 +69,22 @@ def test_result_of_a_successful_job_is_parsed() -> None:
 )
 def test_parse_result(raw: str, want: dict[str, Any]) -> None:
     assert parse_result(raw) == want
+
+
+def owned(p: dict[str, Any], uid: str = "job-uid") -> dict[str, Any]:
+    p["metadata"]["ownerReferences"] = [{"kind": "Job", "uid": uid, "controller": True}]
+    return p
+
+
+def test_a_succeeded_pod_of_the_job_is_its_result_before_the_job_controller_writes_complete() -> None:
+    j = {**job(active=1), "metadata": {"uid": "job-uid"}, "spec": {"completions": 1}}
+    early = observe_job(j, [owned(pod("Succeeded", 0, "Completed", RESULT))])
+    assert early.state == "Succeeded" and early.result["artifact"]["uri"] == "pvc://m/x"
+    # Not the Job's own Pod (no controller reference to this Job): the Job controller's word is awaited.
+    assert observe_job(j, [owned(pod("Succeeded", 0, "Completed", RESULT), uid="other")]).state != "Succeeded"
+    # A Job that needs several completions is not done with one.
+    many = {**j, "spec": {"completions": 3}}
+    assert observe_job(many, [owned(pod("Succeeded", 0, "Completed", RESULT))]).state != "Succeeded"
+    # A Job the controller marked Failed stays failed whatever a Pod says.
+    failed = {**job(("Failed", "True", "DeadlineExceeded")), "metadata": {"uid": "job-uid"}}
+    assert observe_job(failed, [owned(pod("Succeeded", 0, "Completed", RESULT))]).state == "Failed"

@@ -70,3 +70,11 @@ def test_store_lists_by_indexed_and_plain_labels_and_keeps_the_newest_copy() -> 
     assert s.list("ns", {"job-name": "j1"}) == [] and len(s.list("ns", {"job-name": "j9"})) == 1
     s.delete("ns", "p1")
     assert s.list("ns", {"job-name": "j9"}) == [] and len(s) == 1
+
+
+def test_the_store_keeps_no_managed_fields() -> None:
+    from tuneops.kube.informer import slim
+
+    o = obj("p", "1")
+    o["metadata"]["managedFields"] = [{"manager": "tuneops"}]  # type: ignore[index]
+    assert "managedFields" not in slim(o)["metadata"]  # type: ignore[operator]

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tuneops.kube.client import Kube, NotFound, ResourceType, type_of
-from tuneops.kube.informer import Informer, Obj, key_of, matches
+from tuneops.kube.informer import Informer, Obj, key_of, matches, slim
 
 # Who reads: a reconcile's key, (kind, namespace, name) of the tuneops resource.
 Reader = tuple[str, str, str]
@@ -45,14 +45,28 @@ class Dependencies:
                 return
             self._forget(reader)
             self._reads[reader] = reads
-            for rtype, namespace, what in reads:
-                if isinstance(what, str):
-                    self._by_name.setdefault((rtype, namespace, what), set()).add(reader)
-                elif what:
-                    label, value = what[0]
-                    self._by_label.setdefault((rtype, namespace, label, value), {}).setdefault(
-                        reader, set()
-                    ).add(what)
+            for read in reads:
+                self._index(reader, read)
+
+    def add(self, reader: Reader, read: Read) -> None:
+        """One more read of a pass under way: registered before the read itself, so a change that lands
+        between the read and the end of the pass still wakes the reader."""
+        with self._lock:
+            reads = self._reads.get(reader, frozenset())
+            if read in reads:
+                return
+            self._reads[reader] = reads | {read}
+            self._index(reader, read)
+
+    def _index(self, reader: Reader, read: Read) -> None:
+        rtype, namespace, what = read
+        if isinstance(what, str):
+            self._by_name.setdefault((rtype, namespace, what), set()).add(reader)
+        elif what:
+            label, value = what[0]
+            self._by_label.setdefault((rtype, namespace, label, value), {}).setdefault(reader, set()).add(
+                what
+            )
 
     def forget(self, reader: Reader) -> None:
         with self._lock:
@@ -117,19 +131,22 @@ class CachedKube(Kube):
         return found
 
     @contextlib.contextmanager
-    def tracking(self) -> Iterator[set[Read]]:
-        """Record this thread's reads of watched kinds into the set yielded."""
+    def tracking(self, reader: Reader) -> Iterator[set[Read]]:
+        """Record this thread's reads of watched kinds for `reader`: each at once in `deps` (so a change during
+        the pass wakes it), and all of them in the set yielded (the caller then replaces the pass's reads)."""
         seen: set[Read] = set()
-        self._tracking.seen = seen
+        self._tracking.seen, self._tracking.reader = seen, reader
         try:
             yield seen
         finally:
-            self._tracking.seen = None
+            self._tracking.seen = self._tracking.reader = None
 
     def _saw(self, rtype: ResourceType, namespace: str, what: str | tuple[tuple[str, str], ...]) -> None:
         seen: set[Read] | None = getattr(self._tracking, "seen", None)
         if seen is not None:
-            seen.add((rtype, namespace, what))
+            read: Read = (rtype, namespace, what)
+            seen.add(read)
+            self.deps.add(self._tracking.reader, read)
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         return self.base._call(*args, **kwargs)  # every request goes through the client this one wraps
@@ -169,8 +186,12 @@ class CachedKube(Kube):
         except KeyError:
             return
         found = self.informers.get((rtype, key_of(obj)[0])) or self.informers.get((rtype, None))
-        if found is not None and found.synced and matches(obj, found.selector):
-            found.store.upsert(obj)
+        if found is None:
+            return
+        if found.refused == 404:
+            found.rediscover()  # the server took one: its CRD is installed now
+        elif found.synced and matches(obj, found.selector):
+            found.store.upsert(slim(obj))
 
     def apply(self, obj: dict[str, Any], field_manager: str = "tuneops") -> dict[str, Any]:
         out = super().apply(obj, field_manager)

@@ -19,8 +19,19 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 
-# Not served (the kind's CRD is not installed) or not allowed (RBAC): looked at again this often.
-REDISCOVER_S = 30.0
+# Not allowed (RBAC): listed again this often (reads then go to the server). A kind not served (its CRD is not
+# installed) is listed again only when poked (`rediscover`: the operator wrote one successfully), so an
+# operator on a cluster without LeaderWorkerSet, KEDA or the Gateway API makes no reads for them.
+REDISCOVER_S = 300.0
+
+
+def slim(obj: Obj) -> Obj:
+    """What the store keeps of an object: all but metadata.managedFields (server-side apply's bookkeeping,
+    often the largest part of an object, read by no reconcile)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        meta.pop("managedFields")
+    return obj
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -142,8 +153,8 @@ class Informer:
     """Keeps a Store of one collection up to date (list, then watch; lists again when the watch expires).
 
     `namespace` None watches every namespace; `selector` restricts it by labels. A kind the server does not
-    serve (404) or that this client may not list (403) leaves the informer `served` False and it looks again
-    every REDISCOVER_S. `on_change` (legacy form: one argument, the object or None after a list) or
+    serve (404) or that this client may not list (403) leaves the informer `served` False; it lists again when
+    poked (`rediscover`), or after REDISCOVER_S when refused. `on_change` (legacy form: one argument, the object or None after a list) or
     `on_event` run on the informer's thread; keep them quick.
     """
 
@@ -174,7 +185,13 @@ class Informer:
         self.lists = 0
         self._stop = threading.Event()
         self._synced = threading.Event()
+        self._poke = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def rediscover(self) -> None:
+        """List again now if the kind was not served (its CRD may just have been installed)."""
+        if self.refused == 404:
+            self._poke.set()
 
     @staticmethod
     def key(obj: Obj) -> str:
@@ -187,6 +204,7 @@ class Informer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poke.set()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -221,8 +239,8 @@ class Informer:
             if exc.status not in (403, 404):
                 raise
             if self.refused != exc.status:
-                log.info("%s: %s %s (HTTP %d); looking again every %.0fs", self.name, self.rtype.kind,
-                         "not served" if exc.status == 404 else "not allowed", exc.status, REDISCOVER_S)  # fmt: skip
+                log.info("%s: %s %s (HTTP %d)", self.name, self.rtype.kind,
+                         "not served" if exc.status == 404 else "not allowed", exc.status)  # fmt: skip
             self.refused, self.served = exc.status, False
             self.store.replace(())
             self._synced.set()
@@ -232,6 +250,7 @@ class Informer:
         for item in items:
             item.setdefault("apiVersion", self.rtype.api_version)
             item.setdefault("kind", self.rtype.kind)
+            slim(item)
         self.store.replace(items)
         self.refused, self.served = None, True
         self._synced.set()
@@ -243,7 +262,8 @@ class Informer:
             try:
                 version = self._list()
                 if version is None:
-                    self._stop.wait(REDISCOVER_S)
+                    self._poke.wait(None if self.refused == 404 else REDISCOVER_S)
+                    self._poke.clear()
                     continue
                 while not self._stop.is_set():
                     version = self._watch_once(version)
@@ -270,6 +290,7 @@ class Informer:
                 continue
             obj.setdefault("apiVersion", self.rtype.api_version)
             obj.setdefault("kind", self.rtype.kind)
+            slim(obj)
             before = self.store.get(*key_of(obj))
             if kind == "DELETED":
                 self.store.delete(*key_of(obj))

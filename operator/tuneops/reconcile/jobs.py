@@ -48,6 +48,22 @@ def _newest(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
+def _succeeded_pod(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A Pod of this Job (owned by it, as the Job controller counts them) that succeeded, when one success
+    completes the Job: its result is known before the Job controller writes Complete, which under load comes
+    seconds later."""
+    spec = job.get("spec") or {}
+    if int(spec.get("completions") or 1) != 1:
+        return None
+    uid = (job.get("metadata") or {}).get("uid")
+    for pod in _newest(pods):
+        meta = pod.get("metadata") or {}
+        owned = any(r.get("uid") == uid and r.get("controller") for r in meta.get("ownerReferences") or [])
+        if uid and owned and (pod.get("status") or {}).get("phase") == "Succeeded":
+            return pod
+    return None
+
+
 def observe_job(
     job: dict[str, Any] | None, pods: list[dict[str, Any]], events: Sequence[Mapping[str, Any]] = ()
 ) -> JobOutcome:
@@ -58,8 +74,9 @@ def observe_job(
     if job is None:
         return JobOutcome("Missing")
     conds = _conditions(job)
-    if conds.get("Complete", {}).get("status") == "True":
-        for pod in _newest(pods):
+    early = _succeeded_pod(job, pods) if not conds else None
+    if early is not None or conds.get("Complete", {}).get("status") == "True":
+        for pod in [early] if early is not None else _newest(pods):
             for term in _terminated(pod):
                 if term.get("exitCode") == 0:
                     return JobOutcome("Succeeded", result=parse_result(term.get("message")))
