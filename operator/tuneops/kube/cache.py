@@ -14,8 +14,10 @@ whose outcome may change.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tuneops.kube.client import Kube, NotFound, ResourceType, type_of
@@ -119,6 +121,9 @@ class CachedKube(Kube):
         self.informers: dict[tuple[ResourceType, str | None], Informer] = {}
         self.deps = Dependencies()
         self._tracking = threading.local()
+        # Events are advisory and written after the status they describe: off the reconcile's thread, so a
+        # burst of transitions is not slowed by their round trips.
+        self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     def add(self, informer: Informer) -> None:
         self.informers[(informer.rtype, informer.namespace)] = informer
@@ -223,6 +228,12 @@ class CachedKube(Kube):
         out = super().patch(rtype, namespace, name, body, subresource, strategic)
         self._keep(out)
         return out
+
+    def event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, now: dt.datetime | None = None
+    ) -> None:
+        stamp = now or dt.datetime.now(dt.UTC)  # the time of the transition, not of the write
+        self._events.submit(super().event, involved, type_, reason, message, stamp)
 
     def delete(
         self,
