@@ -181,15 +181,15 @@ class CachedKube(Kube):
             raise NotFound("LIST", rtype.collection(namespace), "not served (its CRD is not installed)")
         return found.store.list(namespace, selector)
 
-    # ----- writes: the answer is the newest copy ----------------------------------------------------
+    # ----- writes: Kube hands every answer here, the newest copy -------------------------------------
 
-    def _keep(self, obj: dict[str, Any] | None) -> None:
+    def _written(self, obj: dict[str, Any]) -> None:
         if not isinstance(obj, dict) or not obj.get("metadata"):
             return
         try:
             rtype = type_of(obj)
         except KeyError:
-            return
+            return  # a subresource's answer (a Pod's binding), not a stored object
         found = self.informers.get((rtype, key_of(obj)[0])) or self.informers.get((rtype, None))
         if found is None:
             return
@@ -198,53 +198,13 @@ class CachedKube(Kube):
         elif found.synced and matches(obj, found.selector):
             found.store.upsert(slim(obj))
 
-    def apply(self, obj: dict[str, Any], field_manager: str = "tuneops") -> dict[str, Any]:
-        out = super().apply(obj, field_manager)
-        self._keep(out)
-        return out
-
-    def create(
-        self, rtype: ResourceType, namespace: str | None, body: dict[str, Any], subresource_of: str = ""
-    ) -> dict[str, Any]:
-        out = super().create(rtype, namespace, body, subresource_of)
-        if not subresource_of:
-            self._keep(out)
-        return out
-
-    def replace(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        out = super().replace(rtype, obj)
-        self._keep(out)
-        return out
-
-    def patch(
-        self,
-        rtype: ResourceType,
-        namespace: str | None,
-        name: str,
-        body: dict[str, Any],
-        subresource: str = "",
-        strategic: bool = False,
-    ) -> dict[str, Any]:
-        out = super().patch(rtype, namespace, name, body, subresource, strategic)
-        self._keep(out)
-        return out
-
     def event(
         self, involved: dict[str, Any], type_: str, reason: str, message: str, now: dt.datetime | None = None
     ) -> None:
         stamp = now or dt.datetime.now(dt.UTC)  # the time of the transition, not of the write
         self._events.submit(super().event, involved, type_, reason, message, stamp)
 
-    def delete(
-        self,
-        rtype: ResourceType,
-        namespace: str | None,
-        name: str,
-        propagation: str = "Background",
-        grace_seconds: int | None = None,
-        uid: str | None = None,
-    ) -> None:
-        super().delete(rtype, namespace, name, propagation, grace_seconds, uid)
+    def _deleted(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
         found = self.informers.get((rtype, namespace)) or self.informers.get((rtype, None))
         if found is not None:
             # Gone or going: the watch brings it back if it lingers (finalizers).

@@ -356,6 +356,7 @@ class Kube:
             query=[("fieldManager", field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+        self._written(out)
         return out
 
     def create(
@@ -366,12 +367,14 @@ class Kube:
         if subresource_of:
             path = f"{rtype.item(namespace, subresource_of)}/{str(body['kind']).lower()}"
         out: dict[str, Any] = self._call("POST", path, body=body)
+        self._written(out)
         return out
 
     def replace(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         """PUT a whole object (it carries the resourceVersion it replaces)."""
         meta = obj["metadata"]
         out: dict[str, Any] = self._call("PUT", rtype.item(meta.get("namespace"), meta["name"]), body=obj)
+        self._written(out)
         return out
 
     def patch(
@@ -387,6 +390,7 @@ class Kube:
         path = rtype.item(namespace, name) + (f"/{subresource}" if subresource else "")
         kind = "strategic-merge-patch" if strategic else "merge-patch"
         out: dict[str, Any] = self._call("PATCH", path, body=body, content_type=f"application/{kind}+json")
+        self._written(out)
         return out
 
     def patch_status(
@@ -412,6 +416,13 @@ class Kube:
             body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):
             self._call("DELETE", rtype.item(namespace, name), body=body)
+        self._deleted(rtype, namespace, name)
+
+    def _written(self, obj: dict[str, Any]) -> None:
+        """Every write's answer (the object as stored) passes here; a client that keeps copies keeps it."""
+
+    def _deleted(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
+        """Every delete passes here; a client that keeps copies drops its copy."""
 
     def event(
         self,
