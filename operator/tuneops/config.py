@@ -61,6 +61,37 @@ class Scratch(BaseModel):
     """ephemeral-storage request of every container (scheduling; the sizeLimits cap what is written)."""
 
 
+# Environment variables the servers read as plain settings: no file, library, module or URL in their values.
+DEFAULT_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "TOKENIZERS_PARALLELISM",
+    "TZ",
+    "CUDA_DEVICE_MAX_CONNECTIONS",
+    "CUDA_LAUNCH_BLOCKING",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "NCCL_DEBUG",
+    "NCCL_DEBUG_SUBSYS",
+    "NCCL_SOCKET_IFNAME",
+    "NCCL_IB_DISABLE",
+    "NCCL_P2P_DISABLE",
+    "NCCL_P2P_LEVEL",
+    "NCCL_SHM_DISABLE",
+    "NCCL_CUMEM_ENABLE",
+    "GLOO_SOCKET_IFNAME",
+    "VLLM_LOGGING_LEVEL",
+    "VLLM_ATTENTION_BACKEND",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_WORKER_MULTIPROC_METHOD",
+    "VLLM_ENGINE_ITERATION_TIMEOUT_S",
+    "VLLM_RPC_TIMEOUT",
+    "VLLM_LOG_STATS_INTERVAL",
+    "VLLM_HTTP_TIMEOUT_KEEP_ALIVE",
+)
+
+
 class AllowLists(BaseModel):
     """What a tenant's spec may choose for the Pods the operator creates; anything else is refused
     (Ready=False, reason NotAllowed, naming the field). Patterns are shell globs (fnmatch): `*` matches
@@ -78,46 +109,17 @@ class AllowLists(BaseModel):
     runtime_classes: list[str] = Field(default_factory=lambda: ["*"])
     """RuntimeClasses an InferenceService may set (runtimeClassName; e.g. nvidia)."""
     extra_args: list[str] = Field(default_factory=list)
-    """Flags of vllm.extraArgs / llamacpp.extraArgs allowed even though the deny-list names them
-    (e.g. --trust-remote-code)."""
-    denied_args: list[str] = Field(
-        default_factory=lambda: [
-            # code loaded into the server
-            "--trust-remote-code",
-            "--middleware",
-            "--tool-parser-plugin",
-            "--logits-processors",
-            "--worker-cls",
-            "--worker-extension-cls",
-            # files read or written outside the model
-            "--allowed-local-media-path",
-            "--chat-template",
-            "--chat-template-file",
-            "--download-dir",
-            "--path",
-            "--slot-save-path",
-            "--log-file",
-            "--ssl-*",
-            # what the operator sets: the model, its adapters, the API key, the address and port
-            "--model",
-            "-m",
-            "--model-url",
-            "-mu",
-            "--hf-*",
-            "-hf*",
-            "--lora-modules",
-            "--api-key",
-            "--api-key-file",
-            "--host",
-            "--port",
-            "--uds",
-            # work sent to other machines
-            "--rpc",
-        ]
-    )
-    """Flags of vllm.extraArgs / llamacpp.extraArgs that are refused: those that load code
-    (--trust-remote-code, plugins, middleware), read or write arbitrary local files, replace the API key, or
-    move the server off its address and port. `--flag=value` and `--flag value` are both matched."""
+    """Flags of vllm.extraArgs / llamacpp.extraArgs allowed besides the built-in list of safe tuning flags
+    (validation/args.py), values and all, and even when deniedArgs names them (e.g. --trust-remote-code). Flags the
+    operator sets from spec fields (the model, the port, parallelism, adapters, the API key) stay refused."""
+    env: list[str] = Field(default_factory=lambda: list(DEFAULT_ENV))
+    """Names (globs) of the environment variables an InferenceService's spec.env may set. The default holds thread
+    counts, NCCL's and PyTorch's allocator and network settings and vLLM's plain tuning variables: none of them
+    names a file or a library to load. Names the operator sets (HOME, HF_*, TUNEOPS_*, VLLM_API_KEY, ...) are
+    refused whatever this says."""
+    denied_args: list[str] = Field(default_factory=list)
+    """Flags (globs) refused even though the built-in list of safe flags holds them: an administrator's way to
+    narrow that list. Empty by default: flags outside the safe list are refused anyway."""
 
 
 class RoutingDefaults(BaseModel):
@@ -169,6 +171,10 @@ class OperatorConfig(BaseModel):
     """Let GGUF conversion take model folders that carry their own Python code (an auto_map, *.py files).
     llama.cpp's converter runs that code for some architectures (Qwen v1, ChatGLM); off, such sources are
     refused and the converter cannot turn trust_remote_code on. Either way it runs without credentials."""
+    allow_ambient_credentials: bool = False
+    """Let a source with no Secret of its own (an s3:// URI without tokenSecretRef) be read with whatever identity
+    the Pod or its node has (an IAM role for service accounts, the instance profile). Off, such a source is
+    refused: credentials come only from a Secret the spec names for that source."""
 
     scratch: Scratch = Field(default_factory=Scratch)
     """sizeLimits of the Pods' scratch emptyDirs and their ephemeral-storage request."""

@@ -14,7 +14,7 @@ import yaml
 
 from tuneops import API_VERSION, GROUP
 from tuneops.api import KINDS
-from tuneops.api.problems import name_problem
+from tuneops.validation.messages import name_problem
 
 # What kubectl reads from a folder; a file named on the command line is read whatever its name.
 EXTENSIONS = (".json", ".yaml", ".yml")

@@ -152,7 +152,8 @@ def s3_isvc() -> dict[str, Any]:
         "apiVersion": "tuneops.io/v1alpha1",
         "kind": "InferenceService",
         "metadata": {"name": "edge"},
-        "spec": {"model": {"uri": "s3://models/tiny", "file": "model-Q4_K_M.gguf"}, "runtime": "llamacpp",
+        "spec": {"model": {"uri": "s3://models/tiny", "file": "model-Q4_K_M.gguf", "tokenSecretRef": {"name": "aws"}},
+                 "runtime": "llamacpp",
                  "resources": {"cpu": 1, "memory": "2Gi"}},
     }  # fmt: skip
 

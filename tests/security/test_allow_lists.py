@@ -24,7 +24,6 @@ from tests.unit.test_validate_equals_operator import (
 from tuneops import API_VERSION
 from tuneops.api.conditions import SECURED, Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
-from tuneops.checks import check_pod_policy
 from tuneops.cli import main
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
@@ -32,6 +31,7 @@ from tuneops.reconcile import RECONCILERS
 from tuneops.reconcile.base import Context
 from tuneops.render import Owner, ResolvedAdapter, ResolvedModel
 from tuneops.render.serving import render_inferenceservice
+from tuneops.validation.policy import check_pod_policy
 
 OWNER = Owner(API_VERSION, "InferenceService", "svc", "team-a", "uid-1")
 MODEL = ResolvedModel(uri="pvc://models/base")
@@ -45,57 +45,183 @@ def refused(spec: InferenceServiceSpec, config: OperatorConfig | None = None) ->
     return {p.field: p.message for p in check_pod_policy(spec, config or OperatorConfig())}
 
 
-# -- server arguments --------------------------------------------------------------------------------------
+# -- server arguments: an allow-list read the way each server's parser reads it ------------------------------
 
-DENIED_VLLM = [
-    "--trust-remote-code",
-    "--trust_remote_code",
-    "--trust-remote-code=true",
-    "--trust-remote",  # argparse takes an unambiguous prefix
-    "--host=0.0.0.0",
-    "--port",
-    "--api-key=guessable",
-    "--ssl-keyfile=/etc/ssl/private/key.pem",
-    "--allowed-local-media-path=/",
-    "--chat-template=/proc/self/environ",
-    "--middleware=evil.module",
-    "--tool-parser-plugin=/mnt/pvc/x/plugin.py",
-    "--lora-modules",
+# (args, index refused, words in the message): every spelling argparse (vLLM) or llama.cpp's parser reads.
+REFUSED_VLLM = [
+    (["--trust-remote-code"], 0, "not among"),
+    (["--trust_remote_code"], 0, "not among"),
+    (["--trust-remote-code=true"], 0, "not among"),
+    (["--trust-remote"], 0, "not among"),  # argparse would take an unambiguous prefix
+    (["--max-num-se", "8"], 0, "write flags in full"),  # a prefix of a safe flag is refused too
+    (["--config", "/mnt/pvc/m/x/flags.yaml"], 0, "read more flags from a file"),
+    (["--config=/mnt/pvc/m/x/flags.yaml"], 0, "read more flags from a file"),
+    (["--lora-modules.name", "x", "--lora-modules.path", "/p"], 0, "set by the operator"),
+    (["--lora_modules.path=/p"], 0, "set by the operator"),
+    (["--compilation-config.inductor_passes", "{}"], 0, "no dotted form"),
+    (["-O3"], 0, "not among"),
+    (["--tool-parser-plugin=/mnt/pvc/x/plugin.py"], 0, "not among"),
+    (["--middleware", "evil.module"], 0, "not among"),
+    (["--chat-template=/proc/self/environ"], 0, "not among"),
+    (["--kv-transfer-config", "{}"], 0, "not among"),
+    (["--host=0.0.0.0"], 0, "set by the operator"),
+    (["--port", "9"], 0, "set by the operator"),
+    (["--api-key=guessable"], 0, "set by the operator"),
+    (["--max-lora-rank", "512"], 0, "spec.lora.maxLoraRank"),
+    (["-tp", "8"], 0, "spec.vllm.tensorParallelSize"),
+    (["--enforce-eager", "/models/other"], 1, "not a flag"),  # a stray value could become the model
+    (["--max-num-seqs"], 0, "needs a value"),
+    (["--enforce-eager=yes"], 0, "takes no value"),
+    (["--generation-config", "/mnt/pvc/m/x"], 0, "only 'auto' or 'vllm'"),
+    (["--seed", "-1.5", "--trust-remote-code"], 0, "needs a value"),  # vLLM reads -1.5 as a dotted flag
+    (["-q.x", "1"], 0, "not among"),
 ]
-DENIED_LLAMACPP = ["--path", "-m", "--slot-save-path=/tmp", "--api-key-file", "--hf-repo", "-hfr", "--rpc"]
-ACCEPTED = [
+REFUSED_LLAMACPP = [
+    (["--path", "/"], 0, "not among"),
+    (["-m", "/x.gguf"], 0, "set by the operator"),
+    (["--slot-save-path", "/tmp"], 0, "not among"),
+    (["--api-key-file", "/k"], 0, "set by the operator"),
+    (["--hf-repo", "a/b"], 0, "not among"),
+    (["-hfr", "a/b"], 0, "not among"),
+    (["--rpc", "10.0.0.1:50052"], 0, "not among"),
+    (["--lora", "/mnt/pvc/x/a.gguf"], 0, "not among"),
+    (["--batch-size=64"], 0, "does not read"),  # it would stop llama-server at start
+    (["--ctx_size", "8"], 0, "spec.llamacpp.ctxSize"),
+]
+ACCEPTED_VLLM = [
     "--max-num-seqs=8",
+    "--max_num_batched_tokens",
+    "4096",
     "--enable-chunked-prefill",
-    "8",
-    "--chat-template-content-format=openai",
+    "--seed",
     "-1",
+    "--override-generation-config.temperature",
+    "0.2",
+    "--generation-config",
+    "vllm",
 ]
+ACCEPTED_LLAMACPP = ["--batch-size", "64", "-ub", "32", "--cont-batching", "--seed", "-1", "--no-webui"]
 
 
-@pytest.mark.parametrize("arg", DENIED_VLLM)
-def test_vllm_flags_that_load_code_read_files_or_move_the_server_are_refused(arg: str) -> None:
-    problems = refused(service(vllm={"extraArgs": ["--max-num-seqs=8", arg]}))
-    assert list(problems) == ["spec.vllm.extraArgs[1]"], problems
-    assert "allow.extraArgs" in problems["spec.vllm.extraArgs[1]"]
+@pytest.mark.parametrize(("args", "index", "words"), REFUSED_VLLM, ids=lambda v: str(v))
+def test_vllm_flags_outside_the_allow_list_are_refused_in_every_spelling(
+    args: list[str], index: int, words: str
+) -> None:
+    problems = refused(service(vllm={"extraArgs": ["--max-num-seqs=8", *args]}))
+    at = f"spec.vllm.extraArgs[{index + 1}]"
+    assert at in problems, problems
+    assert words in problems[at]
 
 
-@pytest.mark.parametrize("arg", DENIED_LLAMACPP)
-def test_llamacpp_flags_that_read_or_write_files_are_refused(arg: str) -> None:
-    spec = service(runtime="llamacpp", model={"uri": "pvc://m/x.gguf"}, llamacpp={"extraArgs": [arg]})
-    assert list(refused(spec)) == ["spec.llamacpp.extraArgs[0]"]
+@pytest.mark.parametrize(("args", "index", "words"), REFUSED_LLAMACPP, ids=lambda v: str(v))
+def test_llamacpp_flags_outside_the_allow_list_are_refused(args: list[str], index: int, words: str) -> None:
+    spec = service(runtime="llamacpp", model={"uri": "pvc://m/x.gguf"}, llamacpp={"extraArgs": args})
+    problems = refused(spec)
+    assert f"spec.llamacpp.extraArgs[{index}]" in problems, problems
+    assert words in problems[f"spec.llamacpp.extraArgs[{index}]"]
 
 
 def test_ordinary_tuning_flags_pass() -> None:
-    assert refused(service(vllm={"extraArgs": ACCEPTED})) == {}
+    assert refused(service(vllm={"extraArgs": ACCEPTED_VLLM})) == {}
+    llama = service(
+        runtime="llamacpp", model={"uri": "pvc://m/x.gguf"}, llamacpp={"extraArgs": ACCEPTED_LLAMACPP}
+    )
+    assert refused(llama) == {}
 
 
-def test_the_administrator_lifts_one_flag() -> None:
-    config = OperatorConfig.model_validate({"allow": {"extraArgs": ["--trust-remote-code"]}})
+def test_the_administrator_lifts_one_flag_but_never_one_the_operator_sets() -> None:
+    config = OperatorConfig.model_validate({"allow": {"extraArgs": ["--trust-remote-code", "--host"]}})
     assert refused(service(vllm={"extraArgs": ["--trust-remote-code"]}), config) == {}
     assert list(refused(service(vllm={"extraArgs": ["--host=0"]}), config)) == ["spec.vllm.extraArgs[0]"]
+    denied = OperatorConfig.model_validate({"allow": {"deniedArgs": ["--seed"]}})
+    assert list(refused(service(vllm={"extraArgs": ["--seed", "1"]}), denied)) == ["spec.vllm.extraArgs[0]"]
 
 
-# -- images, identities, priorities, env ---------------------------------------------------------------------
+# -- environment: names on an allow-list, never the operator's, Secrets named for the purpose ---------------
+
+REFUSED_ENV = [
+    ("PYTHONPATH", "not among"),
+    ("PYTHONSTARTUP", "not among"),
+    ("LD_PRELOAD", "not among"),
+    ("LD_LIBRARY_PATH", "not among"),
+    ("VLLM_LOGGING_CONFIG_PATH", "not among"),
+    ("VLLM_PLUGINS", "not among"),
+    ("LLAMA_ARG_MODEL", "not among"),
+    ("LLAMA_ARG_RPC", "not among"),
+    ("NCCL_NET_PLUGIN", "not among"),
+    ("CUDA_INJECTION64_PATH", "not among"),
+    ("GCONV_PATH", "not among"),
+    ("OPENSSL_CONF", "not among"),
+    ("BASH_ENV", "not among"),
+    ("VLLM_API_KEY", "set by the operator"),
+    ("LLAMA_API_KEY", "set by the operator"),
+    ("HF_TOKEN", "set by the operator"),
+    ("HF_HUB_OFFLINE", "set by the operator"),
+    ("HOME", "set by the operator"),
+    ("TUNEOPS_LORA_MODULES_FILE", "set by the operator"),
+    ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "set by the operator"),
+    ("LWS_LEADER_ADDRESS", "set by the operator"),
+]
+
+
+@pytest.mark.parametrize(("name", "words"), REFUSED_ENV)
+def test_env_names_outside_the_allow_list_or_the_operators_own_are_refused(name: str, words: str) -> None:
+    problems = refused(service(env=[{"name": "OMP_NUM_THREADS", "value": "4"}, {"name": name, "value": ""}]))
+    assert list(problems) == ["spec.env[1].name"], problems
+    assert words in problems["spec.env[1].name"]
+
+
+def test_the_administrator_widens_env_but_never_over_the_operators_names() -> None:
+    config = OperatorConfig.model_validate({"allow": {"env": ["OTEL_*", "VLLM_*"]}})
+    assert refused(service(env=[{"name": "OTEL_SERVICE_NAME", "value": "x"}]), config) == {}
+    assert list(refused(service(env=[{"name": "VLLM_API_KEY", "value": ""}]), config)) == ["spec.env[0].name"]
+
+
+def test_env_reads_only_secrets_listed_for_env() -> None:
+    def ref(secret: str) -> dict[str, Any]:
+        return {"name": "OMP_NUM_THREADS", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}
+
+    # A Secret named as the model's token (even on a pvc:// model, which never uses it) is not env's.
+    borrowed = service(model={"uri": "pvc://m/x", "tokenSecretRef": {"name": "hf"}}, env=[ref("hf")])
+    assert list(refused(borrowed)) == ["spec.env[0].valueFrom.secretKeyRef.name"]
+    key = service(apiKeySecretRef={"name": "api", "key": "k"}, env=[ref("api")])
+    assert list(refused(key)) == ["spec.env[0].valueFrom.secretKeyRef.name"]
+    assert refused(service(envSecrets=["app-settings"], env=[ref("app-settings")])) == {}
+
+
+@pytest.mark.parametrize(
+    "value_from",
+    [
+        {"secretKeyRef": {"name": ["app"], "key": "k"}},
+        {"secretKeyRef": {"name": {"x": 1}, "key": "k"}},
+        {"secretKeyRef": ["app"]},
+        {"secretKeyRef": {"name": "app"}},
+        {"configMapKeyRef": {"name": 3, "key": "k"}},
+        {"fieldRef": {"fieldPath": None}},
+        {"fieldRef": {"fieldPath": "metadata.name"}, "secretKeyRef": {"name": "app", "key": "k"}},
+        {},
+    ],
+    ids=str,
+)
+def test_malformed_env_sources_are_refused_not_crashed_on(value_from: dict[str, Any]) -> None:
+    spec = service(envSecrets=["app"], env=[{"name": "TZ", "valueFrom": value_from}])
+    problems = refused(spec)
+    assert len(problems) == 1 and next(iter(problems)).startswith("spec.env[0].valueFrom"), problems
+
+
+def test_a_spec_value_never_replaces_the_operators_in_the_rendered_pod() -> None:
+    """Defence in depth: even a spec that slipped past the refusal renders the operator's API key."""
+    spec = service(
+        apiKeySecretRef={"name": "api", "key": "k"},
+        env=[{"name": "VLLM_API_KEY", "value": ""}, {"name": "TZ", "value": "UTC"}],
+    )
+    manifests = render_inferenceservice(spec, OWNER, OperatorConfig(), model=MODEL).manifests
+    container = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"key": "k", "name": "api"}
+    assert env["TZ"]["value"] == "UTC"
 
 
 def test_only_the_configured_images_by_default() -> None:
@@ -121,16 +247,6 @@ def test_service_accounts_and_priority_classes_need_the_administrators_consent()
     plain = render_inferenceservice(service(), OWNER, config, model=MODEL).manifests
     template = next(m for m in plain if m["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert "serviceAccountName" not in template and template["automountServiceAccountToken"] is False
-
-
-def test_env_reads_only_the_secrets_the_spec_names() -> None:
-    own = {"name": "T", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
-    other = {
-        "name": "S",
-        "valueFrom": {"secretKeyRef": {"name": "team-b-aws", "key": "AWS_SECRET_ACCESS_KEY"}},
-    }
-    spec = service(model={"uri": "hf://org/m", "tokenSecretRef": {"name": "hf"}}, env=[own, other])
-    assert list(refused(spec)) == ["spec.env[1].valueFrom.secretKeyRef"]
 
 
 def test_a_worker_job_gets_the_same_rules() -> None:

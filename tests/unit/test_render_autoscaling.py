@@ -15,12 +15,12 @@ from tests.unit.test_render_inferenceservice import MODEL, spec
 from tuneops.api import SpecError
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
-from tuneops.checks import check_routing
 from tuneops.config import Features, OperatorConfig
 from tuneops.render import render_inferenceservice
 from tuneops.render.serving.autoscaling import VLLM_METRICS, bounds, quantity
 from tuneops.render.types import RenderError
 from tuneops.runner import discover_features
+from tuneops.validation.references import check_routing
 
 OWNER = owner("InferenceService", "mistral")
 CFG = OperatorConfig(prometheus_address="http://prometheus.monitoring.svc:9090")

@@ -30,7 +30,6 @@ from tuneops.render import (
     ResolvedAdapter,
     ResolvedModel,
     ServingRender,
-    check_inferenceservice,
     llamacpp_args,
     render_inferenceservice,
     vllm_args,
@@ -38,6 +37,7 @@ from tuneops.render import (
 from tuneops.render.serving.args import launcher_argv, lora_modules
 from tuneops.render.serving.vllm import LAUNCHER, LORA_FILE
 from tuneops.serving.vllm import LoraModule
+from tuneops.validation.serving import check_inferenceservice
 
 OWNER = owner("InferenceService", "mistral")
 CFG = OperatorConfig()

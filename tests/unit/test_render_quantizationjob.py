@@ -22,12 +22,12 @@ from tuneops.config import Features, OperatorConfig
 from tuneops.render import (
     RenderError,
     ResolvedModel,
-    check_quantizationjob,
     render_evaluate_job,
     render_quantizationjob,
     render_quantize_job,
 )
 from tuneops.render.quantizationjob import evaluated_model_uri, quantize_args
+from tuneops.validation.quantization import check_quantizationjob
 
 OWNER = owner("QuantizationJob", "qwen-awq")
 SOURCE = ResolvedModel(uri="pvc://models/qwen-merged", digest="sha256:src", format="hf")

@@ -7,7 +7,7 @@ their specs). For each row:
       names the field (an adapter refused alone is named in status.adapters);
   (b) `tuneops validate -f` and `tuneops render -f` on the same file exit 2 naming the same field.
 
-Every place in reconcile/, render/ and tuneops/checks.py that can refuse a spec (found by reading the code,
+Every place in reconcile/, render/ and validation/ that can refuse a spec (found by reading the code,
 not by a list kept by hand) must be reached by a row's reconcile, or be listed in RUNTIME_ONLY with why no
 file can show it. A new refusal without a row fails `test_every_refusal_has_a_row`.
 """
@@ -36,7 +36,9 @@ from tuneops.reconcile import RECONCILERS
 from tuneops.reconcile.base import Context
 
 PKG = Path(tuneops.__file__).parent
-SCANNED = sorted([*(PKG / "reconcile").rglob("*.py"), *(PKG / "render").rglob("*.py"), PKG / "checks.py"])
+SCANNED = sorted(
+    [*(PKG / "reconcile").rglob("*.py"), *(PKG / "render").rglob("*.py"), *(PKG / "validation").rglob("*.py")]
+)
 
 # Reasons that refuse a spec as written (the person must change it). Job failures, a failed quality gate or an
 # adapter a Pod would not load are outcomes of running, not refusals of the spec.
@@ -54,28 +56,28 @@ RUNTIME_ONLY: dict[tuple[str, str, str], str] = {
         "_api_key",
         "Invalid(",
     ): "the API key is a Secret's data, which lives in the cluster",
-    ("render/serving/checks.py", "_check_parallelism", "attention heads"): (
+    ("validation/serving.py", "_check_parallelism", "attention heads"): (
         "a model's head count comes from its config.json; no file given to validate has it"
     ),
     (
-        "render/serving/checks.py",
+        "validation/serving.py",
         "_adapter_problems",
         "rank",
     ): "the adapter's rank is read by the inspect Job",
-    ("render/serving/checks.py", "_adapter_problems", "was trained on"): (
+    ("validation/serving.py", "_adapter_problems", "was trained on"): (
         "the adapter's base model is read from adapter_config.json by the inspect Job"
     ),
-    ("render/serving/checks.py", "_adapter_problems", "DoRA"): "use_dora is read by the inspect Job",
+    ("validation/serving.py", "_adapter_problems", "DoRA"): "use_dora is read by the inspect Job",
     (
-        "render/serving/checks.py",
+        "validation/serving.py",
         "_adapter_problems",
         "modules_to_save",
     ): "modules_to_save is read by the inspect Job",
-    ("render/quantizationjob.py", "check_quantizationjob", "Problem("): (
+    ("validation/quantization.py", "check_quantizationjob", "Problem("): (
         "the format a FineTunedModel's Job recorded in status; every source validate can predict is a Hugging "
         "Face model (a merge writes safetensors)"
     ),
-    ("checks.py", "check_reference", "this resource itself"): (
+    ("validation/references.py", "check_reference", "this resource itself"): (
         "no kind references its own kind, so no spec reaches it; kept as a guard"
     ),
 }
@@ -286,7 +288,7 @@ spec:
   baseModel: {uri: "pvc://models/base"}
   adapter: {uri: "pvc://adapters/a"}
   merge: {enabled: false}
-  output: {uri: "s3://bucket/tuned"}
+  output: {uri: "s3://bucket/tuned", tokenSecretRef: {name: aws}}
 status:
   artifact: {uri: "s3://bucket/tuned/0123456789abcdef", format: peft}
 ---
@@ -381,9 +383,9 @@ spec: {model: {uri: "hf://org/model"}, runtimeClassName: unconfined}
         + """metadata: {name: svc}
 spec:
   model: {uri: "hf://org/model", tokenSecretRef: {name: hf}}
-  env: [{name: X, valueFrom: {secretKeyRef: {name: other-team, key: token}}}]
+  env: [{name: OMP_NUM_THREADS, valueFrom: {secretKeyRef: {name: other-team, key: token}}}]
 """,
-        "spec.env[0].valueFrom.secretKeyRef",
+        "spec.env[0].valueFrom.secretKeyRef.name",
         Reason.NOT_ALLOWED,
     ),
     Row(
@@ -392,7 +394,7 @@ spec:
         + """metadata: {name: svc}
 spec:
   model: {uri: "hf://org/model"}
-  env: [{name: X, valueFrom: {fileKeyRef: {path: /etc/passwd, key: x}}}]
+  env: [{name: OMP_NUM_THREADS, valueFrom: {fileKeyRef: {path: /etc/passwd, key: x}}}]
 """,
         "spec.env[0].valueFrom",
         Reason.NOT_ALLOWED,
@@ -413,6 +415,156 @@ spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--max-num-seqs=8", "-
 spec: {model: {uri: "pvc://m/model.gguf"}, runtime: llamacpp, llamacpp: {extraArgs: ["--path", "/"]}}
 """,
         "spec.llamacpp.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-flags-from-a-file",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--seed", "7", "--config", "/models/x/flags.yaml"]}}
+""",
+        "spec.vllm.extraArgs[2]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-dotted-lora-modules",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--lora-modules.name", "x", "--lora-modules.path", "/p"]}}
+""",
+        "spec.vllm.extraArgs[2]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-flag-the-operator-sets",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--max-lora-rank=256"]}}
+""",
+        "spec.vllm.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-stray-value",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--enforce-eager", "/models/other"]}}
+""",
+        "spec.vllm.extraArgs[1]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-dotted-form-of-a-plain-flag",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--max-num-seqs.x", "1"]}}
+""",
+        "spec.vllm.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-flag-without-its-value",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--max-num-seqs"]}}
+""",
+        "spec.vllm.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-switch-with-a-value",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--enforce-eager=1"]}}
+""",
+        "spec.vllm.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/vllm-generation-config-folder",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, vllm: {extraArgs: ["--generation-config", "/models/x"]}}
+""",
+        "spec.vllm.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/llamacpp-equals-form",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "pvc://m/model.gguf"}, runtime: llamacpp, llamacpp: {extraArgs: ["--batch-size=64"]}}
+""",
+        "spec.llamacpp.extraArgs[0]",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/s3-source-without-a-secret",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec: {baseModel: {uri: "pvc://models/base"}, adapter: {uri: "s3://bucket/a"}}
+""",
+        "spec.adapter.uri",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/output-to-an-s3-artifact-root-without-a-secret",
+        QJ_HEAD
+        + """metadata: {name: q}
+spec: {source: {uri: "pvc://models/base"}, method: gguf}
+""",
+        "spec.output",
+        Reason.NOT_ALLOWED,
+        config={"artifactRoot": "s3://artifacts"},
+    ),
+    Row(
+        "allow/env-name-loads-code",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, env: [{name: PYTHONPATH, value: /models/x}]}
+""",
+        "spec.env[0].name",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/env-replaces-the-operators",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, env: [{name: VLLM_API_KEY, value: ""}]}
+""",
+        "spec.env[0].name",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/env-value-from-two-sources",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "hf://org/model"}
+  env: [{name: TZ, valueFrom: {fieldRef: {fieldPath: metadata.name}, configMapKeyRef: {name: c, key: k}}}]
+""",
+        "spec.env[0].valueFrom",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/env-secret-name-not-a-string",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "hf://org/model"}
+  envSecrets: [app]
+  env: [{name: TZ, valueFrom: {secretKeyRef: {name: [app], key: k}}}]
+""",
+        "spec.env[0].valueFrom.secretKeyRef.name",
+        Reason.NOT_ALLOWED,
+    ),
+    Row(
+        "allow/env-configmap-ref-not-a-mapping",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec: {model: {uri: "hf://org/model"}, env: [{name: TZ, valueFrom: {configMapKeyRef: [c]}}]}
+""",
+        "spec.env[0].valueFrom.configMapKeyRef",
         Reason.NOT_ALLOWED,
     ),
 ]
@@ -587,7 +739,10 @@ ACCEPTED = [
         "adapter-on-s3-published-by-a-finetunedmodel",
         FTM_HEAD
         + """metadata: {name: tuned}
-spec: {baseModel: {uri: "pvc://models/base"}, adapter: {uri: "s3://bucket/a"}, merge: {enabled: false}}
+spec:
+  baseModel: {uri: "pvc://models/base"}
+  adapter: {uri: "s3://bucket/a", tokenSecretRef: {name: aws}}
+  merge: {enabled: false}
 status:
   artifact: {uri: "file:///store/tuned/0123456789abcdef", format: peft}
 ---

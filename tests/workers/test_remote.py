@@ -47,6 +47,9 @@ def moto_server() -> Iterator[dict[str, str]]:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # The keys above are the process's own environment, which a worker uses for a source without a
+        # Secret only when ambient credentials are allowed (else its requests are unsigned).
+        "TUNEOPS_AMBIENT_CREDENTIALS": "1",
     }
     try:
         deadline = time.monotonic() + 60

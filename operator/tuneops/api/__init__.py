@@ -8,8 +8,9 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tuneops import API_VERSION, GROUP, VERSION
-from tuneops.api import finetunedmodel, inferenceservice, problems, quantizationjob
+from tuneops.api import finetunedmodel, inferenceservice, quantizationjob
 from tuneops.api.common import BaseStatus, Model
+from tuneops.validation import messages
 
 CATEGORY = "tuneops"
 
@@ -122,7 +123,7 @@ def format_errors(err: ValidationError, model: type[BaseModel] | None = None) ->
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        lines.append(f"{_field_path(loc)}: {problems.message(e, loc, model)}")
+        lines.append(f"{_field_path(loc)}: {messages.message(e, loc, model)}")
     return lines
 
 

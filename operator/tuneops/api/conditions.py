@@ -31,6 +31,9 @@ class Reason:
     INVALID_SPEC = "InvalidSpec"
     INCOMPATIBLE_ADAPTER = "IncompatibleAdapter"
     NOT_ALLOWED = "NotAllowed"
+    # A child's name is taken by an object this resource does not control (another resource's child, or one a
+    # person created): the operator never writes over it.
+    NAME_CONFLICT = "NameConflict"
     # The operator may not read a Secret it needs (RBAC), or it does not exist.
     SECRET_UNREADABLE = "SecretUnreadable"
     JOB_PENDING = "JobPending"
@@ -60,6 +63,8 @@ class Reason:
     API_KEY = "ApiKey"
     NETWORK_POLICY = "NetworkPolicy"
     NO_RUNTIME_API = "NoRuntimeApi"
+    # Neither an API key nor a NetworkPolicy in front of what needs one (the LoRA API, a group's Ray ports).
+    UNPROTECTED = "Unprotected"
     # Why a workload's Pods do not run, as kubelet, the scheduler and the controllers report it.
     UNSCHEDULABLE = "Unschedulable"
     CLAIM_PENDING = "ClaimPending"
@@ -76,6 +81,7 @@ TERMINAL_REASONS = frozenset(
         Reason.INVALID_SPEC,
         Reason.INCOMPATIBLE_ADAPTER,
         Reason.NOT_ALLOWED,
+        Reason.NAME_CONFLICT,
         Reason.SECRET_UNREADABLE,
         Reason.JOB_FAILED,
         Reason.OOM_KILLED,
@@ -99,6 +105,7 @@ TERMINAL_REASONS = frozenset(
 # (image pushed, Secret or claim created, node added), so the operator keeps looking; their Events are Warnings.
 STUCK_REASONS = frozenset(
     {
+        Reason.NAME_CONFLICT,
         Reason.UNSCHEDULABLE,
         Reason.DIGEST_MISMATCH,
         Reason.CLAIM_PENDING,

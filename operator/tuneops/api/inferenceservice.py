@@ -370,7 +370,11 @@ class InferenceServiceSpec(Scheduling):
     image: LongStr | None = None
     """Server image; defaults to the operator's configured vLLM or llama.cpp image."""
     env: list[EnvVar] | None = Field(default=None, max_length=LIST_MAX)
-    """Extra environment for the server container."""
+    """Extra environment for the server container: names on the operator config's allow-list (allow.env), never
+    one the operator sets; a value from a Secret only from a Secret listed in envSecrets."""
+    env_secrets: list[DNSName] | None = Field(default=None, max_length=16)
+    """Secrets whose keys env may read (valueFrom.secretKeyRef). A Secret named elsewhere in the spec (the model's
+    token, the API key) serves that purpose only."""
     runtime_class_name: DNSName | None = None
     """RuntimeClass of the Pods (e.g. nvidia)."""
     queue_name: DNSName | None = None

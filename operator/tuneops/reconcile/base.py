@@ -22,12 +22,13 @@ from tuneops.api.conditions import (
     find,
     set_condition,
 )
-from tuneops.checks import check_pod_policy
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
-from tuneops.reconcile.jobs import JobOutcome, job_finished, observe_job
-from tuneops.reconcile.workload import pod_events
+from tuneops.kube.cache import CachedKube
+from tuneops.reconcile.jobs import JobOutcome, job_finished, job_pods, observe_job
+from tuneops.reconcile.workload import clean, pod_events
 from tuneops.render.types import Owner
+from tuneops.validation.policy import check_pod_policy
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,62 @@ def owner_of(obj: dict[str, Any]) -> Owner:
         name=meta["name"],
         namespace=meta["namespace"],
         uid=meta.get("uid", ""),
+    )
+
+
+def controller_ref(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The object's controller ownerReference (`controller: true`), if it has one."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            return ref
+    return None
+
+
+def controlled_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether the object's controller (the API server admits one at most) is the object of `uid`."""
+    ref = controller_ref(obj)
+    return bool(uid) and ref is not None and ref.get("uid") == uid
+
+
+def read_child(kube: k.Kube, rtype: k.ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object that holds a child's name, whoever made it.
+
+    In the operator `kube` answers reads from informers, which hold only objects labelled
+    `app.kubernetes.io/managed-by=tuneops`: an object a person made under that name is not there. So when
+    memory has none, the API server is asked (once per create; a settled operator finds its children in
+    memory and makes no read). A kind the cluster does not serve (its CRD is not installed) has no objects."""
+    found = kube.get(rtype, namespace, name)
+    if found is not None or not isinstance(kube, CachedKube):
+        return found  # any other Kube has just asked the server
+    informer = kube.informer(rtype, namespace)
+    if informer is None or informer.refused == 404:
+        return None  # asked the server already, or the kind is not served
+    return k.Kube.get(kube, rtype, namespace, name)
+
+
+def name_conflict(owner: Owner, kind: str, child: dict[str, Any]) -> str | None:
+    """None when `owner` controls `child` (a `kind`); otherwise why the operator will not write it, naming the
+    child, what holds it and what a person can do. Another resource's child (even one of an earlier resource
+    of the same kind and name, which the garbage collector has not removed yet) is never written over: two
+    owners applying one object would take it from each other on every pass."""
+    if controlled_by(child, owner.uid):
+        return None
+    what = f"{kind}/{clean((child.get('metadata') or {}).get('name'))[:253]}"
+    ref = controller_ref(child)
+    if ref is None:
+        return (
+            f"{what} already exists and was created outside tuneops (it has no controller owner); tuneops does "
+            f"not write over it: delete that {kind} or rename this {owner.kind}"
+        )
+    holder = f"{clean(ref.get('kind'))[:63]}/{clean(ref.get('name'))[:253]}"
+    if (ref.get("kind"), ref.get("name")) == (owner.kind, owner.name):
+        return (
+            f"{what} is still held by {holder} of uid {clean(ref.get('uid'))[:40]}, an earlier {owner.kind} of "
+            f"this name: it goes when the garbage collector deletes it (or delete that {kind} now)"
+        )
+    return (
+        f"{what} is held by {holder}; tuneops never takes one resource's child for another: rename this "
+        f"{owner.kind} or {holder}"
     )
 
 
@@ -286,6 +343,9 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
 
     A step recorded as finished for this exact Job name is not looked at again: its result is already in
     status, and a failed Job is not re-created (no hot loop) until its inputs change, which changes its name.
+    A Job of that name that this resource does not control (another resource's, or one a person made) is
+    neither written nor observed: the step stays Pending with reason NameConflict naming both, looked at again
+    on every poll until that Job is gone.
     When the name moves on from the one recorded, the step's earlier Jobs still running are deleted: only the
     Job of the current inputs writes the step's output.
     """
@@ -295,12 +355,19 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
     recorded = sb.step(step.name)
     if recorded is not None and recorded.job == name and recorded.state in ("Succeeded", "Failed"):
         return JobOutcome(recorded.state, recorded.reason or "", recorded.message or "", {})
-    existing = kube.get(k.JOB, ns, name)
-    if existing is None:
+    existing = read_child(kube, k.JOB, ns, name)
+    conflict = name_conflict(sb.owner, k.JOB.kind, existing) if existing is not None else None
+    if conflict is not None:
+        # Not our Job: neither written nor read (its Pods' results are not this step's), and looked at again
+        # until it is gone.
+        outcome = JobOutcome("Pending", Reason.NAME_CONFLICT, conflict)
+    elif existing is None:
         kube.apply(job)
         outcome = JobOutcome("Pending", Reason.JOB_PENDING)
     else:
-        pods = kube.list(k.POD, ns, {"job-name": name})
+        # Only the Pods proven to be this Job's (its controller, running its template): a Pod anyone labels
+        # `job-name=<name>` and points at the Job is not its result.
+        pods = job_pods(existing, kube.list(k.POD, ns, {"job-name": name}))
         outcome = observe_job(existing, pods, pod_events(kube, ns, pods))
     if recorded is not None and recorded.job != name:
         stop_superseded(kube, sb.owner, step.name, keep=name)
@@ -337,8 +404,12 @@ __all__ = [
     "Verdict",
     "Waiting",
     "blocked",
+    "controlled_by",
+    "controller_ref",
     "judge_step",
+    "name_conflict",
     "owner_of",
+    "read_child",
     "reconciler",
     "run_step",
     "stop_superseded",

@@ -7,9 +7,9 @@ from typing import Any
 from tuneops.api import KINDS
 from tuneops.api.common import Artifact, ObjectRef
 from tuneops.api.conditions import READY, find
-from tuneops.checks import Reference, check_reference
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Invalid, Waiting
+from tuneops.validation.references import Reference, check_reference
 
 
 def resolve_ref(ctx: Context, obj: dict[str, Any], ref: ObjectRef, kind: str, field: str) -> dict[str, Any]:

@@ -11,10 +11,20 @@ from tuneops import labels, metrics
 from tuneops.api import INFERENCESERVICE
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import AdapterState, InferenceServiceSpec, InferenceServiceStatus
-from tuneops.checks import check_routing
 from tuneops.kube import client as k
 from tuneops.kube import types as kt
-from tuneops.reconcile.base import Cond, Context, Invalid, Outcome, StatusBuilder, Waiting, reconciler
+from tuneops.reconcile.base import (
+    Cond,
+    Context,
+    Invalid,
+    Outcome,
+    StatusBuilder,
+    Waiting,
+    controlled_by,
+    name_conflict,
+    read_child,
+    reconciler,
+)
 from tuneops.reconcile.lora import lora_enabled, reconcile_adapters
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
 from tuneops.reconcile.sources import Sources, resolve
@@ -24,6 +34,7 @@ from tuneops.render.names import content_hash
 from tuneops.render.serving import autoscaling
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Owner
+from tuneops.validation.references import check_routing
 
 Builder = StatusBuilder[InferenceServiceSpec, InferenceServiceStatus]
 
@@ -139,15 +150,35 @@ EXTENSIONS = {
 }
 
 
+# Conflicts named in one condition message; the rest are counted.
+CONFLICTS_NAMED = 3
+
+
 def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) -> int:
-    """Apply what changed, delete what is no longer desired; returns the number of writes."""
+    """Apply what changed, delete what is no longer desired; returns the number of writes.
+
+    A child whose name is held by an object this service does not control (another resource's child, or one
+    a person made) stops the pass before anything is written: `Waiting` with reason NameConflict, naming both
+    and what to do, looked at again until that object is gone. Only children this service controls are
+    deleted."""
+    stamped = [_stamp(m) for m in manifests]
+    found: list[tuple[dict[str, Any], k.ResourceType, dict[str, Any] | None]] = []
+    conflicts: list[str] = []
+    for m in stamped:
+        rtype = k.type_of(m)
+        current = read_child(ctx.kube, rtype, owner.namespace, m["metadata"]["name"])
+        conflict = name_conflict(owner, rtype.kind, current) if current is not None else None
+        if conflict is not None:
+            conflicts.append(conflict)
+        found.append((m, rtype, current))
+    if conflicts:
+        more = len(conflicts) - CONFLICTS_NAMED
+        named = "; ".join(conflicts[:CONFLICTS_NAMED]) + (f"; and {more} more" if more > 0 else "")
+        raise Waiting(named, Reason.NAME_CONFLICT)
     writes = 0
     desired: set[tuple[str, str]] = set()
-    for m in manifests:
-        m = _stamp(m)
-        rtype = k.type_of(m)
+    for m, rtype, current in found:
         desired.add((rtype.kind, m["metadata"]["name"]))
-        current = ctx.kube.get(rtype, owner.namespace, m["metadata"]["name"])
         have = ((current or {}).get("metadata") or {}).get("annotations", {}).get(labels.SPEC_HASH)
         if have != m["metadata"]["annotations"][labels.SPEC_HASH]:
             try:
@@ -170,7 +201,9 @@ def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) 
         except k.NotFound:
             continue  # the kind's CRD (LeaderWorkerSet, KEDA, Gateway API) is not installed: nothing to clean up
         for child in children:
-            if (rtype.kind, child["metadata"]["name"]) not in desired:
-                ctx.kube.delete(rtype, owner.namespace, child["metadata"]["name"])
+            meta = child["metadata"]
+            # Labels are anyone's to write: only what this service controls is its to delete.
+            if (rtype.kind, meta["name"]) not in desired and controlled_by(child, owner.uid):
+                ctx.kube.delete(rtype, owner.namespace, meta["name"], uid=meta.get("uid"))
                 writes += 1
     return writes

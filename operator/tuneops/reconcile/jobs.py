@@ -31,6 +31,65 @@ def job_finished(job: dict[str, Any]) -> bool:
     return any(conds.get(t, {}).get("status") == "True" for t in ("Complete", "Failed"))
 
 
+# What decides what a container computes: a Pod that differs from its Job's template in any of these is not the
+# Job's own, whoever its ownerReference names.
+_RUNS = ("name", "image", "command", "args", "env", "envFrom", "workingDir", "volumeMounts")
+# The ServiceAccount token the API server mounts into every container of a Pod whose template does not turn it off.
+_TOKEN_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _runs(container: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: container.get(k) for k in _RUNS if container.get(k) not in (None, [], {})}
+    mounts = [m for m in out.get("volumeMounts") or [] if m.get("mountPath") != _TOKEN_MOUNT]
+    out["volumeMounts"] = mounts or None
+    return out
+
+
+def job_pod(job: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether `pod` is proven to be `job`'s own: its controller is the Job (by uid) and it runs exactly what the
+    Job's template says (images, commands, arguments, environment, mounts and the volumes behind them).
+
+    Labels and ownerReferences are written by whoever creates a Pod, so a tenant can make a Pod that claims a Job
+    and exits 0 first with a result of its choosing. Such a Pod either differs from the template, and is ignored,
+    or runs the template itself, and then computes what the Job's own Pod would."""
+    uid = (job.get("metadata") or {}).get("uid")
+    meta = pod.get("metadata") or {}
+    if not uid or not any(
+        r.get("uid") == uid and r.get("controller") is True for r in meta.get("ownerReferences") or []
+    ):
+        return False
+    template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    spec = pod.get("spec") or {}
+    for key in ("containers", "initContainers"):
+        want = [_runs(c) for c in template.get(key) or []]
+        if [_runs(c) for c in spec.get(key) or []] != want:
+            return False
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    templated = {v.get("name"): v for v in template.get("volumes") or []}
+    mounted = {m.get("name") for c in spec.get("containers") or [] for m in c.get("volumeMounts") or []}
+    mounted |= {m.get("name") for c in spec.get("initContainers") or [] for m in c.get("volumeMounts") or []}
+    for name in mounted:
+        if name in templated:
+            if volumes.get(name) != templated[name]:
+                return False
+        elif not _token_volume(volumes.get(name)):
+            return False
+    return bool(spec.get("serviceAccountName", "default") == template.get("serviceAccountName", "default"))
+
+
+def _token_volume(volume: Mapping[str, Any] | None) -> bool:
+    """The projected ServiceAccount token volume the API server adds (kube-api-access-*), and nothing else."""
+    if not volume or not str(volume.get("name", "")).startswith("kube-api-access-"):
+        return False
+    sources = (volume.get("projected") or {}).get("sources") or []
+    return all(set(s) <= {"serviceAccountToken", "configMap", "downwardAPI"} for s in sources)
+
+
+def job_pods(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The Pods proven to be `job`'s own (job_pod), in the order given."""
+    return [dict(p) for p in pods if job_pod(job, p)]
+
+
 def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     status = pod.get("status") or {}

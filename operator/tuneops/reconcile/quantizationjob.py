@@ -12,7 +12,6 @@ from tuneops.api.quantizationjob import (
     QuantizationJobSpec,
     QuantizationJobStatus,
 )
-from tuneops.checks import AdapterOnly, check_quantization_source
 from tuneops.reconcile.base import (
     Context,
     Invalid,
@@ -28,6 +27,7 @@ from tuneops.reconcile.common import artifact_from_result, resolve_ref
 from tuneops.reconcile.jobs import JobOutcome
 from tuneops.render import quantizationjob as render
 from tuneops.render.types import ResolvedModel, model_format
+from tuneops.validation.quantization import AdapterOnly, check_quantization_source
 
 Builder = StatusBuilder[QuantizationJobSpec, QuantizationJobStatus]
 

@@ -13,13 +13,13 @@ from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
 from tuneops.api.inferenceservice import InferenceServiceSpec
-from tuneops.checks import uri_model
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Invalid, Waiting, owner_of
 from tuneops.reconcile.common import resolve_ref
-from tuneops.render import serving as render
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri
 from tuneops.render.types import Problem, ResolvedAdapter, ResolvedModel, model_format
+from tuneops.validation.references import uri_model
+from tuneops.validation.serving import check_inferenceservice
 
 _ADAPTER_FIELD = re.compile(r"^spec\.lora\.adapters\[(\d+)\]")
 
@@ -51,7 +51,7 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     # The key is read only to call the Pods' runtime LoRA API; the Pods get it from the kubelet (env valueFrom).
     calls_pods = spec.runtime == "vllm" and bool((spec.lora and spec.lora.adapters) or adapters)
     api_key = _api_key(ctx, obj["metadata"]["namespace"], spec) if calls_pods else None
-    problems = render.check_inferenceservice(spec, model=model, adapters=adapters)
+    problems = check_inferenceservice(spec, model=model, adapters=adapters)
     refused, service_problems = _split(spec, adapters, problems)
     if service_problems:
         raise Invalid("; ".join(str(p) for p in service_problems), service_problems[0].reason)

@@ -2,12 +2,11 @@
 
 from tuneops.render.finetunedmodel import render_finetunedmodel, render_inspect_job, render_merge_job
 from tuneops.render.quantizationjob import (
-    check_quantizationjob,
     render_evaluate_job,
     render_quantizationjob,
     render_quantize_job,
 )
-from tuneops.render.serving import check_inferenceservice, render_inferenceservice
+from tuneops.render.serving import render_inferenceservice
 from tuneops.render.serving.args import llamacpp_args, vllm_args
 from tuneops.render.serving.types import Note, ServingRender
 from tuneops.render.types import (
@@ -29,8 +28,6 @@ __all__ = [
     "ResolvedAdapter",
     "ResolvedModel",
     "ServingRender",
-    "check_inferenceservice",
-    "check_quantizationjob",
     "llamacpp_args",
     "model_format",
     "render_evaluate_job",

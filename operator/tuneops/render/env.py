@@ -9,7 +9,7 @@ from typing import Any
 
 from tuneops.api.common import SecretKeyRef
 from tuneops.render.volumes import parse
-from tuneops.storage.credentials import AWS_KEYS, CREDENTIALS_ENV, credential_prefix
+from tuneops.storage.credentials import AMBIENT_ENV, AWS_KEYS, CREDENTIALS_ENV, credential_prefix
 
 
 def env_value(name: str, value: str) -> dict[str, Any]:
@@ -32,15 +32,22 @@ class Source:
     secret: SecretKeyRef | None
 
 
-def source_env(sources: Iterable[Source]) -> list[dict[str, Any]]:
+def source_env(sources: Iterable[Source], *, ambient: bool = False) -> list[dict[str, Any]]:
     """Credentials per source, only ever as env valueFrom: each Secret reaches only the URI it is named for.
 
     A source with a Secret gets its own variables, TUNEOPS_<ROLE>_HF_TOKEN for hf:// (from the referenced key)
     and TUNEOPS_<ROLE>_AWS_* for s3:// (each optional, so a Secret may hold just an endpoint or just keys),
     and TUNEOPS_CREDENTIALS maps its URI to the role; the worker's storage reads them per URI.
+
+    `ambient` (the operator config's allowAmbientCredentials) sets TUNEOPS_AMBIENT_CREDENTIALS=1 in a container
+    with an s3:// source: only then may the worker read a source without keys of its own with the Pod's or
+    node's AWS identity (else its requests are unsigned; see storage.credentials).
     """
+    sources = list(sources)
     roles: dict[str, str] = {}
     out: list[dict[str, Any]] = []
+    if ambient and any(src.uri and parse(src.uri).scheme == "s3" for src in sources):
+        out.append(env_value(AMBIENT_ENV, "1"))
     for src in sources:
         if src.secret is None or not src.uri or src.uri in roles:
             continue
@@ -61,8 +68,9 @@ def source_env(sources: Iterable[Source]) -> list[dict[str, Any]]:
 def merge_env(
     ours: Iterable[Mapping[str, Any]], theirs: Iterable[Mapping[str, Any]] = ()
 ) -> list[dict[str, Any]]:
-    """Env sorted by name; a user-supplied variable replaces one of ours with the same name."""
-    by_name: dict[str, dict[str, Any]] = {str(e["name"]): dict(e) for e in ours}
-    for e in theirs:
-        by_name[str(e["name"])] = dict(e)
+    """Env sorted by name. Ours win: a spec's variable never replaces one the operator sets (its API key, caches,
+    credentials). The operator refuses such a spec first (validation/policy.py); this keeps a rendered Pod true
+    to the operator even if a refusal were missed."""
+    by_name: dict[str, dict[str, Any]] = {str(e["name"]): dict(e) for e in theirs}
+    by_name.update((str(e["name"]), dict(e)) for e in ours)
     return [by_name[n] for n in sorted(by_name)]

@@ -104,7 +104,7 @@ def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> l
     if expected:
         # The worker checks each input against the digest its producer recorded before using it.
         ours.append(env_value(EXPECT_ENV, canonical_json(expected)))
-    ours += source_env(step.sources)
+    ours += source_env(step.sources, ambient=config.allow_ambient_credentials)
     return merge_env(ours)
 
 
@@ -200,7 +200,7 @@ def render_job(owner: Owner, config: OperatorConfig, template: JobTemplate, step
     # The Job's own name (known only once hashed) names the worker's staging folder: Jobs that write one
     # output side by side (a superseded one next to its replacement) never share it.
     container = pod_spec["containers"][0]
-    container["env"] = merge_env(container["env"], [env_value(JOB_NAME_ENV, name)])
+    container["env"] = merge_env([*container["env"], env_value(JOB_NAME_ENV, name)])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -1,7 +1,7 @@
 """What the operator would create for a set of resources, resolved offline (for `tuneops render` and reviews).
 
 References between resources in the same input are followed to the URIs the referenced resource will write,
-and the operator's own refusals (tuneops.checks, check_inferenceservice) are run on what they predict.
+and the operator's own refusals (tuneops.validation) are run on what they predict.
 A reference to something not in the input resolves to the operator's default output location for that name.
 Digests and adapter facts are unknown before the Jobs run, so they are left out; owner UIDs are derived
 from kind, namespace and name (the API server assigns the real ones, and the operator uses those).
@@ -22,23 +22,17 @@ from tuneops.api.common import ObjectRef
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
-from tuneops.checks import (
-    AdapterOnly,
-    Reference,
-    check_pod_policy,
-    check_quantization_source,
-    check_reference,
-    check_routing,
-    references,
-    uri_model,
-)
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
 from tuneops.render.quantizationjob import artifact_format, quantize_output_uri, render_quantizationjob
-from tuneops.render.serving import check_inferenceservice, render_inferenceservice
+from tuneops.render.serving import render_inferenceservice
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Manifest, Owner, Problem, ResolvedAdapter, ResolvedModel
+from tuneops.validation.policy import check_pod_policy
+from tuneops.validation.quantization import AdapterOnly, check_quantization_source
+from tuneops.validation.references import Reference, check_reference, check_routing, references, uri_model
+from tuneops.validation.serving import check_inferenceservice
 
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d1b-4c59-9a57-7e0b7d1c3a10")
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from tuneops.api.conditions import Reason
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri, gguf_file
 from tuneops.render.env import Source
 from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
-from tuneops.render.types import Manifest, ModelFormat, Owner, Problem, RenderError, ResolvedModel
+from tuneops.render.types import Manifest, ModelFormat, Owner, RenderError, ResolvedModel
 from tuneops.storage.uri import join_uri
 
 QUANTIZE = "quantize"
@@ -24,19 +23,6 @@ def artifact_format(spec: QuantizationJobSpec) -> ModelFormat:
     if spec.method == "gguf":
         return "gguf"
     return "awq" if spec.awq_settings().backend == "autoawq" else "compressed-tensors"
-
-
-def check_quantizationjob(spec: QuantizationJobSpec, source: ResolvedModel) -> list[Problem]:
-    """What can be known to fail before a Job runs: both methods start from a Hugging Face-format model."""
-    if source.format == "hf":
-        return []
-    return [
-        Problem(
-            Reason.INVALID_SPEC,
-            "spec.source",
-            f"{spec.method} quantization needs an unquantized Hugging Face model; the source is {source.format}",
-        )
-    ]
 
 
 def quantize_args(

@@ -32,6 +32,8 @@ def pod_path(uri: str, config: OperatorConfig) -> str:
 
 
 def pvc_volume_name(claim: str) -> str:
+    """A Pod's volume name for a claim: `pvc-<claim>` (one-to-one in the claim through `bounded_name`, and
+    apart from the Pod's other volumes, none of which starts with `pvc-`)."""
     return bounded_name("pvc", claim)
 
 

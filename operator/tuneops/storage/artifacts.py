@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -219,17 +220,37 @@ class Output:
     def _final_local(self) -> Path:
         return self.uri.local_path()
 
-    def existing(self) -> Manifest | None:
-        """The manifest of a complete artifact already at the URI, if any."""
+    def _candidate(self) -> tuple[Manifest, Callable[[], list[str]]] | None:
+        """The manifest of what is at the URI, and how to check the files against it (not yet called)."""
         if self.uri.is_local:
             final = self._final_local()
-            m = read_manifest(final) if final.is_dir() else None
-            if m is None or verify(final, m, hashes=False):
-                return None
-            return m
+            local = read_manifest(final) if final.is_dir() else None
+            return None if local is None else (local, functools.partial(verify, final, local))
         if self.uri.scheme == "s3":
-            return remote.s3_published(self.uri)
-        return remote.hf_read_manifest(self.uri)
+            found = remote.s3_candidate(self.uri)
+            if found is None:
+                return None
+            folder, m = found
+            return m, lambda: remote.s3_verify(folder, m)
+        hub = remote.hf_read_manifest(self.uri)
+        return None if hub is None else (hub, lambda: remote.hf_verify(self.uri, hub))
+
+    def _checked(self, m: Manifest, check: Callable[[], list[str]]) -> Manifest | None:
+        problems = check()
+        if problems:
+            log.warning(
+                "%s: the artifact there does not match its manifest (%s): not used; it is made again",
+                self.uri.raw,
+                "; ".join(problems[:5]),
+            )
+            return None
+        return m
+
+    def existing(self) -> Manifest | None:
+        """The manifest of a complete artifact already at the URI, if any: every file is there with the sha256
+        its manifest lists, and nothing else is (see remote for what stands in for a hash on S3 and the Hub)."""
+        found = self._candidate()
+        return None if found is None else self._checked(*found)
 
     def location(self, manifest: Manifest) -> str:
         """The URI consumers read this artifact from: the output itself (file, pvc, hf: replaced atomically),
@@ -239,13 +260,12 @@ class Output:
         return self.uri.raw
 
     def reusable(self, key: str) -> Manifest | None:
-        """A complete artifact made from the same inputs, parameters and tools (its files are re-hashed)."""
-        m = self.existing()
-        if m is None or m.key != key:
+        """A complete artifact made from the same inputs, parameters and tools, its files checked by sha256
+        (the key first: an artifact of other inputs is not read at all)."""
+        found = self._candidate()
+        if found is None or found[0].key != key:
             return None
-        if self.uri.is_local and verify(self._final_local(), m, hashes=True):
-            return None
-        return m
+        return self._checked(*found)
 
     def begin(self) -> Path:
         if self.uri.is_local:

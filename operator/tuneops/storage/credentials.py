@@ -3,8 +3,20 @@
 A worker Pod may read sources guarded by different Secrets (a gated base model on the Hub, an adapter in one
 bucket, an output in another). The renderer gives each such source its own environment variables under a
 prefix, `TUNEOPS_<ROLE>_HF_TOKEN` and `TUNEOPS_<ROLE>_AWS_*`, and maps its URI to the role in
-`TUNEOPS_CREDENTIALS` (JSON, `{"s3://bucket/prefix": "ADAPTER"}`). A URI that no role claims is used with the
-process's plain environment (HF_TOKEN, the AWS default chain), which is also how the workers run by hand.
+`TUNEOPS_CREDENTIALS` (JSON, `{"s3://bucket/prefix": "ADAPTER"}`). A hf:// URI that no role claims is read
+with the process's plain HF_TOKEN.
+
+Ambient AWS credentials. An s3:// source whose Secret holds no keys, or that has no Secret, would otherwise be
+read with whatever boto3's default chain finds: AWS_* keys in the environment, shared credential files, a web
+identity token (IRSA), container credentials (EKS Pod Identity) or the node's instance profile. That identity
+is the Pod's or the node's, not the source's, so it is used only when $TUNEOPS_AMBIENT_CREDENTIALS is `1`: the
+renderer sets it only when the operator config allows ambient credentials (allowAmbientCredentials), and a
+person running `tuneops worker ...` by hand sets it to use their own environment. Otherwise such a source is
+read with unsigned (anonymous) requests, from a session whose credential chain is empty: a public bucket still
+works, no credential of the node is looked up, and an access denied names the missing Secret (storage.remote).
+Unsigned rather than a refusal before any request, because anonymous reads of public buckets are legitimate
+and lend nothing; the operator refuses a spec that names an s3:// source without a Secret before any Pod
+exists (tuneops.validation.credentials), so this is the worker's own line of defence.
 """
 
 from __future__ import annotations
@@ -17,6 +29,11 @@ from typing import Any
 from tuneops.storage.uri import InputError
 
 CREDENTIALS_ENV = "TUNEOPS_CREDENTIALS"
+AMBIENT_ENV = "TUNEOPS_AMBIENT_CREDENTIALS"
+# How a client for an s3:// source signs its requests (s3_signing).
+SECRET = "secret"
+AMBIENT = "ambient"
+UNSIGNED = "unsigned"
 AWS_KEYS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -68,9 +85,22 @@ def hf_token(uri: str) -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
+def ambient_allowed() -> bool:
+    """Whether a source without keys of its own may use the ambient AWS identity ($TUNEOPS_AMBIENT_CREDENTIALS)."""
+    return os.environ.get(AMBIENT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def s3_signing(args: dict[str, Any]) -> str:
+    """How a client made with `args` (s3_client_args) signs: with the Secret's keys, with the ambient identity
+    (only when allowed), else unsigned."""
+    if args.get("aws_access_key_id") and args.get("aws_secret_access_key"):
+        return SECRET
+    return AMBIENT if ambient_allowed() else UNSIGNED
+
+
 def s3_client_args(uri: str) -> dict[str, Any]:
     """Keyword arguments for boto3's S3 client for `uri`. A source with its own Secret uses that Secret's keys,
-    region and endpoint; what it leaves out (no keys: workload identity) falls to boto3's defaults."""
+    region and endpoint; without keys, see s3_signing (the ambient identity only when allowed)."""
     role = role_for(uri)
     if role is None:
         return {}

@@ -12,11 +12,12 @@ from pathlib import Path
 from tuneops import storage
 from tuneops.storage import parse_uri, remote
 from tuneops.storage.artifacts import check_input
-from tuneops.storage.manifest import digest_of, list_files
+from tuneops.storage.manifest import FETCH_MARKER, digest_of, list_files
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
 log = logging.getLogger("tuneops.workers.fetch")
-MARKER = ".tuneops-fetched.json"
+# Bookkeeping, not content: manifests and digests leave it out (storage.manifest.BOOKKEEPING).
+MARKER = FETCH_MARKER
 
 
 def _size(root: Path) -> int:
@@ -34,26 +35,54 @@ def _format(root: Path) -> str:
     return "safetensors"
 
 
+def _marker(target: Path) -> dict[str, object]:
+    marker = target / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        return {}
+    try:
+        data = json.loads(marker.read_text())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _current_digest(target: Path) -> str | None:
+    """The folder's digest as its files are now (None when it cannot be read as an artifact: a link...)."""
+    try:
+        return digest_of(target)
+    except (OSError, storage.InputError):
+        return None
+
+
 def run_fetch(source: str, dest: str, expect: str | None = None) -> WorkerResult:
     """Fill `dest` with the model's files. `dest` may be a mount point (an emptyDir), so it is never renamed:
     files land in a hidden staging folder inside it and are moved up once the download is complete and
     checked (no links, files as the manifest lists them, the `expect`ed digest). A folder a finished fetch of
-    the same source filled (its marker is written last) is reused."""
+    the same source filled (its marker is written last) is reused when its files, hashed again, still have the
+    digest the marker recorded; otherwise it is fetched again."""
     u = parse_uri(source)
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
-    marker = target / MARKER
-    done = json.loads(marker.read_text()) if marker.is_file() and not marker.is_symlink() else {}
+    done = _marker(target)
     if done.get("source") == source and (not expect or done.get("expect") == expect):
-        log.info("fetch: %s already holds %s; reusing", target, source)
-        return WorkerResult(
-            artifact=ArtifactResult(
-                uri=source,
-                digest=str(done["digest"]),
-                size_bytes=_size(target),
-                format=_format(target),
-                reused=True,
+        digest = _current_digest(target)
+        if digest is not None and digest == done.get("digest"):
+            log.info("fetch: %s already holds %s (digest re-checked); reusing", target, source)
+            return WorkerResult(
+                artifact=ArtifactResult(
+                    uri=source,
+                    digest=digest,
+                    size_bytes=_size(target),
+                    format=_format(target),
+                    reused=True,
+                )
             )
+        log.warning(
+            "fetch: %s no longer holds what the fetch of %s left (digest %s, recorded %s): fetching again",
+            target,
+            source,
+            digest,
+            done.get("digest"),
         )
     # A previous attempt of this init container may have left files: start from an empty folder.
     for entry in target.iterdir():
@@ -78,7 +107,7 @@ def run_fetch(source: str, dest: str, expect: str | None = None) -> WorkerResult
     staging.rmdir()
     digest = digest_of(target)
     # Written last: its presence means the folder is complete (a restarted init container reuses it).
-    marker.write_text(json.dumps({"source": source, "digest": digest, "expect": expect or ""}))
+    (target / MARKER).write_text(json.dumps({"source": source, "digest": digest, "expect": expect or ""}))
     log.info("fetch: %s -> %s complete", source, target)
     return WorkerResult(
         artifact=ArtifactResult(uri=source, digest=digest, size_bytes=_size(target), format=_format(target))

@@ -219,10 +219,9 @@ def publish_adapter(adapter_dir: Path, adapter_uri: str, digest: str, publish: s
         return target
     staging = out.begin()
     try:
-        # list_files refuses links and special files: nothing outside the adapter is copied.
+        # list_files refuses links and special files: nothing outside the adapter is copied. It lists hidden
+        # files too (the digest covers them), and leaves out only the tool's bookkeeping (the manifest).
         for rel in list_files(adapter_dir):
-            if rel.parts[0].startswith("."):
-                continue
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(adapter_dir / rel, staging / rel, follow_symlinks=False)
         manifest = out.commit(

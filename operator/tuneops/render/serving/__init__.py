@@ -1,6 +1,6 @@
 """Manifests of an InferenceService: vLLM (Deployment or LeaderWorkerSet) or llama.cpp, Service, PDB.
 
-This package's surface is what the reconciler uses: check, render, and the few facts it shares with the
+This package's surface is what the reconciler uses: render, and the few facts it shares with the
 adapter reconciler (the port, the adapters' paths, the effective LoRA settings).
 """
 
@@ -13,14 +13,13 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.serving.args import adapter_path
 from tuneops.render.serving.autoscaling import render_autoscaler
-from tuneops.render.serving.checks import check_inferenceservice
 from tuneops.render.serving.llamacpp import render_llamacpp
 from tuneops.render.serving.routing import render_routing
 from tuneops.render.serving.types import PORT, ServingRender, effective_lora
 from tuneops.render.serving.vllm import render_vllm
 from tuneops.render.types import Owner, ResolvedAdapter, ResolvedModel
 
-__all__ = ["PORT", "adapter_path", "check_inferenceservice", "effective_lora", "render_inferenceservice"]
+__all__ = ["PORT", "adapter_path", "effective_lora", "render_inferenceservice"]
 
 
 def render_inferenceservice(

@@ -23,6 +23,7 @@ from tuneops.render.volumes import Mounts, parse
 from tuneops.storage.uri import join_uri
 
 STARTUP_SECONDS = 600
+KEY_ENV = "LLAMA_API_KEY"
 
 
 def gguf_target(spec: InferenceServiceSpec, model: ResolvedModel) -> tuple[str, str | None]:
@@ -59,7 +60,7 @@ def render_llamacpp(
         spec,
         image=spec.image or config.images.llamacpp,
         args=llamacpp_args(model_path=files.path, served_name=served, llamacpp=lc, threads=threads),
-        env=[env_value("HOME", "/tmp"), *api_key_env(spec, "LLAMA_API_KEY")],
+        env=[env_value("HOME", "/tmp"), *api_key_env(spec, KEY_ENV)],
         resources=resources,
         volume_mounts=[tmp_mount, *files.mounts, *mounts.volume_mounts()],
         startup_seconds=STARTUP_SECONDS,
@@ -78,4 +79,5 @@ def render_llamacpp(
         workload=deployment(spec, owner, template, strategy, STARTUP_SECONDS),
         note=note,
         served_models=(served,),
+        key_env=KEY_ENV,
     )

@@ -82,7 +82,7 @@ def _fetch_container(
             env_value("HOME", "/tmp"),
             env_value("TUNEOPS_PVC_ROOT", config.pvc_mount_root),
             env_value("TUNEOPS_TERMINATION_LOG", TERMINATION_LOG),
-            *source_env([Source("model", uri, secret)]),
+            *source_env([Source("model", uri, secret)], ambient=config.allow_ambient_credentials),
         ]
     )
     return {

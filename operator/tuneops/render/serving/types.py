@@ -57,6 +57,12 @@ def served_model_name(spec: InferenceServiceSpec, owner: Owner) -> str:
 
 
 def workload_name(owner: Owner) -> str:
+    """The name of the service's Deployment (or LeaderWorkerSet), Service, PodDisruptionBudget,
+    NetworkPolicy, autoscaler and routes: the resource's name where it already is a short DNS label without
+    `--` (`support-bot` stays `support-bot`, the Service URL users rely on), else hashed (`bounded_name`).
+
+    No two owners share one: only InferenceServices make these kinds, their names are unique in a namespace,
+    and `bounded_name` of a single part is one-to-one."""
     return bounded_name(owner.name)
 
 

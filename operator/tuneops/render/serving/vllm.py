@@ -46,6 +46,7 @@ CONFIG_DIR = "/etc/tuneops/vllm"
 LAUNCH_FILE = "launch.py"
 LORA_FILE = "lora-modules.json"
 RAY_PORT = 6379
+KEY_ENV = "VLLM_API_KEY"
 # LeaderWorkerSet labels a group's leader Pod with worker index 0; the Service must reach the leader only.
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
@@ -84,6 +85,8 @@ WORKER_SCRIPT = f'exec ray start --address="$LWS_LEADER_ADDRESS:{RAY_PORT}" --bl
 
 
 def _configmap_name(owner: Owner) -> str:
+    """`<name>-vllm`, through `bounded_name`: only InferenceServices make ConfigMaps, and `<name>-vllm` (the
+    name as written) is one-to-one in the resource's name, so no two services share one."""
     return bounded_name(owner.name, "vllm")
 
 
@@ -119,7 +122,7 @@ def _env(
         env_value("VLLM_CACHE_ROOT", f"{CACHE_DIR}/vllm"),
         env_value("VLLM_NO_USAGE_STATS", "1"),
         env_value("XDG_CACHE_HOME", f"{CACHE_DIR}/xdg"),
-        *api_key_env(spec, "VLLM_API_KEY"),
+        *api_key_env(spec, KEY_ENV),
     ]
     secret = model_secret(spec, model)
     if not any(parse(a.uri).scheme == "hf" for a in adapters):
@@ -288,7 +291,9 @@ def render_vllm(
         note=note,
         served_models=(served_model_name(spec, owner), *(a.name for a in adapters)),
         service_selector=_service_selector(owner) if multinode else None,
+        key_env=KEY_ENV,
         runtime_api=lora is not None and lora.dynamic,
+        multinode=multinode,
     )
 
 

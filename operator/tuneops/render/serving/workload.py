@@ -3,7 +3,7 @@ the result."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tuneops.api.conditions import ROLLOUT, SECURED, Reason
@@ -11,7 +11,7 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.names import metadata, selector_labels
 from tuneops.render.serving.pod import extra_labels
-from tuneops.render.serving.types import SERVER, Note, ServingRender, service_url, workload_name
+from tuneops.render.serving.types import CONTAINER, SERVER, Note, ServingRender, service_url, workload_name
 from tuneops.render.types import Manifest, Owner
 
 
@@ -88,31 +88,92 @@ def pdb(owner: Owner, selector: Mapping[str, str], config: OperatorConfig) -> Ma
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-def protection(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, runtime_api: bool) -> Note:
-    """What keeps strangers off the runtime LoRA API (load and unload adapters): the API key, or else a
-    NetworkPolicy while the API is on."""
-    if spec.api_key_secret_ref is not None:
+def protection(manifests: Sequence[Manifest], *, key_env: str, runtime_api: bool, multinode: bool) -> Note:
+    """What keeps strangers off the server, read from the rendered manifests rather than the spec: the API key
+    the server container actually gets (`key_env` from a Secret, or a non-empty value), and a NetworkPolicy that
+    actually fences the Pods. The runtime LoRA API (load and unload adapters) needs one of the two; a multi-node
+    group needs the policy whatever the key, since its Ray ports take no key."""
+    containers = list(_server_containers(manifests))
+    keyed = bool(containers) and all(_has_key(c, key_env) for c in containers)
+    policy = next((m for m in manifests if m.get("kind") == "NetworkPolicy"), None)
+    fenced = policy is not None and _fences(policy)
+    admitted = _admitted(policy) if policy is not None else []
+    if multinode and not fenced:
         return Note(
             SECURED,
-            "True",
-            Reason.API_KEY,
-            f"clients and the operator send the API key of Secret {spec.api_key_secret_ref.name}",
+            "False",
+            Reason.UNPROTECTED,
+            "the group's Ray ports take no key and no NetworkPolicy fences them to the group's own Pods",
+        )
+    ray = "; a NetworkPolicy keeps the Ray ports to the group's own Pods" if multinode else ""
+    if keyed:
+        return Note(
+            SECURED, "True", Reason.API_KEY, f"clients and the operator send the API key ({key_env}){ray}"
         )
     if runtime_api:
-        admitted = ", ".join(admitted_namespaces(spec, owner, config))
+        if fenced and admitted:
+            return Note(
+                SECURED,
+                "True",
+                Reason.NETWORK_POLICY,
+                "runtime LoRA loading has no API key: a NetworkPolicy "
+                f"admits only Pods in {', '.join(admitted)} (spec.clientNamespaces; or set apiKeySecretRef){ray}",
+            )
         return Note(
             SECURED,
-            "True",
-            Reason.NETWORK_POLICY,
-            "runtime LoRA loading has no API key: a NetworkPolicy "
-            f"admits only Pods in {admitted} (spec.clientNamespaces; or set apiKeySecretRef)",
+            "False",
+            Reason.UNPROTECTED,
+            "runtime LoRA loading is on with neither an API key nor a NetworkPolicy: anyone who reaches the port "
+            "can load and unload adapters (set apiKeySecretRef)",
         )
     return Note(
         SECURED,
         "True",
         Reason.NO_RUNTIME_API,
-        "no runtime LoRA API is served; clients need no key (set apiKeySecretRef to require one)",
+        "no runtime LoRA API is served; clients need no key (set apiKeySecretRef to require one)" + ray,
     )
+
+
+def _server_containers(manifests: Sequence[Manifest]) -> Iterator[Mapping[str, Any]]:
+    for m in manifests:
+        spec = m.get("spec") or {}
+        if m.get("kind") == "Deployment":
+            templates = [spec.get("template") or {}]
+        elif m.get("kind") == "LeaderWorkerSet":
+            lws = spec.get("leaderWorkerTemplate") or {}
+            templates = [lws.get("leaderTemplate") or {}, lws.get("workerTemplate") or {}]
+        else:
+            continue
+        for t in templates:
+            for c in (t.get("spec") or {}).get("containers") or []:
+                if c.get("name") == CONTAINER:
+                    yield c
+
+
+def _has_key(container: Mapping[str, Any], key_env: str) -> bool:
+    for e in container.get("env") or []:
+        if e.get("name") != key_env:
+            continue
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
+        return bool(e.get("value")) or bool(ref.get("name") and ref.get("key"))
+    return False
+
+
+def _fences(policy: Mapping[str, Any]) -> bool:
+    """Every ingress rule names its sources (no rule admits everyone on every port)."""
+    rules = (policy.get("spec") or {}).get("ingress") or []
+    return "Ingress" in (policy.get("spec") or {}).get("policyTypes", []) and all(
+        r.get("from") or r.get("ports") for r in rules
+    )
+
+
+def _admitted(policy: Mapping[str, Any]) -> list[str]:
+    for rule in (policy.get("spec") or {}).get("ingress") or []:
+        for peer in rule.get("from") or []:
+            for expr in (peer.get("namespaceSelector") or {}).get("matchExpressions") or []:
+                if expr.get("key") == NAMESPACE_NAME_LABEL:
+                    return list(expr.get("values") or [])
+    return []
 
 
 def admitted_namespaces(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig) -> list[str]:
@@ -121,14 +182,21 @@ def admitted_namespaces(spec: InferenceServiceSpec, owner: Owner, config: Operat
 
 
 def network_policy(
-    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, selector: Mapping[str, str]
+    spec: InferenceServiceSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    selector: Mapping[str, str],
+    *,
+    open_http: bool,
 ) -> Manifest:
-    """Ingress to the server Pods only from the admitted namespaces, and between the Pods themselves (a
-    LeaderWorkerSet's group talks over Ray). Kubelet probes are not subject to it."""
+    """Ingress to the server Pods on the http port only, from the admitted namespaces (or from anywhere when
+    `open_http`: an API key guards it), and on every port between the Pods themselves (a LeaderWorkerSet's group
+    talks over Ray, whose ports take no key). Kubelet probes are not subject to it."""
 
     def pods() -> dict[str, Any]:
         return {"matchLabels": dict(sorted(selector.items()))}
 
+    http = {"port": "http", "protocol": "TCP"}
     namespaces = {
         "matchExpressions": [
             {
@@ -143,7 +211,12 @@ def network_policy(
         "kind": "NetworkPolicy",
         "metadata": metadata(owner, workload_name(owner), SERVER),
         "spec": {
-            "ingress": [{"from": [{"namespaceSelector": namespaces}]}, {"from": [{"podSelector": pods()}]}],
+            "ingress": [
+                {"ports": [http]}
+                if open_http
+                else {"from": [{"namespaceSelector": namespaces}], "ports": [http]},
+                {"from": [{"podSelector": pods()}]},
+            ],
             "podSelector": pods(),
             "policyTypes": ["Ingress"],
         },
@@ -159,19 +232,23 @@ def serving_render(
     workload: Manifest,
     note: Note,
     served_models: tuple[str, ...],
+    key_env: str,
     service_selector: Mapping[str, str] | None = None,
     runtime_api: bool = False,
+    multinode: bool = False,
 ) -> ServingRender:
     """The result: `manifests` then the workload, its Service, a PodDisruptionBudget when replicated, and a
-    NetworkPolicy when the runtime LoRA API (`runtime_api`) has no API key in front of it."""
+    NetworkPolicy when the runtime LoRA API (`runtime_api`) has no API key in front of it or the workload is a
+    multi-node group (Ray)."""
     selector = selector_labels(owner, SERVER)
     out = [*manifests, workload, service(spec, owner, service_selector or selector)]
     # An autoscaled service keeps its PDB while it may grow, rather than gaining and losing it as replicas move.
     if spec.replicas > 1 or (spec.autoscaling is not None and spec.autoscaling.max_replicas > 1):
         out.append(pdb(owner, selector, config))
-    secured = protection(spec, owner, config, runtime_api)
-    if secured.reason == Reason.NETWORK_POLICY:
-        out.append(network_policy(spec, owner, config, selector))
+    keyless_api = runtime_api and spec.api_key_secret_ref is None
+    if keyless_api or multinode:
+        out.append(network_policy(spec, owner, config, selector, open_http=not keyless_api))
+    secured = protection(out, key_env=key_env, runtime_api=runtime_api, multinode=multinode)
     return ServingRender(
         manifests=tuple(out),
         notes=(note, secured),
