@@ -3,15 +3,20 @@ reach beyond the watched namespaces, rendered Pods cannot write their image or f
 of a multi-node service cannot keep it from Ready, and no fleet of failing Pods outgrows etcd's object limit.
 
 Each test sets up what an attacker (or an unlucky spec) does and checks it is stopped, through the renderers,
-the reconcilers' decision functions and `helm template`."""
+the reconcilers (against an in-memory API server and fake vLLM servers) and `helm template`."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import functools
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,26 +29,31 @@ from tests.unit.chart_support import (
 )
 from tests.unit.render_support import WRITABLE_ENV, containers, env_of, owner, pod_specs
 from tests.unit.test_security import all_example_docs
+from tests.unit.test_validate_equals_operator import MemoryKube
+from tuneops import API_VERSION
 from tuneops.adapters import (
     DesiredAdapter,
     FailureRecord,
     PodMemory,
-    PodResult,
-    ServedModels,
-    plan_pod,
-    pod_problems,
+    decode_memory,
+    encode_memory,
     summarize,
 )
-from tuneops.api.common import ConditionStatus
-from tuneops.api.conditions import ADAPTERS_READY, READY, SECURED, Reason, set_condition
-from tuneops.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus, PodAdapters
+from tuneops.adapters.client import EXCERPT_MAX, MAX_ACTIONS_PER_POD
+from tuneops.adapters.memory import MEMORY_MAX
+from tuneops.adapters.summary import PODS_NAMED_MAX
+from tuneops.api.conditions import ADAPTERS_READY, READY, SECURED, Reason
+from tuneops.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
 from tuneops.config import OperatorConfig
-from tuneops.reconcile.base import Cond, Verdict
+from tuneops.kube import client as k
+from tuneops.labels import ADAPTER_MEMORY
+from tuneops.reconcile import RECONCILERS, lora
+from tuneops.reconcile.base import Cond, Context, Verdict
 from tuneops.reconcile.lora import ready_pods, reconcile_pods
-from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
+from tuneops.reconcile.service_status import Adapters, Observed, Workload, decide
 from tuneops.render import Owner, ResolvedAdapter, ResolvedModel
 from tuneops.render.plan import render_documents
-from tuneops.render.serving import render_inferenceservice
+from tuneops.render.serving import adapter_path, render_inferenceservice
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.serving.vllm import LWS_WORKER_INDEX
 
@@ -343,47 +353,197 @@ def test_worker_pods_of_a_leaderworkerset_are_never_asked_for_adapters() -> None
 # -- 11: status of a large failing fleet ---------------------------------------------------------------------
 
 ETCD_OBJECT_LIMIT = 3 << 19  # 1.5 MiB
+FLEET_PODS = 100
+FLEET_ADAPTERS = 512  # the schema's maximum
+STALE = 1023  # with the base model, the most entries of one /v1/models the operator reads
+LOAD_ERROR = "CUDA out of memory; trace: " + "x" * 5000
 
 
-def test_512_adapters_failing_on_100_pods_keep_the_status_far_under_etcds_limit() -> None:
+class FleetKube(MemoryKube):
+    """The in-memory API server of the operator tests, with what the InferenceService reconciler needs beyond
+    it: status kept apart from applies (an apply does not touch status, as on the API server), status patches
+    merged into the object, and merge patches of Pod annotations (the adapter memory)."""
+
+    def apply(self, obj: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        key = (obj["kind"], obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        current = self.objs.get(key) or {}
+        meta = obj["metadata"]
+        meta.setdefault("uid", f"uid-{obj['kind']}-{meta['name']}".lower())
+        meta["generation"] = (current.get("metadata") or {}).get("generation", 0) + 1
+        if "status" in current:
+            obj["status"] = current["status"]
+        self.objs[key] = obj
+        return copy.deepcopy(obj)
+
+    def patch_status(
+        self, rtype: k.ResourceType, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        super().patch_status(rtype, namespace, name, status)
+        obj = self.objs[(rtype.kind, namespace, name)]
+        merged = {**(obj.get("status") or {}), **status}
+        obj["status"] = {key: v for key, v in merged.items() if v is not None}
+        return status
+
+    def patch(self, rtype: k.ResourceType, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        obj = self.objs.get((rtype.kind, namespace, name))
+        if obj is None:
+            raise k.NotFound("PATCH", f"{rtype.kind}/{namespace}/{name}")
+        assert set(body) == {"metadata"} and set(body["metadata"]) == {"annotations"}, body
+        annotations = obj["metadata"].setdefault("annotations", {})
+        for key, value in body["metadata"]["annotations"].items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        return copy.deepcopy(obj)
+
+
+def fleet_adapters() -> list[ResolvedAdapter]:
+    return adapters(FLEET_ADAPTERS, width=128)
+
+
+def desired() -> dict[str, DesiredAdapter]:
+    """The adapters as the reconciler asks the Pods for them (URI adapters have no digest)."""
+    config = OperatorConfig(operator_namespace=OPERATOR_NS)
+    return {
+        a.name: DesiredAdapter(name=a.name, path=adapter_path(a.uri, config), digest="")
+        for a in fleet_adapters()
+    }
+
+
+WINDOWS = FLEET_ADAPTERS // MAX_ACTIONS_PER_POD
+
+
+@contextlib.contextmanager
+def fleet(behaviour: fake.Behaviour, size: int) -> Iterator[list[fake.FakePod]]:
+    """`size` fake servers on 127.0.1.1, 127.0.1.2, ..., all on one port; stopped together."""
+    first = fake.FakePod(behaviour, host="127.0.1.1")
+    pods = [first] + [
+        fake.FakePod(behaviour, host=f"127.0.1.{i + 1}", port=first.port) for i in range(1, size)
+    ]
+    for pod in pods:
+        pod.__enter__()
+    try:
+        yield pods
+    finally:
+        with concurrent.futures.ThreadPoolExecutor(len(pods)) as stopping:
+            list(stopping.map(lambda pod: pod.__exit__(None, None, None), pods))
+
+
+@functools.cache
+def earlier_passes(window: int) -> str:
+    """What the reconciler's earlier passes left on a Pod (its annotation, as encode_memory writes it): every
+    stale adapter's unload failed for good; of the desired adapters, those before the Pod's `window` (of
+    MAX_ACTIONS_PER_POD adapters) have failed for good and the rest twice (Pods started at different times). So this pass
+    every Pod loads the adapters of its window once more, and they fail for good; between them the first 32
+    Pods' windows cover all 512. The annotation has no room for the messages of the earlier failures."""
+    want = desired()
+    names = sorted(want)
+    start = window * MAX_ACTIONS_PER_POD
+    failures = {n: FailureRecord(digest=want[n].digest, attempts=3 if i < start else 2, message="")
+                for i, n in enumerate(names)}  # fmt: skip
+    failures |= {f"stale-{j:04d}": FailureRecord(digest="", attempts=3, message="") for j in range(STALE)}
+    value = encode_memory(PodMemory(failures=failures))
+    assert value is not None and decode_memory(value, want).failures == failures, "the memory must fit whole"
+    return value
+
+
+def failing_vllm(r: fake.Request) -> None:
+    """A server that lists a thousand adapters nobody asked for and fails every load with a long error."""
+    if r.path == "/v1/models":
+        r.reply(200, LISTING)
+    else:
+        r.reply(500, {"error": {"message": LOAD_ERROR}})
+
+
+LISTING = json.dumps(fake.models_body([f"stale-{j:04d}" for j in range(STALE)])).encode()
+
+
+def test_512_adapters_failing_on_100_pods_keep_the_status_far_under_etcds_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The attack: a valid spec (512 adapters, the schema's maximum, with 128-character names) on 100 Pods,
-    every load failing with a long error and every Pod listing a thousand stale adapters. Listing every
-    adapter on every Pod would be tens of MiB; the status the reconciler writes stays under 1 MiB."""
-    refs = adapters(512, width=128)
-    spec = lora_service(refs, replicas=100)
-    svc = owner("InferenceService", "fleet", uid="uid-fleet-11")
-    rendered = render(spec, svc, refs)
-    want = {a.name: DesiredAdapter(name=a.name, path=f"/adapters/{a.name}", digest=f"sha256:{i:064d}")
-            for i, a in enumerate(refs)}  # fmt: skip
-    error = "CUDA out of memory; trace: " + "x" * 5000
-    stale = {f"stale-{j:04d}".ljust(128, "s"): f"/adapters/stale-{j}" for j in range(1023)}
-    listing = ServedModels(base_models=("base",), adapters=stale, parents=dict.fromkeys(stale, "base"))
-    results = []
-    for p in range(100):
-        memory = PodMemory(failures={n: FailureRecord(digest=a.digest, attempts=3, message=error)
-                                     for n, a in want.items()})  # fmt: skip
-        name = f"fleet-{p:03d}-".ljust(63, "z")
-        results.append(PodResult(pod=name, reachable=True, served=listing,
-                                 states=plan_pod(want, listing, memory).states))  # fmt: skip
-    summary = summarize(want, results)
-    assert not summary.ready
-    lora = Adapters(summary)
-    status = InferenceServiceStatus(
-        adapters=adapter_states(lora),
-        pods=[PodAdapters(pod=x.pod, ready_adapters=x.ready_adapters, message=x.message)
-              for x in pod_problems(want, results)],
-        served_models=list(rendered.served_models),
-        selector=rendered.selector_string,
-        url=rendered.url,
-    )  # fmt: skip
-    for cond in conditions(rendered, replicas=100, lora=lora).values():
-        value: ConditionStatus = "Unknown" if cond.status is None else ("True" if cond.status else "False")
-        status.conditions = set_condition(
-            status.conditions, cond.type, value, cond.reason, cond.message, 1, "2026-01-01T00:00:00Z"
-        )
-    assert {c.type: c.reason for c in status.conditions or []}[READY] == Reason.ADAPTER_LOAD_FAILED
-    assert ADAPTERS_READY in {c.type for c in status.conditions or []}
-    size = len(json.dumps({"status": status.wire()}))
-    print(f"status of 512 adapters x 100 failing Pods: {size} bytes")
-    assert size < 1 << 20 and size < ETCD_OBJECT_LIMIT, size
-    assert len(status.adapters or []) == 512 and len(status.pods or []) <= 10
+    every load failing with a long error and every Pod listing a thousand stale adapters. The InferenceService
+    reconciler runs against an in-memory API server, and its adapter pass against 100 fake vLLM servers on
+    loopback. Listing every adapter on every Pod would be tens of MiB; the status it writes stays under
+    1 MiB, every message in it a line, and every Pod's annotation within its bound."""
+    refs = fleet_adapters()
+    spec = {"model": {"uri": MODEL.uri}, "replicas": FLEET_PODS,
+            "lora": {"adapters": [{"name": a.name, "uri": a.uri} for a in refs]}}  # fmt: skip
+    obj = {"apiVersion": API_VERSION, "kind": "InferenceService", "spec": spec,
+           "metadata": {"name": "fleet", "namespace": "team-a", "uid": "uid-fleet-11", "generation": 1}}  # fmt: skip
+    kube = FleetKube([obj])
+    woke = threading.Event()
+    ctx = Context(kube=cast(k.Kube, kube), config=OperatorConfig(operator_namespace=OPERATOR_NS),
+                  wake=lambda *_, **__: woke.set())  # fmt: skip
+    reconcile = RECONCILERS["InferenceService"]
+    key = ("InferenceService", "team-a", "fleet")
+
+    def status() -> InferenceServiceStatus:
+        return InferenceServiceStatus.model_validate(kube.objs[key].get("status") or {})
+
+    # The first pass makes the workload; there are no Pods yet.
+    reconcile(ctx, copy.deepcopy(kube.objs[key]))
+    (deployment,) = kube.list(k.DEPLOYMENT, "team-a")
+    assert status().pods is None
+
+    # The Deployment controller rolls out 100 Pods, all ready; each runs a server that fails every load.
+    meta = deployment["metadata"]
+    kube.objs[("Deployment", "team-a", meta["name"])]["status"] = {
+        "observedGeneration": meta["generation"], "replicas": FLEET_PODS, "readyReplicas": FLEET_PODS,
+        "updatedReplicas": FLEET_PODS, "availableReplicas": FLEET_PODS,
+    }  # fmt: skip
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    with fleet(failing_vllm, FLEET_PODS) as pods:
+        monkeypatch.setitem(
+            cast(dict[str, Any], lora.reconcile_pods.__kwdefaults__), "port", pods[0].port
+        )  # the fakes', not 8000
+        for p in range(FLEET_PODS):
+            name = f"fleet-{p:03d}-".ljust(63, "z")
+            kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": name, "namespace": "team-a", "uid": f"uid-pod-{p}", "labels": labels,
+                "annotations": {ADAPTER_MEMORY: earlier_passes(p % WINDOWS)},
+            }})  # fmt: skip
+            kube.objs[("Pod", "team-a", name)]["status"] = {
+                "podIP": f"127.0.1.{p + 1}",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+
+        # The reconciler waits a few seconds for the adapter pass; one that takes longer wakes it when done.
+        for _ in range(3):
+            woke.clear()
+            reconcile(ctx, copy.deepcopy(kube.objs[key]))
+            if not any("no answer yet" in p.message for p in status().pods or []):
+                break
+            assert woke.wait(120), "the adapter pass never finished"
+        asked = [pod.hits for pod in pods]
+
+    # Each Pod was asked what it serves, before and after its loads; no stale adapter was unloaded again.
+    assert all(hits == {"/v1/models": 2, "/v1/load_lora_adapter": MAX_ACTIONS_PER_POD} for hits in asked), (
+        asked
+    )
+    written = status()
+    conditions = {c.type: c for c in written.conditions or []}
+    assert conditions[READY].reason == Reason.ADAPTER_LOAD_FAILED, conditions[READY]
+    assert conditions[ADAPTERS_READY].status == "False"
+    # Every adapter failed for good, each reported in a line (its name, where, how often; the error is cut).
+    assert len(written.adapters or []) == FLEET_ADAPTERS
+    for a in written.adapters or []:
+        assert a.state == "Failed" and (a.message or "").startswith(f"adapter {a.name} failed to load on "), a
+        assert len(a.message or "") <= EXCERPT_MAX, a
+    assert 0 < len(written.pods or []) <= PODS_NAMED_MAX
+    assert all(len(p.message) <= EXCERPT_MAX for p in written.pods or [])
+    for c in conditions.values():  # a few KiB at any fleet size: lists in messages name a few, then count
+        assert len(c.message) <= 4096, (c.type, len(c.message))
+    size = len(json.dumps({"status": kube.objs[key]["status"]}))
+    whole = len(json.dumps(kube.objs[key]))
+    print(
+        f"status of {FLEET_ADAPTERS} adapters x {FLEET_PODS} failing Pods: {size} bytes; object {whole} bytes"
+    )
+    assert size < 1 << 20 and whole < ETCD_OBJECT_LIMIT, (size, whole)
+    # What the pass left on each Pod stays within its bound (the API server takes 256 KiB of annotations).
+    for p, pod in enumerate(sorted(kube.list(k.POD, "team-a"), key=lambda pod: pod["metadata"]["name"])):
+        value = pod["metadata"]["annotations"][ADAPTER_MEMORY]
+        assert value != earlier_passes(p % WINDOWS), "the pass records what it did"
+        assert len(value) <= MEMORY_MAX and len(json.dumps(pod["metadata"]["annotations"])) < 256 << 10

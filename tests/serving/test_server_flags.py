@@ -101,21 +101,21 @@ def test_a_file_of_flags_would_turn_denied_flags_back_on(tmp_path: Path) -> None
 
 
 def _llama_help() -> dict[str, bool]:
-    """llama-server's options from its --help: {spelling: takes a value}."""
+    """llama-server's options from its --help: {spelling: takes a value}. An option line starts at the first
+    column with its spellings separated by ", ", then the value's placeholder if it takes one (`N`, `TYPE`,
+    `[on|off|auto]`), then two or more spaces and the description."""
     text = subprocess.run(
         [str(llamacpp_bin("llama-server")), "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     out: dict[str, bool] = {}
     for line in text.splitlines():
-        m = re.match(r"^((?:-{1,2}[\w-]+(?:, )?)+)\s*(\S*)", line.strip())
-        if not m or not line.lstrip().startswith("-"):
+        if not line.startswith("-") or line.startswith("-----"):
             continue
-        names = [n.strip() for n in m.group(1).split(",") if n.strip()]
-        hint = m.group(2)
-        takes = (bool(hint) and not hint.startswith("(") and hint == hint.upper()) or hint.startswith("{")
-        # The value hint follows the names before the help text's column (two or more spaces).
-        head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
-        takes = bool(re.search(r"\s\S+$", head)) and not head.endswith(tuple(names))
+        m = re.match(r"^((?:-[\w-]+,\s+)*-[\w-]+)(?: (\S+))?", line)
+        if m is None:
+            continue
+        names = [n.strip() for n in m.group(1).split(",")]
+        takes = m.group(2) is not None
         for n in names:
             out[n] = takes
     return out
@@ -140,3 +140,17 @@ def test_llama_server_reads_every_flag_from_llama_arg_variables() -> None:
         [str(llamacpp_bin("llama-server")), "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     assert "LLAMA_ARG_MODEL" in text and "LLAMA_ARG_HOST" in text
+
+
+def test_llama_server_reads_underscores_but_not_equals_forms() -> None:
+    """The spellings the checker assumes for llama-server: `--batch_size 64` is `--batch-size 64`, and
+    `--batch-size=64` stops the server (so it is refused before any Pod would crash-loop on it)."""
+    server = str(llamacpp_bin("llama-server"))
+    ok = subprocess.run(
+        [server, "--batch_size", "64", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert "invalid argument" not in ok.stdout + ok.stderr
+    bad = subprocess.run([server, "--batch-size=64", "--version"], capture_output=True, text=True, timeout=60)
+    assert "invalid argument: --batch-size=64" in bad.stdout + bad.stderr
+    assert check_args(["--batch_size", "64"], "llamacpp") == []
+    assert check_args(["--batch-size=64"], "llamacpp")

@@ -137,11 +137,22 @@ def _set(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     return doc
 
 
+def seed_specs(kind: str | None = None) -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
+    """The fixed valid specs above, as (kind, spec)."""
+    kinds = [kind] if kind else sorted(VALID)
+    return st.sampled_from([(k, spec) for k in kinds for spec in VALID[k]])
+
+
 @st.composite
-def mutated_specs(draw: st.DrawFn, kind: str | None = None) -> tuple[str, dict[str, Any]]:
-    """A valid spec of `kind` with one to three places replaced, or new keys added, by hostile values."""
-    kind = kind or draw(st.sampled_from(sorted(VALID)))
-    spec = copy.deepcopy(draw(st.sampled_from(VALID[kind])))
+def mutated_specs(
+    draw: st.DrawFn,
+    kind: str | None = None,
+    seeds: st.SearchStrategy[tuple[str, dict[str, Any]]] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A valid spec (of `kind`, drawn from `seeds`: by default the fixed ones above) with one or two places
+    replaced, dropped, or new keys added, by hostile values."""
+    kind, seed = draw(seeds if seeds is not None else seed_specs(kind))
+    spec = copy.deepcopy(seed)
     for _ in range(draw(st.integers(1, 2))):
         paths = _paths(spec)[1:]
         how = draw(st.sampled_from(["replace", "uri", "ref", "add", "drop", "string", "string"]))

@@ -99,7 +99,7 @@ def _qjob(**spec: Any) -> dict[str, Any]:
 def _ftm(**spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "baseModel": {"uri": "hf://mistralai/Mistral-7B-v0.1"},
-        "adapter": {"uri": "s3://b/a"},
+        "adapter": {"uri": "s3://b/a", "tokenSecretRef": {"name": "aws"}},
     }
     base.update(spec)
     return {

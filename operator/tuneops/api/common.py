@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -169,6 +170,67 @@ class EnvVar(Model):
     """A source for the value (core/v1 EnvVarSource), e.g. secretKeyRef."""
 
 
+# core/v1 Affinity as a shape: a dict maps field names to shapes, a one-item list is a list of that shape, and the
+# strings name scalars. The CRD keeps spec.affinity free-form, so without this a malformed one would reach a Pod
+# template (and the renderer, which adds GPU product terms into it).
+_REQUIREMENT = {"key": "str", "operator": "str", "values": ["str"]}
+_NODE_TERM = {"matchExpressions": [_REQUIREMENT], "matchFields": [_REQUIREMENT]}
+_LABEL_SELECTOR = {"matchLabels": "labels", "matchExpressions": [_REQUIREMENT]}
+_POD_TERM = {
+    "labelSelector": _LABEL_SELECTOR,
+    "namespaceSelector": _LABEL_SELECTOR,
+    "namespaces": ["str"],
+    "topologyKey": "str",
+    "matchLabelKeys": ["str"],
+    "mismatchLabelKeys": ["str"],
+}
+_POD_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": [_POD_TERM],
+    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": "int", "podAffinityTerm": _POD_TERM}],
+}
+_AFFINITY: dict[str, Any] = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_NODE_TERM]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": "int", "preference": _NODE_TERM}],
+    },
+    "podAffinity": _POD_AFFINITY,
+    "podAntiAffinity": _POD_AFFINITY,
+}
+
+
+def _shape(value: Any, shape: Any, at: str) -> str | None:
+    """Where `value` departs from `shape` (see _AFFINITY), or None."""
+    where = at or "affinity"
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} must be a mapping"
+        for key, item in value.items():
+            if key not in shape:
+                return f"{where}: unknown field {key!r}"
+            found = _shape(item, shape[key], f"{at}.{key}" if at else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} must be a list"
+        for i, item in enumerate(value):
+            found = _shape(item, shape[0], f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if shape == "labels":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        )
+        return None if ok else f"{where} must map strings to strings"
+    if shape == "int":
+        return (
+            None if isinstance(value, int) and not isinstance(value, bool) else f"{where} must be an integer"
+        )
+    return None if isinstance(value, str) else f"{where} must be a string"
+
+
 class Scheduling(Model):
     """Where the Pods run."""
 
@@ -179,7 +241,17 @@ class Scheduling(Model):
     affinity: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
-    """core/v1 Affinity, passed through unchanged."""
+    """core/v1 Affinity, passed through unchanged (its shape is checked: the CRD keeps it as free-form)."""
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            problem = _shape(value, _AFFINITY, "")
+            if problem:
+                raise ValueError(f"not a core/v1 Affinity: {problem}")
+        return value
+
     priority_class_name: DNSName | None = None
     """PriorityClass of the Pods."""
     service_account_name: DNSName | None = None

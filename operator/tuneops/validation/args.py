@@ -181,8 +181,6 @@ LLAMACPP = Grammar(
             "-cb",
             "--no-cont-batching",
             "-nocb",
-            "--mlock",
-            "--no-mmap",
             "--slots",
             "--no-slots",
             "--jinja",

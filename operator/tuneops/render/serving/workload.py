@@ -94,7 +94,8 @@ def protection(manifests: Sequence[Manifest], *, key_env: str, runtime_api: bool
     actually fences the Pods. The runtime LoRA API (load and unload adapters) needs one of the two; a multi-node
     group needs the policy whatever the key, since its Ray ports take no key."""
     containers = list(_server_containers(manifests))
-    keyed = bool(containers) and all(_has_key(c, key_env) for c in containers)
+    sources = {_key_source(c, key_env) for c in containers}
+    keyed = bool(containers) and None not in sources
     policy = next((m for m in manifests if m.get("kind") == "NetworkPolicy"), None)
     fenced = policy is not None and _fences(policy)
     admitted = _admitted(policy) if policy is not None else []
@@ -108,7 +109,10 @@ def protection(manifests: Sequence[Manifest], *, key_env: str, runtime_api: bool
     ray = "; a NetworkPolicy keeps the Ray ports to the group's own Pods" if multinode else ""
     if keyed:
         return Note(
-            SECURED, "True", Reason.API_KEY, f"clients and the operator send the API key ({key_env}){ray}"
+            SECURED,
+            "True",
+            Reason.API_KEY,
+            f"clients and the operator send the API key of {', '.join(sorted(map(str, sources)))} ({key_env}){ray}",
         )
     if runtime_api:
         if fenced and admitted:
@@ -150,13 +154,16 @@ def _server_containers(manifests: Sequence[Manifest]) -> Iterator[Mapping[str, A
                     yield c
 
 
-def _has_key(container: Mapping[str, Any], key_env: str) -> bool:
+def _key_source(container: Mapping[str, Any], key_env: str) -> str | None:
+    """Where the container's API key comes from ("Secret <name>", or "a value"); None when it gets none."""
     for e in container.get("env") or []:
         if e.get("name") != key_env:
             continue
         ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
-        return bool(e.get("value")) or bool(ref.get("name") and ref.get("key"))
-    return False
+        if ref.get("name") and ref.get("key"):
+            return f"Secret {ref['name']}"
+        return "a value" if e.get("value") else None
+    return None
 
 
 def _fences(policy: Mapping[str, Any]) -> bool:
