@@ -362,3 +362,22 @@ def test_the_secret_is_read_only_to_call_the_lora_api() -> None:
     assert kube.secret_reads == 0
     assert conds["Ready"]["reason"] != Reason.SECRET_UNREADABLE
     assert conds[SECURED]["reason"] == Reason.API_KEY
+
+
+# The deny-list of the previous release: the allow-list refuses every one of them by default, in both runtimes.
+PREVIOUS_DENY_LIST = [
+    "--trust-remote-code", "--middleware", "--tool-parser-plugin", "--logits-processors", "--worker-cls",
+    "--worker-extension-cls", "--allowed-local-media-path", "--chat-template", "--chat-template-file",
+    "--download-dir", "--path", "--slot-save-path", "--log-file", "--ssl-keyfile", "--ssl-certfile", "--model", "-m",
+    "--model-url", "-mu", "--hf-repo", "--hf-token", "-hf", "-hfr", "--lora-modules", "--api-key", "--api-key-file",
+    "--host", "--port", "--uds", "--rpc",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", PREVIOUS_DENY_LIST)
+def test_the_defaults_are_no_weaker_than_the_previous_deny_list(flag: str) -> None:
+    vllm = refused(service(vllm={"extraArgs": [flag, "x"]}))
+    llama = refused(
+        service(runtime="llamacpp", model={"uri": "pvc://m/x.gguf"}, llamacpp={"extraArgs": [flag, "x"]})
+    )
+    assert "spec.vllm.extraArgs[0]" in vllm and "spec.llamacpp.extraArgs[0]" in llama

@@ -499,6 +499,18 @@ spec: {model: {uri: "pvc://m/model.gguf"}, runtime: llamacpp, llamacpp: {extraAr
         Reason.NOT_ALLOWED,
     ),
     Row(
+        "spec/affinity-not-an-affinity",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "pvc://models/base"}
+  resources: {gpus: 1, gpuProduct: NVIDIA-H100-80GB-HBM3}
+  affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [x]}}
+""",
+        "spec.affinity",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
         "allow/s3-source-without-a-secret",
         FTM_HEAD
         + """metadata: {name: tuned}
