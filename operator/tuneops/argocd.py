@@ -12,7 +12,7 @@ import yaml
 
 from tuneops import GROUP
 from tuneops.api import KINDS
-from tuneops.api.conditions import TERMINAL_REASONS, Reason
+from tuneops.api.conditions import SERVING_DEGRADED_REASONS, TERMINAL_REASONS, Reason
 
 # Ready=True with one of these reasons still counts as Progressing for the kind. An InferenceService keeps
 # serving while a rollout replaces its Pods; Argo CD reports a Deployment mid-rollout as Progressing, and so do
@@ -43,6 +43,9 @@ local terminal = $terminal
 
 -- Ready=True with one of these reasons is still Progressing (e.g. serving while a rollout replaces Pods).
 local settling = $settling
+
+-- Ready=True with one of these reasons serves, but not all of it (the Degraded condition says what fails).
+local degraded = $degraded
 
 local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
@@ -77,7 +80,9 @@ if message == "" then
   message = reason
 end
 
-if ready.status == "True" and settling[reason] then
+if ready.status == "True" and degraded[reason] then
+  hs.status = "Degraded"
+elseif ready.status == "True" and settling[reason] then
   hs.status = "Progressing"
 elseif ready.status == "True" then
   hs.status = "Healthy"
@@ -143,6 +148,7 @@ def health_script(kind: str) -> str:
         key=config_key(kind),
         terminal=_lua_set(TERMINAL_REASONS),
         settling=_lua_set(SETTLING_REASONS.get(kind, ())),
+        degraded=_lua_set(SERVING_DEGRADED_REASONS if kind == "InferenceService" else ()),
     )
 
 

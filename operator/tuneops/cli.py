@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def _check_documents(docs: list[Document], config: OperatorConfig, namespace: st
         found.append((doc, problems, resource))
     resolver = Resolver([r for _, problems, r in found if r is not None and not problems], config)
     failed = 0
+    unchecked: list[str] = []
     for doc, problems, resource in found:
         notes: list[str] = []
         if resource is not None and not problems:
@@ -78,7 +80,36 @@ def _check_documents(docs: list[Document], config: OperatorConfig, namespace: st
                 print(f"  {problem}", file=sys.stderr)
         elif report_ok:
             print(f"ok: {doc.where}: {doc.kind} {doc.name}")
+            unchecked += [
+                f"note: {what}: not checked (needs the cluster): {item}" for item in findings.unchecked
+            ]
+    # What only the cluster can tell, once everything else passes (beside refusals it would be noise).
+    for line in unchecked if not failed else []:
+        print(line, file=sys.stderr)
     return failed
+
+
+def _warn_nothing_to_check(args: argparse.Namespace, docs: list[Document]) -> int:
+    """Warn about each file with no tuneops object in it; the number of tuneops objects in the input."""
+    from tuneops.api import KINDS
+    from tuneops.manifests import InputError, files, object_problems
+
+    def file_of(where: str) -> str:
+        return where.rsplit("#", 1)[0]
+
+    # An object the API server would refuse (a misspelled kind, none) is something to check: it is an error.
+    counted = {file_of(d.where) for d in docs if d.kind in KINDS or object_problems(d)}
+    with contextlib.suppress(InputError):
+        for path in files(args.filename, recursive=args.recursive):
+            name = "stdin" if path == "-" else path
+            if name not in counted:
+                others = sorted({d.kind or "object" for d in docs if file_of(d.where) == name})
+                holds = f" (it holds {', '.join(others)})" if others else ""
+                print(
+                    f"warning: {name}: no FineTunedModel, QuantizationJob or InferenceService to check{holds}",
+                    file=sys.stderr,
+                )
+    return sum(1 for d in docs if d.kind in KINDS or object_problems(d))
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -113,7 +144,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     docs = _load_documents(args)
     if config is None or docs is None:
         return 2
-    return 2 if _check_documents(docs, config, args.namespace, report_ok=True) else 0
+    checked = _warn_nothing_to_check(args, docs)
+    if _check_documents(docs, config, args.namespace, report_ok=True):
+        return 2
+    if not checked:
+        print("error: nothing to check: the input holds no tuneops objects", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -123,8 +160,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     docs = _load_documents(args)
-    if docs is None or _check_documents(docs, config, args.namespace, report_ok=False):
+    if docs is None:
         return 2
+    checked = _warn_nothing_to_check(args, docs)
+    if _check_documents(docs, config, args.namespace, report_ok=False):
+        return 2
+    if not checked:
+        print("error: nothing to render: the input holds no tuneops objects", file=sys.stderr)
+        return 1
     from tuneops.render.plan import render_documents
 
     try:
@@ -192,6 +235,38 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+VALIDATE_DESCRIPTION = """\
+Check FineTunedModels, QuantizationJobs and InferenceServices in files as the operator would, before they are
+applied: the schema (every offending field named), the operator config's allow-lists (images, ServiceAccounts,
+PriorityClasses, arguments, env, Secrets), references between the resources (followed within the files), and
+what vLLM or llama.cpp would refuse (parallelism, adapters). Nothing is sent to a cluster.
+
+What files cannot tell is listed under each resource as `not checked (needs the cluster)`: that claims and
+Secrets exist, the rank and base model of an adapter given by uri, Hub revisions. A reference to a resource
+not in the files is noted and what depends on it skipped. A file with no tuneops object gets a warning."""
+
+VALIDATE_EPILOG = """\
+exit status: 0 every resource passes, 1 nothing to check, 2 a resource is refused or the input is unreadable
+
+examples:
+  tuneops validate -f examples/quickstart.yaml
+  tuneops validate -f examples/ --config operator.yaml     # the operator config your cluster runs
+  tuneops validate -R -f manifests/ -n team-a              # folders and subfolders, resources in team-a
+  kustomize build overlays/prod | tuneops validate -f -    # from stdin"""
+
+RENDER_DESCRIPTION = """\
+Print, as YAML, every manifest the operator would create for the tuneops resources in the files: worker Jobs
+(inspect, merge, quantize, evaluate), Deployments or LeaderWorkerSets, Services, ConfigMaps, PodDisruption-
+Budgets and the rest. The resources are validated first (as `tuneops validate` does); nothing is printed when
+one is refused. Digests and adapter facts that only the Jobs find are left out; owner UIDs are stand-ins."""
+
+RENDER_EPILOG = """\
+examples:
+  tuneops render -f examples/quickstart.yaml
+  tuneops render -f examples/multi-lora.yaml --config operator.yaml | kubectl apply --dry-run=server -f -
+  tuneops render -f examples/ -n team-a > rendered.yaml"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneops",
@@ -221,11 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="check tuneops resources in files as the operator would, references followed within the files",
+        description=VALIDATE_DESCRIPTION,
+        epilog=VALIDATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _input_arguments(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("render", help="print every manifest the operator would create for the resources")
+    p = sub.add_parser(
+        "render",
+        help="print every manifest the operator would create for the resources",
+        description=RENDER_DESCRIPTION,
+        epilog=RENDER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _input_arguments(p)
     p.set_defaults(func=cmd_render)
 
@@ -246,8 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
     )
     p.add_argument("--leader-election-id", default="tuneops", help="name of the Lease (default: tuneops)")
-    # Accepted for scripts written for earlier releases: one instance without leader election is the default.
-    p.add_argument("--standalone", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

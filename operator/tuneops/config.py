@@ -155,6 +155,9 @@ class OperatorConfig(BaseModel):
     """Whether a resource may reference resources in other namespaces."""
     job_ttl_seconds: int = 86400
     """ttlSecondsAfterFinished of the Jobs (the operator has copied the result into status by then)."""
+    waiting_warning_seconds: int = Field(default=600, ge=0)
+    """After this many seconds of Ready=False/WaitingForSource, the Ready message says what to check and a
+    Warning Event is written once (a misspelled reference otherwise waits quietly forever). 0: never."""
     cluster_domain: str = "cluster.local"
     features: Features = Field(default_factory=Features)
     worker_cpu: str = "2"

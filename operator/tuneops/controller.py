@@ -1,5 +1,10 @@
-"""The control loop: informers keep the tuneops resources and their children in memory, a change queues the
-resources it concerns, and workers reconcile them from memory.
+"""The control loop: the tuneops resources (fed by kopf's handlers, see runner.py) and their children (informers)
+are kept in memory, a change queues the resources it concerns, and workers reconcile them from memory.
+
+The three tuneops kinds are watched by kopf: its index handlers fill their stores during its first listing (kopf
+holds every other handler until all three kinds are listed), and its event handlers keep the stores current and
+queue the resources (`listed`, `event`). Children stay on informers of their own, selected by the operator's
+label on the server (kopf filters labels on the client, so it would receive every Pod of the cluster).
 
 What queues a resource:
   - its own change that asks for work: created, spec (generation) or annotations changed, being deleted;
@@ -25,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from tuneops import labels, metrics
+from tuneops import backoff, labels, metrics
 from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
@@ -48,8 +53,7 @@ INDEXED_LABELS = (labels.OWNER, "job-name", labels.INSTANCE)
 
 def error_backoff(failures: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before the next try after `failures` consecutive errors (1, 2, 4 ... 300, +-25% jitter)."""
-    raw = min(ERROR_BACKOFF_CAP_S, ERROR_BACKOFF_BASE_S * float(2 ** max(0, min(failures - 1, 16))))
-    return round(raw * (0.75 + 0.5 * float(rng())), 3)
+    return round(backoff.delay(failures - 1, ERROR_BACKOFF_BASE_S, ERROR_BACKOFF_CAP_S, rng=rng), 3)
 
 
 class Tracker:
@@ -122,8 +126,55 @@ def child_types(config: OperatorConfig) -> tuple[k.ResourceType, ...]:
             kt.SCALEDOBJECT, kt.INFERENCEPOOL, kt.HTTPROUTE)  # fmt: skip
 
 
+class KopfFed(Informer):
+    """The informer of one tuneops kind in one scope, as the cache reads it, whose events come from kopf's
+    handlers (`handle`) instead of a watch of its own: no thread; synced once kopf has listed every tuneops kind
+    (`Controller.event`)."""
+
+    def __init__(
+        self,
+        api: k.Kube,
+        rtype: k.ResourceType,
+        name: str,
+        namespace: str | None,
+        on_event: Callable[[str, Obj | None, Obj | None], None],
+    ) -> None:
+        super().__init__(api, rtype, name=name, namespace=namespace, on_event=on_event)
+        self.served = True
+        self._listed = threading.Event()
+
+    def start(self) -> None:
+        pass  # kopf watches
+
+    def stop(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True  # kopf's watch is kopf's: a watcher that fails stops the operator
+
+    def wait_synced(self, timeout: float = 30.0) -> bool:
+        return self._listed.wait(timeout)
+
+    @property
+    def synced(self) -> bool:
+        return self._listed.is_set()
+
+    def mark_listed(self) -> None:
+        self._listed.set()
+
+
+def _own_copy(raw: Obj, rtype: k.ResourceType) -> Obj:
+    """An object kopf hands over, copied down to its metadata (the informer slims and projects what it keeps;
+    kopf's own dict stays as it is)."""
+    obj = {**raw, "metadata": dict(raw.get("metadata") or {})}
+    obj.setdefault("apiVersion", rtype.api_version)
+    obj.setdefault("kind", rtype.kind)
+    return obj
+
+
 class Controller:
-    """Informers, the work queue and its workers, for the kinds in `reconcilers`."""
+    """The stores kopf feeds, the children's informers, the work queue and its workers, for the kinds in
+    `reconcilers`."""
 
     def __init__(
         self,
@@ -146,18 +197,19 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.started = threading.Event()
-        self.own: list[Informer] = []
+        self.own: list[KopfFed] = []
         self.children: list[Informer] = []
+        self._feeds: dict[tuple[str, str | None], KopfFed] = {}
         managed = {labels.MANAGED_BY: labels.MANAGED_BY_VALUE}
         scopes: list[str | None] = list(namespaces or []) or [None]
         for ns in scopes:
             where = ns or "all"
             for kind in reconcilers:
                 rtype = k.CUSTOM[kind]
-                inf = Informer(kube, rtype, name=f"watch-{rtype.plural}-{where}", namespace=ns,
-                               on_event=self._own_event(kind))  # fmt: skip
-                self.own.append(inf)
-                self.cache.add(inf)
+                feed = KopfFed(kube, rtype, f"kopf-{rtype.plural}-{where}", ns, self._own_event(kind))
+                self._feeds[(kind, ns)] = feed
+                self.own.append(feed)
+                self.cache.add(feed)
             for rtype in child_types(config):
                 inf = Informer(kube, rtype, name=f"watch-{rtype.plural}-{where}", namespace=ns, selector=managed,
                                index_keys=INDEXED_LABELS, on_event=self._child_event(rtype))  # fmt: skip
@@ -167,11 +219,12 @@ class Controller:
     # ----- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> bool:
-        """Start watching; once every informer has listed, queue every resource and start the workers.
-        False if stopped before that."""
-        for inf in self.own + self.children:
+        """Start the children's informers; once each has listed, queue every resource kopf has listed and start
+        the workers. False if stopped before that. (The tuneops kinds do not wait: with none in the cluster kopf
+        has nothing to hand over, and what it lists later is queued as it comes, see `event`.)"""
+        for inf in self.children:
             inf.start()
-        for inf in self.own + self.children:
+        for inf in self.children:
             while not inf.wait_synced(1.0):
                 if self._stop.is_set():
                     return False
@@ -187,7 +240,7 @@ class Controller:
     def stop(self) -> None:
         self._stop.set()
         self.queue.close()
-        for inf in self.own + self.children:
+        for inf in self.children:
             inf.stop()
 
     def health(self) -> dict[str, Any]:
@@ -213,18 +266,44 @@ class Controller:
 
     def _queue_all(self, cause: str, spread_s: float = 0.0) -> None:
         for inf in self.own:
+            if not inf.synced:
+                continue  # still being listed: kopf's first event queues every one of them
             for obj in inf.store.list():
                 ns, name = key_of(obj)
                 self.wake(inf.rtype.kind, ns, name, cause, random.uniform(0.0, spread_s))
+
+    # ----- kopf's handlers (runner.py) -------------------------------------------------------------
+
+    def _feed(self, kind: str, obj: Obj) -> KopfFed | None:
+        namespace = key_of(obj)[0]
+        return self._feeds.get((kind, namespace)) or self._feeds.get((kind, None))
+
+    def listed(self, kind: str, raw: Obj) -> None:
+        """kopf's index handler: an object of its first listing (kopf calls it for every object before any event
+        handler). Held at once, so that the first reconcile finds every resource it may read."""
+        feed = self._feed(kind, raw)
+        if feed is not None and not feed.synced:
+            feed.handle("ADDED", _own_copy(raw, feed.rtype))
+
+    def event(self, kind: str, type_: str | None, raw: Obj) -> None:
+        """kopf's event handler: a watch event (type None: listed). The first one means kopf has listed every
+        tuneops kind (its index handlers have run for all), so the stores are complete: every resource is
+        queued once. After that, an event updates the store and queues what it changed (a version held already,
+        as when kopf lists again after its watch expired, changes nothing)."""
+        if not self.own[0].synced:
+            for listed in self.own:
+                listed.mark_listed()
+            self._queue_all("start")
+        feed = self._feed(kind, raw)
+        if feed is not None:  # else a namespace this operator does not watch
+            feed.handle(type_ or "ADDED", _own_copy(raw, feed.rtype))
 
     def _own_event(self, kind: str) -> Callable[[str, Obj | None, Obj | None], None]:
         rtype = k.CUSTOM[kind]
 
         def on_event(type_: str, obj: Obj | None, before: Obj | None) -> None:
-            if obj is None:  # listed again after the watch broke: anything may have changed meanwhile
-                if self.started.is_set():
-                    self._queue_all("relist")
-                return
+            if obj is None or not self.own[0].synced:
+                return  # still listing: the first event queues them all
             if type_ == "DELETED" or asks_for_work(before, obj):
                 self.wake(kind, *key_of(obj), cause="spec")
             self._wake_readers(rtype, obj, before, "source")
@@ -281,6 +360,8 @@ class Controller:
             with self.cache.tracking(key) as reads:
                 outcome = self.reconcilers[kind](self.ctx, obj)
         except Exception as exc:
+            if isinstance(exc, k.NotFound) and self._gone(key):
+                return None
             # Whatever one object does (a malformed body, a bug, an API server that stays away past the
             # client's retry budget) stays with that object: logged, counted and retried with backoff.
             failures = self.tracker.failed(key)
@@ -306,6 +387,23 @@ class Controller:
         if outcome.requeue_after is not None:
             self.queue.add(key, outcome.requeue_after)
         return outcome
+
+    def _gone(self, key: Reader) -> bool:
+        """After a 404: whether the resource itself is gone. kopf lists again after its watch expires but reports
+        no deletion it missed meanwhile; such a resource stays in memory until a write about it fails, and is
+        dropped here (one GET, on this error only)."""
+        kind, ns, name = key
+        try:
+            if self.cache.base.get(k.CUSTOM[kind], ns, name) is not None:
+                return False
+        except k.ApiError:
+            return False
+        feed = self._feeds.get((kind, ns)) or self._feeds.get((kind, None))
+        if feed is not None:
+            feed.store.delete(ns, name)
+        log.info("%s %s/%s: gone; forgotten", kind, ns, name)
+        self.forget(key)
+        return True
 
     def forget(self, key: Reader) -> None:
         self.cache.deps.forget(key)

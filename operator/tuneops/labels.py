@@ -21,7 +21,8 @@ ADAPTERS_HASH = f"{GROUP}/adapters-hash"
 ROLLOUT_NOTE = f"{GROUP}/rollout"
 # Set by a person on a FineTunedModel to read its adapter again (new weights under the same URI).
 REFRESH = f"{GROUP}/refresh"
-# On a serving Pod: the digest the operator last loaded under each adapter name there, and failed attempts.
+# Where earlier releases kept adapter memory on serving Pods (writable by anyone who may patch Pods); no longer
+# written or read: tests check the operator leaves it alone.
 ADAPTER_MEMORY = f"{GROUP}/adapters"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 

@@ -1,4 +1,5 @@
-"""Starts the operator: config, feature discovery, kopf settings (one startup handler) and metrics."""
+"""Starts the operator: config, feature discovery, kopf (its handlers watch the three tuneops kinds and feed the
+control loop; it also logs in, serves liveness and handles signals) and metrics. See docs/design.md."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -13,6 +15,7 @@ import kopf
 from tuneops import metrics
 from tuneops.config import OperatorConfig
 from tuneops.controller import Controller
+from tuneops.kube import client as k
 from tuneops.kube.client import Kube
 from tuneops.reconcile import RECONCILERS
 
@@ -32,18 +35,66 @@ def discover_features(kube: Kube, config: OperatorConfig) -> None:
     log.info("Kubernetes %d.%d: podFailurePolicy=%s", major, minor, config.features.pod_failure_policy)
 
 
-def build_registry(controller: Controller, elector: Any, done: threading.Event) -> kopf.OperatorRegistry:
-    """kopf runs the process: logging in, the liveness endpoint, signals. The control loop is our own (see
-    controller.py); kopf watches nothing itself."""
+def operator_settings() -> kopf.OperatorSettings:
+    """kopf's settings. Its handlers only watch (event and index handlers): it keeps no state on the objects
+    (annotations, finalizers: those come with change and daemon handlers, and there are none) and posts no
+    Events (the operator's own say what happened, once per transition)."""
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False
+    settings.scanning.disabled = True  # the three kinds are found once at start; no watch on every CRD
+    # Watches end on the server's side every 5 minutes and continue from their resourceVersion, as the children's
+    # informers do; a quiet watch is not taken for a dead one before that.
+    settings.watching.server_timeout = WATCH_TIMEOUT_S
+    settings.watching.inactivity_timeout = WATCH_TIMEOUT_S + 15
+    return settings
+
+
+WATCH_TIMEOUT_S = 300
+
+
+def connection_info(kube: Kube) -> kopf.ConnectionInfo:
+    """kopf's credentials, taken from the operator's own client (one login path: in-cluster config or
+    KUBECONFIG, loaded once by the kubernetes package). Read again at each login, so a ServiceAccount token the
+    kubernetes package refreshed reaches kopf when the server refuses the old one."""
+    cfg = kube.api.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=str(cfg.host),
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+    )
+
+
+def build_registry(
+    controller: Controller, kube: Kube, elector: Any, done: threading.Event
+) -> kopf.OperatorRegistry:
+    """kopf's handlers: for each tuneops kind an index handler (fills the store during kopf's first listing) and
+    an event handler (keeps it current and queues the resources); startup, cleanup, liveness and login."""
     registry = kopf.OperatorRegistry()
+    for kind in controller.reconcilers:
+        rtype = k.CUSTOM[kind]
+        group, version = rtype.api_version.split("/")
+        feed = _feeders(controller, kind)
+        plural = rtype.plural
+        kopf.index(group=group, version=version, plural=plural, registry=registry, id=f"store-{plural}")(
+            feed[0]
+        )
+        kopf.on.event(group=group, version=version, plural=plural, registry=registry, id=f"queue-{plural}")(
+            feed[1]
+        )
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # our own Events say what happened, once per transition
-        settings.scanning.disabled = True  # no resource handlers: no API discovery either
-        settings.peering.standalone = True  # one active instance is the Lease's business (leader election)
-        settings.networking.request_timeout = 60
-
+    def start(**_: Any) -> None:
         def lead_then_run() -> None:
             if elector is not None:
                 if not elector.acquire(done):
@@ -65,14 +116,27 @@ def build_registry(controller: Controller, elector: Any, done: threading.Event) 
         return controller.health()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a Pod: the ServiceAccount token; elsewhere: KUBECONFIG. No client library involved.
-        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
-            **kwargs
-        ) or kopf.login_with_kubeconfig(**kwargs)
-        return info
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(kube)
 
     return registry
+
+
+def _feeders(
+    controller: Controller, kind: str
+) -> tuple[Callable[..., Awaitable[None]], Callable[..., Awaitable[None]]]:
+    """The index and event handlers of one kind. Coroutines, so kopf runs them on its loop (no thread hop) one
+    after another; each is a store update and a queue add. They return None: a value would be written to the
+    object's status by kopf."""
+
+    async def store(body: kopf.Body, **_: Any) -> None:
+        controller.listed(kind, dict(body))
+
+    async def queue(event: kopf.RawEvent, **_: Any) -> None:
+        controller.event(kind, event.get("type"), dict(event["object"]))
+
+    store.__name__, queue.__name__ = f"store_{kind}", f"queue_{kind}"
+    return store, queue
 
 
 def _lost(done: threading.Event) -> None:
@@ -96,10 +160,10 @@ def run_operator(
     lease_namespace: str = "default",
     lease_name: str = "tuneops",
 ) -> int:
-    logging.basicConfig(
-        level=os.environ.get("TUNEOPS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = os.environ.get("TUNEOPS_LOG_LEVEL", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level.upper() != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # not "Handler ... succeeded" per event
     config = OperatorConfig.load(config_path)
     watch = [] if all_namespaces else (namespaces or config.namespaces)
     kube = Kube.from_environment()
@@ -120,12 +184,14 @@ def run_operator(
         identity = f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(kube, lease_namespace, lease_name, identity)
     done = threading.Event()
-    registry = build_registry(controller, elector, done)
+    registry = build_registry(controller, kube, elector, done)
     metrics.serve(metrics_port)
     kopf.run(
         registry=registry,
-        standalone=True,
-        clusterwide=True,
+        settings=operator_settings(),
+        standalone=True,  # no kopf peering: one active instance is the Lease's business (leader.py)
+        clusterwide=not watch,
+        namespaces=watch,
         liveness_endpoint=liveness or None,
         stop_flag=done,
     )

@@ -118,3 +118,46 @@ def test_the_operator_stops_promptly_on_sigterm(start_operator: Callable[..., Op
     started = time.monotonic()
     op.stop(timeout=15)
     assert time.monotonic() - started < 5.0, op.log()
+
+
+def test_a_spec_change_reaches_a_reconcile_through_kopf_which_writes_nothing_on_the_object(
+    start_operator: Callable[..., OperatorProcess], cluster: Cluster, kubectl: Any, namespace: str,
+    wait_until: Callable[..., Any], audit_log: Any, operator_user: str,
+) -> None:  # fmt: skip
+    mark = audit_log.mark()
+    op = start_operator(**SLOW)
+    op.wait_serving()
+    kubectl.apply(ftm("k", merge=False), namespace=namespace)
+    seen = {job_named(cluster, namespace, "inspect", wait_until).metadata.name}
+    # With a 2-minute poll and a 5-minute resync, only the watch event of the spec change can bring a new inspect
+    # Job (its name carries the spec's hash) within seconds; the tuneops kinds are watched by kopf alone.
+    took = []
+    for adapter in ("adapter-b", "adapter-c", "adapter-d"):
+        started = time.monotonic()
+        cluster.patch_spec("finetunedmodels", namespace, "k", {"adapter": {"uri": f"pvc://models/{adapter}"}})
+
+        def new_job() -> str | None:
+            names = {j.metadata.name for j in cluster.jobs(namespace)} - seen
+            return next(iter(names), None)
+
+        seen.add(wait_until(new_job, timeout=10, what=f"the inspect Job of {adapter}"))
+        took.append(time.monotonic() - started)
+    print("spec change -> the new inspect Job: " + ", ".join(f"{t:.2f}s" for t in took))
+    assert max(took) < 3.0, took
+
+    # kopf lists and watches the three kinds; the operator's own client neither lists nor watches them (the audit
+    # log records a watch once its stream has ended, so the lists are what is checked for kopf).
+    ours = [e for e in audit_log.select(mark, user=operator_user) if e.api_group == "tuneops.io"]
+    streams = {
+        (e.user_agent.split("/")[0].lower(), e.verb, e.resource) for e in ours if e.verb in ("list", "watch")
+    }
+    assert {
+        ("kopf", "list", p) for p in ("finetunedmodels", "quantizationjobs", "inferenceservices")
+    } <= streams
+    assert {agent for agent, _, _ in streams} == {"kopf"}, streams
+    # kopf keeps nothing on the object: no annotation, no finalizer (the operator writes status only).
+    writes = {(e.verb, e.subresource) for e in ours if e.is_write and e.name == "k"}
+    assert writes <= {("patch", "status"), ("update", "status")}, writes
+    meta = cluster.get("finetunedmodels", namespace, "k")["metadata"]  # type: ignore[index]
+    assert not meta.get("finalizers"), meta
+    assert not [a for a in meta.get("annotations") or {} if "kopf" in a], meta

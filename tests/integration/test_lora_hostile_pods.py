@@ -17,7 +17,6 @@ from tests.integration.helpers import wait_ready
 from tests.integration.operator_bed import Cluster, OperatorProcess, mark_pods_ready
 from tests.security import vllm_fakes as fake
 from tuneops import labels
-from tuneops.adapters import decode_memory
 from tuneops.render.serving.types import PORT
 
 # the address mark_pods_ready gives a service's first Pod is <prefix>10
@@ -74,12 +73,9 @@ def test_a_hostile_pod_costs_neither_memory_nor_other_services(
         good = cluster.get("inferenceservices", namespace, "good")["status"]  # type: ignore[index]
         assert {a["name"]: a["readyPods"] for a in good["adapters"]} == {f"good-a{i}": 1 for i in range(3)}
         assert "pods" not in good
-        # what the operator loaded is written on the Pod, where a restarted operator finds it
+        # the operator writes nothing on Pods: what they serve is asked of their servers
         pods: list[Any] = cluster.core.list_namespaced_pod(namespace).items
-        listed = {p.metadata.labels[labels.INSTANCE]: p.metadata.annotations or {} for p in pods}
-        remembered = decode_memory(listed["good"].get(labels.ADAPTER_MEMORY), {})
-        assert sorted(remembered.loaded) == [f"good-a{i}" for i in range(3)]
-        assert labels.ADAPTER_MEMORY not in listed["hostile"]
+        assert all(labels.ADAPTER_MEMORY not in (p.metadata.annotations or {}) for p in pods)
     assert operator.proc is not None
     rss = peak_rss_mb(operator.proc.pid)
     print(f"operator peak RSS against a 400 MiB answer: {rss:.0f} MB")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -84,9 +85,8 @@ def test_startup_adapters_then_hot_load_unload_and_replace(
     a0, a1 = startup["a0"], startup["a1"]
     assert listed(lora_server) == {"a0": str(a0.path), "a1": str(a1.path)}
 
-    # the operator knows what it passed with --lora-modules, so the pod's memory starts with those digests
-    memory = PodMemory(loaded={"a0": a0.digest, "a1": a1.digest})
-    result = reconcile(lora_server, desired(a0, a1), memory)
+    # the server lists what it loaded from --lora-modules and from which path: that is all the operator needs
+    result = reconcile(lora_server, desired(a0, a1), PodMemory())
     assert result.reachable
     assert result.results == ()
     assert {n: s.state for n, s in result.states.items()} == {
@@ -137,7 +137,6 @@ def test_startup_adapters_then_hot_load_unload_and_replace(
         (ActionKind.LOAD_INPLACE, "a0", True)
     ]
     assert result.states["a0"].state is AdapterState.READY
-    assert result.memory.loaded["a0"] == new_a0.digest
     assert listed(lora_server)["a0"] == str(new_a0.path)
     assert out(lora_server, "a0") == a2_out != a0_out
 
@@ -205,3 +204,51 @@ def test_wrong_api_key_reads_as_unreachable(lora_server: ServerProcess, tiny_mod
     summary = summarize({}, [result])
     assert not summary.ready
     assert summary.reason == "PodUnreachable"
+
+
+def test_launcher_leaves_out_an_adapter_vllm_would_refuse_and_the_server_starts(
+    vllm_installed: Path, tiny_models: TinyModels, server_logs: Path, tmp_path: Path
+) -> None:
+    """The ConfigMap launcher in front of real vLLM: one good startup adapter and one whose rank exceeds
+    --max-lora-rank. Given both, vLLM exits; through the launcher the base model and the good adapter serve,
+    the bad one is named with its reason, and a runtime load of it returns vLLM's own refusal (what the
+    operator reports as AdapterLoadFailed)."""
+    from tuneops.render.serving.vllm import LAUNCHER
+    from tuneops.workers.tiny import TinyAdapterSpec, make_adapter
+
+    good = tiny_models.publish("good", "w0")
+    big_path = make_adapter(
+        tiny_models.base, tmp_path / "big", TinyAdapterSpec(r=16, alpha=16, seed=7, b_std=0.5)
+    )
+    modules = [LoraModule("good", str(good.path), SERVED_NAME), LoraModule("big", str(big_path), SERVED_NAME)]
+    (tmp_path / "lora-modules.json").write_text("[" + ",".join(m.to_arg() for m in modules) + "]")
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    port = free_port()
+    args = vllm_serve_argv(tiny_models.base, port=port, served_model_name=SERVED_NAME, enable_lora=True,
+                           max_lora_rank=8, max_loras=4, api_key=API_KEY)[2:]  # fmt: skip
+    args = ["--model", *args]
+    env = runtime_lora_env(vllm_cpu_env(threads=2))
+    env |= {
+        "TUNEOPS_LORA_MODULES_FILE": str(tmp_path / "lora-modules.json"),
+        "TUNEOPS_LORA_ARGS_AT": str(len(args)),
+        "TMPDIR": str(tmp_path),
+    }
+    python = vllm_installed.parent / "python"
+    log = server_logs / "vllm-launcher.log"
+    with running_server(
+        [str(python), str(tmp_path / "launch.py"), *args], port=port, log_path=log, env=env
+    ) as server:
+        assert listed(server) == {"good": str(good.path)}
+        assert out(server, SERVED_NAME) != out(server, "good")
+        report = json.loads((tmp_path / "tuneops-lora-startup.json").read_text())
+        assert report["loaded"] == ["good"]
+        assert "LoRA rank 16 is greater than --max-lora-rank 8" in report["leftOut"]["big"]
+        assert "tuneops: adapter big left out of --lora-modules: LoRA rank 16" in log.read_text()
+        # the operator's adapter reconcile then tries it through the runtime API and gets vLLM's reason
+        want = {**desired(good), "big": DesiredAdapter(name="big", path=str(big_path), digest="sha256:big")}
+        result = reconcile(server, want, PodMemory())
+        (failed,) = [r for r in result.results if r.action.name == "big"]
+        assert not failed.ok and "LoRA rank 16 is greater than max_lora_rank 8" in failed.message
+        assert result.states["good"].state is AdapterState.READY
+        assert listed(server) == {"good": str(good.path)}
+    assert not server.running()

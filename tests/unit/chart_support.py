@@ -106,7 +106,7 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("tuneops.io", [f"{r}/status" for r in CRS], ("patch",))
     | _triples("tuneops.io", [f"{r}/finalizers" for r in CRS], ("update",))
     | _triples("batch", ["jobs"], CHILD_VERBS)
-    | _triples("", ["pods"], ("get", "list", "watch", "patch"))
+    | _triples("", ["pods"], ("get", "list", "watch"))
     | _triples("", ["services", "configmaps"], CHILD_VERBS)
     | _triples("apps", ["deployments"], CHILD_VERBS)
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)

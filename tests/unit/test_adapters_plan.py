@@ -71,29 +71,29 @@ def test_missing_adapter_is_loaded_and_extra_is_unloaded_first() -> None:
     assert plan.states["old"].desired is False
 
 
-def test_known_digest_at_desired_path_is_ready_with_no_action() -> None:
-    plan = plan_pod(desired(want("a", "d1")), served(a="/adapters/a"), PodMemory(loaded={"a": "d1"}))
+def test_an_adapter_served_from_the_desired_path_is_ready_whoever_loaded_it() -> None:
+    plan = plan_pod(desired(want("a", "d1")), served(a="/adapters/a"), PodMemory())
     assert plan.actions == ()
     assert plan.states["a"].state is AdapterState.READY
+    assert plan.states["a"].digest == "d1"
 
 
 @pytest.mark.parametrize(
-    ("loaded", "served_path", "reason_part"),
+    "served_path",
     [
-        ({"a": "d0"}, "/adapters/a", "digest changed"),
-        ({}, "/adapters/a", "unknown digest"),
-        ({"a": "d1"}, "/elsewhere/a", "served from"),
+        "/adapters/out/d0",  # an older digest's content-addressed path
+        "/tmp/rogue",  # someone else's load under the spec's name
+        "",  # a listing without a root
     ],
 )
-def test_same_name_with_other_weights_is_reloaded_in_place(
-    loaded: dict[str, str], served_path: str, reason_part: str
-) -> None:
-    plan = plan_pod(desired(want("a", "d1")), served(a=served_path), PodMemory(loaded=loaded))
+def test_the_same_name_from_another_path_is_reloaded_in_place(served_path: str) -> None:
+    plan = plan_pod(desired(want("a", "d1", "/adapters/out/d1")), served(a=served_path), PodMemory())
     assert len(plan.actions) == 1
     action = plan.actions[0]
     assert action.kind is ActionKind.LOAD_INPLACE
-    assert (action.path, action.digest) == ("/adapters/a", "d1")
-    assert reason_part in action.reason
+    assert (action.path, action.digest) == ("/adapters/out/d1", "d1")
+    assert "served from" in action.reason
+    assert plan.states["a"].state is AdapterState.LOADING
 
 
 def test_failures_are_bounded_then_failed_with_server_message() -> None:
@@ -111,37 +111,29 @@ def test_failures_are_bounded_then_failed_with_server_message() -> None:
     assert plan.states["bad"].state is AdapterState.FAILED
     assert plan.states["bad"].attempts == 3
     assert plan.states["bad"].message == "No adapter found"
-    # new weights under the same name get a fresh set of attempts
-    plan = plan_pod(desired(want("bad", "d2")), served(), memory, max_attempts=3)
+    # new weights under the same name (a new content-addressed path) get a fresh set of attempts
+    plan = plan_pod(desired(want("bad", "d2", "/adapters/out/d2")), served(), memory, max_attempts=3)
     assert [a.kind for a in plan.actions] == [ActionKind.LOAD]
 
 
-def test_accepted_load_that_is_not_listed_counts_as_a_failure() -> None:
+def test_accepted_load_that_is_not_listed_from_its_path_counts_as_a_failure() -> None:
     action = AdapterAction(kind=ActionKind.LOAD, name="a", path="/adapters/a", digest="d1")
-    memory = record_results(PodMemory(), [ActionResult(action=action, ok=True, status=200)], served())
-    assert memory.loaded == {}
-    assert memory.failures["a"].attempts == 1
-    memory = record_results(
-        PodMemory(), [ActionResult(action=action, ok=True, status=200)], served(a="/adapters/a")
-    )
-    assert memory.loaded == {"a": "d1"}
-    assert memory.failures == {}
+    ok = [ActionResult(action=action, ok=True, status=200)]
+    memory = record_results(PodMemory(), ok, served())
+    assert memory.failures["a"].attempts == 1 and memory.failures["a"].target == "/adapters/a"
+    memory = record_results(memory, ok, served(a="/elsewhere"))
+    assert memory.failures["a"].attempts == 2 and "/elsewhere" in memory.failures["a"].message
+    assert record_results(memory, ok, served(a="/adapters/a")) == PodMemory()
 
 
-def test_failed_inplace_load_keeps_the_previous_digest() -> None:
-    action = AdapterAction(kind=ActionKind.LOAD_INPLACE, name="a", path="/adapters/a", digest="d2")
+def test_a_failed_load_counts_against_its_path() -> None:
+    action = AdapterAction(kind=ActionKind.LOAD_INPLACE, name="a", path="/adapters/out/d2", digest="d2")
     memory = record_results(
-        PodMemory(loaded={"a": "d1"}),
+        PodMemory(),
         [ActionResult(action=action, ok=False, status=400, message="bad weights")],
-        served(a="/adapters/a"),
+        served(a="/adapters/out/d1"),
     )
-    assert memory.loaded == {"a": "d1"}
-    assert memory.failures["a"].digest == "d2"
-
-
-def test_restarted_pod_forgets_digests_of_adapters_it_no_longer_lists() -> None:
-    memory = record_results(PodMemory(loaded={"a": "d1", "b": "d2"}), [], served(a="/adapters/a"))
-    assert memory.loaded == {"a": "d1"}
+    assert memory.failures["a"] == FailureRecord(target="/adapters/out/d2", attempts=1, message="bad weights")
 
 
 def test_unload_failures_are_bounded() -> None:
@@ -167,7 +159,7 @@ def pod(name: str, wanted: dict[str, DesiredAdapter], models: ServedModels, memo
 
 def test_summary_counts_ready_pods_per_adapter() -> None:
     wanted = desired(want("a", "d1"), want("b", "d2"))
-    full = PodMemory(loaded={"a": "d1", "b": "d2"})
+    full = PodMemory()
     both = served(a="/adapters/a", b="/adapters/b")
     summary = summarize(
         wanted, [pod("p0", wanted, both, full), pod("p1", wanted, served(a="/adapters/a"), full)]
@@ -186,7 +178,7 @@ def test_summary_counts_ready_pods_per_adapter() -> None:
 def test_summary_reports_failure_with_message_and_pod() -> None:
     wanted = desired(want("bad", "d1"))
     memory = PodMemory(
-        failures={"bad": FailureRecord(digest="d1", attempts=3, message="path does not exist")}
+        failures={"bad": FailureRecord(target="/adapters/bad", attempts=3, message="path does not exist")}
     )
     summary = summarize(wanted, [pod("p0", wanted, served(), memory)])
     assert not summary.ready
@@ -221,14 +213,8 @@ def test_unload_of_an_adapter_already_gone_counts_as_done() -> None:
     result = ActionResult(
         action=action, ok=False, status=404, message="The lora adapter 'x' cannot be found."
     )
-    memory = record_results(PodMemory(loaded={"x": "d1"}), [result], served())
+    memory = record_results(PodMemory(failures={"x": FailureRecord(attempts=1)}), [result], served())
     assert memory == PodMemory()
-
-
-def test_same_path_digest_change_warns_about_the_prefix_cache() -> None:
-    plan = plan_pod(desired(want("a", "d2")), served(a="/adapters/a"), PodMemory(loaded={"a": "d1"}))
-    assert plan.actions[0].kind is ActionKind.LOAD_INPLACE
-    assert "same path" in plan.actions[0].reason
 
 
 def test_a_long_model_list_is_read_up_to_a_cap() -> None:
@@ -294,7 +280,7 @@ def test_status_of_100_adapters_on_50_failing_pods_stays_small() -> None:
     for p in range(50):
         memory = PodMemory(
             failures={
-                n: FailureRecord(digest=a.digest, attempts=3, message=long_error) for n, a in wanted.items()
+                n: FailureRecord(target=a.path, attempts=3, message=long_error) for n, a in wanted.items()
             }
         )
         extras = served(**{f"stale-{p}-{j}": f"/adapters/stale-{j}" for j in range(100)})

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from tuneops.api.common import check_uri
-from tuneops.api.conditions import MERGED, READY, Reason, derive_phase, find, set_condition
+from tuneops.api.conditions import (
+    AVAILABLE,
+    DEGRADED,
+    MERGED,
+    READY,
+    Reason,
+    derive_phase,
+    find,
+    set_condition,
+)
 from tuneops.reconcile.base import Step, judge_step
 from tuneops.reconcile.jobs import JobOutcome
 
@@ -40,6 +49,33 @@ def test_reason_change_keeps_transition_time_but_status_flip_moves_it() -> None:
 )
 def test_phase_is_derived_from_ready(status: str, reason: str, phase: str) -> None:
     conds = set_condition(None, READY, status, reason, "", 1, "t")  # type: ignore[arg-type]
+    assert derive_phase(conds) == phase
+
+
+@pytest.mark.parametrize(
+    ("ready", "available", "degraded", "phase"),
+    [
+        # serving but degraded: Ready=True reason Degraded, the Degraded condition names the cause
+        (("True", Reason.DEGRADED), ("True", Reason.MINIMUM_REPLICAS_AVAILABLE), ("True", Reason.ADAPTER_LOAD_FAILED),
+         "Ready"),
+        # a terminal Ready reason written while a replica serves (older operators did): still not Failed
+        (("False", Reason.ADAPTER_LOAD_FAILED), ("True", Reason.MINIMUM_REPLICAS_AVAILABLE), None, "Running"),
+        (("False", Reason.PROGRESS_DEADLINE_EXCEEDED), ("True", Reason.MINIMUM_REPLICAS_AVAILABLE), None, "Running"),
+        (("False", Reason.ADAPTERS_LOADING), ("True", Reason.MINIMUM_REPLICAS_AVAILABLE), None, "Running"),
+        # nothing serves: the terminal reason is Failed, a Pod that never started Pending
+        (("False", Reason.CRASH_LOOP_BACK_OFF), ("False", Reason.CRASH_LOOP_BACK_OFF), ("False", Reason.NOT_SERVING),
+         "Failed"),
+        (("False", Reason.IMAGE_PULL_BACK_OFF), ("False", Reason.IMAGE_PULL_BACK_OFF), None, "Pending"),
+        (("False", Reason.DEPLOYING), ("False", Reason.MINIMUM_REPLICAS_UNAVAILABLE), None, "Running"),
+    ],
+)  # fmt: skip
+def test_phase_of_a_service_follows_what_serves(
+    ready: tuple[str, str], available: tuple[str, str], degraded: tuple[str, str] | None, phase: str
+) -> None:
+    conds = set_condition(None, AVAILABLE, available[0], available[1], "", 1, "t")  # type: ignore[arg-type]
+    if degraded is not None:
+        conds = set_condition(conds, DEGRADED, degraded[0], degraded[1], "", 1, "t")  # type: ignore[arg-type]
+    conds = set_condition(conds, READY, ready[0], ready[1], "", 1, "t")  # type: ignore[arg-type]
     assert derive_phase(conds) == phase
 
 

@@ -3,12 +3,15 @@ that come from memory and wake their reader when what they read changes."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
+import kopf
 from kubernetes import client
 
 from tuneops import controller as c
-from tuneops import labels, metrics
+from tuneops import labels, metrics, runner
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.reconcile.base import Context, Outcome
@@ -34,10 +37,13 @@ class NoServer(k.Kube):
 
 def make(reconcile: Any) -> c.Controller:
     ctl = c.Controller(NoServer(), OperatorConfig(), {"FineTunedModel": reconcile}, namespaces=[NS])
-    for inf in ctl.own + ctl.children:
+    for inf in ctl.children:
         inf._synced.set()  # as if listed: empty
         inf.served = True
-    ctl.own[0].store.upsert(dict(OBJ))
+    # kopf's first listing: the index handler stores the object, then the first event handler call.
+    ctl.listed("FineTunedModel", dict(OBJ))
+    ctl.event("FineTunedModel", None, dict(OBJ))
+    ctl.queue = type(ctl.queue)()
     return ctl
 
 
@@ -130,7 +136,8 @@ def test_a_deleted_resource_is_forgotten() -> None:
     ctl = make(lambda ctx, obj: Outcome(ready=True, reason="Succeeded"))
     ctl.process(KEY)
     ctl.tracker.record(KEY, "True", "Succeeded")
-    ctl.own[0].store.delete(NS, "m")
+    ctl.event("FineTunedModel", "DELETED", dict(OBJ))
+    assert ctl.queue.pending(now_only=True) == 1
     assert ctl.process(KEY) is None
     assert KEY not in ctl.tracker._states and len(ctl.cache.deps) == 0
 
@@ -148,3 +155,118 @@ def test_a_change_during_the_pass_to_what_it_already_read_wakes_it() -> None:
     next(i for i in ctl.children if i.rtype == k.JOB).store.upsert(job("m-inspect"))
     ctl.process(KEY)
     assert ctl.queue.pending(now_only=True) == 1
+
+
+# ----- kopf's handlers feed the stores and the queue ------------------------------------------------------------
+
+KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService")
+
+
+def three_kinds(reconcile: Any = None) -> c.Controller:
+    fn = reconcile or (lambda ctx, obj: Outcome(ready=True, reason="Succeeded"))
+    ctl = c.Controller(NoServer(), OperatorConfig(), dict.fromkeys(KINDS, fn), namespaces=[NS])
+    for inf in ctl.children:
+        inf._synced.set()
+        inf.served = True
+    return ctl
+
+
+def obj(kind: str, name: str, rv: str, generation: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "tuneops.io/v1alpha1", "kind": kind, "spec": {}, **extra,
+            "metadata": {"name": name, "namespace": NS, "generation": generation, "uid": f"u-{name}",
+                         "resourceVersion": rv, "managedFields": [{"manager": "kubectl"}]}}  # fmt: skip
+
+
+def test_kopf_registers_an_index_and_an_event_handler_for_exactly_the_three_kinds_and_nothing_that_writes() -> (
+    None
+):
+    ctl = three_kinds()
+    registry = runner.build_registry(ctl, NoServer(), None, threading.Event())
+    for handlers in (registry._indexing.get_all_handlers(), registry._watching.get_all_handlers()):
+        selectors = sorted((h.selector.group, h.selector.version, h.selector.plural) for h in handlers)
+        assert selectors == [("tuneops.io", "v1alpha1", p)
+                             for p in ("finetunedmodels", "inferenceservices", "quantizationjobs")]  # fmt: skip
+    # No change, daemon, timer or webhook handler: kopf keeps no state (annotations, finalizers) on the objects.
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    assert list(registry._webhooks.get_all_handlers()) == []
+    settings = runner.operator_settings()
+    assert settings.posting.enabled is False and settings.scanning.disabled is True
+
+
+def test_kopf_handlers_feed_the_store_and_the_queue() -> None:
+    ctl = three_kinds()
+    registry = runner.build_registry(ctl, NoServer(), None, threading.Event())
+    index = {h.selector.plural: h.fn for h in registry._indexing.get_all_handlers()}
+    on_event = {h.selector.plural: h.fn for h in registry._watching.get_all_handlers()}
+    first = obj("FineTunedModel", "m", "10")
+    source = obj("FineTunedModel", "s", "11")
+
+    async def listing() -> None:
+        # The first listing: index handlers for every object before any event handler (kopf's order).
+        assert await index["finetunedmodels"](body=kopf.Body(first)) is None
+        assert await index["finetunedmodels"](body=kopf.Body(source)) is None
+        assert len(ctl.queue) == 0 and not ctl.own[0].synced
+        assert await on_event["finetunedmodels"](event={"type": None, "object": first}) is None
+
+    asyncio.run(listing())
+    # Every store is complete and read from memory, every listed resource queued once.
+    assert all(feed.synced for feed in ctl.own)
+    assert sorted(key[2] for key in ctl.queue._due) == ["m", "s"]
+    held = ctl.cache.get(k.FINETUNEDMODEL, NS, "m")
+    assert held is not None and "managedFields" not in held["metadata"]
+    assert "managedFields" in first["metadata"]  # kopf's own copy is left alone
+    assert isinstance(ctl.cache.base, NoServer) and ctl.cache.base.requests == []
+
+
+def test_what_an_event_of_a_tuneops_kind_queues() -> None:
+    seen: list[Any] = []
+
+    def reconcile(ctx: Context, current: dict[str, Any]) -> Outcome:
+        if current["kind"] == "QuantizationJob":
+            seen.append(ctx.kube.get(k.FINETUNEDMODEL, NS, "m"))  # its source
+        return Outcome(ready=True, reason="Succeeded")
+
+    ctl = three_kinds(reconcile)
+    model, quant = obj("FineTunedModel", "m", "10"), obj("QuantizationJob", "q", "12")
+    ctl.listed("FineTunedModel", model)
+    ctl.listed("QuantizationJob", quant)
+    ctl.event("QuantizationJob", None, quant)
+    assert ctl.process(("QuantizationJob", NS, "q")) is not None and seen[0]["metadata"]["name"] == "m"
+
+    def due(event: str | None, body: dict[str, Any]) -> list[str]:
+        ctl.queue = type(ctl.queue)()
+        ctl.event(body["kind"], event, body)
+        return sorted(f"{kind}/{name}" for kind, _, name in ctl.queue._due)
+
+    # Listed again (kopf's watch expired) and unchanged: nothing.
+    assert due(None, model) == []
+    # Its status alone (the operator's own write): the resource is not queued, its reader (the source's user) is.
+    assert due("MODIFIED", obj("FineTunedModel", "m", "13", status={"phase": "Ready"})) == [
+        "QuantizationJob/q"
+    ]
+    # Its spec: the resource and its reader.
+    assert due("MODIFIED", obj("FineTunedModel", "m", "14", generation=2)) == [
+        "FineTunedModel/m", "QuantizationJob/q"]  # fmt: skip
+    # Deleted: gone from memory, queued (to be forgotten) with its reader.
+    assert due("DELETED", obj("FineTunedModel", "m", "15", generation=2)) == [
+        "FineTunedModel/m", "QuantizationJob/q"]  # fmt: skip
+    assert ctl.cache.get(k.FINETUNEDMODEL, NS, "m") is None
+    # Another namespace than the one watched: not kept.
+    other = {**obj("FineTunedModel", "x", "16"), "metadata": {"name": "x", "namespace": "elsewhere"}}
+    assert due("ADDED", other) == []
+
+
+def test_kopf_logs_in_with_the_operators_own_credentials() -> None:
+    cfg = client.Configuration()
+    cfg.host = "https://10.0.0.1:6443"
+    cfg.ssl_ca_cert = "/var/run/ca.crt"
+    cfg.api_key = {"BearerToken": "secret-token"}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    info = runner.connection_info(k.Kube(client.ApiClient(cfg)))
+    assert (info.server, info.ca_path, info.scheme, info.token) == (
+        "https://10.0.0.1:6443", "/var/run/ca.crt", "Bearer", "secret-token")  # fmt: skip
+    assert info.insecure is False and info.certificate_path is None
+    cfg.api_key, cfg.cert_file, cfg.key_file = {}, "/tmp/c.crt", "/tmp/c.key"
+    info = runner.connection_info(k.Kube(client.ApiClient(cfg)))
+    assert (info.token, info.certificate_path, info.private_key_path) == (None, "/tmp/c.crt", "/tmp/c.key")

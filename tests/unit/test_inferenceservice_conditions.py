@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tuneops.adapters import AdapterPodState, AdapterState, DesiredAdapter, PodResult, summarize
-from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, ROLLOUT, Reason
+from tuneops.api.common import Condition
+from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, DEGRADED, READY, ROLLOUT, Reason, derive_phase
 from tuneops.reconcile.base import Cond, Invalid, Waiting
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
 from tuneops.reconcile.workload import Cause
@@ -57,6 +58,11 @@ NO_GPU = Cause(
     Reason.UNSCHEDULABLE,
     "pod edge-1 cannot be scheduled: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
 )
+CRASH = Cause(
+    Reason.CRASH_LOOP_BACK_OFF,
+    'pod edge-9c-x1 container "server" keeps crashing (restarted 3 times; exit code 1, Error): '
+    "model path /mnt/pvc/models/typo does not exist",
+)
 DEADLINE = Cause(
     Reason.PROGRESS_DEADLINE_EXCEEDED, 'Deployment edge: ReplicaSet "edge-2" has timed out progressing.'
 )
@@ -76,6 +82,7 @@ class Row:
     adapters: tuple[bool | None, str] | None = None  # None: no AdaptersReady condition
     message: str = ""  # a fragment of Ready's message
     others: dict[str, tuple[bool | None, str]] = field(default_factory=dict)
+    degraded: tuple[bool, str] | None = None  # None: False, AsExpected (serving) or NotServing
 
 
 ROWS = [
@@ -109,31 +116,33 @@ ROWS = [
     Row("adapters loading", seen(adapters=lora(pod("p0", ready("a"), ready("b")), pod("p1", ready("a"), loading("b")))),
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="b served on 1/2"),
     Row("adapter failed to load", seen(adapters=lora(pod("p0", ready("a"), load_failed("b")))),
-        (False, Reason.ADAPTER_LOAD_FAILED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED),
-        message="404 No adapter found"),
+        (True, Reason.DEGRADED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED),
+        message="404 No adapter found", degraded=(True, Reason.ADAPTER_LOAD_FAILED)),
     Row("adapter failed to load during a rollout", seen(Workload(desired=2, ready=1, updated=1),
                                                         lora(pod("p0", ready("a"), load_failed("b")))),
-        (False, Reason.ADAPTER_LOAD_FAILED), True, adapters=(False, Reason.ADAPTER_LOAD_FAILED)),
+        (True, Reason.DEGRADED), True, adapters=(False, Reason.ADAPTER_LOAD_FAILED),
+        degraded=(True, Reason.ADAPTER_LOAD_FAILED)),
     Row("removed adapter could not be unloaded",
         seen(adapters=lora(pod("p0", ready("a"), ready("b"), unload_failed("old")))),
-        (False, Reason.ADAPTER_UNLOAD_FAILED), False, adapters=(False, Reason.ADAPTER_UNLOAD_FAILED),
-        message="old could not be unloaded"),
+        (True, Reason.DEGRADED), False, adapters=(False, Reason.ADAPTER_UNLOAD_FAILED),
+        message="old could not be unloaded", degraded=(True, Reason.ADAPTER_UNLOAD_FAILED)),
     Row("removed adapter still being unloaded", seen(adapters=lora(pod("p0", ready("a"), ready("b"), unloading("old")))),
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="unloading old"),
     Row("adapter refused as incompatible; the others are served",
         seen(adapters=lora(pod("p0", ready("a")), want=("a",), refused={"b": "rank 64 above maxLoraRank 16"})),
-        (False, Reason.INCOMPATIBLE_ADAPTER), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
-        message="adapter b: rank 64 above maxLoraRank 16"),
+        (True, Reason.DEGRADED), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
+        message="adapter b: rank 64 above maxLoraRank 16", degraded=(True, Reason.INCOMPATIBLE_ADAPTER)),
     Row("refused adapter and a failed load: both named",
         seen(adapters=lora(pod("p0", load_failed("a")), want=("a",), refused={"b": "uses DoRA"})),
-        (False, Reason.INCOMPATIBLE_ADAPTER), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
-        message="404 No adapter found"),
+        (True, Reason.DEGRADED), False, adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
+        message="404 No adapter found", degraded=(True, Reason.INCOMPATIBLE_ADAPTER)),
     Row("adapter's FineTunedModel not Ready yet",
         seen(adapters=lora(pod("p0", ready("a")), want=("a",), pending={"b": "FineTunedModel ns/b is not Ready"})),
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.ADAPTERS_LOADING), message="ns/b"),
     Row("a failed load outranks an adapter still waiting for its source",
         seen(adapters=lora(pod("p0", load_failed("a")), want=("a",), pending={"b": "not Ready"})),
-        (False, Reason.ADAPTER_LOAD_FAILED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED)),
+        (True, Reason.DEGRADED), False, adapters=(False, Reason.ADAPTER_LOAD_FAILED),
+        degraded=(True, Reason.ADAPTER_LOAD_FAILED)),
     Row("available but no ready Pod listed yet", seen(adapters=lora()),
         (False, Reason.ADAPTERS_LOADING), True, adapters=(False, Reason.NO_READY_PODS)),
     Row("a ready Pod does not answer", seen(adapters=lora(pod("p0", ready("a"), ready("b")), pod("p1", reachable=False))),
@@ -146,17 +155,34 @@ ROWS = [
     Row("no Pod ever ran within the progress deadline", seen(Workload(desired=1, updated=1, cause=DEADLINE)),
         (False, Reason.PROGRESS_DEADLINE_EXCEEDED), True, (False, Reason.PROGRESS_DEADLINE_EXCEEDED),
         message="timed out progressing"),
-    Row("serving while other Pods are stuck: still a rollout in progress",
+    Row("serving while other Pods wait for a node: still a rollout in progress",
+        seen(Workload(desired=2, ready=2, updated=1, cause=NO_GPU)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, message='(2/2 replicas ready); not ready: pod edge-1 cannot be scheduled'),
+    Row("serving while the rollout's Pods cannot pull their image: Degraded",
         seen(Workload(desired=2, ready=2, updated=1, cause=PULL)),
-        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, message='(2/2 replicas ready); not ready: pod edge-1 container "server"'),
-    Row("serving, but the rollout is past its deadline: not Ready", seen(Workload(desired=2, ready=2, updated=1, cause=DEADLINE)),
-        (False, Reason.PROGRESS_DEADLINE_EXCEEDED), True, message="rollout stuck (2/2 replicas ready)"),
+        (True, Reason.DEGRADED), True, message='Pods of the rollout fail: pod edge-1 container "server"',
+        degraded=(True, Reason.IMAGE_PULL_BACK_OFF)),
+    Row("serving, but the rollout is past its deadline: Degraded", seen(Workload(desired=2, ready=2, updated=1, cause=DEADLINE)),
+        (True, Reason.DEGRADED), True, message="rollout stuck (2/2 replicas ready)",
+        degraded=(True, Reason.PROGRESS_DEADLINE_EXCEEDED)),
+    # A hand edit of the Deployment: the new revision's Pod crash-loops while the old one still serves. Ready
+    # and updated replicas both read 1/1; only the Pods of the old revision still counted give it away.
+    Row("hand-edited Deployment: the new Pod crash-loops while the old one serves",
+        seen(Workload(desired=1, ready=1, updated=1, total=2, cause=CRASH)),
+        (True, Reason.DEGRADED), True, message="model path /mnt/pvc/models/typo does not exist",
+        degraded=(True, Reason.CRASH_LOOP_BACK_OFF)),
+    Row("hand-edited Deployment: the new Pod still starts, the old one serves",
+        seen(Workload(desired=1, ready=1, updated=1, total=2)),
+        (True, Reason.MINIMUM_REPLICAS_AVAILABLE), True, message="rollout in progress"),
+    Row("scaling down: every Pod of the latest revision", seen(Workload(desired=1, ready=3, updated=3, total=3)),
+        (True, Reason.SUCCEEDED), False),
     Row("scaled to zero with adapters: nothing to load, nothing to wait for",
         seen(Workload(desired=0), lora()), (True, Reason.SUCCEEDED), False, (True, Reason.SCALED_TO_ZERO),
         adapters=(None, Reason.SCALED_TO_ZERO), message="scaled to zero"),
     Row("scaled to zero with a refused adapter: still refused",
-        seen(Workload(desired=0), lora(want=("a",), refused={"b": "uses DoRA"})), (False, Reason.INCOMPATIBLE_ADAPTER),
-        False, (True, Reason.SCALED_TO_ZERO), adapters=(False, Reason.INCOMPATIBLE_ADAPTER)),
+        seen(Workload(desired=0), lora(want=("a",), refused={"b": "uses DoRA"})), (True, Reason.DEGRADED),
+        False, (True, Reason.SCALED_TO_ZERO), adapters=(False, Reason.INCOMPATIBLE_ADAPTER),
+        message="scaled to zero", degraded=(True, Reason.INCOMPATIBLE_ADAPTER)),
     Row("not available: Deploying, whatever the adapters say",
         seen(Workload(desired=1), lora(pod("p0", load_failed("a")), want=("a",))),
         (False, Reason.DEPLOYING), True, (False, Reason.MINIMUM_REPLICAS_UNAVAILABLE),
@@ -184,6 +210,28 @@ def test_conditions(row: Row) -> None:
         assert (got[ADAPTERS_READY].status, got[ADAPTERS_READY].reason) == row.adapters
     for type_, want in row.others.items():
         assert (got[type_].status, got[type_].reason) == want
+    serving = got[AVAILABLE].status
+    default = (False, Reason.AS_EXPECTED if serving else Reason.NOT_SERVING)
+    assert (got[DEGRADED].status, got[DEGRADED].reason) == (row.degraded or default)
+
+
+def _wire(verdict_conditions: tuple[Cond, ...]) -> list[Condition]:
+    words = {True: "True", False: "False", None: "Unknown"}
+    return [Condition(type=c.type, status=words[c.status], reason=c.reason, message=c.message,
+                      last_transition_time="2026-01-01T00:00:00Z") for c in verdict_conditions]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.what for r in ROWS])
+def test_phase_of_a_serving_service_is_never_failed(row: Row) -> None:
+    """The phase is derived from the conditions as written: a service with a replica that serves reads Ready
+    (also when Degraded) or Running, never Failed or Pending."""
+    conditions = _wire(decide(row.seen).conditions)
+    phase = derive_phase(conditions)
+    got = {c.type: c for c in conditions}
+    if AVAILABLE in got and got[AVAILABLE].status == "True":
+        assert phase in ("Ready", "Running"), (row.what, phase)
+    if got[READY].reason == Reason.DEGRADED:
+        assert phase == "Ready"
 
 
 @pytest.mark.parametrize(

@@ -334,7 +334,6 @@ def test_periods_must_nest(lease_s: float, renew_s: float, retry_s: float, lease
             {},
             (True, "ops", "t2"),
         ),
-        (["--standalone"], {}, (False, "default", "tuneops")),  # accepted, changes nothing
     ],
 )
 def test_run_flags(
@@ -345,3 +344,8 @@ def test_run_flags(
         monkeypatch.setenv(key, value)
     args = build_parser().parse_args(["run", *argv])
     assert (args.leader_election, args.leader_election_namespace, args.leader_election_id) == expected
+
+
+def test_the_flag_that_did_nothing_is_gone() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--standalone"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +32,7 @@ from tuneops.render import (
     render_inferenceservice,
     vllm_args,
 )
-from tuneops.render.serving.args import launcher_argv, lora_modules
-from tuneops.render.serving.vllm import LAUNCHER, LORA_FILE
+from tuneops.render.serving.vllm import LORA_FILE
 from tuneops.serving.vllm import LoraModule
 from tuneops.validation.serving import check_inferenceservice
 
@@ -249,42 +246,6 @@ def test_vllm_args(vllm: VllmSpec, lora: LoraSpec | None, modules: list[LoraModu
 def test_llamacpp_args(lc: LlamaCppSpec, threads: int | None, tail: list[str]) -> None:
     args = llamacpp_args(model_path="/m.gguf", served_name="n", llamacpp=lc, threads=threads)
     assert args == ["--model", "/m.gguf", "--host", "0.0.0.0", "--port", "8000", *tail]
-
-
-def test_launcher_starts_vllm_with_the_configmap_adapters(tmp_path: Path) -> None:
-    """Run the launcher for real against a stand-in vLLM module that prints the argv it was given."""
-    pkg = tmp_path / "vllm" / "entrypoints" / "openai"
-    pkg.mkdir(parents=True)
-    for d in (tmp_path / "vllm", tmp_path / "vllm" / "entrypoints", pkg):
-        (d / "__init__.py").write_text("")
-    (pkg / "api_server.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
-    r = render_inferenceservice(TP2_LORA, OWNER, CFG, model=MODEL, adapters=[A1, A2])
-    cm = by_kind(r, "ConfigMap")
-    (tmp_path / "launch.py").write_text(cm["data"]["launch.py"])
-    (tmp_path / LORA_FILE).write_text(cm["data"][LORA_FILE])
-    c = server(by_kind(r, "Deployment"))
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e and e["name"].startswith("TUNEOPS_")}
-    env["TUNEOPS_LORA_MODULES_FILE"] = str(tmp_path / LORA_FILE)
-    out = subprocess.run(
-        [sys.executable, str(tmp_path / "launch.py"), *c["args"]],
-        env={"PYTHONPATH": str(tmp_path), **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    argv = json.loads(out.stdout.strip().splitlines()[-1])
-    modules = lora_modules(TP2_LORA, OWNER, CFG, [A1, A2])
-    expected = vllm_args(
-        model_path="/mnt/pvc/models/mistral-merged", served_name="mistral-support", vllm=TP2_LORA.vllm_settings(),
-        lora=TP2_LORA.lora, lora_modules=modules,
-    )  # fmt: skip
-    assert argv == expected == launcher_argv(c["args"], modules)
-    assert modules == [
-        LoraModule("support", "/mnt/pvc/adapters/support", "mistral-support"),
-        LoraModule("sql", "acme/sql-lora", "mistral-support"),
-    ]
-    assert cm["data"]["launch.py"] == LAUNCHER
 
 
 # ---------------------------------------------------------------------------------------------- pod details

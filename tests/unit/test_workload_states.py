@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from tuneops.reconcile.workload import (
     LIMIT,
     SEVERITY,
     bounded,
+    claim_mounts,
     diagnose,
     needs_events,
     pod_cause,
@@ -170,7 +172,7 @@ def test_pod_cause(case: Case) -> None:
 
 def test_every_cause_is_a_stuck_reason_and_ranked() -> None:
     assert set(SEVERITY) - {Reason.OOM_KILLED} <= STUCK_REASONS
-    assert STUCK_REASONS - set(SEVERITY) == {Reason.PROGRESS_DEADLINE_EXCEEDED}
+    assert STUCK_REASONS - set(SEVERITY) == {Reason.PROGRESS_DEADLINE_EXCEEDED, Reason.NAME_CONFLICT}
 
 
 @pytest.mark.parametrize(
@@ -341,3 +343,65 @@ def test_adapters_served_gauge_follows_status_and_leaves_with_the_service() -> N
     publish_adapters("team", "edge", None)
     assert served("team", "edge") == {}
     publish_adapters("team", "never-had-adapters", None)  # removing what was never published is fine
+
+
+# ------------------------------------------------------------------------------------ the servers' own errors
+# Real output of vLLM 0.32 (CPU build) and llama.cpp's llama-server, captured by starting them with each mistake
+# (tests/unit/fixtures/server_errors; `mp-` ones with VLLM_ENABLE_V1_MULTIPROCESSING=1, as on GPUs).
+FIXTURES = Path(__file__).parent / "fixtures" / "server_errors"
+
+
+def kubelet_tail(text: str) -> str:
+    """What kubelet keeps of a log as the termination message (FallbackToLogsOnError): the last 80 lines, at
+    most 2048 bytes."""
+    return "\n".join(text.splitlines()[-80:])[-2048:]
+
+
+def server_pod(message: str, claim: str = "models") -> dict[str, Any]:
+    p = pod("edge-7d9f-x2", "Running", containers=[waiting(
+        "CrashLoopBackOff", "back-off 40s restarting failed container=server", name="server", restarts=3,
+        last=terminated(1, message=message))])  # fmt: skip
+    p["spec"]["containers"] = [{"name": "server", "image": "vllm/vllm-openai:v0.32.0", "volumeMounts": [
+        {"name": f"pvc-{claim}", "mountPath": f"/mnt/pvc/{claim}", "readOnly": True}]}]  # fmt: skip
+    p["spec"]["volumes"] = [{"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim}}]
+    return p
+
+
+SERVER_ERRORS = [
+    # (fixture, fragments of the status message: the root cause, paths shown, model-path mistakes named)
+    ("model-missing", ("model path /nonexistent/model does not exist",)),
+    ("model-typo-pvc", ('model path /mnt/pvc/models/tiny-typo does not exist in PersistentVolumeClaim "models" '
+                        "(mounted at /mnt/pvc/models)",)),
+    ("lora-rank", ("ValueError: LoRA rank 16 is greater than max_lora_rank 8.",)),
+    ("mp-lora-rank", ("ValueError: LoRA rank 16 is greater than max_lora_rank 8.",)),
+    ("lora-missing", ("No adapter found for",)),
+    ("mp-lora-missing", ("No adapter found for",)),
+    ("llamacpp-missing", ('model path /mnt/pvc/models/tiny-typo.gguf does not exist in PersistentVolumeClaim "models"',)),
+    ("llamacpp-bad-file", ("invalid magic characters", "expected 'GGUF'")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fixture", "fragments"), SERVER_ERRORS, ids=[e[0] for e in SERVER_ERRORS])
+def test_server_root_cause_in_status(fixture: str, fragments: tuple[str, ...]) -> None:
+    """A crash-looping server's status names the root cause out of what kubelet kept of its log, never a
+    wrapper ("See root cause above", "please check the stack trace above") or a Hub repo-id complaint."""
+    cause = pod_cause(server_pod(kubelet_tail((FIXTURES / f"{fixture}.log").read_text())))
+    assert cause is not None and cause.reason == Reason.CRASH_LOOP_BACK_OFF
+    assert cause.message.startswith('pod edge-7d9f-x2 container "server" keeps crashing (restarted 3 times; ')
+    for fragment in fragments:
+        assert fragment in cause.message, cause.message
+    for noise in (
+        "root cause above",
+        "stack trace above",
+        "Repo id must be",
+        "resource_tracker",
+        "warnings.warn",
+    ):
+        assert noise not in cause.message, cause.message
+    assert len(cause.message) <= LIMIT and cause.message.isprintable()
+
+
+def test_claim_mounts_of_one_container() -> None:
+    p = server_pod("x")
+    assert claim_mounts(p, "server") == {"/mnt/pvc/models": "models"}
+    assert claim_mounts(p, "other") == {}

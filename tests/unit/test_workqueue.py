@@ -65,7 +65,11 @@ def test_store_lists_by_indexed_and_plain_labels_and_keeps_the_newest_copy() -> 
     assert [o["metadata"]["name"] for o in s.list("ns", {"job-name": "j1"})] == ["p1"]  # type: ignore[index]
     assert [o["metadata"]["name"] for o in s.list("ns", {"role": "a"})] == ["p1"]  # type: ignore[index]
     assert s.list("other", {"job-name": "j1"}) == []
-    assert not s.upsert(obj("p1", "0", **{"job-name": "j9"}))  # older than held: a trailing watch event
+    # Versions are opaque: only a write of ours still awaited tells an older event (one before it) apart.
+    ours, before = obj("p1", "7", **{"job-name": "j1"}), obj("p1", "0", **{"job-name": "j1"})
+    ours["metadata"]["uid"] = before["metadata"]["uid"] = "u"  # type: ignore[index]
+    s.written(ours)
+    assert not s.upsert(before)  # an event from before our write's: the write's answer stays
     assert s.upsert(obj("p1", "3", **{"job-name": "j9"}))  # relabelled: the index follows
     assert s.list("ns", {"job-name": "j1"}) == [] and len(s.list("ns", {"job-name": "j9"})) == 1
     s.delete("ns", "p1")

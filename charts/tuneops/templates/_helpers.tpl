@@ -63,7 +63,7 @@ app.kubernetes.io/part-of: tuneops
 What the operator does in a namespace. Derived from the code (operator/tuneops/kube, controller.py and
 reconcile/): every kind it reads is listed and watched into its cache (get for the odd direct read); its own
 resources are only read, and written through status; children are applied with server-side apply (create +
-patch) and pruned (delete); Pods are patched for one annotation (the adapters each serves); Secrets only read
+patch) and pruned (delete); Pods are only read (what a Pod serves is asked of its server); Secrets only read
 by name, and only with rbac.readSecrets.
 */}}
 {{- define "tuneops.namespaceRules" -}}
@@ -83,7 +83,7 @@ by name, and only with rbac.readSecrets.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -11,7 +11,6 @@ from tuneops.adapters.client import (
     pod_url,
     reconcile_pod,
 )
-from tuneops.adapters.memory import decode_memory, encode_memory
 from tuneops.adapters.plan import plan_pod, record_results
 from tuneops.adapters.summary import pod_problems, summarize
 from tuneops.adapters.types import (
@@ -52,9 +51,7 @@ __all__ = [
     "PodResult",
     "ServedModels",
     "api_key_problem",
-    "decode_memory",
     "describe",
-    "encode_memory",
     "error_message",
     "excerpt",
     "plan_pod",

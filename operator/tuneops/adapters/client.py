@@ -28,6 +28,7 @@ from tuneops.adapters.types import (
     PodResult,
     ServedModels,
 )
+from tuneops.serving.errors import restore_paths
 
 # A model list of the largest fleet of adapters a server holds fits in far less; anything bigger is refused.
 MODELS_BODY_MAX = 1 << 20
@@ -275,7 +276,7 @@ class AdapterClient:
                 action=action,
                 ok=False,
                 status=exc.status,
-                message=exc.message,
+                message=restore_paths(exc.message, action.path),
                 seconds=time.monotonic() - start,
             )
         except (aiohttp.ClientError, TimeoutError, UnicodeError, ValueError) as exc:
@@ -287,7 +288,8 @@ class AdapterClient:
             action=action,
             ok=ok,
             status=status,
-            message="" if ok else error_message(status, text),
+            # vLLM writes `<path>` for the adapter's path in its errors; the request named it, so say it.
+            message="" if ok else restore_paths(error_message(status, text), action.path),
             seconds=time.monotonic() - start,
         )
 
@@ -335,7 +337,7 @@ async def reconcile_pod(
     afterwards.
 
     The returned states come from planning again against the post-action listing, so Ready means the pod
-    lists the adapter with the desired digest now, not that a call returned 200.
+    lists the adapter loaded from the desired (digest-carrying) path now, not that a call returned 200.
     """
     try:
         before = await client.list_models()

@@ -19,10 +19,10 @@ from tuneops.adapters.types import (
 )
 
 
-def _failure_for(memory: PodMemory, name: str, digest: str) -> FailureRecord | None:
+def _failure_for(memory: PodMemory, name: str, target: str) -> FailureRecord | None:
     record = memory.failures.get(name)
-    # attempts count per digest: publishing fixed weights under the same name earns a fresh set of tries
-    if record is None or record.digest != digest:
+    # attempts count per path: fixed weights published under a new (content-addressed) path earn fresh tries
+    if record is None or record.target != target:
         return None
     return record
 
@@ -36,10 +36,11 @@ def plan_pod(
 ) -> PodPlan:
     """Decide which load / in-place load / unload calls bring ``served`` to ``desired`` on one pod.
 
-    An adapter is Ready only when the pod lists it, from the desired path, and the digest we last loaded under
-    that name is the desired one. A listed adapter whose digest is unknown (the pod restarted, or another
-    writer loaded it) is reloaded in place: the name alone says nothing about which weights are served.
-    After ``max_attempts`` failures for the same digest an adapter is Failed and no longer retried.
+    The server is the only truth: an adapter is Ready when the pod lists it loaded from the desired path (which
+    carries the digest for a FineTunedModel's adapter), whoever loaded it. Listed from another path (an older
+    digest, or someone else's load under that name), it is reloaded in place from the desired path; listed but
+    not desired, it is unloaded. ``memory`` only counts failed attempts: after ``max_attempts`` failures for the
+    same path an adapter is Failed and no longer retried.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -58,9 +59,9 @@ def plan_pod(
     return PodPlan(actions=(*unloads, *loads), states=states)
 
 
-def _past_failures(memory: PodMemory, name: str, digest: str) -> tuple[int, str]:
-    """Failed attempts so far for ``name`` at ``digest``, and the last error message."""
-    failure = _failure_for(memory, name, digest)
+def _past_failures(memory: PodMemory, name: str, target: str) -> tuple[int, str]:
+    """Failed attempts so far for ``name`` at ``target``, and the last error message."""
+    failure = _failure_for(memory, name, target)
     return (failure.attempts, failure.message) if failure else (0, "")
 
 
@@ -70,34 +71,21 @@ def _plan_desired(
     """The load (if any) one desired adapter needs, and its state on the pod."""
     if want.name != name:
         raise ValueError(f"desired adapter keyed {name!r} is named {want.name!r}")
-    attempts, last_error = _past_failures(memory, name, want.digest)
     served_path = served.adapters.get(name)
-    known = memory.loaded.get(name)
-    if served_path is not None and known == want.digest and served_path == want.path:
+    if served_path == want.path:
         return None, AdapterPodState(name=name, state=AdapterState.READY, digest=want.digest)
+    attempts, last_error = _past_failures(memory, name, want.path)
     state = AdapterState.FAILED if attempts >= max_attempts else AdapterState.LOADING
     pod_state = AdapterPodState(
         name=name, state=state, digest=want.digest, attempts=attempts, message=last_error
     )
     if state is AdapterState.FAILED:
         return None, pod_state
-    kind, reason = _load_reason(want, served_path, known)
-    return AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason), pod_state
-
-
-def _load_reason(want: DesiredAdapter, served_path: str | None, known: str | None) -> tuple[ActionKind, str]:
-    """Whether to load or reload in place, and why, for a desired adapter that is not Ready."""
     if served_path is None:
-        return ActionKind.LOAD, "not served"
-    if known is None:
-        return ActionKind.LOAD_INPLACE, "served with unknown digest"
-    if known == want.digest:
-        return ActionKind.LOAD_INPLACE, f"served from {served_path}"
-    reason = f"digest changed from {known}"
-    if served_path == want.path:
-        # vLLM keys prefix-cache blocks by (name, path); same-path reloads can reuse old KV blocks
-        reason += " at the same path (stale prefix-cache blocks possible: use a digest-specific path)"
-    return ActionKind.LOAD_INPLACE, reason
+        kind, reason = ActionKind.LOAD, "not served"
+    else:
+        kind, reason = ActionKind.LOAD_INPLACE, f"served from {served_path[:120]!r}"
+    return AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason), pod_state
 
 
 def _plan_undesired(
@@ -111,14 +99,7 @@ def _plan_undesired(
     else:
         state = AdapterState.UNLOADING
         action = AdapterAction(kind=ActionKind.UNLOAD, name=name, reason="not desired")
-    pod_state = AdapterPodState(
-        name=name,
-        state=state,
-        desired=False,
-        digest=memory.loaded.get(name, ""),
-        attempts=attempts,
-        message=last_error,
-    )
+    pod_state = AdapterPodState(name=name, state=state, desired=False, attempts=attempts, message=last_error)
     return action, pod_state
 
 
@@ -127,40 +108,37 @@ def record_results(
     results: Iterable[ActionResult],
     served_after: ServedModels | None,
 ) -> PodMemory:
-    """Fold the answers to one pass's actions, and what the pod lists afterwards, into the pod's memory.
+    """Fold the answers to one pass's actions, and what the pod lists afterwards, into its failed attempts.
 
-    A load the server accepted but does not list afterwards counts as a failed attempt, so a server that
-    answers 200 and drops the adapter cannot keep it Loading forever.
+    A load counts as done only when the pod lists the adapter from the loaded path afterwards, so a server that
+    answers 200 and drops (or mislabels) the adapter cannot keep it Loading forever.
     """
-    loaded = dict(memory.loaded)
     failures = dict(memory.failures)
 
-    def fail(name: str, digest: str, message: str) -> None:
+    def fail(name: str, target: str, message: str) -> None:
         previous = failures.get(name)
-        attempts = previous.attempts + 1 if previous is not None and previous.digest == digest else 1
-        failures[name] = FailureRecord(digest=digest, attempts=attempts, message=message)
+        attempts = previous.attempts + 1 if previous is not None and previous.target == target else 1
+        failures[name] = FailureRecord(target=target, attempts=attempts, message=message)
 
     for result in results:
         action = result.action
+        listed = None if served_after is None else served_after.adapters.get(action.name)
         if action.kind is ActionKind.UNLOAD:
             # an unload answered 404 because the adapter is already gone is done, as the listing shows
-            gone = served_after is not None and action.name not in served_after.adapters
-            if result.ok or gone:
-                loaded.pop(action.name, None)
+            if result.ok or (served_after is not None and listed is None):
                 failures.pop(action.name, None)
             else:
                 fail(action.name, "", result.message)
-            continue
-        if not result.ok:
-            # a failed in-place load leaves the previous weights serving, so the known digest stays
-            fail(action.name, action.digest, result.message)
-            continue
-        if served_after is not None and action.name not in served_after.adapters:
-            fail(action.name, action.digest, "the server accepted the load but does not list the adapter")
-            continue
-        loaded[action.name] = action.digest
-        failures.pop(action.name, None)
-    if served_after is not None:
-        # a restarted pod, or an adapter unloaded by someone else: what it no longer lists has no digest
-        loaded = {name: digest for name, digest in loaded.items() if name in served_after.adapters}
-    return PodMemory(loaded=loaded, failures=failures)
+        elif not result.ok:
+            fail(action.name, action.path, result.message)
+        elif served_after is not None and listed is None:
+            fail(action.name, action.path, "the server accepted the load but does not list the adapter")
+        elif served_after is not None and listed != action.path:
+            fail(
+                action.name,
+                action.path,
+                f"the server accepted the load but lists it from {(listed or '')[:120]!r}",
+            )
+        else:
+            failures.pop(action.name, None)
+    return PodMemory(failures=failures)

@@ -12,7 +12,11 @@ DEFAULT_MAX_ATTEMPTS = 3
 
 
 class DesiredAdapter(BaseModel):
-    """An adapter the InferenceService asks for: the path the server reads it from and its content digest."""
+    """An adapter the InferenceService asks for: the path the server reads it from and its content digest.
+
+    The path is the adapter's identity on a server: an adapter published by a FineTunedModel has a
+    content-addressed path (`<output>/<digest>`), so new weights come under a new path; one given by `uri` is
+    the weights at that path, whatever they are. The digest is only reported."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,7 +37,7 @@ class ServedModels(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     base_models: tuple[str, ...] = ()
-    # adapter name -> the path vLLM loaded it from (the entry's `root`)
+    # adapter name -> the path vLLM loaded it from (the entry's `root`): the truth the planner compares
     adapters: dict[str, str] = Field(default_factory=dict)
     # adapter name -> the base model it is served on (the entry's `parent`)
     parents: dict[str, str] = Field(default_factory=dict)
@@ -105,26 +109,27 @@ class AdapterPodState(BaseModel):
 
 
 class FailureRecord(BaseModel):
-    """Failed attempts to bring one adapter (at one digest) to its desired state on one pod."""
+    """Failed attempts to bring one adapter to its desired state on one pod."""
 
     model_config = ConfigDict(frozen=True)
 
-    # the digest the attempts were for ("" for unloads); a new digest starts a fresh count
-    digest: str = ""
+    # what the attempts were for: the desired path ("" for unloads); a new path starts a fresh count
+    target: str = ""
     attempts: int = 0
     message: str = ""
 
 
 class PodMemory(BaseModel):
-    """What the reconciler remembers about one pod between passes (kept on the Pod: adapters/memory.py).
+    """What the reconciler remembers about one pod between passes: only its failed attempts, kept in the
+    operator's own memory (never on the Pod, where its owner could write it).
 
-    ``loaded`` holds the digest last loaded under each adapter name: /v1/models shows names and paths but not
-    content, so without it a same-name update could keep serving stale weights.
+    What a pod serves is never remembered: every pass reads it from the server (/v1/models lists each adapter
+    with the path it was loaded from, and the desired path carries the digest), so a restarted operator, or one
+    that lost this memory, only retries a failing adapter up to max_attempts once more.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    loaded: dict[str, str] = Field(default_factory=dict)
     failures: dict[str, FailureRecord] = Field(default_factory=dict)
 
 

@@ -17,6 +17,9 @@ ADAPTERS_READY = "AdaptersReady"
 PROGRESSING = "Progressing"
 ROLLOUT = "RolloutStrategy"
 SECURED = "Secured"
+# True while a service serves but not all of it: an adapter failed, or Pods of a rollout fail while earlier ones
+# serve. Ready stays True (reason Degraded) because something answers; this condition names what does not.
+DEGRADED = "Degraded"
 
 
 class Reason:
@@ -74,6 +77,11 @@ class Reason:
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
     INIT_CONTAINER_FAILED = "InitContainerFailed"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    # Ready=True: serving, but not all of it (the Degraded condition has the cause); Degraded=False: nothing
+    # fails while something serves (AsExpected), or nothing serves yet (NotServing: Ready says why).
+    DEGRADED = "Degraded"
+    AS_EXPECTED = "AsExpected"
+    NOT_SERVING = "NotServing"
 
 
 TERMINAL_REASONS = frozenset(
@@ -163,14 +171,22 @@ def set_condition(
     return [updated if c.type == type_ else c for c in conditions or []]
 
 
+# Ready=True reasons that mean "serving, but degraded" (Argo CD: Degraded, not Healthy).
+SERVING_DEGRADED_REASONS = frozenset({Reason.DEGRADED})
+
+
 def derive_phase(conditions: Iterable[Condition] | None) -> Phase:
-    """One word for humans, derived from Ready: Ready, Failed (terminal reason), Waiting, Running or Pending
-    (also a workload stuck before its containers ran)."""
+    """One word for humans, derived from Ready: Ready (also serving but Degraded), Failed (terminal reason),
+    Waiting, Running or Pending (also a workload stuck before its containers ran). A service whose Available
+    condition is True serves: whatever Ready says, its phase is never Failed or Pending, but Running."""
     ready = find(conditions, READY)
     if ready is None:
         return "Pending"
     if ready.status == "True":
         return "Ready"
+    available = find(conditions, AVAILABLE)
+    if available is not None and available.status == "True":
+        return "Running"
     if ready.reason in NOT_STARTED_REASONS:
         return "Pending"
     if ready.reason in TERMINAL_REASONS:

@@ -20,8 +20,10 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tuneops import labels
+from tuneops.kube import types as kt
 from tuneops.kube.client import Kube, NotFound, ResourceType, type_of
-from tuneops.kube.informer import Informer, Obj, key_of, matches, slim
+from tuneops.kube.informer import Informer, Obj, key_of, matches, project
 
 # Who reads: a reconcile's key, (kind, namespace, name) of the tuneops resource.
 Reader = tuple[str, str, str]
@@ -126,7 +128,76 @@ class CachedKube(Kube):
         self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     def add(self, informer: Informer) -> None:
+        """Read `informer`'s kind from it. It keeps the fields the reconcilers read (`project`); an informer of
+        children (selected by the operator's label, which anyone can set) also keeps only the objects whose
+        controller is one of the operator's own (`owned`), and lists once the owners' informers have."""
         self.informers[(informer.rtype, informer.namespace)] = informer
+        informer.projection = project
+        if informer.selector.get(labels.MANAGED_BY) == labels.MANAGED_BY_VALUE:
+            rtype = informer.rtype
+            informer.keep = lambda obj: self.owned(rtype, obj)
+            informer.depends = lambda: self._owners_of(rtype, informer.namespace)
+        if self._is_owner(informer.rtype):
+            informer.store.on_new_uid = self._owner_arrived
+
+    # ----- who owns what: only children of the operator's own resources are kept ----------------------
+
+    @staticmethod
+    def _is_owner(rtype: ResourceType) -> bool:
+        return rtype in kt.CUSTOM.values() or rtype in (kt.JOB, kt.DEPLOYMENT, kt.LWS)
+
+    def _owners_of(self, rtype: ResourceType, namespace: str | None) -> list[Informer]:
+        """The informers `owned` looks up for a child of `rtype`."""
+        kinds = set(kt.CUSTOM.values())
+        if rtype == kt.POD:
+            kinds |= {kt.JOB, kt.DEPLOYMENT, kt.LWS}
+        return [i for (t, ns), i in self.informers.items() if t in kinds and ns in (namespace, None)]
+
+    def _store_of(self, rtype: ResourceType, namespace: str) -> Informer | None:
+        return self.informers.get((rtype, namespace)) or self.informers.get((rtype, None))
+
+    def owned(self, rtype: ResourceType, obj: Obj) -> bool:
+        """Whether `obj` (a child of kind `rtype`) is controlled by a live resource of the operator: its
+        controller ownerReference names, by uid, a tuneops resource held (a Pod's: a Job held, or the
+        ReplicaSet of a Deployment held, or a StatefulSet of a LeaderWorkerSet held)."""
+        meta = obj.get("metadata") or {}
+        ref = next((r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("controller") is True), None)  # fmt: skip
+        if ref is None:
+            return False
+        uid, namespace = str(ref.get("uid") or ""), key_of(obj)[0]
+        if rtype != kt.POD:
+            return any(self._holds(t, namespace, uid) for t in kt.CUSTOM.values())
+        kind, name = ref.get("kind"), str(ref.get("name") or "")
+        if kind == "Job":
+            return self._holds(kt.JOB, namespace, uid)
+        if kind == "ReplicaSet":  # <deployment>-<pod-template-hash>; ReplicaSets are not watched
+            suffix = "-" + str((meta.get("labels") or {}).get("pod-template-hash") or "")
+            found = self._store_of(kt.DEPLOYMENT, namespace)
+            return (
+                suffix != "-"
+                and name.endswith(suffix)
+                and found is not None
+                and found.store.peek(namespace, name[: -len(suffix)]) is not None
+            )
+        if kind == "StatefulSet":  # a LeaderWorkerSet's: <lws> (leaders) or <lws>-<group> (workers)
+            found = self._store_of(kt.LWS, namespace)
+            return found is not None and any(
+                name == lws or name.startswith(lws + "-")
+                for ns, lws in found.store.held_keys()
+                if ns == namespace
+            )
+        return False
+
+    def _holds(self, rtype: ResourceType, namespace: str, uid: str) -> bool:
+        found = self._store_of(rtype, namespace)
+        return found is not None and found.store.has_uid(uid)
+
+    def _owner_arrived(self, uid: str) -> None:
+        """An owner appeared (a uid new to its store, however it came): children seen before it are read
+        again."""
+        for child in list(self.informers.values()):
+            if child.keep is not None:
+                child.adopt(uid)
 
     def informer(self, rtype: ResourceType, namespace: str | None) -> Informer | None:
         """The synced informer that holds `rtype` in `namespace`, if reads of it may come from memory."""
@@ -196,7 +267,9 @@ class CachedKube(Kube):
         if found.refused == 404:
             found.rediscover()  # the server took one: its CRD is installed now
         elif found.synced and matches(obj, found.selector):
-            found.store.upsert(slim(obj))
+            found.written(
+                obj
+            )  # held now, and a change the callbacks see now (its watch event is then no news)
 
     def event(
         self, involved: dict[str, Any], type_: str, reason: str, message: str, now: dt.datetime | None = None
@@ -208,4 +281,4 @@ class CachedKube(Kube):
         found = self.informers.get((rtype, namespace)) or self.informers.get((rtype, None))
         if found is not None:
             # Gone or going: the watch brings it back if it lingers (finalizers).
-            found.store.delete(namespace or "", name)
+            found.deleted(namespace or "", name)

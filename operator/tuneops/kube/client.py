@@ -19,7 +19,7 @@ from typing import Any
 import urllib3
 from kubernetes import client, config
 
-from tuneops import __version__, labels, metrics
+from tuneops import __version__, backoff, labels, metrics
 from tuneops.kube.types import (
     CONFIGMAP,
     CRD,
@@ -114,7 +114,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (retries from many workers spread out)."""
-        return float(rng()) * min(self.cap_s, self.base_s * float(2**attempt))
+        return backoff.delay(attempt, self.base_s, self.cap_s, full=True, rng=rng)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from tuneops import backoff
 from tuneops.local.container import Container, go_duration
 from tuneops.local.runtimes import Runtime, find_runtime
 
@@ -33,10 +34,11 @@ def crash_back_off(c: Container, term: Obj, ran: float, cfg: NodeConfig, pod_ref
     a container that ran long enough starts over. Returns the BackOff Event when the restart waits."""
     if ran > BACKOFF_RESET_S:
         c.backoff_streak = 0
+    # The kubelet's own timing has no jitter.
     delay = (
         0.0
         if c.backoff_streak == 0
-        else min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** (c.backoff_streak - 1))
+        else backoff.delay(c.backoff_streak - 1, cfg.backoff_base_s, cfg.backoff_max_s, spread=0.0)
     )
     c.backoff_streak += 1
     c.last_state = {"terminated": term}
@@ -67,7 +69,7 @@ def pull(c: Container, cfg: NodeConfig) -> tuple[Runtime | None, list[Event]]:
         f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
         "the local node's image mapping has no runtime for this image"
     )
-    delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**c.pull_failures)
+    delay = backoff.delay(c.pull_failures, cfg.backoff_base_s, cfg.backoff_max_s, spread=0.0)
     c.pull_failures += 1
     c.pull_retry_at = now + delay
     # The kubelet shows ErrImagePull until its next sync of the Pod, then ImagePullBackOff until the retry.

@@ -59,22 +59,53 @@ def tool_missing(name: str) -> bool:
     return not toolpaths.vllm_python().is_file() or not (toolpaths.vllm_env_dir() / "bin" / "vllm").is_file()
 
 
-def ensure_tools(names: list[str], say: Say = print) -> None:
-    """Run the build script of every cached tool that is missing (each script is a no-op when cached)."""
+LLAMACPP_PTH = "tuneops-llama-cpp.pth"
+
+
+def llamacpp_linked(venv: Path) -> bool:
+    """Whether `venv` has the .pth file that puts the cached llama-cpp-python bindings on sys.path (what
+    scripts/build-llamacpp.sh writes; the GGUF quality gate imports `llama_cpp`)."""
+    want = str(toolpaths.llamacpp_python_dir())
+    lib = venv / "lib"
+    for pth in lib.glob(f"python3*/site-packages/{LLAMACPP_PTH}") if lib.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if pth.read_text().strip() == want:
+                return True
+    return False
+
+
+def ensure_tools(names: list[str], say: Say = print, venv: Path | None = None) -> None:
+    """Run the build script of every cached tool that is missing (each script is a no-op when cached).
+
+    llama.cpp is also "missing" from a venv that is not linked to its Python bindings: the cache may have been
+    filled from another clone, whose venv got the link, so this clone's venv (`venv`, default the running
+    one) is linked here (the script only writes the .pth file when the tools are cached)."""
+    venv = Path(sys.prefix) if venv is None else venv
     for name in names:
         script, cost = TOOLS[name]
-        if not tool_missing(name):
+        unlinked = name == "llamacpp" and not llamacpp_linked(venv)
+        if not tool_missing(name) and not unlinked:
             continue
         path = REPO / script
         if not path.is_file():
             raise SystemExit(
                 f"{name} is not installed and {path} is missing; run `make {name}` from a checkout"
             )
-        say(f"==> {name} is not built yet: running {script} ({cost} on first run; cached afterwards)")
+        argv = ["bash", str(path)]
+        if name == "llamacpp":
+            argv.append(str(venv))
+        if tool_missing(name):
+            say(f"==> {name} is not built yet: running {script} ({cost} on first run; cached afterwards)")
+        else:
+            say(f"==> linking the cached llama.cpp Python bindings into {venv} ({script})")
         started = time.monotonic()
-        done = subprocess.run(["bash", str(path)], cwd=REPO, check=False)
+        done = subprocess.run(argv, cwd=REPO, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{script} failed with exit code {done.returncode}")
+        if name == "llamacpp" and not llamacpp_linked(venv):
+            raise SystemExit(
+                f"{script} ran but {venv} is still not linked to {toolpaths.llamacpp_python_dir()}"
+            )
         say(f"    {name} ready in {time.monotonic() - started:.0f}s")
 
 
@@ -298,6 +329,13 @@ class LocalCluster:
         return out
 
 
+def cluster_url(key: str, domain: str = "cluster.local") -> str:
+    """The in-cluster URL of an endpoint key `namespace/service/port` (what status' URL column shows, which this
+    machine cannot resolve: the local node serves no cluster DNS; use the local URL beside it)."""
+    ns, service, port = key.split("/", 2)
+    return f"http://{service}.{ns}.svc.{domain}:{port}"
+
+
 def run_node(args: argparse.Namespace) -> int:
     """The local node in the foreground until SIGTERM/SIGINT (what `tuneops local up` starts)."""
     from tuneops.config import Images
@@ -380,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         st = info[name]
         print(f"{name + ':':14} {'running, pid ' + str(st['pid']) if st['running'] else 'not running'}")
     for key, url in sorted(info["endpoints"].items()):
-        print(f"endpoint:      {key} -> {url}/v1")
+        print(f"endpoint:      {key}: {url}/v1 (from this machine); {cluster_url(key)}/v1 (in the cluster)")
     print(f"\nexport KUBECONFIG={info['kubeconfig']}")
     return 0 if cp.get("ready") else 1
 

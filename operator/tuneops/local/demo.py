@@ -17,8 +17,17 @@ from typing import Any
 
 import yaml
 
+from tuneops.api.conditions import STUCK_REASONS, TERMINAL_REASONS, Reason
 from tuneops.kube.client import CUSTOM, POD, ApiError, Kube, ResourceType
-from tuneops.local.cli import ARTIFACT_CLAIM, REPO, LocalCluster, Say, default_root, ensure_tools
+from tuneops.local.cli import (
+    ARTIFACT_CLAIM,
+    REPO,
+    LocalCluster,
+    Say,
+    cluster_url,
+    default_root,
+    ensure_tools,
+)
 from tuneops.local.node import PVC
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
@@ -29,6 +38,11 @@ ADAPTERS = {"adapters/tiny-chat": 1, "adapters/tiny-sql": 2, "adapters/tiny-extr
 TRAIN_STEPS = 20
 PV = ResourceType("v1", "PersistentVolume", "persistentvolumes", namespaced=False)
 CLAIM_URI = re.compile(r"pvc://([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)")
+
+
+# A step that failed for good: the demo stops and says how to retry (a stuck workload may heal by itself, and an
+# adapter that fails leaves the rest serving).
+STEP_FAILED = TERMINAL_REASONS - STUCK_REASONS - {Reason.ADAPTER_LOAD_FAILED, Reason.ADAPTER_UNLOAD_FAILED}
 
 
 class DemoError(RuntimeError):
@@ -147,8 +161,12 @@ def wait_ready(
             last[key] = cond
             if cond is not None and cond.status == "True" and key not in done:
                 done[key] = elapsed
-            if cond is not None and cond.reason in ("InvalidSpec", "QualityGateFailed", "Failed"):
-                raise DemoError(f"{key} failed: {cond.reason}: {cond.message}")
+            if cond is not None and cond.status == "False" and cond.reason in STEP_FAILED:
+                raise DemoError(
+                    f"{key} failed: {cond.reason}: {cond.message}\n"
+                    f"  what it means and how to fix it: docs/troubleshooting.md#reasons ({cond.reason}); once fixed, "
+                    f"retry without a spec change: kubectl annotate --overwrite {key} tuneops.io/refresh=$(date +%s)"
+                )
         for pod in api.list(POD, namespace):
             pname = pod["metadata"]["name"]
             phase = str((pod.get("status") or {}).get("phase") or "Pending")
@@ -283,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             name = m["metadata"]["name"]
             url = endpoint(cluster, args.namespace, name)
-            say(f"{m['kind']} {name}: {url}/v1")
+            in_cluster = cluster_url(f"{args.namespace}/{name}/8000")
+            say(f"{m['kind']} {name}: {url}/v1 (from this machine; in the cluster: {in_cluster}/v1)")
             for model in served_names(api, args.namespace, name):
                 prompt = "Say hello in three words."
                 answer = chat_when_serving(url, model, prompt, time.monotonic() + args.timeout, say)

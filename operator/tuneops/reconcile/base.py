@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple
 
-from tuneops import labels
+from tuneops import GROUP, labels
 from tuneops.api import KindInfo, SpecError, SpecT, StatusT
 from tuneops.api.common import ConditionStatus, StepStatus
 from tuneops.api.conditions import (
     READY,
+    SERVING_DEGRADED_REASONS,
     STUCK_REASONS,
     TERMINAL_REASONS,
     Reason,
@@ -27,7 +28,9 @@ from tuneops.kube import client as k
 from tuneops.kube.cache import CachedKube
 from tuneops.reconcile.jobs import JobOutcome, job_finished, job_pods, observe_job
 from tuneops.reconcile.workload import clean, pod_events
+from tuneops.render.names import content_hash, step_name
 from tuneops.render.types import Owner
+from tuneops.storage.artifacts import JOB_NAME_ENV
 from tuneops.validation.policy import check_pod_policy
 
 log = logging.getLogger(__name__)
@@ -116,16 +119,51 @@ class Step:
     failed: str  # Ready's message when the Job failed starts with this, e.g. "merge failed"
 
 
+# How to get past each way a step fails: every terminal step message ends with one of these (see
+# docs/troubleshooting.md). Setting tuneops.io/refresh to a new value retries a failed step of any kind.
+RETRY = (
+    f"retry without a spec change: kubectl annotate --overwrite <kind>/<name> {labels.REFRESH}=$(date +%s)"
+)
+RETRY_HINTS: dict[str, str] = {
+    Reason.JOB_FAILED: "read the Job's logs (kubectl logs job/{job}), fix the cause, then " + RETRY,
+    Reason.OOM_KILLED: (
+        "the same memory limit fails the same way: raise the step's resources.limits.memory in the spec "
+        "(a new Job runs at once), or free memory on the node and " + RETRY
+    ),
+    Reason.DEADLINE_EXCEEDED: (
+        "raise the step's activeDeadlineSeconds in the spec (a new Job runs at once), or " + RETRY
+    ),
+    Reason.QUALITY_GATE_FAILED: (
+        "loosen qualityGate.maxPerplexityIncreasePct or pick a gentler quantization in the spec, or re-measure: "
+        + RETRY
+    ),
+    Reason.DIGEST_MISMATCH: (
+        "an input changed after its producer recorded it: re-run the producer (set its tuneops.io/refresh), "
+        "then " + RETRY
+    ),
+    Reason.INCOMPATIBLE_ADAPTER: "fix the adapter or the spec's base model, then " + RETRY,
+}
+
+
+def retry_hint(reason: str, job: str) -> str:
+    """The sentence a failed step's message ends with: how to get past `reason` (JobFailed's by default)."""
+    return RETRY_HINTS.get(reason, RETRY_HINTS[Reason.JOB_FAILED]).replace("{job}", job)
+
+
 def judge_step(step: Step, job: str, outcome: JobOutcome, done: str) -> Verdict:
-    """A failed step stops the reconciler until its inputs change (a new Job name); one in progress stops it
-    and asks to look again (also when its Pod is stuck: that heals without a spec change, and the condition
-    says why); a succeeded one lets it go on."""
+    """A failed step stops the reconciler until its inputs change (a new Job name) or a new tuneops.io/refresh
+    value retries it; one in progress stops it and asks to look again (also when its Pod is stuck: that heals
+    without a spec change, and the condition says why); a succeeded one lets it go on."""
     if outcome.state == "Failed":
         reason = outcome.reason or Reason.JOB_FAILED
+        hint = retry_hint(reason, job)
+        detail = outcome.message or reason
         return Verdict(
             (
-                Cond(step.condition, False, reason, outcome.message),
-                Cond(READY, False, reason, f"{step.failed}: {outcome.message or reason}"),
+                Cond(
+                    step.condition, False, reason, f"{outcome.message}; {hint}" if outcome.message else hint
+                ),
+                Cond(READY, False, reason, f"{step.failed}: {detail}; {hint}"),
             )
         )
     if outcome.state != "Succeeded":
@@ -280,6 +318,7 @@ class StatusBuilder(Generic[SpecT, StatusT]):
 
         `requeue` asks the caller to look again after the poll interval (a step is still in progress)."""
         self.status.observed_generation = self.generation
+        waited_long = self._note_long_wait()
         self.status.phase = derive_phase(self.status.conditions)
         new = self.status.wire()
         old = self.before.wire()
@@ -300,13 +339,53 @@ class StatusBuilder(Generic[SpecT, StatusT]):
         self.ctx.kube.patch_status(rtype, meta["namespace"], meta["name"], patch)
         out.wrote_status = True
         before = find(self.before.conditions, READY)
-        if ready and (before is None or (before.status, before.reason) != (ready.status, ready.reason)):
-            warn = ready.status == "False" and ready.reason in TERMINAL_REASONS | STUCK_REASONS
+        moved = (
+            before is None or (before.status, before.reason) != (ready.status, ready.reason)
+            if ready
+            else False
+        )
+        first_long_wait = waited_long and not (before is not None and WAITING_NOTE in before.message)
+        if ready and (moved or first_long_wait):
+            warn = (
+                first_long_wait
+                or (ready.status == "False" and ready.reason in TERMINAL_REASONS | STUCK_REASONS)
+                or (ready.status == "True" and ready.reason in SERVING_DEGRADED_REASONS)
+            )
             self.ctx.kube.event(
                 self.obj, "Warning" if warn else "Normal", ready.reason, ready.message or ready.reason
             )
             out.events.append(ready.reason)
         return out
+
+    def _note_long_wait(self) -> bool:
+        """Ready=False/WaitingForSource for longer than the config's waitingWarningSeconds: Ready's message
+        says so and what to check (finish then writes one Warning Event). True when that is the case."""
+        limit = self.ctx.config.waiting_warning_seconds
+        ready = find(self.status.conditions, READY)
+        if not limit or ready is None or ready.status != "False" or ready.reason != Reason.WAITING_FOR_SOURCE:
+            return False
+        waited = _seconds_between(ready.last_transition_time, self.ctx.clock())
+        if waited is None or waited < limit:
+            return False
+        if WAITING_NOTE not in ready.message:
+            note = (
+                f"{WAITING_NOTE} {limit}s: check that the referenced resource exists in this namespace under "
+                "that name (kubectl get ftm,qjob), and see its own Ready condition"
+            )
+            self.condition(READY, False, ready.reason, f"{ready.message}; {note}")
+        return True
+
+
+WAITING_NOTE = "still waiting after"
+
+
+def _seconds_between(earlier: str | None, later: str) -> float | None:
+    try:
+        start = dt.datetime.strptime(str(earlier), "%Y-%m-%dT%H:%M:%SZ")
+        end = dt.datetime.strptime(later, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return (end - start).total_seconds()
 
 
 Body = Callable[[StatusBuilder[SpecT, StatusT], SpecT], Outcome]
@@ -348,11 +427,18 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
     on every poll until that Job is gone.
     When the name moves on from the one recorded, the step's earlier Jobs still running are deleted: only the
     Job of the current inputs writes the step's output.
+
+    Retry: a step that failed is run again, without a spec change, when the resource's tuneops.io/refresh
+    annotation has a value this step's Job did not run under. The retry is the same Job under the name
+    `<cr>-<step>-<hash of (Job name, refresh)>` (`retry_job`); `job` is renamed in place, so the caller's
+    messages name the Job that runs. A step that succeeded is not re-run by a refresh (except where the
+    renderer makes refresh part of the Job itself, as the FineTunedModel's inspect step does).
     """
     kube = sb.ctx.kube
+    recorded = sb.step(step.name)
+    _retry_if_refreshed(sb, step, job, recorded)
     name = job["metadata"]["name"]
     ns = job["metadata"]["namespace"]
-    recorded = sb.step(step.name)
     if recorded is not None and recorded.job == name and recorded.state in ("Succeeded", "Failed"):
         return JobOutcome(recorded.state, recorded.reason or "", recorded.message or "", {})
     existing = read_child(kube, k.JOB, ns, name)
@@ -374,6 +460,46 @@ def run_step(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any]) -> Jo
     if outcome.state == "Succeeded" and outcome.result.get("error"):
         outcome = JobOutcome("Failed", Reason.JOB_FAILED, str(outcome.result["error"]), outcome.result)
     return sb.record_step(step.name, name, outcome)
+
+
+RETRY_OF = f"{GROUP}/retry-of"
+
+
+def retry_name(owner: Owner, step: str, job: str, refresh: str) -> str:
+    """The name of the retry of Job `job` under refresh value `refresh` (same form as every step Job name)."""
+    return step_name(owner.name, step, content_hash({"job": job, "refresh": refresh}))
+
+
+def retry_job(job: dict[str, Any], name: str, refresh: str) -> None:
+    """Rename the rendered `job` (in place) to its retry `name`: metadata, the worker's TUNEOPS_JOB_NAME (its
+    staging folder), and annotations that say what it retries and under which refresh value."""
+    meta = job["metadata"]
+    annotations = dict(meta.get("annotations") or {})
+    annotations[RETRY_OF] = meta["name"]
+    annotations[labels.REFRESH] = refresh
+    meta["annotations"] = dict(sorted(annotations.items()))
+    meta["name"] = name
+    for container in job["spec"]["template"]["spec"].get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == JOB_NAME_ENV:
+                env["value"] = name
+
+
+def _retry_if_refreshed(sb: StatusBuilder[Any, Any], step: Step, job: dict[str, Any], recorded: Any) -> None:
+    refresh = (sb.obj["metadata"].get("annotations") or {}).get(labels.REFRESH)
+    meta = job["metadata"]
+    if not refresh or recorded is None or (meta.get("annotations") or {}).get(labels.REFRESH) == refresh:
+        return  # no refresh asked, nothing run yet, or refresh already part of this Job's identity
+    retry = retry_name(sb.owner, step.name, meta["name"], refresh)
+    if recorded.job == retry or (recorded.job == meta["name"] and recorded.state == "Failed"):
+        retry_job(job, retry, str(refresh))
+    elif recorded.state == "Succeeded" and recorded.job != meta["name"]:
+        # A retry under an earlier refresh value that succeeded stays this step's result (while its Job is
+        # there to say what it retried): a new refresh value re-runs only what failed.
+        prior = read_child(sb.ctx.kube, k.JOB, meta["namespace"], recorded.job)
+        said = ((prior or {}).get("metadata") or {}).get("annotations") or {}
+        if prior is not None and controlled_by(prior, sb.owner.uid) and said.get(RETRY_OF) == meta["name"]:
+            retry_job(job, recorded.job, str(said.get(labels.REFRESH) or ""))
 
 
 def stop_superseded(kube: k.Kube, owner: Owner, step: str, keep: str | None = None) -> list[str]:
@@ -411,6 +537,9 @@ __all__ = [
     "owner_of",
     "read_child",
     "reconciler",
+    "retry_hint",
+    "retry_job",
+    "retry_name",
     "run_step",
     "stop_superseded",
     "utcnow",

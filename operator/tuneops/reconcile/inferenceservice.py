@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -25,7 +26,8 @@ from tuneops.reconcile.base import (
     read_child,
     reconciler,
 )
-from tuneops.reconcile.lora import lora_enabled, reconcile_adapters
+from tuneops.reconcile.drift import APPLIED, drifted, pin_defaults
+from tuneops.reconcile.lora import MEMORIES, lora_enabled, reconcile_adapters
 from tuneops.reconcile.service_status import Adapters, Observed, Workload, adapter_states, decide
 from tuneops.reconcile.sources import Sources, resolve
 from tuneops.reconcile.workload import diagnose, pod_events, progress_deadline
@@ -35,6 +37,8 @@ from tuneops.render.serving import autoscaling
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Owner
 from tuneops.validation.references import check_routing
+
+log = logging.getLogger(__name__)
 
 Builder = StatusBuilder[InferenceServiceSpec, InferenceServiceStatus]
 
@@ -52,8 +56,12 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
         spec, sb.owner, sb.ctx.config, model=sources.model, adapters=sources.servable,
         adapter_sources=sources.sources,
     )  # fmt: skip
+    refresh = (sb.obj["metadata"].get("annotations") or {}).get(labels.REFRESH)
+    manifests = (
+        [restarted(m, str(refresh)) for m in rendered.manifests] if refresh else list(rendered.manifests)
+    )
     try:
-        apply_children(sb.ctx, sb.owner, list(rendered.manifests))
+        apply_children(sb.ctx, sb.owner, manifests)
     except Waiting as err:
         return sb.conclude(decide(err))
     workload, pods = observe_workload(sb, spec, rendered, sources)
@@ -64,6 +72,27 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
     )
     seen = Observed(workload, adapters, notes, tuple(rendered.served_models), rendered.url)
     return sb.conclude(decide(seen))
+
+
+def restarted(manifest: dict[str, Any], refresh: str) -> dict[str, Any]:
+    """The workload with `tuneops.io/refresh` on its Pod templates: a new value rolls the Pods (as `kubectl rollout
+    restart` does), which retries what failed in them (a crash after its cause is fixed, adapters that failed to
+    load: new Pods start with no failed attempts). Other manifests are returned as they are."""
+    spec = manifest.get("spec") or {}
+    if manifest.get("kind") == "Deployment":
+        templates = [spec.get("template")]
+    elif manifest.get("kind") == "LeaderWorkerSet":
+        lws = spec.get("leaderWorkerTemplate") or {}
+        templates = [lws.get("leaderTemplate"), lws.get("workerTemplate")]
+    else:
+        return manifest
+    for t in templates:
+        if isinstance(t, dict):
+            meta = t.setdefault("metadata", {})
+            meta["annotations"] = dict(
+                sorted({**(meta.get("annotations") or {}), labels.REFRESH: refresh}.items())
+            )
+    return manifest
 
 
 def observe_workload(
@@ -93,6 +122,7 @@ def observe_workload(
         ready=status.ready_replicas,
         updated=int(wstatus.get("updatedReplicas") or 0),
         current=(workload.get("metadata") or {}).get("generation") == wstatus.get("observedGeneration"),
+        total=status.replicas,
     )
     # A workload not made yet has no Pods to explain.
     settling = bool(workload) and (not seen.rolled_out or progress_deadline(workload) is not None)
@@ -110,6 +140,7 @@ def _adapters(
     if not lora_enabled(spec, sources):
         sb.status.adapters = sb.status.pods = None
         publish_adapters(sb.owner.namespace, sb.owner.name, None)
+        MEMORIES.forget((sb.owner.namespace, sb.owner.name))
         return None
     adapters, served = reconcile_adapters(sb.ctx, spec, sb.owner, pods, sources)
     sb.status.adapters = adapter_states(adapters) or None
@@ -136,7 +167,9 @@ def publish_adapters(namespace: str, name: str, states: list[AdapterState] | Non
 
 
 def _stamp(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record the manifest's own hash on it, so an unchanged child is recognised without writing it again."""
+    """Record the manifest's own hash on it, so a changed manifest is recognised without comparing it; the
+    server's defaults the drift check relies on (drift.pin_defaults) are part of it."""
+    pin_defaults(manifest)
     meta = manifest.setdefault("metadata", {})
     meta.setdefault("annotations", {})[labels.SPEC_HASH] = content_hash(manifest)[:16]
     return manifest
@@ -154,8 +187,27 @@ EXTENSIONS = {
 CONFLICTS_NAMED = 3
 
 
+def _needs_apply(manifest: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Missing, made from another manifest, or edited since (anything the manifest sets differs)."""
+    if current is None:
+        return True
+    have = ((current.get("metadata") or {}).get("annotations") or {}).get(labels.SPEC_HASH)
+    if have != manifest["metadata"]["annotations"][labels.SPEC_HASH]:
+        return True
+    changed = drifted(manifest, current)
+    if changed:
+        meta = manifest["metadata"]
+        log.info("%s %s/%s was changed by hand (%s): applying it again", manifest["kind"],
+                 meta.get("namespace", ""), meta["name"], ", ".join(changed))  # fmt: skip
+    return bool(changed)
+
+
 def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) -> int:
-    """Apply what changed, delete what is no longer desired; returns the number of writes.
+    """Apply what changed or drifted, delete what is no longer desired; returns the number of writes.
+
+    A child is applied when it is missing, its spec-hash annotation differs from the manifest's, or it no longer
+    holds a value the manifest sets (a hand edit: drift.drifted, compared in memory, so a settled pass makes no
+    request).
 
     A child whose name is held by an object this service does not control (another resource's child, or one
     a person made) stops the pass before anything is written: `Waiting` with reason NameConflict, naming both
@@ -179,19 +231,19 @@ def apply_children(ctx: Context, owner: Owner, manifests: list[dict[str, Any]]) 
     desired: set[tuple[str, str]] = set()
     for m, rtype, current in found:
         desired.add((rtype.kind, m["metadata"]["name"]))
-        have = ((current or {}).get("metadata") or {}).get("annotations", {}).get(labels.SPEC_HASH)
-        if have != m["metadata"]["annotations"][labels.SPEC_HASH]:
-            try:
-                ctx.kube.apply(m)
-            except k.NotFound as exc:
-                if rtype not in EXTENSIONS:
-                    raise
-                raise Waiting(
-                    f"{rtype.kind} ({rtype.api_version}) is not served by this cluster: install its CRD "
-                    f"({EXTENSIONS[rtype]}) or remove spec.autoscaling / spec.routing",
-                    Reason.EXTENSION_NOT_INSTALLED,
-                ) from exc
-            writes += 1
+        if not _needs_apply(m, current):
+            continue
+        try:
+            APPLIED.record(ctx.kube.apply(m))
+        except k.NotFound as exc:
+            if rtype not in EXTENSIONS:
+                raise
+            raise Waiting(
+                f"{rtype.kind} ({rtype.api_version}) is not served by this cluster: install its CRD "
+                f"({EXTENSIONS[rtype]}) or remove spec.autoscaling / spec.routing",
+                Reason.EXTENSION_NOT_INSTALLED,
+            ) from exc
+        writes += 1
     selector = {labels.OWNER: owner.uid, labels.KIND: INFERENCESERVICE.kind}
     pdb = k.PDB if ctx.config.features.pdb_v1 else k.PDB_BETA
     hpa = kt.HPA if ctx.config.features.hpa_v2 else kt.HPA_BETA

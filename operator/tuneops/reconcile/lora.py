@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from typing import Any, NamedTuple
 
-from tuneops import labels
 from tuneops.adapters import (
     AdapterClient,
+    AdapterState,
     Deadline,
     DesiredAdapter,
     PodMemory,
     PodResult,
-    decode_memory,
     describe,
-    encode_memory,
     plan_pod,
     pod_problems,
     pod_url,
@@ -26,7 +26,6 @@ from tuneops.adapters import (
 from tuneops.adapters.client import PASS_DEADLINE_S, POD_ERRORS
 from tuneops.adapters.passes import PassRunner
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
-from tuneops.kube import client as k
 from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
 from tuneops.reconcile.sources import Sources
@@ -79,13 +78,14 @@ def reconcile_adapters(
             sources.api_key,
             dynamic,
         )
-        memories = {p["metadata"]["name"]: pod_memory(p, desired) for p in ready}
+        service = (owner.namespace, owner.name)
+        memories = MEMORIES.of(service, ready)
 
         def superseded(made_from: Hashable, done: list[PodResult]) -> None:
-            # A pass made from older inputs loaded what it loaded: record that, and start the next pass from it.
+            # A pass made from older inputs failed what it failed: count that, and start the next pass from it.
             if isinstance(made_from, PassInputs) and made_from.dynamic:
-                fresh = remember(ctx, owner.namespace, pods, made_from, done)
-                memories.update((n, m) for n, m in fresh.items() if n in memories)
+                MEMORIES.keep(service, made_from, done)
+                memories.update(MEMORIES.of(service, ready))
 
         finished = _PASSES.run(
             (owner.namespace, owner.name),
@@ -95,65 +95,54 @@ def reconcile_adapters(
             late=lambda: ctx.wake("InferenceService", owner.namespace, owner.name, "adapters"),
         )
         if finished is not None and dynamic:
-            remember(ctx, owner.namespace, pods, inputs, finished)
+            MEMORIES.keep(service, inputs, finished)
         results = finished if finished is not None else [_no_answer_yet(p) for p in ready]
     problems = [PodAdapters(pod=p.pod, ready_adapters=p.ready_adapters, message=p.message)
                 for p in pod_problems(desired, results)]  # fmt: skip
     return Adapters(summarize(desired, results), sources.refused, sources.pending), problems
 
 
-def pod_memory(pod: Mapping[str, Any], desired: Mapping[str, DesiredAdapter]) -> PodMemory:
-    """What the Pod's annotation says was loaded there and failed (nothing, for a value the operator did not
-    write: the Pod's owner can edit it, and then reloads or skips a reload of its own adapters)."""
-    return decode_memory(_annotation(pod), desired)
+class Memories:
+    """Each serving Pod's failed adapter attempts, in the operator's own memory, by service and Pod uid.
+
+    Nothing here says what a Pod serves (every pass asks the Pod), so losing it (a restart) costs at most
+    max_attempts more tries of an adapter that keeps failing. Only the Pods of a service's latest pass are kept,
+    and only those with failures; services beyond ``limit`` are forgotten oldest first."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._by_service: OrderedDict[tuple[str, str], dict[str, PodMemory]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, service: tuple[str, str], pods: list[dict[str, Any]]) -> dict[str, PodMemory]:
+        """By Pod name: what each of ``pods`` (the same Pod: its uid) remembers."""
+        with self._lock:
+            kept = self._by_service.get(service, {})
+            return {p["metadata"]["name"]: kept.get(str(p["metadata"].get("uid")), PodMemory()) for p in pods}
+
+    def keep(self, service: tuple[str, str], made_from: PassInputs, results: list[PodResult]) -> None:
+        """What a finished pass leaves each of its Pods remembering; the service's other Pods are forgotten."""
+        uids = {name: str(uid) for name, uid, _ in made_from.pods}
+        fresh = {uids[r.pod]: r.memory for r in results if r.pod in uids and r.memory.failures}
+        with self._lock:
+            if fresh:
+                self._by_service[service] = fresh
+                self._by_service.move_to_end(service)
+                while len(self._by_service) > self.limit:
+                    self._by_service.popitem(last=False)
+            else:
+                self._by_service.pop(service, None)
+
+    def forget(self, service: tuple[str, str]) -> None:
+        with self._lock:
+            self._by_service.pop(service, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_service)
 
 
-def _annotation(pod: Mapping[str, Any]) -> object:
-    annotations = (pod.get("metadata") or {}).get("annotations")
-    return annotations.get(labels.ADAPTER_MEMORY) if isinstance(annotations, dict) else None
-
-
-def memory_writes(
-    pods: list[dict[str, Any]], made_from: PassInputs, results: list[PodResult]
-) -> tuple[list[tuple[str, str | None]], dict[str, PodMemory]]:
-    """What a finished pass leaves each Pod remembering: the annotation values to write (None removes it), only
-    where the Pod's annotation says otherwise, and the memories by Pod name.
-
-    Only Pods the pass was made from count: a Pod gone since, or a new one under the same name, gets nothing."""
-    uids = {name: uid for name, uid, _ in made_from.pods}
-    by_name = {p["metadata"]["name"]: p for p in pods}
-    writes: list[tuple[str, str | None]] = []
-    fresh: dict[str, PodMemory] = {}
-    for result in results:
-        pod = by_name.get(result.pod)
-        if pod is None or result.pod not in uids or pod["metadata"].get("uid") != uids[result.pod]:
-            continue
-        fresh[result.pod] = result.memory
-        value = encode_memory(result.memory)
-        if value != _annotation(pod):
-            writes.append((result.pod, value))
-    return writes, fresh
-
-
-def remember(
-    ctx: Context, namespace: str, pods: list[dict[str, Any]], made_from: PassInputs, results: list[PodResult]
-) -> dict[str, PodMemory]:
-    """Write what a finished pass leaves each Pod remembering onto the Pods whose annotation says otherwise.
-
-    A failed write costs a reload on the next pass, which writes again; it never fails the reconcile."""
-    writes, fresh = memory_writes(pods, made_from, results)
-    for name, value in writes:
-        body = {"metadata": {"annotations": {labels.ADAPTER_MEMORY: value}}}
-        try:
-            ctx.kube.patch(k.POD, namespace, name, body)
-        except k.NotFound:
-            continue  # the Pod is gone, and what it remembered with it
-        except Exception as exc:  # the API server is away: the rest waits for the next pass too
-            log.warning(
-                "adapters on Pod %s/%s: not recorded (tried again next pass): %s", namespace, name, exc
-            )
-            break
-    return fresh
+MEMORIES = Memories()
 
 
 def _no_answer_yet(pod: dict[str, Any]) -> PodResult:
@@ -182,9 +171,22 @@ async def _observe_pod(pod: str, client: AdapterClient, desired: dict[str, Desir
         served = await client.list_models()
     except POD_ERRORS as exc:  # an unreachable Pod serves nothing this pass
         return PodResult(pod=pod, reachable=False, error=describe(exc))
-    started = PodMemory(loaded={n: d.digest for n, d in desired.items() if served.adapters.get(n) == d.path})
-    plan = plan_pod(desired, served, started)
-    return PodResult(pod=pod, reachable=True, served=served, states=plan.states, memory=started)
+    plan = plan_pod(desired, served, PodMemory())
+    # A ready server has read its --lora-modules: an adapter it does not serve was left out at start (the
+    # launcher refuses one vLLM would fail on, and logs why), and nothing loads it later without the runtime API.
+    states = {
+        name: state
+        if state.state is AdapterState.READY or not state.desired
+        else state.model_copy(
+            update={
+                "state": AdapterState.FAILED,
+                "message": "left out at start: the server did not load it (its log names why); with lora.dynamic "
+                "false adapters load only at start: fix the adapter, then restart the Pods or set lora.dynamic",
+            }
+        )
+        for name, state in plan.states.items()
+    }
+    return PodResult(pod=pod, reachable=True, served=served, states=states)
 
 
 async def reconcile_pods(
@@ -201,17 +203,15 @@ async def reconcile_pods(
     """One pass over the Pods, in parallel up to POD_CONCURRENCY, all within one deadline; whatever one Pod
     answers (or fails to) becomes its own result and never the others'.
 
-    Each Pod starts from ``memories`` (by Pod name) or else from its annotation; what it remembers afterwards
-    is in its result, for the caller to write."""
+    Each Pod starts from ``memories`` (by Pod name: its failed attempts; none when absent); what it remembers
+    afterwards is in its result, for the caller to keep."""
     ns = owner.namespace
     deadline = Deadline(deadline_s)
     turns = asyncio.Semaphore(POD_CONCURRENCY)
 
     async def one(pod: dict[str, Any]) -> PodResult:
         pod_name = pod["metadata"]["name"]
-        memory = memories.get(pod_name) if memories is not None else None
-        if memory is None:
-            memory = pod_memory(pod, desired)
+        memory = (memories or {}).get(pod_name) or PodMemory()
         try:
             async with turns, asyncio.timeout(deadline.remaining() + 2.0):
                 url = pod_url(pod["status"]["podIP"], port)

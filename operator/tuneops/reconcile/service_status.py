@@ -8,8 +8,9 @@ from typing import Literal
 
 from tuneops.adapters import AdaptersSummary
 from tuneops.adapters import AdapterState as PodState
-from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, READY, Reason
+from tuneops.api.conditions import ADAPTERS_READY, AVAILABLE, DEGRADED, READY, TERMINAL_REASONS, Reason
 from tuneops.api.inferenceservice import AdapterState
+from tuneops.labels import REFRESH
 from tuneops.reconcile.base import Cond, Invalid, Verdict, Waiting, blocked
 from tuneops.reconcile.workload import Cause
 
@@ -35,10 +36,15 @@ class Workload:
     updated: int = 0
     current: bool = True  # the controller has seen the latest generation
     cause: Cause | None = None  # why Pods do not run (stuck or failing), looked for while not rolled out
+    total: int | None = None  # status.replicas: Pods of every revision (None: not reported)
 
     @property
     def rolled_out(self) -> bool:
-        return self.current and self.updated >= self.desired and self.ready >= self.desired
+        """As `kubectl rollout status` decides: the latest revision everywhere, every replica ready, and no
+        Pod of an earlier revision left. Ready replicas alone can be the old Pods: after a hand edit of the
+        Deployment the new Pod may crash-loop while the old one still serves."""
+        old_left = self.total is not None and self.total > self.updated
+        return self.current and self.updated >= self.desired and self.ready >= self.desired and not old_left
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,9 @@ def decide(seen: Observed | Waiting | Invalid) -> Verdict:
         return blocked(seen)
     available = available_condition(seen.workload)
     adapters = () if seen.adapters is None else (adapters_condition(seen.adapters, seen.workload),)
-    ready, requeue = ready_condition(seen, available, adapters[0] if adapters else None)
-    return Verdict((*seen.notes, available, *adapters, ready), requeue=requeue)
+    degraded = degraded_condition(seen, available, adapters[0] if adapters else None)
+    ready, requeue = ready_condition(seen, available, adapters[0] if adapters else None, degraded)
+    return Verdict((*seen.notes, available, *adapters, degraded, ready), requeue=requeue)
 
 
 def available_condition(w: Workload) -> Cond:
@@ -105,20 +112,49 @@ def adapters_condition(a: Adapters, w: Workload) -> Cond:
     return Cond(ADAPTERS_READY, s.ready, s.reason, s.message)
 
 
-def ready_condition(seen: Observed, available: Cond, adapters: Cond | None) -> tuple[Cond, bool]:
-    """Ready, and whether to look again soon. A failed adapter keeps the service un-Ready but is not retried
-    by polling (its Pods were told as often as they accept); a rollout still in progress is, and so are stuck
-    Pods (they heal once the image, Secret or node appears). A rollout past its progress deadline is not Ready
-    even while the previous Pods still serve, as Argo CD calls such a Deployment Degraded."""
+# What a person does about an adapter that failed: the operator stops trying after a few attempts per Pod.
+ADAPTER_RETRY = (
+    "fix the adapter (or lora.maxLoraRank), then retry: kubectl annotate --overwrite inferenceservice/<name> "
+    f"{REFRESH}=$(date +%s) (rolls the Pods, which load every adapter afresh)"
+)
+
+
+def degraded_condition(seen: Observed, available: Cond, adapters: Cond | None) -> Cond:
+    """Degraded: True while the service serves but not all of it, with the worst cause as its reason: a
+    rollout past its progress deadline, Pods of a rollout that fail (crash, image, config) while earlier ones
+    serve, or an adapter refused or failed. Pods that merely wait (for a node, a claim) are a rollout in
+    progress, not a degradation. Nothing serving is not "degraded": Ready says why (NotServing)."""
+    w = seen.workload
+    if not available.status:
+        return Cond(DEGRADED, False, Reason.NOT_SERVING, "no replica serves yet: see Ready")
+    if w.cause is not None and w.cause.reason == Reason.PROGRESS_DEADLINE_EXCEEDED:
+        return Cond(DEGRADED, True, w.cause.reason, f"rollout stuck ({available.message}): {w.cause.message}")
+    if w.cause is not None and w.cause.reason in TERMINAL_REASONS and not w.rolled_out:
+        return Cond(DEGRADED, True, w.cause.reason,
+                    f"{available.message}; Pods of the rollout fail: {w.cause.message}")  # fmt: skip
+    if adapters is not None and adapters.reason in ADAPTER_FAILURES:
+        return Cond(DEGRADED, True, adapters.reason, f"{adapters.message}; {ADAPTER_RETRY}")
+    return Cond(DEGRADED, False, Reason.AS_EXPECTED, "nothing fails")
+
+
+def ready_condition(
+    seen: Observed, available: Cond, adapters: Cond | None, degraded: Cond | None = None
+) -> tuple[Cond, bool]:
+    """Ready, and whether to look again soon. Ready describes the Pods that serve: True as soon as one replica
+    serves, with reason Degraded while something fails beside it (the Degraded condition names it; the phase
+    stays Ready, never Failed). A failed adapter is not retried by polling (its Pods were told as often as
+    they accept); a rollout still in progress is, and so are stuck Pods (they heal once the image, Secret or
+    node appears)."""
     w = seen.workload
     if not available.status:
         return Cond(READY, False, w.cause.reason if w.cause else Reason.DEPLOYING, available.message), True
-    if w.cause is not None and w.cause.reason == Reason.PROGRESS_DEADLINE_EXCEEDED:
-        return Cond(
-            READY, False, w.cause.reason, f"rollout stuck ({available.message}): {w.cause.message}"
-        ), True
-    if adapters is not None and adapters.reason in ADAPTER_FAILURES:
-        return Cond(READY, False, adapters.reason, adapters.message), not w.rolled_out
+    if degraded is None:
+        degraded = degraded_condition(seen, available, adapters)
+    if degraded.status:
+        what = "serving" if w.desired else "scaled to zero"
+        requeue = degraded.reason not in ADAPTER_FAILURES or not w.rolled_out
+        return Cond(READY, True, Reason.DEGRADED,
+                    f"{what} at {seen.url}, degraded ({degraded.reason}): {degraded.message}"), requeue  # fmt: skip
     if adapters is not None and adapters.status is False:
         return Cond(READY, False, Reason.ADAPTERS_LOADING, adapters.message), True
     if not w.rolled_out:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.kube import client as k
+from tuneops.serving.errors import model_path_missing, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,47 @@ def _termination(term: Mapping[str, Any]) -> str:
     return str(result.get("error") or message)
 
 
-def container_cause(pod: str, cs: Mapping[str, Any], init: bool, image: str = "") -> Cause | None:
-    """What kubelet says of one container: its waiting reason, or (an init container) a failed run."""
+def claim_mounts(pod: Mapping[str, Any], container: str) -> dict[str, str]:
+    """Where each PersistentVolumeClaim is mounted in one container: mount path -> claim name."""
+    spec = pod.get("spec") or {}
+    claims = {
+        str(v.get("name")): str(v["persistentVolumeClaim"].get("claimName"))
+        for v in spec.get("volumes") or []
+        if v.get("persistentVolumeClaim")
+    }
+    out: dict[str, str] = {}
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if c.get("name") == container:
+            for vm in c.get("volumeMounts") or []:
+                if str(vm.get("name")) in claims and vm.get("mountPath"):
+                    out[str(vm["mountPath"]).rstrip("/")] = claims[str(vm["name"])]
+    return out
+
+
+def explain(detail: str, mounts: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """What a failed run's output comes down to, and whether it is still a log tail (keep its end): a server's
+    root-cause line (vLLM, llama.cpp), with a missing model path named as such and, where it lies on a claim,
+    the claim named."""
+    cause = root_cause(detail) if "\n" in detail.strip() or model_path_missing(detail) else None
+    if cause is None:
+        return detail, True
+    missing = re.match(r"model path (\S+) does not exist", cause)
+    if missing is not None and mounts:
+        path = missing.group(1)
+        for mount, claim in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            if path == mount or path.startswith(mount + "/"):
+                cause = (f'model path {path} does not exist in PersistentVolumeClaim "{claim}" (mounted at {mount})'
+                         + cause[missing.end():])  # fmt: skip
+                break
+    return cause, False
+
+
+def container_cause(
+    pod: str, cs: Mapping[str, Any], init: bool, image: str = "", mounts: Mapping[str, str] | None = None
+) -> Cause | None:
+    """What kubelet says of one container: its waiting reason, or (an init container) a failed run. A failed
+    run is explained by its root-cause line where the output has one (`mounts`: the container's claims, by
+    mount path, to name the claim of a missing model path)."""
     what = f'pod {pod} {"init container" if init else "container"} "{cs.get("name", "?")}"'
     state = cs.get("state") or {}
     waiting = state.get("waiting") or {}
@@ -146,18 +186,18 @@ def container_cause(pod: str, cs: Mapping[str, Any], init: bool, image: str = ""
         facts.append(
             f"exit code {ended.get('exitCode')}" + (f", {ended['reason']}" if ended.get("reason") else "")
         )
-    detail = _termination(ended) if ended else ""
+    detail, is_tail = explain(_termination(ended), mounts) if ended else ("", True)
     if not detail and why in CRASHING:
         detail = str(waiting.get("message") or "")
     if not init and (ended.get("reason") == "OOMKilled" or ended.get("exitCode") == 137):
         head = f"{what} ran out of memory ({'; '.join(facts)}); raise resources.memory"
-        return Cause(Reason.OOM_KILLED, bounded(head, detail, tail=True))
+        return Cause(Reason.OOM_KILLED, bounded(head, detail, tail=is_tail))
     verb = "failed" if init else ("keeps crashing" if why == "CrashLoopBackOff" else f"cannot run ({why})")
     reason = Reason.INIT_CONTAINER_FAILED if init else Reason.CRASH_LOOP_BACK_OFF
     if ended and parse_result(str(ended.get("message") or "")).get("reason") == Reason.DIGEST_MISMATCH:
         # The fetch init container refused a model that is not the one recorded when it was made.
         reason = Reason.DIGEST_MISMATCH
-    return Cause(reason, bounded(f"{what} {verb} ({'; '.join(facts)})", detail, tail=True))
+    return Cause(reason, bounded(f"{what} {verb} ({'; '.join(facts)})", detail, tail=is_tail))
 
 
 def _newest(events: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -190,7 +230,8 @@ def _container_causes(pod: Mapping[str, Any]) -> list[Cause]:
     found: list[Cause] = []
     for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
         for cs in status.get(key) or []:
-            cause = container_cause(name, cs, init, images.get(str(cs.get("name")), ""))
+            cname = str(cs.get("name"))
+            cause = container_cause(name, cs, init, images.get(cname, ""), claim_mounts(pod, cname))
             if cause is not None:
                 found.append(cause)
     return found

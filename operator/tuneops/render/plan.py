@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,6 +29,7 @@ from tuneops.render.quantizationjob import artifact_format, quantize_output_uri,
 from tuneops.render.serving import render_inferenceservice
 from tuneops.render.serving.types import ServingRender
 from tuneops.render.types import Manifest, Owner, Problem, ResolvedAdapter, ResolvedModel
+from tuneops.validation.cluster import cluster_checks
 from tuneops.validation.policy import check_pod_policy
 from tuneops.validation.quantization import AdapterOnly, check_quantization_source
 from tuneops.validation.references import Reference, check_reference, check_routing, references, uri_model
@@ -186,10 +187,12 @@ class Resolver:
 
 @dataclass(frozen=True)
 class Findings:
-    """What checking one resource against the others in the input found: refusals, and what was not checked."""
+    """What checking one resource against the others in the input found: refusals, and what was not checked
+    (`notes`: references to resources not in the input; `unchecked`: what only the cluster can tell)."""
 
     problems: list[Problem]
     notes: list[str]
+    unchecked: list[str] = field(default_factory=list)
 
 
 def check_resource(resource: Resource, resolver: Resolver) -> Findings:
@@ -221,7 +224,7 @@ def check_resource(resource: Resource, resolver: Resolver) -> Findings:
     elif isinstance(spec, InferenceServiceSpec):
         model, adapters = resolver.known_sources(spec, ns)
         problems += check_inferenceservice(spec, model=model, adapters=adapters)
-    return Findings(problems, notes)
+    return Findings(problems, notes, cluster_checks(spec))
 
 
 def render_resource(resource: Resource, resolver: Resolver) -> list[Manifest] | ServingRender:

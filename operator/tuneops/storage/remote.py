@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -47,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, ParamSpec, TypeVar
 
+from tuneops import backoff
 from tuneops.storage import credentials
 from tuneops.storage.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, sha256_file
 from tuneops.storage.safety import inside, safe_relative, walk_files
@@ -98,7 +98,7 @@ def with_retries(what: str, fn: Callable[[], T], retries: int | None = None) -> 
         except Exception as exc:
             if i == attempts - 1 or not _transient(exc):
                 raise
-            delay = BACKOFF_S * (2**i) * (0.5 + random.random() / 2)
+            delay = backoff.delay(i, BACKOFF_S, BACKOFF_S * 2**attempts, spread=0.25)
             log.warning(
                 "%s failed (%s: %s); retry %d/%d in %.1fs",
                 what,

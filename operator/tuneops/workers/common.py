@@ -84,9 +84,10 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def copy_model_side_files(src: Path, dst: Path) -> list[str]:
-    """Copies config, generation config, tokenizer and other small files (not weights, not our manifest)."""
-    copied = []
+def model_side_files(src: Path) -> list[Path]:
+    """Config, generation config, tokenizer and other small files of a model folder (not weights, not hidden
+    files, not our manifest), the ones copy_model_side_files copies."""
+    found = []
     for p in sorted(src.iterdir()):
         if p.name.startswith(".") or p.is_dir():
             continue
@@ -96,6 +97,14 @@ def copy_model_side_files(src: Path, dst: Path) -> list[str]:
             continue
         if p.name.startswith("adapter_"):
             continue
+        found.append(p)
+    return found
+
+
+def copy_model_side_files(src: Path, dst: Path) -> list[str]:
+    """Copies config, generation config, tokenizer and other small files (not weights, not our manifest)."""
+    copied = []
+    for p in model_side_files(src):
         shutil.copy2(p, dst / p.name, follow_symlinks=False)
         copied.append(p.name)
     return copied

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 from tuneops import labels
@@ -50,26 +51,10 @@ KEY_ENV = "VLLM_API_KEY"
 # LeaderWorkerSet labels a group's leader Pod with worker index 0; the Service must reach the leader only.
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
-# Reads the startup adapter list the operator keeps in a ConfigMap and starts vLLM's OpenAI server with it.
-# Runs with the image's python3; json objects keep the key order the operator wrote (name, path,
-# base_model_name), which is the form `--lora-modules` accepts.
-LAUNCHER = """\
-import json
-import os
-import sys
-
-args = sys.argv[1:]
-modules_file = os.environ.get("TUNEOPS_LORA_MODULES_FILE", "")
-at = int(os.environ.get("TUNEOPS_LORA_ARGS_AT", str(len(args))))
-modules = []
-if modules_file and os.path.exists(modules_file):
-    with open(modules_file, encoding="utf-8") as fh:
-        modules = json.load(fh)
-lora = ["--lora-modules", *(json.dumps(m, separators=(",", ":")) for m in modules)] if modules else []
-print(f"tuneops: starting vLLM with {len(modules)} startup adapter(s)", flush=True)
-argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args[:at], *lora, *args[at:]]
-os.execv(sys.executable, argv)
-"""
+# Reads the startup adapter list the operator keeps in a ConfigMap, leaves out the adapters vLLM would fail to
+# load (so one bad adapter never stops the server) and starts vLLM's OpenAI server with the rest. Runs with the
+# image's python3 (standard library only); see tuneops.serving.launcher, whose source is shipped as is.
+LAUNCHER = (resources.files("tuneops.serving") / "launcher.py").read_text(encoding="utf-8")
 
 # A multi-node group: the leader starts Ray's head, waits until every worker joined, then starts vLLM.
 LEADER_SCRIPT = f"""\
