@@ -3,7 +3,8 @@
 A module exposes `run() -> list[dict]`; options this command does not know go to the one benchmark named
 (`python -m bench scale --scenario b`: its `run(argv)`; `python -m bench scale --help` lists them). Each row has name, value, unit, and optionally baseline (measured in
 the same run), ratio (value / baseline), target (e.g. "ratio <= 0.5", ">= 100", "identical") and ok. A row
-whose target is missed makes the command exit 1, so `make bench` fails loudly on a regression.
+whose target is missed makes the command exit 1, so `make bench` fails loudly on a regression. A row without a
+target says why in `no_target` (shown in the target column); the rows that do neither are listed at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def discover() -> list[str]:
 
 
 def meets(row: dict[str, Any]) -> bool | None:
-    """Whether a row meets its target: an explicit `ok`, else the target string read against ratio/value."""
+    """Whether a row meets its target: an explicit `ok`, else the target string read against ratio/value;
+    None for a row without a target."""
     if isinstance(row.get("ok"), bool):
         return bool(row["ok"])
     target = row.get("target")
@@ -58,7 +60,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         verdict = meets(r)
         result = "" if verdict is None else ("ok" if verdict else "MISSED")
-        cells.append([_fmt(r.get(c)) if c != "result" else result for c in cols])
+        shown = {**r, "target": r.get("target") or (f"none: {r['no_target']}" if r.get("no_target") else "")}
+        cells.append([_fmt(shown.get(c)) if c != "result" else result for c in cols])
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -105,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     missed = [r["name"] for r in rows if meets(r) is False]
     if missed:
         print(f"\ntargets missed: {'; '.join(missed)}", file=sys.stderr)
+    silent = [r["name"] for r in rows if not r.get("target") and not r.get("no_target")]
+    if silent:
+        print(f"\nrows with neither a target nor a reason for none: {'; '.join(silent)}", file=sys.stderr)
     return 1 if failed or missed else 0
 
 

@@ -1,7 +1,15 @@
-"""Merge benchmark: the streaming merge vs peft's merge_and_unload on a synthetic >= 0.5B-parameter model.
+"""Merge benchmarks: the streaming merge against its floor, the copy of the same bytes, and against peft.
 
-Each method runs in a fresh process (peak RSS is its own VmHWM), alternating over ROUNDS;
-the synthetic model and adapter are cached under $TUNEOPS_CACHE/bench. The outputs must be identical.
+- Floor (7B-class shapes): Llama-7B's tensor shapes (hidden 4096, intermediate 11008, vocab 32000, bf16) with
+  fewer layers, one file, and a rank-16 adapter on all seven linear modules. Each round times, from the start of
+  the process until `sync` returns, `cp -r` of the base and the whole `tuneops worker merge` (file:// output:
+  imports, checks, hashing of inputs and output, merge, fsync, publication), alternating which goes first;
+  the best of ROUNDS_FLOOR of each. Peak RSS is the worker process's VmHWM, against the largest tensor.
+  The merged tensors are then checked against peft's own LoRA layer merge, tensor by tensor.
+- peft (0.5B): the streaming merge against peft's merge_and_unload, each in a fresh process, alternating over
+  ROUNDS; the outputs must be identical.
+
+The synthetic models and adapters are made once and cached under $TUNEOPS_CACHE/bench.
 """
 
 from __future__ import annotations
@@ -22,9 +30,13 @@ from tuneops import toolpaths
 from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model, param_count
 
 ROUNDS = 2
+ROUNDS_FLOOR = 3
 DTYPE = "bfloat16"
 RSS_TARGET = 0.5
 TIME_TARGET = 0.8
+# issue 25: the whole merge process within 1.5x the copy; peak RSS within 2x the largest tensor + 300 MB
+FLOOR_TARGET = 1.5
+RSS_SLACK_MB = 300
 SPEC = TinyModelSpec(
     vocab_size=32000,
     hidden_size=1024,
@@ -34,6 +46,19 @@ SPEC = TinyModelSpec(
     num_kv_heads=8,
     dtype=DTYPE,
     max_shard_size="2GB",  # a 0.5B checkpoint is usually one file: the hardest case for streaming
+    tokenizer=False,
+    seed=7,
+)
+# Llama-7B's tensor shapes (the largest, embed_tokens and lm_head, 262 MB each in bf16), 4 of its 32 layers
+SPEC_7B = TinyModelSpec(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_layers=4,
+    num_heads=32,
+    num_kv_heads=32,
+    dtype=DTYPE,
+    max_shard_size="10GB",  # one file, as in the measurement of issue 25
     tokenizer=False,
     seed=7,
 )
@@ -66,10 +91,21 @@ hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split
 print(json.dumps({"seconds": seconds, "peak_kib": int(hwm)}))
 """
 
+# The worker's own command line, then its VmHWM into the file named by $BENCH_HWM (the process is the worker's:
+# the same imports, checks and exit; only the reading of /proc/self/status is added at its end).
+_WORKER = """
+import os, sys
+from tuneops.workers.cli import main
+rc = main(sys.argv[1:])
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]
+open(os.environ["BENCH_HWM"], "w").write(hwm)
+sys.exit(rc)
+"""
 
-def models() -> tuple[Path, Path]:
-    """The synthetic base and adapter, made once and cached (the base is ~1 GB in bf16)."""
-    key = hashlib.sha256(json.dumps([asdict(SPEC), asdict(ADAPTER)], sort_keys=True).encode()).hexdigest()[
+
+def models(spec: TinyModelSpec = SPEC, adapter: TinyAdapterSpec = ADAPTER) -> tuple[Path, Path]:
+    """A synthetic base and adapter, made once and cached."""
+    key = hashlib.sha256(json.dumps([asdict(spec), asdict(adapter)], sort_keys=True).encode()).hexdigest()[
         :12
     ]
     root = toolpaths.cache_dir() / "bench" / f"merge-{key}"
@@ -77,23 +113,26 @@ def models() -> tuple[Path, Path]:
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         print(
-            f"bench merge: making a {param_count(SPEC) / 1e6:.0f}M-parameter model in {root}", file=sys.stderr
+            f"bench merge: making a {param_count(spec) / 1e6:.0f}M-parameter model in {root}", file=sys.stderr
         )
-        make_model(root / "base", SPEC)
-        make_adapter(root / "base", root / "adapter", ADAPTER)
+        make_model(root / "base", spec)
+        make_adapter(root / "base", root / "adapter", adapter)
         done.write_text("ok\n")
     return root / "base", root / "adapter"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
 def measure(method: str, base: Path, adapter: Path, out: Path) -> tuple[float, float]:
     """(merge seconds, peak RSS MB) of one method in a fresh process."""
     out.mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, method, str(base), str(adapter), str(out), DTYPE],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=_env(),
         text=True,
     )
     stdout, _ = proc.communicate()
@@ -101,6 +140,92 @@ def measure(method: str, base: Path, adapter: Path, out: Path) -> tuple[float, f
         raise RuntimeError(f"{method} merge failed with exit code {proc.returncode}")
     got = json.loads(stdout.strip().splitlines()[-1])
     return float(got["seconds"]), got["peak_kib"] / 1024.0
+
+
+def copy_floor(base: Path, out: Path) -> float:
+    """`cp -r base out && sync`, timed from the start of cp until sync returns."""
+    start = time.monotonic()
+    subprocess.run(["sh", "-c", 'cp -r "$0" "$1" && sync', str(base), str(out)], check=True)
+    return time.monotonic() - start
+
+
+def worker_merge(base: Path, adapter: Path, out: Path, tmp: Path) -> tuple[float, float, str]:
+    """The whole `tuneops worker merge` process, then `sync`: (seconds, peak RSS MB, the merge's profile line)."""
+    hwm = tmp / "hwm"
+    env = {**_env(), "BENCH_HWM": str(hwm), "TUNEOPS_TERMINATION_LOG": str(tmp / "termination-log")}
+    argv = ["merge", "--base", str(base), "--adapter", str(adapter), "--output", f"file://{out}"]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER, *argv, "--dtype", DTYPE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    subprocess.run(["sync"], check=True)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"merge failed with exit code {proc.returncode}: {proc.stderr[-2000:]}")
+    profile = next(
+        (line.split(": ", 2)[-1] for line in proc.stderr.splitlines() if "merged shard" in line), ""
+    )
+    return seconds, int(hwm.read_text()) / 1024.0, profile
+
+
+def largest_tensor_mb(base: Path) -> float:
+    from tuneops.workers.common import safetensors_shards
+    from tuneops.workers.inspect import safetensors_header
+
+    ends = [
+        int(info["data_offsets"][1]) - int(info["data_offsets"][0])
+        for shard in safetensors_shards(base)
+        for info in safetensors_header(shard).values()
+    ]
+    return max(ends) / 1e6
+
+
+def equals_peft_layers(base: Path, adapter: Path, merged: Path) -> bool:
+    """Every merged tensor equals peft's own merge of it: a peft LoRA Linear layer over the base weight with the
+    adapter's A and B (in float32, as PeftModel loads them), merged with peft's `merge()`; every tensor no
+    adapter touches equals the base's. One tensor at a time."""
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    r, alpha = int(cfg["r"]), int(cfg["lora_alpha"])
+    lora = {
+        k.removeprefix("base_model.model."): v
+        for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()
+    }
+    [shard] = list(merged.glob("*.safetensors"))
+    with safe_open(str(base / shard.name), framework="pt") as fb, safe_open(str(shard), framework="pt") as fm:
+        for name in fm.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            w, got = fb.get_tensor(name), fm.get_tensor(name)
+            module = name.removesuffix(".weight")
+            if f"{module}.lora_A.weight" not in lora:
+                if not torch.equal(got, w.to(got.dtype)):
+                    return False
+                continue
+            a, b = lora[f"{module}.lora_A.weight"], lora[f"{module}.lora_B.weight"]
+            linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(w)
+            layer: Any = Linear(
+                linear, "default", config=LoraConfig(r=r, lora_alpha=alpha), r=r, lora_alpha=alpha
+            )
+            layer.lora_A["default"].float()
+            layer.lora_B["default"].float()
+            with torch.no_grad():
+                layer.lora_A["default"].weight.copy_(a.float())
+                layer.lora_B["default"].weight.copy_(b.float())
+            layer.merge()
+            if not torch.equal(got, layer.base_layer.weight.data):
+                return False
+            del w, got, linear, layer
+    return True
 
 
 def identical(a: Path, b: Path) -> bool:
@@ -125,7 +250,64 @@ def identical(a: Path, b: Path) -> bool:
     return True
 
 
-def run() -> list[dict[str, Any]]:
+def floor_rows() -> list[dict[str, Any]]:
+    base, adapter = models(SPEC_7B, ADAPTER)
+    largest = largest_tensor_mb(base)
+    size_gb = sum(f.stat().st_size for f in base.iterdir()) / 1e9
+    copies: list[float] = []
+    merges: list[tuple[float, float, str]] = []
+    with tempfile.TemporaryDirectory(prefix="tuneops-bench-floor-", dir=toolpaths.cache_dir()) as tmp:
+        root = Path(tmp)
+        for i in range(ROUNDS_FLOOR):
+            for what in ("copy", "merge") if i % 2 == 0 else ("merge", "copy"):
+                out = root / f"{what}-{i}"
+                if what == "copy":
+                    copies.append(copy_floor(base, out))
+                else:
+                    merges.append(worker_merge(base, adapter, out, root))
+                if i < ROUNDS_FLOOR - 1:
+                    shutil.rmtree(out)
+                    subprocess.run(["sync"], check=True)
+        same = equals_peft_layers(base, adapter, root / f"merge-{ROUNDS_FLOOR - 1}")
+    for (m, rss, profile), c in zip(merges, copies, strict=True):
+        print(
+            f"bench merge floor: merge {m:.2f} s, copy {c:.2f} s, peak RSS {rss:.0f} MB; {profile}",
+            file=sys.stderr,
+        )
+    best_m, best_c = min(m for m, _, _ in merges), min(copies)
+    peak = max(rss for _, rss, _ in merges)
+    bound = 2 * largest + RSS_SLACK_MB
+    label = f"7B shapes, {SPEC_7B.num_layers} layers, {size_gb:.1f} GB {DTYPE}, one file"
+    return [
+        {
+            "name": f"merge: whole worker + sync vs cp -r + sync ({label}, best of {ROUNDS_FLOOR})",
+            "value": round(best_m, 2),
+            "unit": "s",
+            "baseline": round(best_c, 2),
+            "ratio": round(best_m / best_c, 3),
+            "target": f"ratio <= {FLOOR_TARGET}",
+        },
+        {
+            "name": f"merge: worker peak RSS vs the largest tensor ({largest:.0f} MB)",
+            "value": round(peak),
+            "unit": "MB",
+            "baseline": round(largest),
+            "ratio": round(peak / largest, 3),
+            "target": f"<= 2 x largest + {RSS_SLACK_MB} MB ({bound:.0f})",
+            "ok": peak <= bound,
+        },
+        {
+            "name": "merge: output equals peft's LoRA layer merge, tensor for tensor (7B shapes)",
+            "value": "identical" if same else "DIFFERENT",
+            "unit": "",
+            "baseline": None,
+            "ratio": None,
+            "target": "identical",
+        },
+    ]
+
+
+def peft_rows() -> list[dict[str, Any]]:
     base, adapter = models()
     times: dict[str, list[float]] = {"stream": [], "peft": []}
     rss: dict[str, list[float]] = {"stream": [], "peft": []}
@@ -154,7 +336,7 @@ def run() -> list[dict[str, Any]]:
             "target": f"ratio <= {RSS_TARGET}",
         },
         {
-            "name": f"merge: wall time stream vs peft (best of {ROUNDS})",
+            "name": f"merge: wall time stream vs peft (the merge call, best of {ROUNDS})",
             "value": round(s_t, 2),
             "unit": "s",
             "baseline": round(p_t, 2),
@@ -172,8 +354,24 @@ def run() -> list[dict[str, Any]]:
     ]
 
 
+def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench merge", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--part", choices=["floor", "peft", "all"], default="all", help="which comparison (default: all)"
+    )
+    args = p.parse_args(argv or [])
+    rows: list[dict[str, Any]] = []
+    if args.part in ("floor", "all"):
+        rows += floor_rows()
+    if args.part in ("peft", "all"):
+        rows += peft_rows()
+    return rows
+
+
 if __name__ == "__main__":
     start = time.monotonic()
-    for row in run():
+    for row in run(sys.argv[1:]):
         print(row)
     print(f"{time.monotonic() - start:.0f}s", file=sys.stderr)

@@ -23,8 +23,10 @@ HOT_LOADS = 5
 PROMPT = "The operator reads the adapter and serves each request by name."
 # On GPUs users expect an adapter to cost a few percent. vLLM's CPU LoRA path adds per-layer ops whose fixed
 # cost dominates on a 256-wide model: measured here 0.14-0.85 of merged throughput (the spread is the shared
-# machine's load). The floor catches an adapter path that broke, not the GPU expectation.
-THROUGHPUT_RATIO_TARGET = 0.1
+# machine's load: the two servers run one after the other). The bound is the lowest ratio measured on this
+# machine: a figure under it is an adapter path slower than any seen here (0.1, the bound before, passed a
+# ratio 30% under the worst measured run and so failed only when the path was broken outright).
+THROUGHPUT_RATIO_TARGET = 0.14
 HOT_LOAD_TARGET_S = 1.0
 
 
@@ -170,6 +172,7 @@ def run() -> list[dict[str, Any]]:
             "baseline": None,
             "ratio": None,
             "target": None,
+            "no_target": "one step of the hot-load above, whose target covers it",
         }
     )
     rows.append(
@@ -190,6 +193,7 @@ def run() -> list[dict[str, Any]]:
             "baseline": round(merged_tps, 1),
             "ratio": round(base_on_lora_tps / merged_tps, 3) if merged_tps else 0.0,
             "target": None,
+            "no_target": "splits the row above into the LoRA mode's cost and the adapter's; the row above has it",
         }
     )
     rows.append(
@@ -200,6 +204,7 @@ def run() -> list[dict[str, Any]]:
             "baseline": round(startup_merged, 1),
             "ratio": None,
             "target": None,
+            "no_target": "vLLM's own startup (23-50 s here), which the operator does not change",
         }
     )
     return rows

@@ -7,9 +7,10 @@ queue the resources (`listed`, `event`). Children stay on informers of their own
 label on the server (kopf filters labels on the client, so it would receive every Pod of the cluster).
 
 What queues a resource:
-  - its own change that asks for work: created, spec (generation) or annotations changed, being deleted;
-  - a change to anything its latest reconcile read (its Jobs and their Pods, its Deployment, a source
-    FineTunedModel becoming Ready): the cache records each reconcile's reads (see kube.cache);
+  - the watches declared per kind (tuneops.watches, the table "What wakes a resource" in docs/reliability.md):
+    For, its own change that asks for work (created, spec (generation), labels or annotations changed, being
+    deleted); Owns, a change to a child whose controller ownerReference names it (uid checked; a Pod through
+    its Job, Deployment or LeaderWorkerSet); Watches, a change to a tuneops resource its spec references;
   - its adapter pass finishing after the reconcile stopped waiting for it;
   - a step still in progress, after the poll interval (a slow fallback: a child's change comes first);
   - an error, after a growing, bounded backoff;
@@ -35,10 +36,11 @@ from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.config import OperatorConfig
 from tuneops.kube import client as k
 from tuneops.kube import types as kt
-from tuneops.kube.cache import CachedKube, Reader
+from tuneops.kube.cache import CachedKube
 from tuneops.kube.informer import Informer, Obj, key_of
 from tuneops.reconcile.base import Context, Outcome, Reconcile
 from tuneops.reconcile.inferenceservice import publish_adapters
+from tuneops.watches import Key, Watches, asks_for_work
 from tuneops.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -61,27 +63,27 @@ class Tracker:
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._states: dict[Reader, tuple[str, str]] = {}
-        self._failures: dict[Reader, int] = {}
+        self._states: dict[Key, tuple[str, str]] = {}
+        self._failures: dict[Key, int] = {}
 
-    def record(self, key: Reader, ready: str, reason: str) -> None:
+    def record(self, key: Key, ready: str, reason: str) -> None:
         with self._guard:
             if self._states.get(key) == (ready, reason):
                 return
             self._states[key] = (ready, reason)
             self._publish()
 
-    def failed(self, key: Reader) -> int:
+    def failed(self, key: Key) -> int:
         """Count one more consecutive failure of `key`; returns the count."""
         with self._guard:
             self._failures[key] = self._failures.get(key, 0) + 1
             return self._failures[key]
 
-    def succeeded(self, key: Reader) -> None:
+    def succeeded(self, key: Key) -> None:
         with self._guard:
             self._failures.pop(key, None)
 
-    def forget(self, key: Reader) -> None:
+    def forget(self, key: Key) -> None:
         with self._guard:
             self._states.pop(key, None)
             self._failures.pop(key, None)
@@ -105,17 +107,6 @@ def _result(outcome: Outcome) -> str:
     if outcome.requeue_after is not None and outcome.reason not in TERMINAL_REASONS:
         return "progressing"
     return "failed"
-
-
-def asks_for_work(before: Obj | None, obj: Obj) -> bool:
-    """A change to a tuneops resource that its reconcile must see. Status alone (mostly our own writes) is
-    not: the resync and the readers of the resource (its dependents) take care of that."""
-    if before is None:
-        return True
-    old, new = before.get("metadata") or {}, obj.get("metadata") or {}
-    return any(
-        old.get(f) != new.get(f) for f in ("generation", "annotations", "labels", "deletionTimestamp", "uid")
-    )
 
 
 def child_types(config: OperatorConfig) -> tuple[k.ResourceType, ...]:
@@ -188,9 +179,10 @@ class Controller:
         workers: int = 8,
     ) -> None:
         self.cache = CachedKube(kube)
+        self.watches = Watches(self.cache, config)
         self.reconcilers = reconcilers
         self.ctx = Context(kube=self.cache, config=config, poll_seconds=poll_s, wake=self.wake)
-        self.queue: WorkQueue[Reader] = WorkQueue()
+        self.queue: WorkQueue[Key] = WorkQueue()
         self.tracker = Tracker()
         self.resync_s = resync_s
         self.workers = workers
@@ -299,14 +291,17 @@ class Controller:
             feed.handle(type_ or "ADDED", _own_copy(raw, feed.rtype))
 
     def _own_event(self, kind: str) -> Callable[[str, Obj | None, Obj | None], None]:
-        rtype = k.CUSTOM[kind]
-
         def on_event(type_: str, obj: Obj | None, before: Obj | None) -> None:
-            if obj is None or not self.own[0].synced:
+            if obj is None:
+                return
+            # Its references are known from its first listing on, so a source's first change finds its users.
+            self.watches.observe(kind, type_, obj)
+            if not self.own[0].synced:
                 return  # still listing: the first event queues them all
-            if type_ == "DELETED" or asks_for_work(before, obj):
+            if type_ == "DELETED" or asks_for_work(before, obj):  # For
                 self.wake(kind, *key_of(obj), cause="spec")
-            self._wake_readers(rtype, obj, before, "source")
+            for user in self.watches.users(kind, obj):  # Watches: whoever references it
+                self.wake(*user, cause="source")
 
         return on_event
 
@@ -316,13 +311,10 @@ class Controller:
                 if self.started.is_set():
                     self._queue_all("relist")
                 return
-            self._wake_readers(rtype, obj, before, "child")
+            for owner in self.watches.owners(rtype, obj, before):  # Owns: the controller, uid checked
+                self.wake(*owner, cause="child")
 
         return on_event
-
-    def _wake_readers(self, rtype: k.ResourceType, obj: Obj, before: Obj | None, cause: str) -> None:
-        for reader in self.cache.deps.readers(rtype, obj, before):
-            self.wake(*reader, cause=cause)
 
     def _resync(self) -> None:
         while not self._stop.wait(self.resync_s):
@@ -345,7 +337,7 @@ class Controller:
                 self.queue.done(key)
                 metrics.QUEUE_DEPTH.set(len(self.queue))
 
-    def process(self, key: Reader) -> Outcome | None:
+    def process(self, key: Key) -> Outcome | None:
         """Reconcile one resource from memory; queue it again as its outcome asks. None when it is gone."""
         kind, ns, name = key
         current = self.cache.get(k.CUSTOM[kind], ns, name)
@@ -355,10 +347,8 @@ class Controller:
             return None
         obj = copy.deepcopy(current)
         started = time.monotonic()
-        reads: set[Any] = set()
         try:
-            with self.cache.tracking(key) as reads:
-                outcome = self.reconcilers[kind](self.ctx, obj)
+            outcome = self.reconcilers[kind](self.ctx, obj)
         except Exception as exc:
             if isinstance(exc, k.NotFound) and self._gone(key):
                 return None
@@ -376,8 +366,6 @@ class Controller:
             self.queue.add(key, delay)
             return None
         finally:
-            # Even a failed pass waits for what it read: a change there may be what it needs.
-            self.cache.deps.record(key, frozenset(reads))
             metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
         self.tracker.succeeded(key)
         metrics.RECONCILE_TOTAL.labels(kind=kind, result=_result(outcome)).inc()
@@ -388,7 +376,7 @@ class Controller:
             self.queue.add(key, outcome.requeue_after)
         return outcome
 
-    def _gone(self, key: Reader) -> bool:
+    def _gone(self, key: Key) -> bool:
         """After a 404: whether the resource itself is gone. kopf lists again after its watch expires but reports
         no deletion it missed meanwhile; such a resource stays in memory until a write about it fails, and is
         dropped here (one GET, on this error only)."""
@@ -405,8 +393,8 @@ class Controller:
         self.forget(key)
         return True
 
-    def forget(self, key: Reader) -> None:
-        self.cache.deps.forget(key)
+    def forget(self, key: Key) -> None:
+        self.watches.forget(key)
         self.tracker.forget(key)
         if key[0] == "InferenceService":
             publish_adapters(key[1], key[2], None)

@@ -51,8 +51,11 @@ def test_a_finished_pod_wakes_its_owner_and_a_ready_source_wakes_its_user(
 ) -> None:  # fmt: skip
     op = start_operator(**SLOW)
     op.wait_serving()
-    kubectl.apply(ftm("m"), namespace=namespace)
+    # The user first: it references a source that does not exist yet (the watch comes from its spec, not a read).
     kubectl.apply(qjob("q", "m"), namespace=namespace)
+    wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") is not None, timeout=30,
+               what="the QuantizationJob waits for a source that does not exist")  # fmt: skip
+    kubectl.apply(ftm("m"), namespace=namespace)
     inspect = job_named(cluster, namespace, "inspect", wait_until)
     wait_until(lambda: ready_reason(cluster, "quantizationjobs", namespace, "q") is not None, timeout=30,
                what="the QuantizationJob waits for its source")  # fmt: skip
@@ -66,7 +69,7 @@ def test_a_finished_pod_wakes_its_owner_and_a_ready_source_wakes_its_user(
     complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
     wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=10)
     pod_to_status = time.monotonic() - started
-    # The QuantizationJob read its source while it waited: the source turning Ready wakes it.
+    # The QuantizationJob's spec references its source (tuneops.watches): the source turning Ready wakes it.
     job_named(cluster, namespace, "quantize", wait_until, owner="q")
     source_to_job = time.monotonic() - started
     print(f"inspect Pod done -> merge Job: {inspect_to_merge:.2f}s; merge Pod done -> owner Ready: "

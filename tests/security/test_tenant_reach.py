@@ -523,7 +523,9 @@ def test_512_adapters_failing_on_100_pods_keep_the_status_far_under_etcds_limit(
     written = status()
     conditions = {c.type: c for c in written.conditions or []}
     # The base model serves: Ready with reason Degraded, and the Degraded condition says what fails.
-    assert (conditions[READY].status, conditions[READY].reason) == ("True", Reason.DEGRADED), conditions[READY]
+    assert (conditions[READY].status, conditions[READY].reason) == ("True", Reason.DEGRADED), conditions[
+        READY
+    ]
     assert conditions[DEGRADED].reason == Reason.ADAPTER_LOAD_FAILED, conditions[DEGRADED]
     assert conditions[ADAPTERS_READY].status == "False"
     # Every adapter failed for good, each reported in a line (its name, where, how often; the error is cut).

@@ -1,5 +1,5 @@
 """The control loop without a server: what queues a resource, errors that stay with their object, reads
-that come from memory and wake their reader when what they read changes."""
+that come from memory, and a child's change that wakes its owner (the table itself: test_watches.py)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,13 @@ def make(reconcile: Any) -> c.Controller:
     return ctl
 
 
-def job(name: str, rv: str = "5", **status: Any) -> dict[str, Any]:
+def job(name: str, rv: str = "5", owner_uid: str = "u1", **status: Any) -> dict[str, Any]:
+    """A Job of the FineTunedModel OBJ (its controller ownerReference names it, by uid)."""
     return {"apiVersion": "batch/v1", "kind": "Job", "status": status,
-            "metadata": {"name": name, "namespace": NS, "resourceVersion": rv,
-                         "labels": {labels.MANAGED_BY: "tuneops", labels.OWNER: "u1"}}}  # fmt: skip
+            "metadata": {"name": name, "namespace": NS, "resourceVersion": rv, "uid": f"job-{name}",
+                         "labels": {labels.MANAGED_BY: "tuneops", labels.OWNER: owner_uid},
+                         "ownerReferences": [{"apiVersion": "tuneops.io/v1alpha1", "kind": "FineTunedModel",
+                                              "name": "m", "uid": owner_uid, "controller": True}]}}  # fmt: skip
 
 
 def test_error_backoff_doubles_to_a_cap_with_jitter() -> None:
@@ -91,7 +94,7 @@ def test_a_step_in_progress_is_looked_at_again_after_the_poll_interval() -> None
     assert len(ctl.queue) == 1 and ctl.queue.pending(now_only=True) == 0
 
 
-def test_reads_come_from_memory_and_a_change_to_what_was_read_wakes_the_reader() -> None:
+def test_reads_come_from_memory_and_a_change_to_an_owned_child_wakes_its_owner() -> None:
     seen: list[Any] = []
 
     def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
@@ -106,19 +109,20 @@ def test_reads_come_from_memory_and_a_change_to_what_was_read_wakes_the_reader()
     assert seen[0]["metadata"]["name"] == "m-inspect" and seen[1] == []
     assert isinstance(ctl.cache.base, NoServer) and ctl.cache.base.requests == []
     ctl.queue = type(ctl.queue)()  # forget the fallback requeue
-    # A Job nobody read changes: nothing is queued.
-    ctl._child_event(k.JOB)("MODIFIED", job("other"), None)
+    # A Job whose controller is a uid the operator does not hold changes: nothing is queued.
+    ctl._child_event(k.JOB)("MODIFIED", job("other", owner_uid="not-held"), None)
     assert len(ctl.queue) == 0
-    # The Job the reconcile read finishes: its reader is due now.
+    # The resource's own Job finishes: its owner is due now.
     ctl._child_event(k.JOB)("MODIFIED", job("m-inspect", "6", succeeded=1), job("m-inspect"))
     assert ctl.queue.pending(now_only=True) == 1
     ctl.queue = type(ctl.queue)()
-    # A Pod of that Job appears (a list by selector was read): due now as well; another Job's Pod is not.
+    # A Pod of that Job appears: its owner is due as well; a Pod of a Job the operator does not hold wakes nothing.
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "p2", "namespace": NS, "labels": {"job-name": "x", labels.MANAGED_BY: "tuneops"}}}  # fmt: skip
+           "metadata": {"name": "p2", "namespace": NS, "labels": {"job-name": "m-inspect", labels.MANAGED_BY: "tuneops"},
+                        "ownerReferences": [{"kind": "Job", "name": "x", "uid": "job-x", "controller": True}]}}  # fmt: skip
     ctl._child_event(k.POD)("ADDED", pod, None)
     assert len(ctl.queue) == 0
-    pod["metadata"]["labels"]["job-name"] = "m-inspect"
+    pod["metadata"]["ownerReferences"] = [{"kind": "Job", "name": "m-inspect", "uid": "job-m-inspect", "controller": True}]  # fmt: skip
     ctl._child_event(k.POD)("ADDED", pod, None)
     assert ctl.queue.pending(now_only=True) == 1
 
@@ -139,10 +143,10 @@ def test_a_deleted_resource_is_forgotten() -> None:
     ctl.event("FineTunedModel", "DELETED", dict(OBJ))
     assert ctl.queue.pending(now_only=True) == 1
     assert ctl.process(KEY) is None
-    assert KEY not in ctl.tracker._states and len(ctl.cache.deps) == 0
+    assert KEY not in ctl.tracker._states and len(ctl.watches) == 0
 
 
-def test_a_change_during_the_pass_to_what_it_already_read_wakes_it() -> None:
+def test_a_change_during_the_pass_to_its_own_child_wakes_it() -> None:
     ctl: c.Controller
 
     def reconcile(ctx: Context, obj: dict[str, Any]) -> Outcome:
@@ -228,7 +232,8 @@ def test_what_an_event_of_a_tuneops_kind_queues() -> None:
         return Outcome(ready=True, reason="Succeeded")
 
     ctl = three_kinds(reconcile)
-    model, quant = obj("FineTunedModel", "m", "10"), obj("QuantizationJob", "q", "12")
+    source = {"source": {"fineTunedModelRef": {"name": "m"}}, "method": "gguf"}
+    model, quant = obj("FineTunedModel", "m", "10"), obj("QuantizationJob", "q", "12", spec=source)
     ctl.listed("FineTunedModel", model)
     ctl.listed("QuantizationJob", quant)
     ctl.event("QuantizationJob", None, quant)
@@ -241,14 +246,14 @@ def test_what_an_event_of_a_tuneops_kind_queues() -> None:
 
     # Listed again (kopf's watch expired) and unchanged: nothing.
     assert due(None, model) == []
-    # Its status alone (the operator's own write): the resource is not queued, its reader (the source's user) is.
+    # Its status alone (the operator's own write): the resource is not queued, its user (Watches) is.
     assert due("MODIFIED", obj("FineTunedModel", "m", "13", status={"phase": "Ready"})) == [
         "QuantizationJob/q"
     ]
     # Its spec: the resource and its reader.
     assert due("MODIFIED", obj("FineTunedModel", "m", "14", generation=2)) == [
         "FineTunedModel/m", "QuantizationJob/q"]  # fmt: skip
-    # Deleted: gone from memory, queued (to be forgotten) with its reader.
+    # Deleted: gone from memory, queued (to be forgotten) with its user.
     assert due("DELETED", obj("FineTunedModel", "m", "15", generation=2)) == [
         "FineTunedModel/m", "QuantizationJob/q"]  # fmt: skip
     assert ctl.cache.get(k.FINETUNEDMODEL, NS, "m") is None

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tuneops import labels
-from tuneops import backoff
+from tuneops import backoff, labels
 from tuneops.kube import client as k
 from tuneops.kube import informer as inf
 from tuneops.kube.cache import CachedKube

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.workers.conftest import run_cli
+from tuneops import storage
 from tuneops.workers.merge import resolve_dtype, run_merge
 from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model
 
@@ -201,3 +204,177 @@ def test_default_termination_log_outside_a_pod_is_skipped(models: dict[str, Path
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["adapter"]["rank"] == 8
     assert default.exists() == existed, "the worker must not create /dev/termination-log outside a Pod"
+
+
+# ------------------------------------------------------------------------- the pass: pieces, hashing, checks
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Shapes that split into many row pieces with ragged ends (2750 rows = 21 x 128 + 62), bfloat16, sharded,
+    and an adapter on all seven linear modules."""
+    root = tmp_path_factory.mktemp("wide")
+    spec = TinyModelSpec(hidden_size=1024, intermediate_size=2750, num_layers=1, num_heads=8, num_kv_heads=8,
+                         dtype="bfloat16", max_shard_size="8MB", seed=21)  # fmt: skip
+    base = make_model(root / "base", spec)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    adapter = make_adapter(
+        base, root / "adapter", TinyAdapterSpec(r=16, alpha=32, target_modules=targets, seed=22)
+    )
+    return {"base": base, "adapter": adapter}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_stream_in_small_pieces_equals_peft(
+    wide: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    """Pieces of a few rows, delta blocks of MIN_ROWS, ragged last blocks: still peft's bits exactly."""
+    from tuneops.workers import merge, mergeio
+
+    monkeypatch.setattr(mergeio, "CHUNK", 300 << 10)  # 300 KiB: 150 bf16 rows of 1024, 75 rows of 2750...
+    monkeypatch.setattr(merge, "DELTA_BLOCK_BYTES", 1)  # ...and every delta block MIN_ROWS rows
+    s = run_merge(str(wide["base"]), str(wide["adapter"]), str(tmp_path / "s"), dtype=dtype, method="stream")
+    p = run_merge(str(wide["base"]), str(wide["adapter"]), str(tmp_path / "p"), dtype=dtype, method="peft")
+    assert s.method == "stream" and p.method == "peft"
+    ts, tp, tb = tensors(tmp_path / "s"), tensors(tmp_path / "p"), tensors(wide["base"])
+    assert set(ts) == set(tp)
+    for k in ts:
+        assert torch.equal(ts[k], tp[k]), f"{k} differs from peft's merge"
+    assert sum(not torch.equal(ts[k], tb[k].to(ts[k].dtype)) for k in ts) == 7, (
+        "all seven projections changed"
+    )
+
+
+def _with_manifest(src: Path, dst: Path) -> tuple[Path, str]:
+    """A copy of a model folder published as an artifact (with its manifest)."""
+    out = storage.Output.of(str(dst))
+    staging = out.begin()
+    for p in src.iterdir():
+        shutil.copy2(p, staging / p.name)
+    return dst, out.commit(format="safetensors").digest
+
+
+def test_a_base_with_a_manifest_is_read_once_and_checked_as_it_is_read(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneops.storage import manifest as manifest_mod
+    from tuneops.workers import mergeio
+
+    base, digest = _with_manifest(models["llama"], tmp_path / "base")
+    hashed: list[Path] = []
+    real = manifest_mod.sha256_file
+
+    def spy(path: Path) -> str:
+        hashed.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest_mod, "sha256_file", spy)
+    monkeypatch.setattr(mergeio, "sha256_file", spy)
+    monkeypatch.setenv("TUNEOPS_EXPECT_DIGESTS", json.dumps({f"file://{base}": digest}))
+    out = tmp_path / "merged"
+    r = run_merge(f"file://{base}", str(models["llama-lora"]), str(out), dtype="float32")
+    assert r.artifact is not None and r.artifact.reused is None
+    weights = [p for p in hashed if p.suffix == ".safetensors"]
+    assert not [p for p in weights if base in p.parents], (
+        "the base's weights are hashed in the merge's read only"
+    )
+    assert not [p for p in hashed if out in p.parents or out.name in p.parent.name], (
+        "nor is the output re-read"
+    )
+    m = storage.read_manifest(out)
+    assert m is not None and storage.verify(out, m) == [], "the manifest from the writer's hashes is right"
+    assert m.inputs is not None and m.inputs["base"]["digest"] == digest
+
+
+def test_a_base_changed_after_its_manifest_is_refused_and_nothing_is_published(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from tuneops.storage.integrity import DigestMismatchError
+
+    base, _ = _with_manifest(models["llama"], tmp_path / "base")
+    shard = sorted(base.glob("*.safetensors"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes: only a hash can tell
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatchError, match=f"sha256 of {shard.name} differs"):
+        run_merge(str(base), str(models["llama-lora"]), str(tmp_path / "merged"), dtype="float32")
+    assert not (tmp_path / "merged").exists()
+    assert not list(tmp_path.glob(".merged*")), "no staging folder left"
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_a_base_that_is_not_the_recorded_one_is_refused(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_manifest: bool
+) -> None:
+    """$TUNEOPS_EXPECT_DIGESTS keeps its meaning: with a manifest it is checked before any work; without one,
+    against the digest of the bytes the merge read, before anything is published."""
+    from tuneops.storage.integrity import DigestMismatchError
+
+    if with_manifest:
+        base, _ = _with_manifest(models["llama"], tmp_path / "base")
+    else:
+        base = tmp_path / "base"
+        shutil.copytree(models["llama"], base)
+    other = "sha256:" + "0" * 64
+    monkeypatch.setenv("TUNEOPS_EXPECT_DIGESTS", json.dumps({str(base): other}))
+    with pytest.raises(DigestMismatchError, match="differs from the recorded"):
+        run_merge(str(base), str(models["llama-lora"]), str(tmp_path / "merged"), dtype="float32")
+    assert not (tmp_path / "merged").exists()
+    # the digest it does accept is the folder's own
+    monkeypatch.setenv("TUNEOPS_EXPECT_DIGESTS", json.dumps({str(base): storage.digest_of(base)}))
+    r = run_merge(str(base), str(models["llama-lora"]), str(tmp_path / "merged"), dtype="float32")
+    assert r.artifact is not None
+    m = storage.read_manifest(tmp_path / "merged")
+    assert m is not None and m.inputs is not None
+    assert m.inputs["base"]["digest"] == storage.digest_of(base), (
+        "the digest taken in the read is the folder's"
+    )
+
+
+def _fail(*_: Any, **__: Any) -> Any:
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["read", "merge", "hash", "write"])
+def test_a_failing_stage_ends_the_pass_with_its_error(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Whichever of the pass's threads fails, the merge raises that error (no hang) and publishes nothing."""
+    from tuneops.workers import mergeio
+
+    class FailingHash:
+        def update(self, _: Any) -> None:
+            _fail()
+
+    if where == "read":
+        monkeypatch.setattr(mergeio, "_read_into", _fail)
+    elif where == "merge":
+        monkeypatch.setattr(mergeio, "_merge_piece", _fail)
+    elif where == "hash":
+        real = mergeio.hashlib.sha256  # the output's hasher only: the stage runs on the thread "merge-hasher"
+        hasher = "merge-hasher"
+        monkeypatch.setattr(
+            mergeio.hashlib,
+            "sha256",
+            lambda *a: FailingHash() if threading.current_thread().name == hasher else real(*a),
+        )
+    else:
+        monkeypatch.setattr(mergeio, "_write_all", _fail)
+    outcome: list[BaseException | None] = []
+
+    def merge() -> None:
+        try:
+            run_merge(
+                str(models["llama"]), str(models["llama-lora"]), str(tmp_path / "merged"), dtype="float32"
+            )
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=merge, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), f"the merge hangs when its {where} stage fails"
+    assert isinstance(outcome[0], OSError) and "No space left" in str(outcome[0])
+    assert not (tmp_path / "merged").exists()
+    assert not list(tmp_path.glob(".merged*")), "no staging folder left"

@@ -1,22 +1,18 @@
-"""Reads from informers' stores instead of the API server, and who read what.
+"""Reads from informers' stores instead of the API server.
 
 `CachedKube` is a `Kube` whose reads of watched kinds come from memory (the informer of that kind and
 namespace, once it has listed) and whose writes go to the server as before, their answers kept in the store
 so that the next read sees them. Kinds it does not watch (Secrets, Events), and namespaces outside the
 watched ones, are read from the server as before.
 
-While a reconcile runs under `tracking`, every read of a watched kind is recorded: the object by name, or a
-list by label selector. `Dependencies` keeps those records per reconcile, so a change to any object one of
-them read (a Job finishing, a Pod failing to pull, a source becoming Ready) wakes exactly the resources
-whose outcome may change.
+What a change wakes is not recorded here from reads: it is declared per kind in tuneops.watches (For, Owns,
+Watches), which reads the owners and their links from this cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,94 +20,6 @@ from tuneops import labels
 from tuneops.kube import types as kt
 from tuneops.kube.client import Kube, NotFound, ResourceType, type_of
 from tuneops.kube.informer import Informer, Obj, key_of, matches, project
-
-# Who reads: a reconcile's key, (kind, namespace, name) of the tuneops resource.
-Reader = tuple[str, str, str]
-# What was read: one object by name, or a list by selector (frozen, sorted label pairs).
-Read = tuple[ResourceType, str, str | tuple[tuple[str, str], ...]]
-
-
-class Dependencies:
-    """Which reconciles read which objects, from their latest pass."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reads: dict[Reader, frozenset[Read]] = {}
-        self._by_name: dict[tuple[ResourceType, str, str], set[Reader]] = {}
-        # Lists by selector, found through one of the selector's label pairs.
-        self._by_label: dict[
-            tuple[ResourceType, str, str, str], dict[Reader, set[tuple[tuple[str, str], ...]]]
-        ] = {}
-
-    def record(self, reader: Reader, reads: frozenset[Read]) -> None:
-        with self._lock:
-            if self._reads.get(reader) == reads:
-                return
-            self._forget(reader)
-            self._reads[reader] = reads
-            for read in reads:
-                self._index(reader, read)
-
-    def add(self, reader: Reader, read: Read) -> None:
-        """One more read of a pass under way: registered before the read itself, so a change that lands
-        between the read and the end of the pass still wakes the reader."""
-        with self._lock:
-            reads = self._reads.get(reader, frozenset())
-            if read in reads:
-                return
-            self._reads[reader] = reads | {read}
-            self._index(reader, read)
-
-    def _index(self, reader: Reader, read: Read) -> None:
-        rtype, namespace, what = read
-        if isinstance(what, str):
-            self._by_name.setdefault((rtype, namespace, what), set()).add(reader)
-        elif what:
-            label, value = what[0]
-            self._by_label.setdefault((rtype, namespace, label, value), {}).setdefault(reader, set()).add(
-                what
-            )
-
-    def forget(self, reader: Reader) -> None:
-        with self._lock:
-            self._forget(reader)
-
-    def _forget(self, reader: Reader) -> None:
-        for rtype, namespace, what in self._reads.pop(reader, frozenset()):
-            if isinstance(what, str):
-                readers = self._by_name.get((rtype, namespace, what))
-                if readers is not None:
-                    readers.discard(reader)
-                    if not readers:
-                        del self._by_name[(rtype, namespace, what)]
-            elif what:
-                label, value = what[0]
-                entry = self._by_label.get((rtype, namespace, label, value))
-                if entry is not None:
-                    entry.pop(reader, None)
-                    if not entry:
-                        del self._by_label[(rtype, namespace, label, value)]
-
-    def readers(self, rtype: ResourceType, *objs: Obj | None) -> set[Reader]:
-        """The reconciles whose latest pass read any of `objs` (an object's old and new copies)."""
-        out: set[Reader] = set()
-        with self._lock:
-            for obj in objs:
-                if obj is None:
-                    continue
-                namespace, name = key_of(obj)
-                out |= self._by_name.get((rtype, namespace, name), set())
-                have = (obj.get("metadata") or {}).get("labels") or {}
-                for label, value in have.items():
-                    entry = self._by_label.get((rtype, namespace, label, str(value)))
-                    for reader, selectors in (entry or {}).items():
-                        if reader not in out and any(matches(obj, dict(s)) for s in selectors):
-                            out.add(reader)
-        return out
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._reads)
 
 
 class CachedKube(Kube):
@@ -121,8 +29,6 @@ class CachedKube(Kube):
         super().__init__(base.api, retry=base.retry, user_agent=str(base.api.user_agent))
         self.base = base
         self.informers: dict[tuple[ResourceType, str | None], Informer] = {}
-        self.deps = Dependencies()
-        self._tracking = threading.local()
         # Events are advisory and written after the status they describe: off the reconcile's thread, so a
         # burst of transitions is not slowed by their round trips.
         self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
@@ -206,24 +112,6 @@ class CachedKube(Kube):
             return None  # not watched, not listed yet, or not allowed to list: ask the server
         return found
 
-    @contextlib.contextmanager
-    def tracking(self, reader: Reader) -> Iterator[set[Read]]:
-        """Record this thread's reads of watched kinds for `reader`: each at once in `deps` (so a change during
-        the pass wakes it), and all of them in the set yielded (the caller then replaces the pass's reads)."""
-        seen: set[Read] = set()
-        self._tracking.seen, self._tracking.reader = seen, reader
-        try:
-            yield seen
-        finally:
-            self._tracking.seen = self._tracking.reader = None
-
-    def _saw(self, rtype: ResourceType, namespace: str, what: str | tuple[tuple[str, str], ...]) -> None:
-        seen: set[Read] | None = getattr(self._tracking, "seen", None)
-        if seen is not None:
-            read: Read = (rtype, namespace, what)
-            seen.add(read)
-            self.deps.add(self._tracking.reader, read)
-
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         return self.base._call(*args, **kwargs)  # every request goes through the client this one wraps
 
@@ -236,7 +124,6 @@ class CachedKube(Kube):
         found = self.informer(rtype, namespace)
         if found is None:
             return super().get(rtype, namespace, name)
-        self._saw(rtype, namespace or "", name)
         return found.store.get(namespace or "", name)
 
     def list(
@@ -247,7 +134,6 @@ class CachedKube(Kube):
         found = self.informer(rtype, namespace)
         if found is None:
             return super().list(rtype, namespace, selector)
-        self._saw(rtype, namespace or "", tuple(sorted((selector or {}).items())))
         if found.refused == 404:
             raise NotFound("LIST", rtype.collection(namespace), "not served (its CRD is not installed)")
         return found.store.list(namespace, selector)

@@ -15,7 +15,11 @@ SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # Controllers that need a cloud, nodes with pod CIDRs or a service proxy; without nodes they only log noise.
-CONTROLLERS = "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route"
+# `endpoint` is off too: local Pods have loopback addresses (127.X.Y.Z), which the API server refuses in an
+# Endpoints object ("may not be in the loopback range"), so it only emitted a FailedToUpdateEndpoint Warning
+# per Service. EndpointSlices accept them: the `endpointslice` controller lists each Service's Pods there.
+CONTROLLERS = "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-endpoint"
+KUBELET_ADDRESS_TYPES = "InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP"
 # ttlSecondsAfterFinished is alpha in 1.20; enabling it keeps the field instead of silently dropping it.
 FEATURE_GATES = "TTLAfterFinished=true"
 # Pods get no injected service-account token volume: the local node has no use for one, and the admission
@@ -74,6 +78,11 @@ def apiserver_argv(
         f"--tls-cert-file={pki / 'apiserver.crt'}",
         f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
+        # `kubectl logs` goes through the node's kubelet API: present a CA-signed client certificate (the local
+        # node admits only that), and dial the Node's InternalIP first (its Hostname resolves nowhere).
+        f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+        f"--kubelet-preferred-address-types={KUBELET_ADDRESS_TYPES}",
         f"--token-auth-file={root / 'tokens.csv'}",
         f"--authorization-mode={authorization_mode}",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",

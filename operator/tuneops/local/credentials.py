@@ -15,6 +15,8 @@ import yaml
 ADMIN_USER = "admin"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 MASTERS_GROUP = "system:masters"
+# The API server's identity towards kubelets (the subject of pki/kubelet-client.crt).
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 
 
 class ControlPlaneError(RuntimeError):
@@ -31,7 +33,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def ensure_pki(pki: Path) -> None:
-    """A CA, the API server's certificate and the service-account key pair, made once and then kept."""
+    """A CA, the API server's serving and kubelet-client certificates and the service-account key pair, made once
+    and then kept."""
     if not (pki / "ca.crt").exists():
         _openssl(
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
@@ -51,6 +54,18 @@ def ensure_pki(pki: Path) -> None:
         _openssl(
             "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "apiserver.crt", "-days", "3650", "-extfile", "apiserver.ext", cwd=pki,
+        )  # fmt: skip
+    if not (pki / "kubelet-client.crt").exists():
+        # What the API server presents to a node's kubelet API (`kubectl logs`); the local node admits it.
+        ext = pki / "kubelet-client.ext"
+        ext.write_text("extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
+            "-subj", f"/O={MASTERS_GROUP}/CN={KUBELET_CLIENT_USER}", cwd=pki,
+        )  # fmt: skip
+        _openssl(
+            "x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "kubelet-client.crt", "-days", "3650", "-extfile", "kubelet-client.ext", cwd=pki,
         )  # fmt: skip
     if not (pki / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)

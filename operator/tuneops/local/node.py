@@ -20,6 +20,7 @@ from tuneops.kube.client import EVENT, NODE, POD, ApiError, Kube, ResourceType, 
 from tuneops.kube.informer import Informer
 from tuneops.local import loopback
 from tuneops.local.container import now_rfc3339
+from tuneops.local.kubeletapi import KubeletServer
 from tuneops.local.pod import PodWorker
 from tuneops.local.podenv import HOST_IP
 from tuneops.local.runtimes import Runtime, default_runtimes
@@ -83,8 +84,8 @@ def capacity() -> dict[str, str]:
     }
 
 
-def node_status(name: str, allocatable: dict[str, str]) -> Obj:
-    """A Ready Node's status, as a heartbeat writes it."""
+def node_status(name: str, allocatable: dict[str, str], kubelet_port: int = 0) -> Obj:
+    """A Ready Node's status, as a heartbeat writes it; `kubelet_port` is where its kubelet API listens."""
     stamp = now_rfc3339()
     beat = {"lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
     pressure = (
@@ -97,6 +98,7 @@ def node_status(name: str, allocatable: dict[str, str]) -> Obj:
         "capacity": allocatable,
         "allocatable": allocatable,
         "addresses": [{"type": "InternalIP", "address": HOST_IP}, {"type": "Hostname", "address": name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "KubeletReady",
              "message": "the local node runs Pods as local processes", **beat},
@@ -137,6 +139,7 @@ class LocalNode:
         self._claim: loopback.Claim | None = None
         self._ips: dict[str, str] = {}
         self._threads: list[threading.Thread] = []
+        self.kubelet_api: KubeletServer | None = None
         self.pods = Informer(self.api, POD, self._on_pod, name="pods")
         self.on_pods_changed: list[Callable[[], None]] = []
 
@@ -158,10 +161,19 @@ class LocalNode:
         for sub in ("pvc", "pods"):
             (self.config.root / sub).mkdir(parents=True, exist_ok=True)
         self._claim_addresses()
-        self._register()
-        self.pods.start()
-        if not self.pods.wait_synced(timeout):
-            raise RuntimeError("the local node could not list Pods from the API server")
+        # The kubelet API (`kubectl logs`), on loopback; it admits the API server's kubelet client certificate.
+        ca_file = getattr(self.api.api.configuration, "ssl_ca_cert", None)
+        self.kubelet_api = KubeletServer(self, HOST_IP, str(ca_file) if ca_file else None)
+        self.kubelet_api.start()
+        try:
+            self._register()
+            self.pods.start()
+            if not self.pods.wait_synced(timeout):
+                raise RuntimeError("the local node could not list Pods from the API server")
+        except BaseException:
+            self.pods.stop()
+            self.kubelet_api.stop()
+            raise
         for target, name in ((self._sync_loop, "node-sync"), (self._heartbeat_loop, "node-heartbeat")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -180,6 +192,8 @@ class LocalNode:
             t.start()
         for t in threads:
             t.join()
+        if self.kubelet_api is not None:
+            self.kubelet_api.stop()
         if self._claim is not None:
             self._claim.release()
 
@@ -257,7 +271,8 @@ class LocalNode:
             self.api.create(NODE, None, node)
         else:
             self.api.patch(NODE, None, name, {"metadata": {"labels": labels}})
-        self.api.patch(NODE, None, name, {"status": node_status(name, self.allocatable)}, "status")
+        port = self.kubelet_api.port if self.kubelet_api is not None else 0
+        self.api.patch(NODE, None, name, {"status": node_status(name, self.allocatable, port)}, "status")
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_s):

@@ -1,12 +1,12 @@
-"""LoRA merge: a streaming merge shard by shard (bit-identical to peft's merge_and_unload), and peft's own."""
+"""LoRA merge: a streaming merge (bit-identical to peft's merge_and_unload; its I/O, hashing and overlap are
+mergeio's: each file read once and written once, untouched tensors copied as bytes), and peft's own."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,24 @@ from tuneops.workers.common import (
     DTYPES,
     InvalidInput,
     copy_model_side_files,
+    model_side_files,
     read_json,
     safetensors_shards,
     torch_dtype,
 )
-from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, safetensors_header, scale_for
+from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, scale_for
+from tuneops.workers.mergeio import (
+    Input,
+    Ledger,
+    Step,
+    Tensor,
+    commit_hashed,
+    copy_hashed,
+    may_hold_reusable,
+    rewrite_safetensors,
+    row_blocks,
+    write_hashed,
+)
 from tuneops.workers.result import ArtifactResult, WorkerResult
 
 log = logging.getLogger("tuneops.workers.merge")
@@ -30,6 +43,7 @@ METHODS = ("stream", "peft")
 AUTO = "auto"
 DEFAULT_DTYPE = "float16"
 TOOLS = ("torch", "safetensors", "transformers", "peft")
+DELTA_BLOCK_BYTES = 2 << 20  # float32 delta computed at a time: it stays in cache
 
 
 @dataclass
@@ -105,83 +119,138 @@ _FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
-def _read_tensor(f: Any, data_start: int, info: dict[str, Any]) -> Any:
-    """One tensor read with plain file I/O (not mmap): its pages are freed with it, so RSS stays small."""
+def _as_bytes(t: Any) -> Any:
+    """A tensor's bytes as a buffer (numpy array of uint8) that keeps the tensor alive."""
     import torch
 
-    dtype = getattr(torch, _DTYPES[info["dtype"]])
-    begin, end = info["data_offsets"]
-    if end == begin:
-        return torch.empty(info["shape"], dtype=dtype)
-    buf = bytearray(end - begin)
-    f.seek(data_start + begin)
-    if f.readinto(buf) != len(buf):
-        raise InvalidInput(f"{f.name}: truncated safetensors file")
-    return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
-def _merge_file(
-    src: Path, dst: Path, dtype: str, plan: _Plan, pending: set[str]
-) -> tuple[dict[str, str], int]:
-    """Rewrites one safetensors file tensor by tensor: the output header is known up front (merging changes
-    no shape), so each tensor is read, merged and written before the next is touched. Peak memory is the
-    largest tensor plus the adapter, whatever the shard size."""
+def _steps(dtype: str, plan: _Plan, pending: set[str]) -> Callable[[Tensor], Step]:
+    """What the merge does to each base tensor, for mergeio: bytes copied as they are (nothing touches it and
+    its dtype stays), a cast, or the LoRA delta added a row range at a time (peft's arithmetic, see _merged:
+    float32 delta, scaled, one in-place add into the weight's dtype). Embedding deltas and replaced tensors
+    are merged whole, as before."""
     import torch
 
     target = getattr(torch, dtype)
-    header = safetensors_header(src)
-    with src.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    data_start = 8 + n
-    names = sorted(header, key=lambda k: int(header[k]["data_offsets"][0]))
-    out_header: dict[str, Any] = {}
-    offset = 0
-    itemsize = {c: torch.empty(0, dtype=getattr(torch, d)).element_size() for c, d in _DTYPES.items()}
-    for name in names:
-        info = header[name]
-        code = _CODES[dtype] if info["dtype"] in _FLOATS else info["dtype"]
-        nbytes = math.prod(info["shape"]) * itemsize[code]
-        out_header[name] = {"dtype": code, "shape": info["shape"], "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    out_header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(out_header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        fout.write(struct.pack("<Q", len(raw)))
-        fout.write(raw)
-        for name in names:
-            w = _read_tensor(fin, data_start, header[name])
-            if w.is_floating_point():
-                w = w.to(target)
-            w = _merged(name, w, plan).contiguous()
-            pending.discard(name)
-            data = w.reshape(-1).view(torch.uint8).numpy()
-            if data.nbytes != out_header[name]["data_offsets"][1] - out_header[name]["data_offsets"][0]:
-                raise RuntimeError(f"{name}: size changed while merging")
-            fout.write(data.data)
-            del w, data
-    return dict.fromkeys(names, dst.name), offset
+    # columns -> float32 rows the deltas are computed into, reused (a fresh one each time costs page faults)
+    scratch: dict[int, Any] = {}
+
+    def delta_rows(n: int, cols: int) -> Any:
+        have = scratch.get(cols)
+        if have is None or have.shape[0] < n:
+            have = scratch[cols] = torch.empty(n, cols, dtype=torch.float32)
+        return have[:n]
+
+    def step(t: Tensor) -> Step:
+        pending.discard(t.name)
+        floating = t.dtype in _FLOATS
+        out = _CODES[dtype] if floating else t.dtype
+        src = getattr(torch, _DTYPES[t.dtype])
+        shape = t.shape
+        if t.name in plan.replace or t.name in plan.embedding:
+
+            def whole(data: memoryview, r0: int, r1: int) -> Any:
+                w = (
+                    torch.frombuffer(data, dtype=src).reshape(shape)
+                    if data.nbytes
+                    else torch.empty(shape, dtype=src)
+                )
+                if w.is_floating_point():
+                    w = w.to(target)
+                merged = _merged(t.name, w, plan)
+                if tuple(merged.shape) != shape:
+                    raise InvalidInput(
+                        f"{t.name}: the adapter's tensor has shape {list(merged.shape)}, not {list(shape)}"
+                    )
+                return _as_bytes(merged)
+
+            return Step(out, whole, whole=True)
+        if t.name in plan.linear:
+            a, b, scaling = plan.linear[t.name]
+            if len(shape) != 2 or (b.shape[0], a.shape[1]) != shape:
+                raise InvalidInput(
+                    f"{t.name}: LoRA delta {b.shape[0]}x{a.shape[1]} does not fit {list(shape)}"
+                )
+            af, bf = a.float(), b.float()
+
+            def rows(data: memoryview, r0: int, r1: int) -> Any:
+                w = torch.frombuffer(data, dtype=src).view(r1 - r0, shape[1])
+                if src != target:
+                    w = w.to(target)
+                # exactly peft's `(B @ A) * scaling`, then `weight += delta`, a cache-sized block of rows at a
+                # time (MIN_ROWS keeps BLAS on the kernel of peft's one matmul; test_merge proves the bits)
+                for s0, s1 in row_blocks(r1 - r0, DELTA_BLOCK_BYTES // (4 * shape[1])):
+                    delta = torch.mm(bf[r0 + s0 : r0 + s1], af, out=delta_rows(s1 - s0, shape[1]))
+                    delta.mul_(scaling)
+                    w[s0:s1] += delta
+                return data if src == target else _as_bytes(w)
+
+            return Step(out, rows)
+        if out != t.dtype:
+
+            def cast(data: memoryview, r0: int, r1: int) -> Any:
+                return _as_bytes(torch.frombuffer(data, dtype=src).to(target))
+
+            return Step(out, cast)
+        return Step(out)  # no adapter touches it: its bytes are copied
+
+    return step
 
 
-def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) -> list[str]:
-    """Merges file by file and tensor by tensor: memory is bounded by one tensor, never the model."""
+@dataclass
+class Streamed:
+    """What a streaming merge read and wrote, with the sha256 of each file taken as it passed."""
+
+    read: Ledger  # base files, relative to the base folder
+    written: Ledger  # output files, relative to the output folder
+    shards: list[str]
+
+
+def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) -> Streamed:
+    """Merges file by file and piece by piece: each base file is read once and each output file written once
+    (their sha256 taken in that pass), with reading, merging and writing overlapped (mergeio). Memory is
+    bounded by a few pieces, never the model. Writes the weights, the index, the side files and config.json."""
+    import torch
+
     torch_dtype(dtype)
     plan = _plan(adapter)
     pending = set(plan.linear) | set(plan.embedding) | set(plan.replace)
     shards = safetensors_shards(base_dir)
+    done = Streamed({}, {}, [s.name for s in shards])
     weight_map: dict[str, str] = {}
     total = 0
-    for i, shard in enumerate(shards):
-        names, size = _merge_file(shard, out_dir / shard.name, dtype, plan, pending)
-        weight_map.update(names)
-        total += size
-        log.info("merged shard %d/%d (%s)", i + 1, len(shards), shard.name)
+    threads = torch.get_num_threads()
+    # the reader and the writer hash on threads of their own: torch keeps one core's worth fewer
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        for i, shard in enumerate(shards):
+            r = rewrite_safetensors(shard, out_dir / shard.name, _steps(dtype, plan, pending))
+            done.read[shard.relative_to(base_dir).as_posix()] = r.input
+            done.written[shard.name] = r.output
+            weight_map.update(dict.fromkeys(r.names, shard.name))
+            total += r.data_bytes
+            log.info(
+                "merged shard %d/%d (%s, %.0f MB): %s",
+                i + 1,
+                len(shards),
+                shard.name,
+                r.output.size / 1e6,
+                ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()),
+            )
+    finally:
+        torch.set_num_threads(threads)
     if pending:
         raise InvalidInput(f"adapter modules not found in the base weights: {sorted(pending)[:5]}")
     if len(shards) > 1 or (base_dir / "model.safetensors.index.json").is_file():
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return [s.name for s in shards]
+        name = "model.safetensors.index.json"
+        done.written[name] = write_hashed(out_dir / name, (json.dumps(index, indent=2) + "\n").encode())
+    for p in model_side_files(base_dir):
+        done.read[p.name] = done.written[p.name] = copy_hashed(p, out_dir / p.name)
+    done.written["config.json"] = write_hashed(out_dir / "config.json", _config_bytes(base_dir, dtype))
+    return done
 
 
 def peft_merge(
@@ -199,11 +268,15 @@ def peft_merge(
     merged.save_pretrained(str(out_dir), max_shard_size=max_shard_size)
 
 
-def _write_config(base_dir: Path, out_dir: Path, dtype: str) -> None:
+def _config_bytes(base_dir: Path, dtype: str) -> bytes:
     cfg = read_json(base_dir / "config.json")
     cfg["dtype"] = dtype
     cfg.pop("torch_dtype", None)
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _write_config(base_dir: Path, out_dir: Path, dtype: str) -> None:
+    (out_dir / "config.json").write_bytes(_config_bytes(base_dir, dtype))
 
 
 def resolve_dtype(requested: str, base_config: dict[str, Any]) -> str:
@@ -223,12 +296,21 @@ def resolve_dtype(requested: str, base_config: dict[str, Any]) -> str:
 def run_merge(
     base_uri: str, adapter_uri: str, output_uri: str, *, dtype: str = AUTO, method: str = "stream"
 ) -> WorkerResult:
+    """Checks the inputs, reuses a complete merge of the same inputs, else merges and publishes.
+
+    The base is read once. Its checks are storage.fetch's, with the hashing done in the streaming merge's own
+    read (mergeio.Input): a base with a manifest is known by the manifest's digest up front and its files are
+    checked against it as they are read; a base without one is hashed in that read (or up front, when an
+    output that might be reused is already there, since reuse is decided by the digest). Nothing is published
+    until the bytes read are found to be the recorded ones; the output's manifest uses the hashes the writer
+    took. peft's merge, and a reused output, check the base in full first, as before."""
     if method not in METHODS:
         raise InvalidInput(f"merge method {method!r} is not one of {', '.join(METHODS)}")
     if dtype != AUTO:
         torch_dtype(dtype)
     out = storage.Output.of(output_uri)
-    base_dir = storage.fetch(base_uri)
+    base = Input(base_uri)
+    base_dir = base.path
     adapter_dir = storage.fetch(adapter_uri)
     adapter = Adapter.load(adapter_dir)
     if not (base_dir / "config.json").is_file():
@@ -246,34 +328,47 @@ def run_merge(
             "streaming merge does not handle %s: using peft's merge_and_unload", ", ".join(unsupported)
         )
         used = "peft"
-    inputs = {"base": storage.digest_of(base_dir), "adapter": storage.digest_of(adapter_dir)}
+    adapter_digest = storage.digest_of(adapter_dir)
     params = {"dtype": dtype, "method": used}
     tools = tool_versions(*TOOLS)
-    key = storage.reuse_key("merge", inputs, params, tools)
-    found = out.reusable(key)
-    if found is not None:
-        log.info("a complete merge of the same inputs exists at %s: reusing it", output_uri)
-        return _result(out.location(found), found, used, dtype, reused=True)
+
+    def key_for(base_digest: str) -> str:
+        return storage.reuse_key("merge", {"base": base_digest, "adapter": adapter_digest}, params, tools)
+
+    if used == "peft" or (base.digest is None and may_hold_reusable(out)):
+        base.verify_now()
+    if base.digest is not None:
+        found = out.reusable(key_for(base.digest))
+        if found is not None:
+            base.verify_now()
+            log.info("a complete merge of the same inputs exists at %s: reusing it", output_uri)
+            return _result(out.location(found), found, used, dtype, reused=True)
     staging = out.begin()
     try:
         start = time.monotonic()
+        written: Ledger = {}
         if used == "stream":
-            stream_merge(base_dir, adapter, staging, dtype)
-            copy_model_side_files(base_dir, staging)
-            _write_config(base_dir, staging, dtype)
+            streamed = stream_merge(base_dir, adapter, staging, dtype)
+            written = streamed.written
+            if base.deferred:
+                base.settle(streamed.read)
         else:
             peft_merge(base_dir, adapter_dir, staging, dtype)
             for name in copy_model_side_files(base_dir, staging):
                 log.debug("copied %s", name)
             _write_config(base_dir, staging, dtype)
+        base_digest = base.digest if base.digest is not None else base.verify_now()
+        key = key_for(base_digest)
         log.info("merge (%s, %s) done in %.1fs", used, dtype, time.monotonic() - start)
-        manifest = out.commit(
+        manifest = commit_hashed(
+            out,
+            written,
             format="safetensors",
             worker="merge",
             key=key,
             inputs={
-                "base": {"uri": base_uri, "digest": inputs["base"]},
-                "adapter": {"uri": adapter_uri, "digest": inputs["adapter"]},
+                "base": {"uri": base_uri, "digest": base_digest},
+                "adapter": {"uri": adapter_uri, "digest": adapter_digest},
             },
             parameters=params,
             tools=tools,
