@@ -280,3 +280,37 @@ def test_what_an_overtaken_pass_failed_is_counted(monkeypatch: pytest.MonkeyPatc
         run(pods, src)
         memories = lora.MEMORIES.of((OWNER.namespace, OWNER.name), pods)
         assert memories["svc-0"].failures["a"].attempts == first.hits["/v1/load_lora_adapter"] >= 2
+
+
+def test_a_pass_that_leaves_work_queues_the_next_one_and_a_settled_one_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass makes at most MAX_ACTIONS_PER_POD calls per Pod. Nothing the operator watches changes when a Pod
+    loads an adapter, so the service is queued again at once while adapters remain; once every adapter is
+    served, nothing is queued (a settled service costs nothing)."""
+    from tuneops.adapters.client import MAX_ACTIONS_PER_POD
+
+    many = [(f"a{i:03d}", f"pvc://adapters/a{i:03d}", "") for i in range(MAX_ACTIONS_PER_POD * 2 + 3)]
+    state: dict[str, str] = {}
+    woke: list[tuple[Any, ...]] = []
+    ctx = Context(kube=cast(Any, NoWrites()), config=OperatorConfig(), wake=lambda *a: woke.append(a))
+    spec = InferenceServiceSpec.model_validate(
+        {
+            "model": {"uri": "pvc://models/base"},
+            "lora": {"adapters": [{"name": n, "uri": u} for n, u, _ in many]},
+        }
+    )
+    pod = serving_pods()[:1]
+    with fake.FakePod(fake.well_behaved(state), host=ADDRESSES[0], port=render.PORT):
+        restarted(monkeypatch)
+        passes = 0
+        while True:
+            woke.clear()
+            adapters, _ = lora.reconcile_adapters(ctx, spec, OWNER, copy.deepcopy(pod), sources(*many))
+            passes += 1
+            if adapters.summary.ready:
+                break
+            assert woke and woke[0][:4] == ("InferenceService", "ns", "svc", "adapters"), woke
+            assert passes < 10
+    assert passes == 3 and len(state) == len(many)
+    assert woke == [], "a settled service is not queued again"

@@ -96,10 +96,26 @@ def reconcile_adapters(
         )
         if finished is not None and dynamic:
             MEMORIES.keep(service, inputs, finished)
+            if _more_to_do(finished):
+                # A pass does a bounded number of calls per Pod; the rest is the next pass's, at once. Nothing
+                # else would wake the service: the Pods' answers are not objects the operator watches.
+                ctx.wake("InferenceService", owner.namespace, owner.name, "adapters", NEXT_PASS_S)
         results = finished if finished is not None else [_no_answer_yet(p) for p in ready]
     problems = [PodAdapters(pod=p.pod, ready_adapters=p.ready_adapters, message=p.message)
                 for p in pod_problems(desired, results)]  # fmt: skip
     return Adapters(summarize(desired, results), sources.refused, sources.pending), problems
+
+
+# The next adapter pass when a pass left work (more adapters than its per-Pod call budget, or a failed load
+# still under its attempt limit): soon, but not in the same breath.
+NEXT_PASS_S = 0.5
+
+
+def _more_to_do(results: list[PodResult]) -> bool:
+    """Whether a reachable Pod still has an adapter on its way in or out (Loading, Unloading): failed ones past
+    their attempts are Failed and wait for a person."""
+    busy = {AdapterState.LOADING, AdapterState.UNLOADING}
+    return any(r.reachable and any(s.state in busy for s in r.states.values()) for r in results)
 
 
 class Memories:
