@@ -392,7 +392,9 @@ def operator_requests(audit: AuditLog, since: int) -> list[AuditEvent]:
 def by_verb_and_resource(events: Iterable[AuditEvent]) -> Counter[tuple[str, str]]:
     """Requests by verb and resource; the further pages of one paginated list (`continue=`) are that list's,
     not lists of their own."""
-    return Counter((e.verb, resource_key(e)) for e in events if not (e.verb == "list" and "continue=" in e.uri))
+    return Counter(
+        (e.verb, resource_key(e)) for e in events if not (e.verb == "list" and "continue=" in e.uri)
+    )
 
 
 def wait(predicate: Callable[[], bool], deadline: float, what: str, detail: Callable[[], object] = lambda: "",
