@@ -6,12 +6,13 @@ export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
 PYTEST_ARGS ?=
 
 
-.PHONY: help deps setup kube llamacpp vllm helm crd-schemas crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e demo bench clean
+.PHONY: help deps setup kube llamacpp vllm helm crd-schemas crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e images demo bench clean
 
 help:
 	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
 	@echo "make test   run every test (installs and builds what it needs on first run)"
-	@echo "make setup | kube | llamacpp | vllm | helm | crds | lint | bench"
+	@echo "make demo CONTAINERS=1   the same, every Pod a container from the project's images (make images)"
+	@echo "make setup | kube | llamacpp | vllm | helm | crds | images | lint | bench"
 
 setup:            ## the project's Python environment (.venv): operator, workers, dev tools
 	scripts/setup-venv.sh $(VENV)
@@ -64,8 +65,11 @@ test-serving: setup llamacpp vllm
 test-e2e: setup kube llamacpp vllm
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-demo: setup
-	$(BIN)/tuneops demo
+images: setup ## the project's container images, built with podman without a daemon (cached by content)
+	scripts/build-images.sh
+
+demo: setup $(if $(filter 1,$(CONTAINERS)),images)
+	$(BIN)/tuneops demo $(if $(filter 1,$(CONTAINERS)),--containers)
 
 bench: setup kube llamacpp vllm helm
 	$(BIN)/python -m bench

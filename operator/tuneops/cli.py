@@ -205,12 +205,22 @@ def _delegate(command: str, rest: list[str]) -> int:
         from tuneops.workers.cli import main as worker_main
 
         return int(worker_main(rest))
-    if command == "local":
-        from tuneops.local.cli import main as local_main
+    try:
+        if command == "local":
+            from tuneops.local.cli import main as local_main
 
-        return int(local_main(rest))
-    from tuneops.local.demo import main as demo_main
-
+            return int(local_main(rest))
+        from tuneops.local.demo import main as demo_main
+    except ModuleNotFoundError as err:
+        if err.name is None or not err.name.startswith("tuneops.local"):
+            raise
+        # The operator image ships the operator only: the embedded cluster is a development tool.
+        print(
+            f"tuneops {command}: the embedded cluster is not part of this installation "
+            "(the operator image leaves it out); install tuneops from a clone to use it",
+            file=sys.stderr,
+        )
+        return 2
     return int(demo_main(rest))
 
 

@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 
 def _tree(pid: int) -> set[int]:
-    from tuneops.local.proctree import descendants
+    from tuneops.proctree import descendants
 
     return {pid, *descendants(pid)}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import email.utils
@@ -368,6 +369,26 @@ class Kube:
             path = f"{rtype.item(namespace, subresource_of)}/{str(body['kind']).lower()}"
         out: dict[str, Any] = self._call("POST", path, body=body)
         self._written(out)
+        return out
+
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        audiences: builtins.list[str],
+        seconds: int,
+        pod: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A TokenRequest for a ServiceAccount, bound to `pod` when given (what a kubelet asks for a projected
+        token: it stops working when the Pod is deleted)."""
+        spec: dict[str, Any] = {"audiences": audiences, "expirationSeconds": seconds}
+        if pod is not None:
+            meta = pod.get("metadata") or {}
+            ref = {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"), "uid": meta.get("uid")}
+            spec["boundObjectRef"] = ref
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token"
+        out: dict[str, Any] = self._call("POST", path, body=body)
         return out
 
     def replace(self, rtype: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

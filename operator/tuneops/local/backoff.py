@@ -59,23 +59,25 @@ def pull(c: Container, cfg: NodeConfig) -> tuple[Runtime | None, list[Event]]:
     if runtime is not None:
         c.pull_failures = 0
         return runtime, []
+    return None, pull_failed(c, cfg, image, "the local node's image mapping has no runtime for this image")
+
+
+def pull_failed(c: Container, cfg: NodeConfig, image: str, why: str) -> list[Event]:
+    """An image that is not there: ErrImagePull, then ImagePullBackOff until the next try."""
     now = time.monotonic()
     if now < c.pull_retry_at:
         message = f'Back-off pulling image "{image}"'
         c.state = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
         c.next_start = c.pull_retry_at
-        return None, [("Normal", "BackOff", message), ("Warning", "Failed", "Error: ImagePullBackOff")]
-    error = (
-        f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-        "the local node's image mapping has no runtime for this image"
-    )
+        return [("Normal", "BackOff", message), ("Warning", "Failed", "Error: ImagePullBackOff")]
+    error = f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": {why}'
     delay = backoff.delay(c.pull_failures, cfg.backoff_base_s, cfg.backoff_max_s, spread=0.0)
     c.pull_failures += 1
     c.pull_retry_at = now + delay
     # The kubelet shows ErrImagePull until its next sync of the Pod, then ImagePullBackOff until the retry.
     c.next_start = now + delay / 2
     c.state = {"waiting": {"reason": "ErrImagePull", "message": error}}
-    return None, [
+    return [
         ("Normal", "Pulling", f'Pulling image "{image}"'),
         ("Warning", "Failed", f'Failed to pull image "{image}": {error}'),
         ("Warning", "Failed", "Error: ErrImagePull"),

@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-from tuneops import toolpaths
+from tuneops import proctree, toolpaths
 from tuneops.kube.client import CRD, NODE, ApiError, Kube
-from tuneops.local import proctree
 from tuneops.serving.process import free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -131,6 +130,8 @@ class LocalCluster:
     """The embedded default: files under `root`, processes recorded in `root/state.json` and stopped by PID."""
 
     root: Path
+    containers: bool = False
+    """Run Pods as containers from the project's images (`make images`) instead of local processes."""
     kubeconfig: Path = field(init=False)
     node_root: Path = field(init=False)
     pvc_root: Path = field(init=False)
@@ -188,18 +189,25 @@ class LocalCluster:
             cp.start()
             say(f"    API server {cp.server_url} ready in {time.monotonic() - started:.1f}s")
         self._install_crds(say)
-        self._write_operator_config()
         state = self.state()
+        if self.containers:
+            self._check_images(say)
+        if bool((state.get("node") or {}).get("containers")) != self.containers:
+            # The other mode runs: its node and operator (whose config names the images) make way.
+            self._stop_processes(state, say)
+        self._write_operator_config()
         node = state.get("node") or {}
         if not proctree.matches(int(node.get("pid") or 0), "tuneops.local.cli node"):
             state["node"] = self._spawn(
                 "node",
                 [sys.executable, "-m", "tuneops.local.cli", "node", "--root", str(self.node_root),
-                 "--kubeconfig", str(self.kubeconfig)],
+                 "--kubeconfig", str(self.kubeconfig), *(["--containers"] if self.containers else [])],
                 {},
                 die_with_parent,
             )  # fmt: skip
-            say(f"==> local node started (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})")
+            state["node"]["containers"] = self.containers
+            mode = "Pods as containers" if self.containers else "Pods as processes"
+            say(f"==> local node started, {mode} (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})")
         op = state.get("operator") or {}
         if not proctree.matches(int(op.get("pid") or 0), "tuneops.cli run"):
             liveness, metrics = free_port(), free_port()
@@ -267,8 +275,29 @@ class LocalCluster:
     def _write_operator_config(self) -> None:
         # PVCs are mounted in Pods where the local node keeps the claims, so a path the operator hands a
         # server at runtime (an adapter to hot-load) is the same path inside and outside the "container".
-        config = {"pvc_mount_root": str(self.pvc_root), "artifact_root": f"pvc://{ARTIFACT_CLAIM}"}
+        config: dict[str, Any] = {"pvc_mount_root": str(self.pvc_root), "artifact_root": f"pvc://{ARTIFACT_CLAIM}"}
+        if self.containers:
+            config["images"] = container_images()
         self.operator_config_path.write_text(yaml.safe_dump(config, sort_keys=True))
+
+    def _check_images(self, say: Say) -> None:
+        from tuneops.local.engine import Engine
+
+        engine = Engine.default()
+        if not engine.available():
+            raise SystemExit("container mode needs podman and runc: run `make images` (it installs them)")
+        missing = [i for i in sorted(set(container_images().values())) if engine.image_id(i) is None]
+        if missing:
+            raise SystemExit(f"container mode: images not built yet: {', '.join(missing)}; run `make images`")
+        say("==> container mode: the project's images are in local storage")
+
+    def _stop_processes(self, state: dict[str, Any], say: Say) -> None:
+        for name, marker in (("operator", "tuneops.cli run"), ("node", "tuneops.local.cli node")):
+            pid = int((state.get(name) or {}).get("pid") or 0)
+            if pid and proctree.matches(pid, marker):
+                say(f"==> stopping {name} (pid {pid}) to change mode")
+                proctree.stop(pid, 60.0, functools.partial(proctree.matches, pid, marker))
+            state.pop(name, None)
 
     def _wait_node_ready(self, timeout: float = 60.0) -> None:
         api = self._api()
@@ -329,6 +358,22 @@ class LocalCluster:
         return out
 
 
+def container_images() -> dict[str, str]:
+    """The operator's images in container mode: the project's own, as `make images` tags them (the vLLM
+    server is its CPU build, llama-server comes from the gguf image)."""
+    from tuneops.config import Images
+
+    images = Images()
+    registry = images.worker.rsplit("/", 1)[0]
+    version = images.worker.rsplit(":", 1)[1]
+    return {
+        "worker": images.worker,
+        "gguf": images.gguf,
+        "vllm": f"{registry}/vllm-cpu:{version}",
+        "llamacpp": images.gguf,
+    }
+
+
 def cluster_url(key: str, domain: str = "cluster.local") -> str:
     """The in-cluster URL of an endpoint key `namespace/service/port` (what status' URL column shows, which this
     machine cannot resolve: the local node serves no cluster DNS; use the local URL beside it)."""
@@ -349,7 +394,15 @@ def run_node(args: argparse.Namespace) -> int:
     )
     images = Images()
     extra = {"tuneops": [images.worker, images.gguf], "vllm": [images.vllm], "llamacpp": [images.llamacpp]}
+    engine = None
+    if args.containers:
+        from tuneops.local.engine import Engine
+
+        engine = Engine.default()
+        if not engine.available():
+            raise SystemExit("--containers needs podman and runc (`make images` installs them)")
     config = NodeConfig(
+        engine=engine,
         root=Path(args.root),
         name=args.name,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
@@ -380,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         "--root", type=Path, default=None, help="state folder (default $TUNEOPS_LOCAL_DIR or <cache>/local)"
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start the control plane, the local node and the operator")
+    p = sub.add_parser("up", help="start the control plane, the local node and the operator")
+    p.add_argument(
+        "--containers",
+        action="store_true",
+        default=os.environ.get("TUNEOPS_CONTAINERS", "") not in ("", "0"),
+        help="run Pods as containers from the project's images (`make images`); default: local processes",
+    )
     p = sub.add_parser("down", help="stop everything `up` started (by PID)")
     p.add_argument(
         "--purge", action="store_true", help="also delete the state folder (cluster data, claims, logs)"
@@ -394,11 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtimes", default=os.environ.get("TUNEOPS_LOCAL_RUNTIMES"), help="image mapping YAML")
     p.add_argument("--probe-period-cap", type=float, default=2.0, help="probe at least this often (seconds)")
     p.add_argument("--grace", type=float, default=20.0, help="seconds Pods get to stop when the node stops")
+    p.add_argument("--containers", action="store_true", help="run each container with podman from its image")
     args = parser.parse_args(argv)
     if args.cmd == "node":
         args.root = args.node_root
         return run_node(args)
-    cluster = LocalCluster(args.root or default_root())
+    cluster = LocalCluster(args.root or default_root(), containers=bool(getattr(args, "containers", False)))
     if args.cmd == "up":
         cluster.up()
         print(f"\nexport KUBECONFIG={cluster.kubeconfig}")

@@ -77,6 +77,11 @@ class Container:
     next_start: float = 0.0
     killed_by_us: bool = False
     oom_baseline: int | None = None
+    engine_name: str | None = None
+    """Container mode: the engine's name for the container that plays this one now."""
+    engine_id: str | None = None
+    image_id: str | None = None
+    oom_killed: bool = False
     probes: dict[str, ProbeState] = field(default_factory=dict)
     done: bool = False  # terminated for good (no restart will follow)
     known_children: set[int] = field(default_factory=set)
@@ -97,18 +102,29 @@ class Container:
         out: Obj = {
             "name": self.name,
             "image": self.spec.get("image", ""),
-            "imageID": f"local://{self.runtime.name}" if self.runtime else "",
+            "imageID": self._image_id(),
             "ready": self.ready,
             "restartCount": self.restart_count,
             "state": self.state,
         }
         if self.proc is not None:
-            out["containerID"] = f"local://{self.proc.pid}"
+            out["containerID"] = self._container_id()
         if not self.init:
             out["started"] = self.started
         if self.last_state:
             out["lastState"] = self.last_state
         return out
+
+    def _container_id(self) -> str:
+        """`<runtime>://<id>`, as a kubelet reports it: the engine's container ID, or the local process."""
+        if self.engine_id:
+            return f"podman://{self.engine_id}"
+        return f"local://{self.proc.pid}" if self.proc is not None else ""
+
+    def _image_id(self) -> str:
+        if self.image_id:
+            return f"{self.spec.get('image', '')}@{self.image_id}"
+        return f"local://{self.runtime.name}" if self.runtime else ""
 
     def arm_probes(self, now: float, cap: float | None) -> None:
         """A fresh process: probes start over after their initial delay; unready until they pass."""
@@ -128,7 +144,9 @@ class Container:
         """The `terminated` state for a process that exited with Popen return code `code`."""
         assert self.proc is not None
         reason = "Completed" if code == 0 else "Error"
-        if code < 0:
+        if self.oom_killed and not self.killed_by_us:
+            reason = "OOMKilled"
+        elif code < 0:
             oom = self.oom_baseline is not None and oom_now is not None and oom_now > self.oom_baseline
             if -code == signal.SIGKILL and not self.killed_by_us and oom:
                 reason = "OOMKilled"
@@ -137,7 +155,7 @@ class Container:
             "reason": reason,
             "startedAt": self.started_at,
             "finishedAt": now_rfc3339(),
-            "containerID": f"local://{self.proc.pid}",
+            "containerID": self._container_id(),
         }
         if code < 0:
             term["signal"] = -code

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from tuneops import toolpaths
-from tuneops.local import components, proctree
+from tuneops import proctree, toolpaths
+from tuneops.local import components
 from tuneops.local.audit import AuditEvent, AuditLog
 from tuneops.local.components import HOST, Ports
 from tuneops.local.credentials import (

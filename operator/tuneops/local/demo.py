@@ -276,12 +276,18 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
         help="stop everything at the end (default: only when CI=true)",
     )
+    parser.add_argument(
+        "--containers",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CONTAINERS", os.environ.get("TUNEOPS_CONTAINERS", "")) not in ("", "0"),
+        help="run every Pod as a container from the project's images (`make images`; CONTAINERS=1)",
+    )
     args = parser.parse_args(argv)
     say: Say = print
     started = time.monotonic()
     say("tuneops demo: a fine-tuned model from adapter to served, quantized endpoints, on this machine.\n")
     ensure_tools(["kube", "llamacpp", "vllm"], say)
-    cluster = LocalCluster(args.root or default_root())
+    cluster = LocalCluster(args.root or default_root(), containers=args.containers)
     ok = False
     try:
         cluster.up(say)
@@ -313,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         say("  kubectl get ftm,qjob,tisvc,jobs,pods -o wide")
         say("  tuneops local status      # processes and endpoint URLs")
         say("  tuneops local down        # stop everything (by PID)")
-        say(f"\ndemo finished in {time.monotonic() - started:.0f}s")
+        mode = " (Pods as containers)" if args.containers else ""
+        say(f"\ndemo finished in {time.monotonic() - started:.0f}s{mode}")
         ok = True
     except (ApiError, DemoError) as err:
         say(f"error: {err}")

@@ -20,6 +20,7 @@ from tuneops.kube.client import EVENT, NODE, POD, ApiError, Kube, ResourceType, 
 from tuneops.kube.informer import Informer
 from tuneops.local import loopback
 from tuneops.local.container import now_rfc3339
+from tuneops.local.engine import Engine
 from tuneops.local.kubeletapi import KubeletServer
 from tuneops.local.pod import PodWorker
 from tuneops.local.podenv import HOST_IP
@@ -57,6 +58,9 @@ class NodeConfig:
     heartbeat_s: float = 20.0
     run_prestop_hooks: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    engine: Engine | None = None
+    """Container mode: each container a `podman run` of its image (tuneops.local.engine); None runs Pods as
+    local processes from the image mapping (`runtimes`)."""
 
 
 def _arch() -> str:

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneops import proctree
 from tuneops.kube.client import POD, ApiError
-from tuneops.local import backoff, podstatus, probes, proctree
+from tuneops.local import backoff, podstatus, probes
+from tuneops.local import engine as ctr
 from tuneops.local.container import Container, exit_code, now_rfc3339
 from tuneops.local.podenv import (
     HOST_IP,
@@ -27,7 +29,7 @@ from tuneops.local.podenv import (
 )
 from tuneops.local.runtimes import Runtime, find_runtime
 from tuneops.local.translate import Mount, PathRewriter
-from tuneops.local.volumes import Volumes
+from tuneops.local.volumes import API_ACCESS_VOLUME, SA_MOUNT, Volumes
 
 if TYPE_CHECKING:
     from tuneops.local.node import LocalNode
@@ -68,6 +70,11 @@ class PodWorker:
             node.api, self.namespace, claims=node.config.root / "pvc", local=self.dir / "volumes",
             scratch=self.scratch_dir, memory=node.memory_dir / self.uid,
         )  # fmt: skip
+        self.engine = node.config.engine
+        if self.engine is not None:
+            fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+            self.volumes.api_access = True
+            self.volumes.fs_group = int(fs_group) if fs_group is not None else None
         self._next_refresh = 0.0
         self._last_reported: str | None = None
         self._events_sent: set[str] = set()
@@ -211,6 +218,8 @@ class PodWorker:
         """Start, reap and restart one container according to the restart policy."""
         if c.proc is not None and c.proc.poll() is not None:
             self._reap(c)
+        if c.running() and self.engine is not None and c.engine_name and not c.engine_id:
+            c.engine_id = self.engine.container_id(c.engine_name)
         if c.done or c.running() or time.monotonic() < c.next_start:
             return
         self._start(c)
@@ -232,9 +241,16 @@ class PodWorker:
                 if not host.exists():
                     host.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount(str(vm["mountPath"]), str(host)))
+        api_access = self.volumes.paths.get(API_ACCESS_VOLUME)
+        if api_access is not None:
+            mounts.append(Mount(SA_MOUNT, str(api_access)))
         term_path = str(c.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH)
         mounts.append(Mount(term_path, str(self._termination_file(c))))
         return mounts
+
+    def _read_only_mounts(self, c: Container) -> list[str]:
+        paths = [str(vm["mountPath"]) for vm in c.spec.get("volumeMounts") or [] if vm.get("readOnly")]
+        return [*paths, SA_MOUNT] if API_ACCESS_VOLUME in self.volumes.paths else paths
 
     def _termination_file(self, c: Container) -> Path:
         return self.dir / "containers" / c.name / "termination-log"
@@ -276,6 +292,9 @@ class PodWorker:
         return None
 
     def _start(self, c: Container) -> None:
+        if self.engine is not None:
+            self._start_container(c, self.engine)
+            return
         runtime = self._pull(c)
         if runtime is None:
             return
@@ -314,11 +333,74 @@ class PodWorker:
         )
         log.info("pod %s/%s: started %s pid %d: %s", self.namespace, self.name, c.name, c.proc.pid, argv)
 
+    def _start_container(self, c: Container, engine: ctr.Engine) -> None:
+        """Container mode: `podman run` of the container's image, as a kubelet would create it."""
+        image = str(c.spec.get("image") or "")
+        image_id = engine.image_id(image)
+        if image_id is None:
+            why = "not in the local node's image storage (build it with `make images`; nothing is pulled)"
+            for event in backoff.pull_failed(c, self.node.config, image, why):
+                self.node.record_event(self.pod, *event)
+            return
+        c.pull_failures = 0
+        place = self._placement()
+        try:
+            declared = declared_env(c.spec, place, self.volumes.config)
+            env = ctr.kubelet_env(declared, place)
+            name = f"k8s_{c.name}_{self.name}_{self.namespace}_{self.uid[:8]}_{c.restart_count}"[:250]
+            argv = ctr.run_argv(
+                engine, self.pod, c.spec, name=name, env=env, mounts=self._mounts(c),
+                read_only=self._read_only_mounts(c), ip=self.ip,
+            )  # fmt: skip
+        except ConfigError as err:
+            self._waiting(c, "CreateContainerConfigError", str(err))
+            return
+        except (ValueError, KeyError, TypeError, ArithmeticError) as err:
+            self._waiting(c, "CreateContainerError", f"{type(err).__name__}: {err}", backoff=10.0)
+            return
+        term = self._termination_file(c)
+        term.parent.mkdir(parents=True, exist_ok=True)
+        term.write_bytes(b"")
+        term.chmod(0o666)  # the container's user writes it, whoever that is
+        log_path = self._log_file(c)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        engine.remove(name)  # a leftover of this name from a node that stopped without cleaning up
+        c.killed_by_us = False
+        c.kill_reason = ""
+        c.oom_killed = False
+        c.known_children = set()
+        with log_path.open("ab") as out:
+            try:
+                c.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=engine.env(),
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as err:
+                self._waiting(c, "CreateContainerError", f"{argv[0]}: {err}", backoff=10.0)
+                return
+        c.engine_name = name
+        c.engine_id = None
+        c.image_id = image_id
+        c.started_at = now_rfc3339()
+        c.started_mono = time.monotonic()
+        c.state = {"running": {"startedAt": c.started_at}}
+        c.arm_probes(c.started_mono, self.node.config.probe_period_cap_s)
+        self.node.record_event(self.pod, "Normal", "Started", f"Started container {c.name} ({name})")
+        log.info("pod %s/%s: started container %s: %s", self.namespace, self.name, c.name, argv)
+
     # ----- exits --------------------------------------------------------------------------------------
 
     def _reap(self, c: Container) -> None:
         assert c.proc is not None
         code = c.proc.returncode
+        if self.engine is not None and c.engine_name:
+            state = self.engine.container_state(c.engine_name)
+            if state is not None:
+                if isinstance(state.get("ExitCode"), int):
+                    code = int(state["ExitCode"])
+                c.oom_killed = bool(state.get("OOMKilled"))
+                c.engine_id = c.engine_id or str(state.get("Id") or "") or None
+            self.engine.remove(c.engine_name)
         # The container is gone: anything left in its process group goes with it, as with a cgroup.
         proctree.signal_tree(c.proc.pid, signal.SIGKILL, c.known_children)
         message = self._termination_message(c, exit_code(code)) or c.kill_reason
@@ -376,6 +458,17 @@ class PodWorker:
 
     def _exec(self, c: Container, command: list[str], timeout: float) -> tuple[int, str]:
         """Run a command "inside" the container: its runtime, env and path mapping."""
+        if self.engine is not None:
+            if not c.engine_name or not command:
+                return 1, "no container"
+            try:
+                done = subprocess.run(
+                    [*self.engine.base(), "exec", c.engine_name, *command], env=self.engine.env(),
+                    capture_output=True, timeout=max(0.1, timeout), check=False, start_new_session=True,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                return 1, f"command timed out after {timeout:g}s"
+            return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
         runtime = c.runtime or find_runtime(self.node.config.runtimes, str(c.spec.get("image") or ""))
         if runtime is None or not command:
             return 1, "no runtime"
@@ -401,6 +494,16 @@ class PodWorker:
             return
         c.killed_by_us = True
         c.kill_reason = reason
+        if self.engine is not None and c.engine_name:
+            # The engine delivers the signals to the container's processes (its own PID namespace).
+            self.engine.kill(c.engine_name, "TERM")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=max(0.0, grace))
+            if c.proc.poll() is None:
+                self.engine.kill(c.engine_name, "KILL")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.proc.wait(timeout=30)
+            return
         proctree.signal_tree(c.proc.pid, signal.SIGTERM, c.known_children)
         with contextlib.suppress(subprocess.TimeoutExpired):
             c.proc.wait(timeout=max(0.0, grace))

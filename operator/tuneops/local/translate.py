@@ -104,8 +104,12 @@ class PathRewriter:
         return self.rewrite(container_path)
 
 
+_WILDCARD_URL = re.compile(r"(?<=://)(0\.0\.0\.0|\[::\])(?=[:/]|$)")
+
+
 def rewrite_listen_host(args: Sequence[str], ip: str) -> list[str]:
-    """`--host 0.0.0.0` and `--host=0.0.0.0` (and the like) become the Pod's address."""
+    """`--host 0.0.0.0` and `--host=0.0.0.0` (and the like) become the Pod's address, as does a wildcard
+    host in a URL value (`--liveness=http://0.0.0.0:8080/healthz`): all Pods here share one network."""
     out: list[str] = []
     for i, arg in enumerate(args):
         if arg in WILDCARDS and i > 0 and args[i - 1] in HOST_FLAGS:
@@ -115,7 +119,7 @@ def rewrite_listen_host(args: Sequence[str], ip: str) -> list[str]:
         if eq and flag in HOST_FLAGS and value in WILDCARDS:
             out.append(f"{flag}={ip}")
             continue
-        out.append(arg)
+        out.append(_WILDCARD_URL.sub(ip, arg) if arg.startswith("-") else arg)
     return out
 
 

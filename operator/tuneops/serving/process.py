@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tuneops.local import proctree
+from tuneops import proctree
 
 HOST = "127.0.0.1"
 
