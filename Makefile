@@ -6,7 +6,7 @@ export TUNEOPS_CACHE ?= $(HOME)/.cache/tuneops
 PYTEST_ARGS ?=
 
 
-.PHONY: help deps setup kube llamacpp vllm helm crd-schemas crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e images demo bench clean
+.PHONY: help deps setup kube llamacpp vllm helm crd-schemas crds lint typecheck test test-unit test-integration test-workers test-serving test-e2e images release-dry-run demo bench clean
 
 help:
 	@echo "make demo   run the whole pipeline on this machine (control plane, operator, local node, tiny models)"
@@ -40,6 +40,7 @@ lint: setup
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
+	scripts/actionlint.sh
 
 # Everything the tests need. Network-bound installs (venvs) run beside the compiles (API server, llama.cpp);
 # the last line re-links llama.cpp's bindings into a venv that may have been created meanwhile (cached: instant).
@@ -47,7 +48,8 @@ deps:
 	$(MAKE) --no-print-directory -j5 setup kube llamacpp vllm helm crd-schemas
 	scripts/build-llamacpp.sh $(VENV)
 
-test: deps lint
+# The images come after the tools: the gguf image copies the cached llama.cpp build instead of compiling it.
+test: deps images lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: setup crd-schemas
@@ -70,6 +72,9 @@ images: setup ## the project's container images, built with podman without a dae
 
 demo: setup $(if $(filter 1,$(CONTAINERS)),images)
 	$(BIN)/tuneops demo $(if $(filter 1,$(CONTAINERS)),--containers)
+
+release-dry-run: setup helm ## the release workflow's local steps: version check, chart package, CRD bundle
+	$(BIN)/python scripts/release.py dry-run
 
 bench: setup kube llamacpp vllm helm
 	$(BIN)/python -m bench

@@ -114,7 +114,9 @@ def test_a_worker_pod_runs_as_its_image_under_its_security_context(
     core = client.CoreV1Api(kube_api)
     _objects(core, namespace)
     core.create_namespaced_pod(namespace, worker_pod("probe", PROBE))
-    pod = wait_until(in_phase(core, namespace, "probe", "Succeeded", "Failed"), timeout=120, what="probe done")
+    pod = wait_until(
+        in_phase(core, namespace, "probe", "Succeeded", "Failed"), timeout=120, what="probe done"
+    )
     status = pod["status"]["containerStatuses"][0]
     log = _log(node, namespace, pod)
     assert pod["status"]["phase"] == "Succeeded", (status, log)
@@ -160,7 +162,10 @@ def test_an_image_that_lacks_what_the_pod_needs_fails_the_pod(
     claim_dir.mkdir(parents=True, exist_ok=True)
     claim_dir.chmod(0o755)
     core.create_namespaced_pod(namespace, wrong_user)
-    for name, needle in (("wrong-image", "No module named 'transformers'"), ("wrong-user", "Permission denied")):
+    for name, needle in (
+        ("wrong-image", "No module named 'transformers'"),
+        ("wrong-user", "Permission denied"),
+    ):
         pod = wait_until(in_phase(core, namespace, name, "Succeeded", "Failed"), timeout=120, what=name)
         assert pod["status"]["phase"] == "Failed", name
         term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -227,3 +232,19 @@ def test_claims_keep_their_files_readable_to_the_next_pod(tmp_path: Path) -> Non
         assert st.st_gid == 4321
         assert st.st_mode & 0o060 == 0o060
     assert (tmp_path / "a" / "b").stat().st_mode & 0o2000
+
+
+def test_a_command_the_image_lacks_is_a_start_error(
+    node: LocalNode, kube_api: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """As a kubelet reports it: the runtime could not start the process, exit code 128, reason StartError with
+    the runtime's message (a server image without the entrypoint a rendered Pod relies on fails this way)."""
+    core = client.CoreV1Api(kube_api)
+    _objects(core, namespace)
+    pod = worker_pod("no-such-command", "")
+    pod["spec"]["containers"][0]["command"] = ["--model", "/mnt/pvc/models/x.gguf"]
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_until(in_phase(core, namespace, "no-such-command", "Failed"), timeout=60, what="Failed")
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["reason"], term["exitCode"]) == ("StartError", 128), term
+    assert "executable file not found" in term["message"], term

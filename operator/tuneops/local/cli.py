@@ -207,7 +207,9 @@ class LocalCluster:
             )  # fmt: skip
             state["node"]["containers"] = self.containers
             mode = "Pods as containers" if self.containers else "Pods as processes"
-            say(f"==> local node started, {mode} (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})")
+            say(
+                f"==> local node started, {mode} (pid {state['node']['pid']}, log {self.log_dir / 'node.log'})"
+            )
         op = state.get("operator") or {}
         if not proctree.matches(int(op.get("pid") or 0), "tuneops.cli run"):
             liveness, metrics = free_port(), free_port()
@@ -275,7 +277,10 @@ class LocalCluster:
     def _write_operator_config(self) -> None:
         # PVCs are mounted in Pods where the local node keeps the claims, so a path the operator hands a
         # server at runtime (an adapter to hot-load) is the same path inside and outside the "container".
-        config: dict[str, Any] = {"pvc_mount_root": str(self.pvc_root), "artifact_root": f"pvc://{ARTIFACT_CLAIM}"}
+        config: dict[str, Any] = {
+            "pvc_mount_root": str(self.pvc_root),
+            "artifact_root": f"pvc://{ARTIFACT_CLAIM}",
+        }
         if self.containers:
             config["images"] = container_images()
         self.operator_config_path.write_text(yaml.safe_dump(config, sort_keys=True))

@@ -82,6 +82,8 @@ class Container:
     engine_id: str | None = None
     image_id: str | None = None
     oom_killed: bool = False
+    start_error: str = ""
+    """Container mode: the runtime could not start the process; its message (reason StartError)."""
     probes: dict[str, ProbeState] = field(default_factory=dict)
     done: bool = False  # terminated for good (no restart will follow)
     known_children: set[int] = field(default_factory=set)
@@ -144,7 +146,11 @@ class Container:
         """The `terminated` state for a process that exited with Popen return code `code`."""
         assert self.proc is not None
         reason = "Completed" if code == 0 else "Error"
-        if self.oom_killed and not self.killed_by_us:
+        if self.start_error:
+            reason = "StartError"
+            message = self.start_error
+            self.start_error = ""
+        elif self.oom_killed and not self.killed_by_us:
             reason = "OOMKilled"
         elif code < 0:
             oom = self.oom_baseline is not None and oom_now is not None and oom_now > self.oom_baseline

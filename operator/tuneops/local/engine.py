@@ -38,6 +38,10 @@ class EngineError(RuntimeError):
     """The container engine is missing or refused a command."""
 
 
+NODE_LABEL = "io.tuneops.local.node"
+"""Which node (its root folder) started a container: a node that starts removes what an earlier run left."""
+
+
 def engine_dir() -> Path:
     return toolpaths.cache_dir() / "containers"
 
@@ -92,6 +96,14 @@ class Engine:
         data = json.loads(done.stdout)
         return dict(data[0]) if data else {}
 
+    def inspect(self, name: str) -> Obj | None:
+        """`podman container inspect` of a container: its config, host config and state; None when gone."""
+        done = self.call("container", "inspect", name)
+        if done.returncode != 0:
+            return None
+        data = json.loads(done.stdout)
+        return dict(data[0]) if data else None
+
     def container_state(self, name: str) -> Obj | None:
         """`podman inspect`'s State of a container (ExitCode, OOMKilled, ...), None when it is gone."""
         done = self.call("container", "inspect", "--format", "{{json .State}}", name)
@@ -102,6 +114,14 @@ class Engine:
     def container_id(self, name: str) -> str | None:
         done = self.call("container", "inspect", "--format", "{{.Id}}", name)
         return done.stdout.strip() or None if done.returncode == 0 else None
+
+    def remove_labelled(self, label: str) -> int:
+        """Remove every container carrying `label` (key=value): leftovers of a node that stopped uncleanly."""
+        done = self.call("ps", "--all", "--quiet", "--filter", f"label={label}")
+        ids = done.stdout.split() if done.returncode == 0 else []
+        if ids:
+            self.call("rm", "--force", "--time", "0", *ids, timeout=120)
+        return len(ids)
 
     def kill(self, name: str, signal: str = "TERM") -> None:
         self.call("kill", "--signal", signal, name, timeout=30)
@@ -191,6 +211,7 @@ def run_argv(
     mounts: Sequence[Mount],
     read_only: Sequence[str],
     ip: str,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """`podman run` for one container of a Pod: foreground, so its output goes to the container's log."""
     sc = security_context(pod, container)
@@ -204,6 +225,8 @@ def run_argv(
         "--label", f"io.kubernetes.pod.namespace={meta.get('namespace', '')}",
         "--label", f"io.kubernetes.container.name={container.get('name', '')}",
     ]  # fmt: skip
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
     argv += user_flags(pod, sc)
     argv += capability_flags(sc)
     argv += limit_flags(container)

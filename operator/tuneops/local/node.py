@@ -165,6 +165,12 @@ class LocalNode:
         for sub in ("pvc", "pods"):
             (self.config.root / sub).mkdir(parents=True, exist_ok=True)
         self._claim_addresses()
+        if self.config.engine is not None:
+            from tuneops.local.engine import NODE_LABEL
+
+            left = self.config.engine.remove_labelled(f"{NODE_LABEL}={self.config.root}")
+            if left:
+                log.info("removed %d container(s) an earlier run of this node left behind", left)
         # The kubelet API (`kubectl logs`), on loopback; it admits the API server's kubelet client certificate.
         ca_file = getattr(self.api.api.configuration, "ssl_ca_cert", None)
         self.kubelet_api = KubeletServer(self, HOST_IP, str(ca_file) if ca_file else None)

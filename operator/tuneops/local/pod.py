@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import signal
@@ -95,6 +96,10 @@ class PodWorker:
         self.wake.set()
         self._thread.join(timeout=grace + 15)
         self._kill_all(grace)
+        if self.engine is not None:
+            for c in self._all():
+                if c.engine_name:
+                    self.engine.remove(c.engine_name)
 
     @property
     def ready(self) -> bool:
@@ -351,6 +356,7 @@ class PodWorker:
             argv = ctr.run_argv(
                 engine, self.pod, c.spec, name=name, env=env, mounts=self._mounts(c),
                 read_only=self._read_only_mounts(c), ip=self.ip,
+                labels={ctr.NODE_LABEL: str(self.node.config.root)},
             )  # fmt: skip
         except ConfigError as err:
             self._waiting(c, "CreateContainerConfigError", str(err))
@@ -394,10 +400,21 @@ class PodWorker:
         assert c.proc is not None
         code = c.proc.returncode
         if self.engine is not None and c.engine_name:
-            state = self.engine.container_state(c.engine_name)
+            record = self.engine.inspect(c.engine_name)
+            state = record.get("State") if record else None
+            if record:
+                # Kept for inspection after the container is removed, as a runtime keeps exited containers.
+                path = self.dir / "containers" / c.name / f"container-{c.restart_count}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=1, default=str))
+            if code in ENGINE_ERRORS and not _started(state):
+                # The runtime could not start the process (no such executable, a bad mount): as a kubelet
+                # reports it, StartError with exit code 128 and the runtime's message.
+                c.start_error = proctree.tail(self._log_file(c), lines=5, limit=1024).strip()
+                code = 128
+            elif state is not None and isinstance(state.get("ExitCode"), int):
+                code = int(state["ExitCode"])
             if state is not None:
-                if isinstance(state.get("ExitCode"), int):
-                    code = int(state["ExitCode"])
                 c.oom_killed = bool(state.get("OOMKilled"))
                 c.engine_id = c.engine_id or str(state.get("Id") or "") or None
             self.engine.remove(c.engine_name)
@@ -572,6 +589,16 @@ class PodWorker:
             return
         self._events_sent.add(key)
         self.node.record_event(self.pod, type_, reason, message)
+
+
+# podman run's own exit codes: 125 the engine failed, 126 the command cannot run, 127 it does not exist.
+ENGINE_ERRORS = frozenset({125, 126, 127})
+
+
+def _started(state: Obj | None) -> bool:
+    """Whether the container's process ever ran (podman leaves StartedAt at the zero time otherwise)."""
+    started = str((state or {}).get("StartedAt") or "")
+    return bool(started) and not started.startswith("0001-01-01")
 
 
 def _in_parallel(work: Callable[[Container], None], containers: list[Container]) -> None:
