@@ -57,6 +57,9 @@ class Scratch(BaseModel):
     """/tmp of every container."""
     shm: str = "16Gi"
     """/dev/shm of tensor-parallel vLLM Pods (memory-backed: it counts against the Pod's memory)."""
+    engine_shm: str = "1Gi"
+    """/dev/shm of the other vLLM Pods: vLLM's engine talks to its API server through shared-memory queues
+    (160 MiB of them), more than the container runtime's 64 MB default /dev/shm holds."""
     request: str = "1Gi"
     """ephemeral-storage request of every container (scheduling; the sizeLimits cap what is written)."""
 

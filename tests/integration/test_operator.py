@@ -48,8 +48,8 @@ def test_finetunedmodel_runs_inspect_then_merge_and_records_the_artifact(
     assert status["phase"] == "Ready"
     types = {c["type"]: c["status"] for c in status["conditions"]}
     assert types == {"Ready": "True", "Inspected": "True", "Merged": "True"}
-    reasons = {e.reason for e in cluster.events(namespace, "m")}
-    assert "Succeeded" in reasons
+    # The Event follows the status write (Events are written after, best effort).
+    wait_until(lambda: "Succeeded" in {e.reason for e in cluster.events(namespace, "m")}, what="Succeeded Event")
     out = kubectl("get", "ftm", "m", namespace=namespace).stdout
     assert "True" in out and "Succeeded" in out
 

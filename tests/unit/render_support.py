@@ -115,7 +115,7 @@ def assert_restricted(manifests: Iterable[dict[str, Any]]) -> None:
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"] == {"drop": ["ALL"]}
-            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 1000
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
             assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
         assert_bounded_scratch(m)
 

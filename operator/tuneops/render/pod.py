@@ -12,7 +12,8 @@ from tuneops.render.names import canonical_json
 from tuneops.render.types import RenderError
 
 TERMINATION_LOG = "/dev/termination-log"
-RUN_AS_USER = 1000
+RUN_AS_USER = 65532
+"""The user every rendered Pod runs as: the project images' numeric USER (the distroless `nonroot` convention)."""
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 EPHEMERAL_STORAGE = "ephemeral-storage"

@@ -142,10 +142,11 @@ def _volumes(
         {"mountPath": CONFIG_DIR, "name": "vllm-config", "readOnly": True},
         *files.mounts,
     ]
-    if shared_memory:
-        # NCCL exchanges tensors through /dev/shm; the runtime's 64 MB default breaks tensor parallelism.
-        volumes.append(empty_dir("dshm", config.scratch.shm, medium="Memory"))
-        volume_mounts.append({"mountPath": "/dev/shm", "name": "dshm"})
+    # NCCL exchanges tensors through /dev/shm, and vLLM's engine talks to its API server through shared-memory
+    # queues: the runtime's 64 MB default breaks both.
+    shm = config.scratch.shm if shared_memory else config.scratch.engine_shm
+    volumes.append(empty_dir("dshm", shm, medium="Memory"))
+    volume_mounts.append({"mountPath": "/dev/shm", "name": "dshm"})
     return volumes + mounts.volumes(), volume_mounts + mounts.volume_mounts()
 
 
