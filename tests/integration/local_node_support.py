@@ -147,3 +147,25 @@ def watch_pod(
 def waiting(status: dict[str, Any]) -> dict[str, Any]:
     """A container status's `waiting` state ({} when it is not waiting)."""
     return dict((status.get("state") or {}).get("waiting") or {})
+
+
+_IMAGES_BUILT: list[str] = []
+
+
+def ensure_images() -> str:
+    """The project's images built from this tree (`make images`; seconds when every image is current, since
+    each is keyed by the files it is built from). Returns the build's summary; fails the test when it fails."""
+    import subprocess
+
+    import pytest
+
+    if _IMAGES_BUILT:
+        return _IMAGES_BUILT[0]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [str(root / "scripts" / "build-images.sh")], capture_output=True, text=True, timeout=3600, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"make images failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)
+    _IMAGES_BUILT.append(done.stdout)
+    return done.stdout

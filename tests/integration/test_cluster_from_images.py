@@ -1,6 +1,6 @@
 """What a cluster runs, run here: the chart installed by Helm, the operator Pod from its image under the chart's
 ServiceAccount and RBAC, and the quickstart reconciled to Ready with every Job and serving Pod a container from
-the project's images (the local node's container mode). Needs `make images` (run by `make test`)."""
+the project's images (the local node's container mode), built from this tree first (`make images`, cached)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.integration.conftest import _data_root
-from tests.integration.local_node_support import running_node
+from tests.integration.local_node_support import ensure_images, running_node
 from tests.unit.chart_support import CHART, helm, values_args
 from tuneops.kube.client import CUSTOM, POD, Kube
 from tuneops.local.cli import ARTIFACT_CLAIM, container_images
@@ -62,10 +62,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     missing = binaries_missing()
     if missing:
         pytest.fail("missing " + ", ".join(missing) + "; run `make kube`", pytrace=False)
+    ensure_images()
     engine = Engine.default()
-    absent = [i for i in sorted(PROJECT_IMAGES) if not engine.available() or engine.image_id(i) is None]
-    if absent:
-        pytest.skip(f"images not built: {absent}: run `make images`")
+    absent = [i for i in sorted(PROJECT_IMAGES) if engine.image_id(i) is None]
+    assert not absent, f"make images did not tag {absent}"
     cp = ControlPlane(
         data_dir=Path(tempfile.mkdtemp(prefix="tuneops-images-", dir=_data_root())),
         keep_data=False,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.integration.local_node_support import in_phase, make_claim, read_pod, running_node
+from tests.integration.local_node_support import ensure_images, in_phase, make_claim, read_pod, running_node
 from tuneops.local.cli import container_images
 from tuneops.local.controlplane import ControlPlane
 from tuneops.local.engine import Engine
@@ -46,13 +46,11 @@ pathlib.Path("/dev/termination-log").write_text(json.dumps({"artifact": "pvc://m
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    """podman with the project's image storage; `make test` builds the images first (`make images`)."""
+    """podman with the project's image storage, holding the images of this tree (`make images`)."""
+    ensure_images()
     eng = Engine.default()
-    if not eng.available():
-        pytest.skip("podman/runc are not installed: run `make images`")
     missing = [i for i in (OPERATOR, WORKER) if eng.image_id(i) is None]
-    if missing:
-        pytest.skip(f"images not built: {missing}: run `make images`")
+    assert not missing, f"make images did not tag {missing}"
     return eng
 
 

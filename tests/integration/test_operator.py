@@ -49,7 +49,9 @@ def test_finetunedmodel_runs_inspect_then_merge_and_records_the_artifact(
     types = {c["type"]: c["status"] for c in status["conditions"]}
     assert types == {"Ready": "True", "Inspected": "True", "Merged": "True"}
     # The Event follows the status write (Events are written after, best effort).
-    wait_until(lambda: "Succeeded" in {e.reason for e in cluster.events(namespace, "m")}, what="Succeeded Event")
+    wait_until(
+        lambda: "Succeeded" in {e.reason for e in cluster.events(namespace, "m")}, what="Succeeded Event"
+    )
     out = kubectl("get", "ftm", "m", namespace=namespace).stdout
     assert "True" in out and "Succeeded" in out
 

@@ -297,6 +297,21 @@ def test_no_toleration_or_affinity_and_the_engines_shm_without_gpus() -> None:
     all_valid(r)
 
 
+def test_a_cpu_server_gets_a_kv_cache_its_memory_limit_can_hold() -> None:
+    """vLLM's CPU build reserves gpuMemoryUtilization of the node's memory unless told a size: under a 4Gi
+    limit it exits at startup (found running the quickstart's server as a container)."""
+
+    def kv_flag(resources: dict[str, Any]) -> list[str]:
+        r = render_inferenceservice(spec(resources=resources), OWNER, CFG, model=MODEL)
+        args = by_kind(r, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return [args[i + 1] for i, a in enumerate(args) if a == "--kv-cache-memory-bytes"]
+
+    assert kv_flag({"gpus": 0, "memory": "4Gi"}) == [str(1 << 30)]
+    assert kv_flag({"gpus": 0, "memory": "512Mi"}) == [str(256 << 20)]
+    assert kv_flag({"gpus": 0}) == [str(1 << 30)]
+    assert kv_flag({"gpus": 1}) == []
+
+
 def test_gpu_toleration_can_be_turned_off() -> None:
     r = render_inferenceservice(
         spec(resources={"gpus": 1}), OWNER, OperatorConfig(gpu_toleration=False), model=MODEL

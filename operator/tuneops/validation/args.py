@@ -62,6 +62,7 @@ VLLM = Grammar(
             "--kv-cache-dtype",
             "--block-size",
             "--cpu-offload-gb",
+            "--kv-cache-memory-bytes",
             "--seed",
             "--max-logprobs",
             "--quantization",

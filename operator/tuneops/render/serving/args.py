@@ -41,6 +41,7 @@ def vllm_args(
     lora_modules: Sequence[LoraModule] = (),
     port: int = PORT,
     distributed_executor_backend: str | None = None,
+    kv_cache_bytes: int | None = None,
 ) -> list[str]:
     """vLLM's OpenAI server arguments. Never `--quantization` (vLLM reads AWQ / compressed-tensors from the
     model's config and picks the fast kernel) and never `--api-key` (it comes from a Secret as VLLM_API_KEY).
@@ -56,6 +57,8 @@ def vllm_args(
     if vllm.max_model_len is not None:
         args += ["--max-model-len", str(vllm.max_model_len)]
     args += ["--dtype", vllm.dtype, "--gpu-memory-utilization", f"{vllm.gpu_memory_utilization:g}"]
+    if kv_cache_bytes is not None:
+        args += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
     if vllm.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if vllm.enable_prefix_caching else "--no-enable-prefix-caching")
     if distributed_executor_backend:
@@ -64,6 +67,21 @@ def vllm_args(
     args += _lora_module_args(lora_modules)
     args += ["--shutdown-timeout", str(vllm.shutdown_timeout_seconds)]
     return args + list(vllm.extra_args or [])
+
+
+CPU_KV_CACHE_DEFAULT = 1 << 30
+CPU_KV_CACHE_MIN = 256 << 20
+
+
+def cpu_kv_cache_bytes(memory: int | str | None) -> int:
+    """The KV cache of a vLLM server without GPUs: a quarter of the Pod's memory (at least 256 MiB), 1 GiB
+    when the spec sets none. vLLM's CPU build otherwise reserves gpuMemoryUtilization of the *node's* memory,
+    which a container's memory limit cannot give: the server exits at startup, or is OOM-killed later."""
+    if not memory:
+        return CPU_KV_CACHE_DEFAULT
+    from kubernetes.utils.quantity import parse_quantity
+
+    return max(CPU_KV_CACHE_MIN, int(parse_quantity(memory)) // 4)  # type: ignore[no-untyped-call]
 
 
 def _lora_args(lora: LoraSpec | None) -> list[str]:

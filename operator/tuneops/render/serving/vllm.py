@@ -25,7 +25,7 @@ from tuneops.config import OperatorConfig
 from tuneops.render.env import env_secret, env_value
 from tuneops.render.names import bounded_name, canonical_json, content_hash, metadata, selector_labels
 from tuneops.render.pod import empty_dir, tmp_volume
-from tuneops.render.serving.args import lora_args_index, lora_modules, vllm_args
+from tuneops.render.serving.args import cpu_kv_cache_bytes, lora_args_index, lora_modules, vllm_args
 from tuneops.render.serving.pod import (
     ModelFiles,
     api_key_env,
@@ -222,6 +222,7 @@ def _pod_template(
         lora=lora,
         port=PORT,
         distributed_executor_backend="ray" if multinode else None,
+        kv_cache_bytes=cpu_kv_cache_bytes(spec.resources.memory) if spec.gpus_per_pod() == 0 else None,
     )
     per_pod_parallel = v.tensor_parallel_size * (1 if multinode else v.pipeline_parallel_size)
     volumes, volume_mounts = _volumes(owner, config, files, mounts, shared_memory=per_pod_parallel > 1)
