@@ -54,7 +54,7 @@ class Bed:
 
 
 def _pods(api: Kube, namespace: str) -> list[dict[str, Any]]:
-    return list(api.list(POD, namespace).get("items") or [])
+    return api.list(POD, namespace)
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +130,16 @@ def test_the_operator_runs_from_its_image_under_the_charts_service_account(bed: 
 
 def test_the_quickstart_is_ready_and_every_pod_was_a_container_of_the_projects_images(bed: Bed) -> None:
     for kind in ("FineTunedModel", "QuantizationJob", "InferenceService"):
-        for obj in bed.api.list(CUSTOM[kind], APP_NS).get("items") or []:
+        for obj in bed.api.list(CUSTOM[kind], APP_NS):
             ready = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
             assert ready and ready[0]["status"] == "True", (kind, obj["metadata"]["name"], ready)
     pods = _pods(bed.api, APP_NS)
     jobs = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name")]
     servers = [p for p in pods if p not in jobs]
     assert jobs and servers, [p["metadata"]["name"] for p in pods]
+    for pod in servers:
+        ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True" and not ready.get("message"), ready  # no stale "unready" message
     for pod in pods:
         statuses = [*(pod["status"].get("initContainerStatuses") or []), *pod["status"]["containerStatuses"]]
         for st in statuses:
@@ -173,7 +176,7 @@ def test_each_container_ran_with_its_rendered_security_context(bed: Bed) -> None
 def test_chat_completions_answer_from_the_containers(bed: Bed) -> None:
     endpoints = read_endpoints(bed.node.config.root)
     answered = []
-    for obj in bed.api.list(CUSTOM["InferenceService"], APP_NS).get("items") or []:
+    for obj in bed.api.list(CUSTOM["InferenceService"], APP_NS):
         name = obj["metadata"]["name"]
         url = endpoints[f"{APP_NS}/{name}/8000"]
         for model in served_names(bed.api, APP_NS, name):

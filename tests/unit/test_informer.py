@@ -308,3 +308,20 @@ def test_upsert_of_the_version_held_counts_as_stored_and_an_event_before_our_wri
     assert store.upsert(obj("FineTunedModel", "m", "12", uid="u", generation=2))  # our write's own event
     assert store.upsert(obj("FineTunedModel", "m", "3", uid="u", generation=3))  # then anything: opaque
     assert store.upsert(obj("FineTunedModel", "m", "1", uid="new-uid"))  # recreated: another object
+
+
+def test_a_write_answer_that_comes_after_the_watch_moved_on_does_not_replace_the_newer_version() -> None:
+    """Our create's answer (rv 5) reaches the store after the watch already brought rv 5 and the controller's
+    status write (rv 6): the answer is older than what is held, and keeping it would hide rv 6 for good (the
+    object then changes no more). Found with the operator in a container: a Deployment ready at once stayed
+    at 0/1 replicas in status."""
+    store = inf.Store()
+    assert store.upsert(obj("Job", "j", "5", uid="u"))  # ADDED, from the watch
+    assert store.upsert(obj("Job", "j", "6", uid="u", status={"ready": 1}))  # MODIFIED by a controller
+    stored, _ = store.written(obj("Job", "j", "5", uid="u"))  # the late answer to our own create
+    assert not stored
+    held = store.peek(NS, "j")
+    assert held is not None and held["metadata"]["resourceVersion"] == "6" and held["status"] == {"ready": 1}
+    # An answer the watch has not brought yet is still taken at once (the next read sees our write).
+    stored, _ = store.written(obj("Job", "j", "7", uid="u"))
+    assert stored

@@ -17,6 +17,7 @@ object), never ordered. Readers get copies: mutating what `get` or `items` retur
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -47,6 +48,8 @@ PAGE_SIZES = {"ConfigMap": 10, "Secret": 10}
 # A write of ours answered with a version the watch has not brought yet: events before it in the stream are
 # older, and do not replace it. Forgotten after this long whatever happens (a no-op write brings no event).
 PENDING_WRITE_S = 60.0
+# Versions remembered per key (the watch's last few), to tell a late write answer from a new version.
+SEEN_VERSIONS = 4
 # Children whose controller was not known when seen, remembered (key only) so that they are read again when
 # it appears; at most this many.
 MAX_ORPHANS = 10_000
@@ -155,6 +158,9 @@ class Store:
         self._uids: dict[str, Key] = {}
         # Writes of ours whose watch event has not come yet: key -> ((uid, resourceVersion), when).
         self._pending: dict[Key, tuple[tuple[str, str], float]] = {}
+        # The last versions the watch (or a list) brought for each key: a write's answer whose version is among
+        # them is older than what is held, however its events and the answer interleaved.
+        self._seen: dict[Key, collections.deque[tuple[str, str] | None]] = {}
         self._lock = threading.Lock()
         # Called (outside the lock) with each uid the store did not hold before: owners arriving.
         self.on_new_uid: Callable[[str], None] | None = None
@@ -174,8 +180,10 @@ class Store:
         with self._lock:
             held = set(self._uids)
             self._items, self._by_ns, self._index, self._uids, self._pending = {}, {}, {}, {}, {}
+            self._seen = {}
             for obj in items:
                 self._put(obj)
+                self._saw(key_of(obj), version_of(obj))
             self._arrived = [u for u in self._uids if u not in held] if self.on_new_uid is not None else []
         self._announce()
 
@@ -192,6 +200,7 @@ class Store:
         before)."""
         key, version = key_of(obj), version_of(obj)
         with self._lock:
+            self._saw(key, version)
             held = self._items.get(key)
             pending = self._pending.get(key)
             if pending is not None and (
@@ -216,6 +225,10 @@ class Store:
             held = self._items.get(key)
             if held is not None and version_of(held) == version:
                 return False, held  # a write that changed nothing, or the watch came first
+            if version is not None and version in self._seen.get(key, ()):
+                # The watch brought this version already, and perhaps newer ones since (a controller's status
+                # write right after ours): what is held is not older than the answer.
+                return False, held
             if version is not None and version[1]:
                 self._pending[key] = (version, time.monotonic())
             self._drop(key)
@@ -223,9 +236,16 @@ class Store:
         self._announce()
         return True, held
 
+    def _saw(self, key: Key, version: tuple[str, str] | None) -> None:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = collections.deque(maxlen=SEEN_VERSIONS)
+        seen.append(version)
+
     def delete(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
             self._pending.pop((namespace, name), None)
+            self._seen.pop((namespace, name), None)
             return self._drop((namespace, name))
 
     def get(self, namespace: str, name: str) -> Obj | None:

@@ -52,6 +52,11 @@ def _conditions(
         for cond in conditions[2:]:
             cond["reason"] = "PodCompleted" if finished else "ContainersNotReady"
             cond["message"] = f"containers with unready status: [{' '.join(unready)}]"
+    for cond in conditions[1:]:
+        # The status is a strategic merge patch (conditions merged by type): a null clears the reason and
+        # message a condition had while False, as a kubelet's whole-status update does.
+        cond.setdefault("reason", None)
+        cond.setdefault("message", None)
     previous = {c.get("type"): c for c in old}
     for cond in conditions:
         prev = previous.get(cond["type"])
