@@ -123,7 +123,9 @@ def test_the_operator_runs_from_its_image_under_the_charts_service_account(bed: 
     # Every write of the quickstart's status was made with the chart's ServiceAccount token (in-cluster config
     # from the mounted token), which the chart's Role allows.
     writers = {
-        e.user for e in bed.cp.audit_log.events() if e.verb == "patch" and e.resource == "finetunedmodels"
+        e.user
+        for e in bed.cp.audit_log.events()
+        if e.verb == "patch" and e.resource == "finetunedmodels" and e.subresource == "status"
     }
     assert writers == {SA_USER}, writers
 
