@@ -246,3 +246,23 @@ def test_a_command_the_image_lacks_is_a_start_error(
     term = done["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (term["reason"], term["exitCode"]) == ("StartError", 128), term
     assert "executable file not found" in term["message"], term
+
+
+def test_an_emptydir_over_its_size_limit_evicts_the_pod(
+    node: LocalNode, kube_api: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    """A worker that writes more scratch than its sizeLimit is evicted, as the kubelet's local-storage
+    eviction does: the bound the operator renders on every emptyDir is real here too."""
+    core = client.CoreV1Api(kube_api)
+    _objects(core, namespace)
+    script = "import os, time; open('/scratch/big', 'wb').write(os.urandom(3 << 20)); time.sleep(600)"
+    pod = worker_pod("hog", script)
+    pod["spec"]["volumes"][0] = empty_dir("scratch", "1Mi")
+    core.create_namespaced_pod(namespace, pod)
+    failed = wait_until(in_phase(core, namespace, "hog", "Failed"), timeout=60, what="evicted")
+    assert failed["status"]["reason"] == "Evicted"
+    assert failed["status"]["message"].startswith(
+        'Usage of EmptyDir volume "scratch" exceeds the limit "1Mi"'
+    )
+    term = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 137, term  # stopped at once, not restarted

@@ -282,6 +282,10 @@ class LocalCluster:
             "artifact_root": f"pvc://{ARTIFACT_CLAIM}",
         }
         if self.containers:
+            # Containers see claims where a cluster mounts them (the default, /mnt/pvc): every path the operator
+            # hands a server is one inside its container. (The node's own folder lies under /root, which the
+            # Pods' user cannot enter there.)
+            del config["pvc_mount_root"]
             config["images"] = container_images()
         self.operator_config_path.write_text(yaml.safe_dump(config, sort_keys=True))
 

@@ -66,6 +66,8 @@ class PodWorker:
         self.containers = [Container(c, False) for c in spec.get("containers") or []]
         self.start_time = str((pod.get("status") or {}).get("startTime") or now_rfc3339())
         self.failed_init = False
+        self.evicted: str | None = None
+        """Why the node evicted the Pod (an emptyDir over its sizeLimit); it then runs nothing more."""
         self.volume_error: str | None = None
         self.volumes = Volumes(
             node.api, self.namespace, claims=node.config.root / "pvc", local=self.dir / "volumes",
@@ -117,9 +119,12 @@ class PodWorker:
         return ports
 
     def status(self) -> Obj:
-        return podstatus.pod_status(
+        status = podstatus.pod_status(
             self.pod, self.init_containers, self.containers, self.failed_init, self.ip, self.start_time
         )
+        if self.evicted is not None:
+            status.update(phase="Failed", reason="Evicted", message=self.evicted)
+        return status
 
     # ----- the loop -----------------------------------------------------------------------------------
 
@@ -189,7 +194,7 @@ class PodWorker:
         if podstatus.phase(self.init_containers, self.containers, self.failed_init) in (
             "Succeeded",
             "Failed",
-        ):
+        ) or self.evicted is not None:
             return  # nothing runs any more; only deletion is left to handle
         mono = time.monotonic()
         if mono >= self._next_refresh:
@@ -199,6 +204,10 @@ class PodWorker:
                 self.volume_error = None
             except ConfigError as err:
                 self.volume_error = str(err)
+            over = self.volumes.over_limit(self.pod)
+            if over is not None:
+                self._evict(over)
+                return
         if self.volume_error is not None and not any(c.proc for c in self._all()):
             # As on a real node: the containers wait without a message; the Event says which volume.
             for c in self._all():
@@ -562,6 +571,21 @@ class PodWorker:
                 self._reap(c)
         self.node.delete_pod_object(self.namespace, self.name, self.uid)
         self._cleanup()
+
+    def _evict(self, message: str) -> None:
+        """As the kubelet's local-storage eviction: the containers are stopped at once and never restarted, and
+        the Pod fails with reason Evicted (its controller makes a new one)."""
+        self.evicted = message
+        self.node.record_event(self.pod, "Warning", "Evicted", message)
+        for c in self._all():
+            c.ready = False
+        self._kill_all(0.0)
+        for c in self._all():
+            if c.proc is not None:
+                self._reap(c)
+            c.done = True
+        self.node.record_event(self.pod, "Normal", "Killing", "Stopping container(s): the Pod was evicted")
+        log.info("pod %s/%s: evicted: %s", self.namespace, self.name, message)
 
     def _cleanup(self) -> None:
         # emptyDirs and projected files go with the Pod; logs stay for a post-mortem.

@@ -153,6 +153,20 @@ class Volumes:
             write_files(target, files)
             self._hashes[str(vol["name"])] = digest
 
+    def over_limit(self, pod: Obj) -> str | None:
+        """The kubelet's eviction message for the first emptyDir that holds more than its sizeLimit, else None."""
+        from tuneops.local.translate import quantity
+
+        for vol in (pod.get("spec") or {}).get("volumes") or []:
+            source = vol.get("emptyDir")
+            limit = (source or {}).get("sizeLimit")
+            path = self.paths.get(str(vol.get("name")))
+            if limit is None or path is None:
+                continue
+            if disk_usage(path) > quantity(limit):
+                return f'Usage of EmptyDir volume "{vol["name"]}" exceeds the limit "{limit}". '
+        return None
+
     def _write(self, name: str, target: Path, files: dict[str, tuple[bytes, int]]) -> None:
         digest = json.dumps({k: [base64.b64encode(v).decode(), m] for k, (v, m) in sorted(files.items())})
         if self._hashes.get(name) != digest:
@@ -232,6 +246,18 @@ def _automounts(pod: Obj) -> bool:
             if str(vm.get("mountPath", "")).rstrip("/") == SA_MOUNT:
                 return False
     return True
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes a folder takes on disk (allocated blocks, as `du` counts them)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(folder, f)).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def own_by_group(path: Path, gid: int) -> None:
