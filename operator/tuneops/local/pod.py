@@ -191,10 +191,14 @@ class PodWorker:
             self.finished.set()
 
     def _step(self) -> None:
-        if podstatus.phase(self.init_containers, self.containers, self.failed_init) in (
-            "Succeeded",
-            "Failed",
-        ) or self.evicted is not None:
+        if (
+            podstatus.phase(self.init_containers, self.containers, self.failed_init)
+            in (
+                "Succeeded",
+                "Failed",
+            )
+            or self.evicted is not None
+        ):
             return  # nothing runs any more; only deletion is left to handle
         mono = time.monotonic()
         if mono >= self._next_refresh:
