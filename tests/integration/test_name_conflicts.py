@@ -97,6 +97,15 @@ def test_crafted_names_and_taken_child_names(
     # A child name another resource holds (a Deployment controlled by llama.v2), and one a person made.
     cluster.apps.create_namespaced_deployment(ns, stray_deployment("taken", victim))
     cluster.core.create_namespaced_service(ns, stray_service("stray"))
+
+    def annotated(name: str) -> bool:
+        # The Deployment controller's first write (its revision annotation, which a 1.20 server records as a
+        # manager of the object itself) comes a moment after the create: snapshot after it.
+        annotations = cluster.apps.read_namespaced_deployment(name, ns).metadata.annotations or {}
+        return "deployment.kubernetes.io/revision" in annotations
+
+    for name in ("taken", victim_children, crafted_children):
+        wait_until(lambda name=name: annotated(name), what=f"the Deployment controller's revision on {name}")
     held = snapshot(cluster, ns, "Deployment", "taken")
     made = snapshot(cluster, ns, "Service", "stray")
     before = {
