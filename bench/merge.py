@@ -49,12 +49,13 @@ SPEC = TinyModelSpec(
     tokenizer=False,
     seed=7,
 )
-# Llama-7B's tensor shapes (the largest, embed_tokens and lm_head, 262 MB each in bf16), 4 of its 32 layers
+# Llama-7B's tensor shapes (the largest, embed_tokens and lm_head, 262 MB each in bf16), 8 of its 32 layers
+# (as in issue 25's measurement: 1.88 B parameters, 3.8 GB)
 SPEC_7B = TinyModelSpec(
     vocab_size=32000,
     hidden_size=4096,
     intermediate_size=11008,
-    num_layers=4,
+    num_layers=8,
     num_heads=32,
     num_kv_heads=32,
     dtype=DTYPE,
@@ -119,6 +120,19 @@ def models(spec: TinyModelSpec = SPEC, adapter: TinyAdapterSpec = ADAPTER) -> tu
         make_adapter(root / "base", root / "adapter", adapter)
         done.write_text("ok\n")
     return root / "base", root / "adapter"
+
+
+def with_manifest(base: Path) -> Path:
+    """The base as a fetch step publishes it, with its manifest (a hard-linked copy made once beside it): the
+    merge then takes its digest from the manifest and does not hash it again."""
+    from tuneops.storage.manifest import MANIFEST_NAME, build_manifest
+
+    dst = base.parent / "base-with-manifest"
+    if not (dst / MANIFEST_NAME).is_file():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(base, dst, copy_function=os.link)
+        (dst / MANIFEST_NAME).write_text(build_manifest(dst, format="safetensors", worker="fetch").dumps())
+    return dst
 
 
 def _env() -> dict[str, str]:
@@ -251,41 +265,53 @@ def identical(a: Path, b: Path) -> bool:
 
 
 def floor_rows() -> list[dict[str, Any]]:
-    base, adapter = models(SPEC_7B, ADAPTER)
+    plain, adapter = models(SPEC_7B, ADAPTER)
+    base = with_manifest(plain)
     largest = largest_tensor_mb(base)
-    size_gb = sum(f.stat().st_size for f in base.iterdir()) / 1e9
-    copies: list[float] = []
-    merges: list[tuple[float, float, str]] = []
+    size_gb = sum(f.stat().st_size for f in plain.iterdir()) / 1e9
+    runs: dict[str, list[tuple[float, float, str]]] = {"copy": [], "merge": [], "merge-unlisted": []}
+    order = list(runs)
     with tempfile.TemporaryDirectory(prefix="tuneops-bench-floor-", dir=toolpaths.cache_dir()) as tmp:
         root = Path(tmp)
         for i in range(ROUNDS_FLOOR):
-            for what in ("copy", "merge") if i % 2 == 0 else ("merge", "copy"):
+            for what in order[i % 3 :] + order[: i % 3]:  # each goes first once
                 out = root / f"{what}-{i}"
                 if what == "copy":
-                    copies.append(copy_floor(base, out))
+                    runs[what].append((copy_floor(plain, out), 0.0, ""))
                 else:
-                    merges.append(worker_merge(base, adapter, out, root))
-                if i < ROUNDS_FLOOR - 1:
+                    runs[what].append(worker_merge(base if what == "merge" else plain, adapter, out, root))
+                if i < ROUNDS_FLOOR - 1 or what != "merge":
                     shutil.rmtree(out)
                     subprocess.run(["sync"], check=True)
         same = equals_peft_layers(base, adapter, root / f"merge-{ROUNDS_FLOOR - 1}")
-    for (m, rss, profile), c in zip(merges, copies, strict=True):
-        print(
-            f"bench merge floor: merge {m:.2f} s, copy {c:.2f} s, peak RSS {rss:.0f} MB; {profile}",
-            file=sys.stderr,
-        )
-    best_m, best_c = min(m for m, _, _ in merges), min(copies)
-    peak = max(rss for _, rss, _ in merges)
+    for what in ("merge", "merge-unlisted"):
+        for (m, rss, profile), (c, _, _) in zip(runs[what], runs["copy"], strict=True):
+            print(
+                f"bench merge floor: {what} {m:.2f} s, copy {c:.2f} s, peak RSS {rss:.0f} MB; {profile}",
+                file=sys.stderr,
+            )
+    best_c = min(c for c, _, _ in runs["copy"])
+    best_m, best_u = (min(m for m, _, _ in runs[w]) for w in ("merge", "merge-unlisted"))
+    peak = max(rss for w in ("merge", "merge-unlisted") for _, rss, _ in runs[w])
     bound = 2 * largest + RSS_SLACK_MB
     label = f"7B shapes, {SPEC_7B.num_layers} layers, {size_gb:.1f} GB {DTYPE}, one file"
     return [
         {
-            "name": f"merge: whole worker + sync vs cp -r + sync ({label}, best of {ROUNDS_FLOOR})",
+            "name": f"merge: whole worker + sync vs cp -r + sync ({label}, base with its manifest, "
+            f"best of {ROUNDS_FLOOR})",
             "value": round(best_m, 2),
             "unit": "s",
             "baseline": round(best_c, 2),
             "ratio": round(best_m / best_c, 3),
             "target": f"ratio <= {FLOOR_TARGET}",
+        },
+        {
+            "name": f"merge: the same base without a manifest (hashed as it is read), best of {ROUNDS_FLOOR}",
+            "value": round(best_u, 2),
+            "unit": "s",
+            "baseline": round(best_c, 2),
+            "ratio": round(best_u / best_c, 3),
+            "no_target": "one more sha256 pass over the input than the copy makes; shown for the cost of it",
         },
         {
             "name": f"merge: worker peak RSS vs the largest tensor ({largest:.0f} MB)",

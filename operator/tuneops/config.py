@@ -177,6 +177,10 @@ class OperatorConfig(BaseModel):
     """Let GGUF conversion take model folders that carry their own Python code (an auto_map, *.py files).
     llama.cpp's converter runs that code for some architectures (Qwen v1, ChatGLM); off, such sources are
     refused and the converter cannot turn trust_remote_code on. Either way it runs without credentials."""
+    hash_verified_inputs: bool = False
+    """Hash a model folder's files as a merge reads them even when its manifest vouches for them (the digest
+    the operator recorded, every file listed at its size). Off, such a folder is not hashed again: a change to
+    its bytes that keeps every size is then not seen by the merge (docs/reliability.md)."""
     allow_ambient_credentials: bool = False
     """Let a source with no Secret of its own (an s3:// URI without tokenSecretRef) be read with whatever identity
     the Pod or its node has (an IAM role for service accounts, the instance profile). Off, such a source is

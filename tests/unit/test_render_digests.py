@@ -94,3 +94,14 @@ def test_the_fetch_init_container_expects_the_served_artifact() -> None:
         "initContainers"
     ]
     assert "--expect-digest" not in init["args"]
+
+
+def test_hash_verified_inputs_is_passed_to_worker_jobs_when_the_administrator_asks() -> None:
+    """config.hashVerifiedInputs: workers hash a folder its manifest vouches for anyway; off, nothing is set (a
+    tenant cannot set TUNEOPS_* variables, so the choice is the administrator's alone)."""
+    from tuneops.storage.integrity import HASH_INPUTS_ENV
+
+    o = owner("FineTunedModel", "f")
+    assert HASH_INPUTS_ENV not in worker_env(render_merge_job(ftm(), o, CFG))
+    strict = OperatorConfig.model_validate({"hashVerifiedInputs": True})
+    assert worker_env(render_merge_job(ftm(), o, strict))[HASH_INPUTS_ENV] == "always"

@@ -254,15 +254,26 @@ def _with_manifest(src: Path, dst: Path) -> tuple[Path, str]:
     return dst, out.commit(format="safetensors").digest
 
 
-def test_a_base_with_a_manifest_is_read_once_and_checked_as_it_is_read(
+def test_a_base_with_a_manifest_is_read_once_and_not_hashed_again(
     models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The manifest (self-consistent, the recorded digest, exactly the files there at their sizes) vouches for
+    the base: its digest is the manifest's, and its weights are read once, by the merge, and hashed by no one."""
     from tuneops.storage import manifest as manifest_mod
+    from tuneops.workers import merge as merge_mod
     from tuneops.workers import mergeio
 
     base, digest = _with_manifest(models["llama"], tmp_path / "base")
     hashed: list[Path] = []
     real = manifest_mod.sha256_file
+    passes: list[mergeio.Rewritten] = []
+    rewrite = mergeio.rewrite_safetensors
+
+    def rewrite_spy(*args: Any, **kwargs: Any) -> mergeio.Rewritten:
+        passes.append(rewrite(*args, **kwargs))
+        return passes[-1]
+
+    monkeypatch.setattr(merge_mod, "rewrite_safetensors", rewrite_spy)
 
     def spy(path: Path) -> str:
         hashed.append(Path(path))
@@ -275,9 +286,8 @@ def test_a_base_with_a_manifest_is_read_once_and_checked_as_it_is_read(
     r = run_merge(f"file://{base}", str(models["llama-lora"]), str(out), dtype="float32")
     assert r.artifact is not None and r.artifact.reused is None
     weights = [p for p in hashed if p.suffix == ".safetensors"]
-    assert not [p for p in weights if base in p.parents], (
-        "the base's weights are hashed in the merge's read only"
-    )
+    assert not [p for p in weights if base in p.parents], "the base's weights are not hashed on their own"
+    assert passes and all(r.input is None for r in passes), "nor in the merge's read"
     assert not [p for p in hashed if out in p.parents or out.name in p.parent.name], (
         "nor is the output re-read"
     )
@@ -287,10 +297,13 @@ def test_a_base_with_a_manifest_is_read_once_and_checked_as_it_is_read(
 
 
 def test_a_base_changed_after_its_manifest_is_refused_and_nothing_is_published(
-    models: dict[str, Path], tmp_path: Path
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With TUNEOPS_HASH_INPUTS=always, a base whose manifest vouches for it is hashed as it is read all the
+    same, and a change that keeps every size is caught before anything is published."""
     from tuneops.storage.integrity import DigestMismatchError
 
+    monkeypatch.setenv("TUNEOPS_HASH_INPUTS", "always")
     base, _ = _with_manifest(models["llama"], tmp_path / "base")
     shard = sorted(base.glob("*.safetensors"))[-1]
     data = bytearray(shard.read_bytes())

@@ -24,7 +24,7 @@ from tuneops.render.pod import (
 from tuneops.render.types import Manifest, Owner
 from tuneops.render.volumes import Mounts
 from tuneops.storage.artifacts import JOB_NAME_ENV
-from tuneops.storage.integrity import EXPECT_ENV
+from tuneops.storage.integrity import EXPECT_ENV, HASH_INPUTS_ENV
 
 WORKER_CONTAINER = "worker"
 SCRATCH_DIR = "/scratch"
@@ -104,6 +104,8 @@ def worker_env(config: OperatorConfig, step: WorkerStep, threads_from: str) -> l
     if expected:
         # The worker checks each input against the digest its producer recorded before using it.
         ours.append(env_value(EXPECT_ENV, canonical_json(expected)))
+    if config.hash_verified_inputs:
+        ours.append(env_value(HASH_INPUTS_ENV, "always"))
     ours += source_env(step.sources, ambient=config.allow_ambient_credentials)
     return merge_env(ours)
 

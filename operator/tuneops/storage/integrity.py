@@ -12,6 +12,8 @@ from tuneops.storage.manifest import Manifest, digest_of, files_digest, read_man
 from tuneops.storage.uri import InputError
 
 EXPECT_ENV = "TUNEOPS_EXPECT_DIGESTS"
+# `always`: a worker hashes an input folder's files even when its manifest already vouches for them
+HASH_INPUTS_ENV = "TUNEOPS_HASH_INPUTS"
 DIGEST_MISMATCH = "DigestMismatch"  # the condition reason (api.conditions.Reason.DIGEST_MISMATCH)
 
 

@@ -7,8 +7,10 @@ Each run writes one JSON object to $TUNEOPS_TERMINATION_LOG (default /dev/termin
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 import traceback
 
 from tuneops.storage import InputError, InvalidURIError
@@ -137,7 +139,13 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    threads = configure_threads()
+    threads = configure_threads(import_torch=args.worker != "merge")
+    if args.worker == "merge":
+        # torch takes seconds of one core to import: the merge starts it now, on a thread of its own, and
+        # needs it only at the first tensor it changes (until then it checks its inputs and copies bytes)
+        threading.Thread(
+            target=importlib.import_module, args=("torch",), name="import-torch", daemon=True
+        ).start()
     log.info("tuneops worker %s (threads=%d)", args.worker, threads)
     try:
         out = _dispatch(args)

@@ -63,10 +63,14 @@ def thread_count() -> int:
     return max(1, min(avail, limit) if limit else avail)
 
 
-def configure_threads() -> int:
+def configure_threads(*, import_torch: bool = True) -> int:
+    """Sets the thread count for BLAS and torch. Without import_torch, only the environment torch reads when
+    it is imported later (the merge imports it on a thread of its own, beside its first I/O)."""
     n = thread_count()
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     os.environ.setdefault("MKL_NUM_THREADS", str(n))
+    if not import_torch:
+        return n
     import torch
 
     torch.set_num_threads(n)
@@ -76,11 +80,16 @@ def configure_threads() -> int:
     return n
 
 
-def torch_dtype(name: str) -> Any:
-    import torch
-
+def check_dtype(name: str) -> str:
     if name not in DTYPES:
         raise InvalidInput(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str) -> Any:
+    check_dtype(name)
+    import torch
+
     return getattr(torch, name)
 
 

@@ -3,8 +3,10 @@ mergeio's: each file read once and written once, untouched tensors copied as byt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from tuneops.storage.manifest import tool_versions
 from tuneops.workers.common import (
     DTYPES,
     InvalidInput,
+    check_dtype,
     copy_model_side_files,
     model_side_files,
     read_json,
@@ -43,44 +46,113 @@ METHODS = ("stream", "peft")
 AUTO = "auto"
 DEFAULT_DTYPE = "float16"
 TOOLS = ("torch", "safetensors", "transformers", "peft")
-DELTA_BLOCK_BYTES = 2 << 20  # float32 delta computed at a time: it stays in cache
+DELTA_BLOCK_BYTES = 512 << 10  # float32 delta computed at a time: it stays in cache
+DELTA_MIN_ROWS = (
+    16  # BLAS takes other code paths for one or two rows (gemv), whose sums may round differently
+)
 
 
-@dataclass
-class _Plan:
-    """What happens to each base tensor: a LoRA delta, an embedding delta, or a replacement."""
+@dataclass(frozen=True)
+class _Names:
+    """What happens to each base tensor, from the adapter's header alone (no tensor loaded, no torch): the
+    tensors a LoRA delta goes into, with the names and shapes of their A and B, and the replaced ones."""
 
-    linear: dict[str, tuple[Any, Any, float]]  # base key -> (A, B, scaling)
-    embedding: dict[str, tuple[Any, Any, float]]
-    replace: dict[str, Any]  # base key -> tensor (modules_to_save, saved base layers)
+    linear: dict[str, tuple[str, str]]  # base key -> (A, B)
+    embedding: dict[str, tuple[str, str]]
+    replace: dict[str, str]  # base key -> adapter tensor (modules_to_save, saved base layers)
+    shapes: dict[str, tuple[int, ...]]  # adapter tensor -> shape
+
+    def touched(self) -> set[str]:
+        return set(self.linear) | set(self.embedding) | set(self.replace)
 
 
-def _plan(adapter: Adapter) -> _Plan:
-    from safetensors.torch import load_file
-
-    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(adapter.weights_file)).items()}
-    plan = _Plan({}, {}, {})
+def _names(adapter: Adapter) -> _Names:
+    names = _Names({}, {}, {}, {k: tuple(int(d) for d in v) for k, v in adapter.shapes.items()})
     used: set[str] = set()
     for module, kind in adapter.modules.items():
-        _, _, scaling = scale_for(adapter.config, module)
         if kind == "linear":
             a, b = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-            plan.linear[f"{module}.weight"] = (tensors[a], tensors[b], scaling)
+            names.linear[f"{module}.weight"] = (a, b)
         else:
             a, b = f"{module}.lora_embedding_A", f"{module}.lora_embedding_B"
-            plan.embedding[f"{module}.weight"] = (tensors[a], tensors[b], scaling)
+            names.embedding[f"{module}.weight"] = (a, b)
         used.update((a, b))
-    for name, t in tensors.items():
+    for name in names.shapes:
         if name in used:
             continue
         if ".base_layer." in name:
             # peft saves the embedding's base layer next to an embedding LoRA and loads it back over the base.
-            plan.replace[name.replace(".base_layer.", ".")] = t
+            names.replace[name.replace(".base_layer.", ".")] = name
         elif ".lora_" not in name:
-            plan.replace[name] = t
+            names.replace[name] = name
         else:
             raise InvalidInput(f"adapter tensor {name} is not understood by the streaming merge")
+    return names
+
+
+@dataclass
+class _Plan:
+    """The tensors of each delta and replacement, loaded."""
+
+    linear: dict[str, tuple[Any, Any, float]]  # base key -> (A, B, scaling)
+    embedding: dict[str, tuple[Any, Any, float]]
+    replace: dict[str, Any]  # base key -> tensor
+
+
+def _plan(adapter: Adapter, names: _Names | None = None) -> _Plan:
+    from safetensors.torch import load_file
+
+    names = names or _names(adapter)
+    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(adapter.weights_file)).items()}
+    plan = _Plan({}, {}, {})
+    for kind, into in ((names.linear, plan.linear), (names.embedding, plan.embedding)):
+        for key, (a, b) in kind.items():
+            _, _, scaling = scale_for(adapter.config, key.removesuffix(".weight"))
+            into[key] = (tensors[a], tensors[b], scaling)
+    for key, name in names.replace.items():
+        plan.replace[key] = tensors[name]
     return plan
+
+
+class _TorchLoader:
+    """torch imported, its threads set and the adapter's tensors loaded, on a thread of its own: importing
+    torch takes seconds of one core, during which the pass already copies the tensors no adapter touches.
+    `plan()` waits for it (the first tensor that needs torch)."""
+
+    def __init__(self, adapter: Adapter, names: _Names) -> None:
+        self._adapter, self._names = adapter, names
+        self._plan: _Plan | None = None
+        self._error: BaseException | None = None
+        self.threads: int | None = None  # torch's thread count before the pass
+        self._thread = threading.Thread(target=self._load, name="merge-torch", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            import torch
+
+            self.threads = torch.get_num_threads()
+            with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
+                torch.set_num_interop_threads(1)
+            # the reader and the writer hash on threads of their own: torch keeps one core's worth fewer
+            torch.set_num_threads(max(1, self.threads - 1))
+            self._plan = _plan(self._adapter, self._names)
+        except BaseException as exc:
+            self._error = exc
+
+    def plan(self) -> _Plan:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._plan is not None
+        return self._plan
+
+    def close(self) -> None:
+        self._thread.join()
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
 
 def _merged(key: str, w: Any, plan: _Plan) -> Any:
@@ -126,32 +198,42 @@ def _as_bytes(t: Any) -> Any:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
-def _steps(dtype: str, plan: _Plan, pending: set[str]) -> Callable[[Tensor], Step]:
+def _steps(
+    dtype: str, names: _Names, torch_ready: _TorchLoader, pending: set[str]
+) -> Callable[[Tensor], Step]:
     """What the merge does to each base tensor, for mergeio: bytes copied as they are (nothing touches it and
     its dtype stays), a cast, or the LoRA delta added a row range at a time (peft's arithmetic, see _merged:
     float32 delta, scaled, one in-place add into the weight's dtype). Embedding deltas and replaced tensors
-    are merged whole, as before."""
-    import torch
-
-    target = getattr(torch, dtype)
+    are merged whole, as before. Which one is decided from names and shapes; torch is first needed by the
+    first tensor that changes (torch_ready waits for its import)."""
     # columns -> float32 rows the deltas are computed into, reused (a fresh one each time costs page faults)
     scratch: dict[int, Any] = {}
 
     def delta_rows(n: int, cols: int) -> Any:
+        import torch
+
         have = scratch.get(cols)
         if have is None or have.shape[0] < n:
             have = scratch[cols] = torch.empty(n, cols, dtype=torch.float32)
         return have[:n]
 
+    def dtypes(code: str) -> tuple[Any, Any]:
+        import torch
+
+        return getattr(torch, _DTYPES[code]), getattr(torch, dtype)
+
     def step(t: Tensor) -> Step:
         pending.discard(t.name)
         floating = t.dtype in _FLOATS
         out = _CODES[dtype] if floating else t.dtype
-        src = getattr(torch, _DTYPES[t.dtype])
         shape = t.shape
-        if t.name in plan.replace or t.name in plan.embedding:
+        if t.name in names.replace or t.name in names.embedding:
 
             def whole(data: memoryview, r0: int, r1: int) -> Any:
+                import torch
+
+                plan = torch_ready.plan()
+                src, target = dtypes(t.dtype)
                 w = (
                     torch.frombuffer(data, dtype=src).reshape(shape)
                     if data.nbytes
@@ -167,21 +249,29 @@ def _steps(dtype: str, plan: _Plan, pending: set[str]) -> Callable[[Tensor], Ste
                 return _as_bytes(merged)
 
             return Step(out, whole, whole=True)
-        if t.name in plan.linear:
-            a, b, scaling = plan.linear[t.name]
-            if len(shape) != 2 or (b.shape[0], a.shape[1]) != shape:
-                raise InvalidInput(
-                    f"{t.name}: LoRA delta {b.shape[0]}x{a.shape[1]} does not fit {list(shape)}"
-                )
-            af, bf = a.float(), b.float()
+        if t.name in names.linear:
+            a_name, b_name = names.linear[t.name]
+            rows_out, cols_in = names.shapes[b_name][0], names.shapes[a_name][-1]
+            if len(shape) != 2 or (rows_out, cols_in) != shape:
+                raise InvalidInput(f"{t.name}: LoRA delta {rows_out}x{cols_in} does not fit {list(shape)}")
+            loaded: list[Any] = []
 
             def rows(data: memoryview, r0: int, r1: int) -> Any:
+                import torch
+
+                if not loaded:
+                    a, b, scaling = torch_ready.plan().linear[t.name]
+                    loaded.extend((a.float(), b.float(), scaling))
+                af, bf, scaling = loaded
+                src, target = dtypes(t.dtype)
                 w = torch.frombuffer(data, dtype=src).view(r1 - r0, shape[1])
                 if src != target:
                     w = w.to(target)
-                # exactly peft's `(B @ A) * scaling`, then `weight += delta`, a cache-sized block of rows at a
-                # time (MIN_ROWS keeps BLAS on the kernel of peft's one matmul; test_merge proves the bits)
-                for s0, s1 in row_blocks(r1 - r0, DELTA_BLOCK_BYTES // (4 * shape[1])):
+                # exactly peft's `(B @ A) * scaling`, then `weight += delta`, a block of rows that stays in cache
+                # at a time (BLAS sums each row the same way from DELTA_MIN_ROWS rows up as in peft's one
+                # matmul; test_merge proves the bits)
+                per = DELTA_BLOCK_BYTES // (4 * shape[1])
+                for s0, s1 in row_blocks(r1 - r0, per, least=DELTA_MIN_ROWS):
                     delta = torch.mm(bf[r0 + s0 : r0 + s1], af, out=delta_rows(s1 - s0, shape[1]))
                     delta.mul_(scaling)
                     w[s0:s1] += delta
@@ -191,6 +281,10 @@ def _steps(dtype: str, plan: _Plan, pending: set[str]) -> Callable[[Tensor], Ste
         if out != t.dtype:
 
             def cast(data: memoryview, r0: int, r1: int) -> Any:
+                import torch
+
+                torch_ready.plan()
+                src, target = dtypes(t.dtype)
                 return _as_bytes(torch.frombuffer(data, dtype=src).to(target))
 
             return Step(out, cast)
@@ -208,26 +302,31 @@ class Streamed:
     shards: list[str]
 
 
-def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) -> Streamed:
+def stream_merge(
+    base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str, *, hash_input: bool = True
+) -> Streamed:
     """Merges file by file and piece by piece: each base file is read once and each output file written once
-    (their sha256 taken in that pass), with reading, merging and writing overlapped (mergeio). Memory is
-    bounded by a few pieces, never the model. Writes the weights, the index, the side files and config.json."""
-    import torch
-
-    torch_dtype(dtype)
-    plan = _plan(adapter)
-    pending = set(plan.linear) | set(plan.embedding) | set(plan.replace)
+    (their sha256 taken in that pass; the input's only when hash_input), with reading, merging and writing
+    overlapped (mergeio), and torch imported while the first untouched tensors are copied. Memory is bounded
+    by a few pieces, never the model. Writes the weights, the index, the side files and config.json."""
+    check_dtype(dtype)
+    names = _names(adapter)
+    pending = names.touched()
     shards = safetensors_shards(base_dir)
     done = Streamed({}, {}, [s.name for s in shards])
     weight_map: dict[str, str] = {}
     total = 0
-    threads = torch.get_num_threads()
-    # the reader and the writer hash on threads of their own: torch keeps one core's worth fewer
-    torch.set_num_threads(max(1, threads - 1))
+    torch_ready = _TorchLoader(adapter, names)
     try:
         for i, shard in enumerate(shards):
-            r = rewrite_safetensors(shard, out_dir / shard.name, _steps(dtype, plan, pending))
-            done.read[shard.relative_to(base_dir).as_posix()] = r.input
+            r = rewrite_safetensors(
+                shard,
+                out_dir / shard.name,
+                _steps(dtype, names, torch_ready, pending),
+                hash_input=hash_input,
+            )
+            if r.input is not None:
+                done.read[shard.relative_to(base_dir).as_posix()] = r.input
             done.written[shard.name] = r.output
             weight_map.update(dict.fromkeys(r.names, shard.name))
             total += r.data_bytes
@@ -240,7 +339,7 @@ def stream_merge(base_dir: Path, adapter: Adapter, out_dir: Path, dtype: str) ->
                 ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()),
             )
     finally:
-        torch.set_num_threads(threads)
+        torch_ready.close()
     if pending:
         raise InvalidInput(f"adapter modules not found in the base weights: {sorted(pending)[:5]}")
     if len(shards) > 1 or (base_dir / "model.safetensors.index.json").is_file():
@@ -283,7 +382,7 @@ def resolve_dtype(requested: str, base_config: dict[str, Any]) -> str:
     """`auto` is the base model's own precision (config.json `dtype`, or `torch_dtype` before transformers 5),
     so a bfloat16 base is not narrowed to float16's range; float16 when the config names none we write."""
     if requested != AUTO:
-        torch_dtype(requested)
+        check_dtype(requested)
         return requested
     named = base_config.get("dtype") or base_config.get("torch_dtype")
     if isinstance(named, str) and named.removeprefix("torch.") in DTYPES:
@@ -307,7 +406,7 @@ def run_merge(
     if method not in METHODS:
         raise InvalidInput(f"merge method {method!r} is not one of {', '.join(METHODS)}")
     if dtype != AUTO:
-        torch_dtype(dtype)
+        check_dtype(dtype)
     out = storage.Output.of(output_uri)
     base = Input(base_uri)
     base_dir = base.path
@@ -348,7 +447,7 @@ def run_merge(
         start = time.monotonic()
         written: Ledger = {}
         if used == "stream":
-            streamed = stream_merge(base_dir, adapter, staging, dtype)
+            streamed = stream_merge(base_dir, adapter, staging, dtype, hash_input=base.hash_needed)
             written = streamed.written
             if base.deferred:
                 base.settle(streamed.read)
