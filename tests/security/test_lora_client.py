@@ -324,3 +324,40 @@ def test_a_slow_pass_holds_the_handler_only_briefly_and_is_not_started_twice() -
     gate.set()
     settle()
     assert runner.run("svc", "inputs-2", start) == "pass 4"  # pass 3 read the old inputs: dropped
+
+
+def _reloading(unload_status: int, calls: list[tuple[str, Any]]) -> fake.Behaviour:
+    """A server that lists `a` (and `b`) from old paths, and answers every unload with `unload_status`."""
+    adapters = {"a": "/adapters/old-a", "b": "/adapters/b"}
+    inner = fake.well_behaved(adapters)
+
+    def behave(r: fake.Request) -> None:
+        if r.path != "/v1/models":
+            calls.append((r.path, r.json()))
+        if r.path == "/v1/unload_lora_adapter" and unload_status != 200:
+            r.reply(unload_status, {"message": "refused", "type": "BadRequestError", "code": unload_status})
+            return
+        inner(r)
+
+    return behave
+
+
+@pytest.mark.parametrize("unload_status", [200, 404])
+def test_new_weights_are_an_unload_then_a_load_never_load_inplace(unload_status: int) -> None:
+    """vLLM keeps `load_inplace` on the request it stores and then re-reads the adapter from disk at every step
+    (vllm#41482): the operator never sends it. An unload answered 404 (already gone) still leads to the load."""
+    calls: list[tuple[str, Any]] = []
+    with fake.FakePod(_reloading(unload_status, calls)) as p:
+        [result], _ = one_pass([pod("p", "127.0.0.1")], p.port)
+    assert [c[0] for c in calls] == ["/v1/unload_lora_adapter", "/v1/load_lora_adapter"]
+    assert calls[1][1] == {"lora_name": "a", "lora_path": "/adapters/a"}, "no load_inplace"
+    assert result.states["a"].state is AdapterState.READY
+
+
+def test_a_reload_whose_unload_fails_keeps_the_old_weights_served() -> None:
+    calls: list[tuple[str, Any]] = []
+    with fake.FakePod(_reloading(500, calls)) as p:
+        [result], _ = one_pass([pod("p", "127.0.0.1")], p.port)
+    assert [c[0] for c in calls] == ["/v1/unload_lora_adapter"], "no load after a failed unload"
+    assert result.states["a"].state is AdapterState.LOADING
+    assert "refused" in result.states["a"].message

@@ -133,12 +133,19 @@ def test_startup_adapters_then_hot_load_unload_and_replace(
     assert new_a0.digest != a0.digest
     want = desired(new_a0, a2)
     result = reconcile(lora_server, want, result.memory)
-    assert [(r.action.kind, r.action.name, r.ok) for r in result.results] == [
-        (ActionKind.LOAD_INPLACE, "a0", True)
-    ]
+    assert [(r.action.kind, r.action.name, r.ok) for r in result.results] == [(ActionKind.RELOAD, "a0", True)]
     assert result.states["a0"].state is AdapterState.READY
     assert listed(lora_server)["a0"] == str(new_a0.path)
     assert out(lora_server, "a0") == a2_out != a0_out
+    # the reload is an unload and a load, never vLLM's load_inplace: vLLM keeps that flag on the request it
+    # stores, and its worker then reads the adapter from disk again at every step (vllm#41482). With the new
+    # weights' folder moved away, the adapter still answers, from memory.
+    moved = new_a0.path.with_name(new_a0.path.name + ".moved")
+    new_a0.path.rename(moved)
+    try:
+        assert out(lora_server, "a0") == a2_out
+    finally:
+        moved.rename(new_a0.path)
 
     # a further pass with nothing changed does nothing
     steady = reconcile(lora_server, want, result.memory)

@@ -86,11 +86,11 @@ def test_an_adapter_served_from_the_desired_path_is_ready_whoever_loaded_it() ->
         "",  # a listing without a root
     ],
 )
-def test_the_same_name_from_another_path_is_reloaded_in_place(served_path: str) -> None:
+def test_the_same_name_from_another_path_is_reloaded(served_path: str) -> None:
     plan = plan_pod(desired(want("a", "d1", "/adapters/out/d1")), served(a=served_path), PodMemory())
     assert len(plan.actions) == 1
     action = plan.actions[0]
-    assert action.kind is ActionKind.LOAD_INPLACE
+    assert action.kind is ActionKind.RELOAD
     assert (action.path, action.digest) == ("/adapters/out/d1", "d1")
     assert "served from" in action.reason
     assert plan.states["a"].state is AdapterState.LOADING
@@ -127,7 +127,7 @@ def test_accepted_load_that_is_not_listed_from_its_path_counts_as_a_failure() ->
 
 
 def test_a_failed_load_counts_against_its_path() -> None:
-    action = AdapterAction(kind=ActionKind.LOAD_INPLACE, name="a", path="/adapters/out/d2", digest="d2")
+    action = AdapterAction(kind=ActionKind.RELOAD, name="a", path="/adapters/out/d2", digest="d2")
     memory = record_results(
         PodMemory(),
         [ActionResult(action=action, ok=False, status=400, message="bad weights")],

@@ -296,9 +296,17 @@ class AdapterClient:
     async def apply(self, action: AdapterAction) -> ActionResult:
         if action.kind is ActionKind.UNLOAD:
             return await self._post(action, "/v1/unload_lora_adapter", {"lora_name": action.name})
+        if action.kind is ActionKind.RELOAD:
+            # Unload, then load: vLLM's `load_inplace` stays set on the request it stores, and its worker then
+            # reads the adapter from disk again at every step of every request that uses it (vllm#41482). The
+            # load gets a fresh adapter id and the new (content-addressed) path, which is part of vLLM's
+            # prefix-cache key, so no block computed with the old weights is reused (vllm#42125). Between the
+            # two calls the name is not served (a request gets 404 for the time of one load). An unload answered
+            # 404 (already gone) is fine; any other failure stops here, with the old weights still served.
+            gone = await self._post(action, "/v1/unload_lora_adapter", {"lora_name": action.name})
+            if not gone.ok and gone.status != 404:
+                return gone
         payload: dict[str, Any] = {"lora_name": action.name, "lora_path": action.path}
-        if action.kind is ActionKind.LOAD_INPLACE:
-            payload["load_inplace"] = True
         return await self._post(action, "/v1/load_lora_adapter", payload)
 
     async def apply_all(self, actions: Sequence[AdapterAction]) -> tuple[ActionResult, ...]:

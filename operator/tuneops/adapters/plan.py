@@ -38,7 +38,7 @@ def plan_pod(
 
     The server is the only truth: an adapter is Ready when the pod lists it loaded from the desired path (which
     carries the digest for a FineTunedModel's adapter), whoever loaded it. Listed from another path (an older
-    digest, or someone else's load under that name), it is reloaded in place from the desired path; listed but
+    digest, or someone else's load under that name), it is reloaded (unloaded, then loaded) from the desired path; listed but
     not desired, it is unloaded. ``memory`` only counts failed attempts: after ``max_attempts`` failures for the
     same path an adapter is Failed and no longer retried.
     """
@@ -84,7 +84,7 @@ def _plan_desired(
     if served_path is None:
         kind, reason = ActionKind.LOAD, "not served"
     else:
-        kind, reason = ActionKind.LOAD_INPLACE, f"served from {served_path[:120]!r}"
+        kind, reason = ActionKind.RELOAD, f"served from {served_path[:120]!r}"
     return AdapterAction(kind=kind, name=name, path=want.path, digest=want.digest, reason=reason), pod_state
 
 

@@ -71,7 +71,9 @@ class ServedModels(BaseModel):
 
 class ActionKind(StrEnum):
     LOAD = "load"
-    LOAD_INPLACE = "load_inplace"
+    # new weights under a name the server already lists: unload, then load (never vLLM's load_inplace, which
+    # vLLM keeps on the stored request and so re-reads the adapter from disk at every engine step: vllm#41482)
+    RELOAD = "reload"
     UNLOAD = "unload"
 
 
