@@ -97,6 +97,7 @@ def test_the_routing_pool_selects_the_server_pods() -> None:
     rendered = render_inferenceservice(spec(routing=ROUTING), OWNER, CFG, model=MODEL)
     pool = next(m for m in rendered.manifests if m["kind"] == "InferencePool")
     assert pool["spec"]["selector"]["matchLabels"] == dict(rendered.selector)
+    assert pool["spec"]["appProtocol"] == "http", "vLLM's OpenAI server speaks HTTP/1.1"
     route = next(m for m in rendered.manifests if m["kind"] == "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == pool["metadata"]["name"]
     assert any(m["kind"] == "Service" for m in rendered.manifests), "the plain Service stays"

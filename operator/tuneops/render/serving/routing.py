@@ -32,6 +32,9 @@ def inference_pool(owner: Owner, picker: EndpointPicker, selector: Mapping[str, 
         "kind": "InferencePool",
         "metadata": metadata(owner, workload_name(owner), SERVER),
         "spec": {
+            # vLLM's and llama.cpp's OpenAI servers speak HTTP/1.1 (the default, said so that a picker or a
+            # gateway that reads it does not guess)
+            "appProtocol": "http",
             "endpointPickerRef": {
                 "failureMode": picker.failure_mode,
                 "kind": "Service",
