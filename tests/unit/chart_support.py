@@ -98,7 +98,7 @@ CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 # What the operator does in a namespace, and nothing more (see operator/tuneops/kube, controller.py and
 # reconcile/): every kind it reads is listed and watched into its cache; its own resources are only read, and
 # written through status (merge patch); children are server-side applied (create + patch of a new object) and
-# pruned (delete); Pods are patched for the annotation that records the adapters each serves; Events are created
+# pruned (delete); a serving Pod's status gets the adapters readiness gate's condition (pods/status); Events are created
 # and listed. Secrets are not read unless rbac.readSecrets asks for it (EXPECTED_SECRET_RULES). Nothing is
 # needed outside the watched namespaces: no ClusterRole in the namespaced scope.
 EXPECTED_NAMESPACE_RULES = (
@@ -107,6 +107,7 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("tuneops.io", [f"{r}/finalizers" for r in CRS], ("update",))
     | _triples("batch", ["jobs"], CHILD_VERBS)
     | _triples("", ["pods"], ("get", "list", "watch"))
+    | _triples("", ["pods/status"], ("patch",))
     | _triples("", ["services", "configmaps"], CHILD_VERBS)
     | _triples("apps", ["deployments"], CHILD_VERBS)
     | _triples("policy", ["poddisruptionbudgets"], CHILD_VERBS)

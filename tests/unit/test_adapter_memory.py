@@ -120,7 +120,7 @@ def test_what_the_servers_list_decides_and_nothing_on_the_pod_does(
         assert adapters.summary.ready and problems == []
         assert state0 == {"a": path_of(published(v1))}, "the rogue adapter is unloaded"
         assert state1 == {"a": path_of(published(v1))}, "the rogue load under the spec's name is replaced"
-        assert loads(fleet) == 2
+        assert loads(fleet) == 3, "pod 0: the rogue's unload; pod 1: a's unload, then its load"
         (summary,) = adapters.summary.adapters
         assert (summary.digest, summary.ready_pods) == (v1, 2)
 
@@ -130,16 +130,17 @@ def test_what_the_servers_list_decides_and_nothing_on_the_pod_does(
         assert run(pods, sources(("a", published(v1), v1)))[0].summary.ready
         assert loads(fleet) == 0
 
-        # A new digest is a new path: reloaded on each Pod, and Ready only once they serve it.
+        # A new digest is a new path: reloaded (unloaded, then loaded) on each Pod, and Ready only once they
+        # serve it.
         restarted(monkeypatch)
         adapters, _ = run(pods, sources(("a", published(v2), v2)))
-        assert adapters.summary.ready and loads(fleet) == 2
+        assert adapters.summary.ready and loads(fleet) == 4
         assert state0 == state1 == {"a": path_of(published(v2))}
 
         # Someone loads the old weights back under the name behind the operator's back: seen and undone.
         state1["a"] = path_of(published(v1))
         adapters, _ = run(pods, sources(("a", published(v2), v2)))
-        assert adapters.summary.ready and loads(fleet) == 1 and state1["a"] == path_of(published(v2))
+        assert adapters.summary.ready and loads(fleet) == 2 and state1["a"] == path_of(published(v2))
 
 
 def test_a_forged_annotation_changes_nothing_reported(monkeypatch: pytest.MonkeyPatch) -> None:

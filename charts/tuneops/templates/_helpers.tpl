@@ -84,6 +84,10 @@ by name, and only with rbac.readSecrets.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The adapters readiness gate of serving Pods (a condition in their status; nothing else of a Pod is written).
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

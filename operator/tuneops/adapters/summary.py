@@ -25,7 +25,8 @@ PODS_NAMED_MAX = 10
 def summarize(desired: Mapping[str, DesiredAdapter], pods: Sequence[PodResult]) -> AdaptersSummary:
     """Count, per desired adapter, the ready pods that serve it, and decide AdaptersReady.
 
-    ``pods`` holds one result per pod Kubernetes reports Ready; an unreachable pod counts in the total
+    ``pods`` holds one result per pod whose server takes adapters (Ready, or held back only by the adapters
+    readiness gate, tuneops.adapters.gate); an unreachable pod counts in the total
     but serves nothing. AdaptersReady is True only when every desired adapter is served on every such pod
     and no adapter that was removed from the spec is still served.
     """

@@ -28,6 +28,17 @@ def phase(init: Sequence[Container], containers: Sequence[Container], failed_ini
     return "Pending"
 
 
+def _gates_pending(gates: Sequence[str], old: list[Obj]) -> str | None:
+    """The kubelet's message for the first readiness gate whose condition is not True (None: all are)."""
+    have = {c.get("type"): c.get("status") for c in old}
+    for gate in gates:
+        if gate not in have:
+            return f'corresponding condition of pod readiness gate "{gate}" does not exist.'
+        if have[gate] != "True":
+            return f'the status of pod readiness gate "{gate}" is not "True", but {have[gate]}'
+    return None
+
+
 def _conditions(
     init: Sequence[Container],
     containers: Sequence[Container],
@@ -35,14 +46,20 @@ def _conditions(
     ready: bool,
     finished: bool,
     old: list[Obj],
+    gates: Sequence[str] = (),
 ) -> list[Obj]:
     now = now_rfc3339()
+    # Ready also needs every readiness gate's condition True (conditions others set in the Pod's status).
+    gated = _gates_pending(gates, old) if ready else None
     conditions: list[Obj] = [
         {"type": "PodScheduled", "status": "True"},
         {"type": "Initialized", "status": "True" if initialized else "False"},
         {"type": "ContainersReady", "status": "True" if ready else "False"},
-        {"type": "Ready", "status": "True" if ready else "False"},
+        {"type": "Ready", "status": "True" if ready and gated is None else "False"},
     ]
+    if gated is not None:
+        conditions[3]["reason"] = "ReadinessGatesNotReady"
+        conditions[3]["message"] = gated
     if not initialized:
         incomplete = [c.name for c in init if not c.done or c.state.get("terminated", {}).get("exitCode")]
         conditions[1]["reason"] = "ContainersNotInitialized"
@@ -84,9 +101,14 @@ def pod_status(
         for c in containers:
             c.ready = False
     old = (pod.get("status") or {}).get("conditions") or []
+    gates = [
+        str(g["conditionType"])
+        for g in (pod.get("spec") or {}).get("readinessGates") or []
+        if isinstance(g, dict) and g.get("conditionType")
+    ]
     status: Obj = {
         "phase": current,
-        "conditions": _conditions(init, containers, initialized, ready, finished, old),
+        "conditions": _conditions(init, containers, initialized, ready, finished, old, gates),
         "hostIP": HOST_IP,
         "podIP": ip,
         "podIPs": [{"ip": ip}],

@@ -17,6 +17,7 @@ from tuneops.adapters import (
     PodMemory,
     PodResult,
     describe,
+    gate,
     plan_pod,
     pod_problems,
     pod_url,
@@ -26,6 +27,8 @@ from tuneops.adapters import (
 from tuneops.adapters.client import PASS_DEADLINE_S, POD_ERRORS
 from tuneops.adapters.passes import PassRunner
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
+from tuneops.kube import client as k
+from tuneops.kube.types import POD
 from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
 from tuneops.reconcile.sources import Sources
@@ -101,6 +104,8 @@ def reconcile_adapters(
                 # else would wake the service: the Pods' answers are not objects the operator watches.
                 ctx.wake("InferenceService", owner.namespace, owner.name, "adapters", NEXT_PASS_S)
         results = finished if finished is not None else [_no_answer_yet(p) for p in ready]
+    if dynamic:
+        set_gates(ctx, owner, pods, results)
     problems = [PodAdapters(pod=p.pod, ready_adapters=p.ready_adapters, message=p.message)
                 for p in pod_problems(desired, results)]  # fmt: skip
     return Adapters(summarize(desired, results), sources.refused, sources.pending), problems
@@ -167,8 +172,9 @@ def _no_answer_yet(pod: dict[str, Any]) -> PodResult:
 
 
 def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Pods the Service sends requests to: ready, and for a LeaderWorkerSet only the leaders (a worker
-    runs no API server; the Service selects worker index 0)."""
+    """The Pods whose servers take adapters: ready ones (those the Service sends requests to), and those held
+    back only by the adapters gate (containers ready, adapters not yet all served); for a LeaderWorkerSet only the
+    leaders (a worker runs no API server; the Service selects worker index 0)."""
     out = []
     for p in pods:
         meta, st = p.get("metadata") or {}, p.get("status") or {}
@@ -176,9 +182,38 @@ def ready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if (meta.get("labels") or {}).get(LWS_WORKER_INDEX, "0") != "0":
             continue
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []):
+        if gate.is_true(p, "Ready") or (gate.gated(p) and gate.is_true(p, "ContainersReady")):
             out.append(p)
     return sorted(out, key=lambda p: p["metadata"]["name"])
+
+
+def set_gates(ctx: Context, owner: Owner, pods: list[dict[str, Any]], results: list[PodResult]) -> int:
+    """Sets the adapters gate of each of the service's gated Pods from this pass (gate.decide); writes only
+    what changed. Returns the number of Pods written."""
+    by_pod = {r.pod: r for r in results}
+    written = 0
+    for p in pods:
+        meta = p.get("metadata") or {}
+        if meta.get("deletionTimestamp") or not gate.gated(p):
+            continue
+        want = gate.decide(p, by_pod.get(meta["name"]), results)
+        if want is None or not gate.differs(p, want):
+            continue
+        try:
+            ctx.kube.patch(
+                POD,
+                owner.namespace,
+                meta["name"],
+                gate.patch_body(p, want, ctx.clock()),
+                "status",
+                strategic=True,
+            )
+            written += 1
+        except k.NotFound:
+            continue  # gone meanwhile
+        except k.ApiError as exc:  # the next pass tries again; the Pod keeps its last gate meanwhile
+            log.warning("adapters gate of Pod %s/%s: %s", owner.namespace, meta["name"], exc)
+    return written
 
 
 async def _observe_pod(pod: str, client: AdapterClient, desired: dict[str, DesiredAdapter]) -> PodResult:

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from tuneops import labels
+from tuneops.adapters.gate import GATE as ADAPTERS_GATE
 from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.env import env_secret, env_value
@@ -247,6 +248,10 @@ def _pod_template(
         gpus=spec.gpus_per_pod(),
         shutdown_seconds=shutdown,
     )
+    if lora is not None and lora.dynamic and not multinode:
+        # Ready (traffic from the Service and the InferencePool) only once the server lists every adapter it
+        # should serve: the operator sets this condition (tuneops.adapters.gate)
+        pod["readinessGates"] = [{"conditionType": ADAPTERS_GATE}]
     return {"metadata": pod_metadata(spec, owner, model, _annotations(lora, adapters)), "spec": pod}
 
 
