@@ -118,3 +118,10 @@ def test_the_local_kubelet_reads_readiness_gates(
     if says:
         assert conditions["Ready"]["reason"] == "ReadinessGatesNotReady"
     assert gate.GATE not in conditions, "the kubelet's patch leaves the gate's own condition to its owner"
+
+
+def test_the_operators_pod_cache_keeps_the_readiness_gates() -> None:
+    """The informer keeps a projection of each Pod; the gate is read from it."""
+    from tuneops.kube.informer import project_pod
+
+    assert gate.gated(project_pod({"apiVersion": "v1", "kind": "Pod", **pod()}))

@@ -73,10 +73,11 @@ def _pick(obj: Mapping[str, Any], keys: Iterable[str]) -> Obj:
     return {k: obj[k] for k in keys if k in obj}
 
 
-# A Pod: what the reconcilers and adapters read: metadata, status, and the spec fields `job_pod` compares with
-# its Job's template (containers, initContainers, volumes, serviceAccountName) and where it runs.
+# A Pod: what the reconcilers and adapters read: metadata, status, the spec fields `job_pod` compares with its
+# Job's template (containers, initContainers, volumes, serviceAccountName), where it runs, and its readiness
+# gates (the adapters gate, tuneops.adapters.gate).
 POD_SPEC_KEYS = ("containers", "initContainers", "volumes", "serviceAccountName", "serviceAccount", "nodeName",
-                 "restartPolicy", "hostNetwork", "hostPID", "hostIPC")  # fmt: skip
+                 "restartPolicy", "hostNetwork", "hostPID", "hostIPC", "readinessGates")  # fmt: skip
 
 
 def project_pod(obj: Obj) -> Obj:
