@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,6 +65,16 @@ def _server_pod(api: Kube, service: str) -> dict[str, Any]:
     ]
     assert len(ready) == 1, [p["metadata"]["name"] for p in pods]
     return ready[0]
+
+
+def _gate(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """The adapters readiness gate's (status, reason) on a serving Pod."""
+    from tuneops.adapters.gate import GATE
+
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == GATE:
+            return str(c.get("status")), str(c.get("reason"))
+    return None
 
 
 def _pid(pod: dict[str, Any]) -> int:
@@ -128,6 +139,24 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
     after = _server_pod(api, "tiny-llama")
     assert after["metadata"]["uid"] == pod["metadata"]["uid"]
     assert _pid(after) == pid and after["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert _gate(after) == ("True", "AdaptersServed"), after["status"]["conditions"]
+
+    # The vLLM process dies (killed): the kubelet restarts the container in the same Pod, the adapters gate
+    # closes while the server is down, and once the new server lists every adapter again (the runtime-loaded
+    # `extra` too) the gate opens and the Pod is Ready; no operator restart.
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted_and_serving() -> dict[str, Any] | None:
+        now = _server_pod(api, "tiny-llama")
+        statuses = now["status"]["containerStatuses"][0]
+        if statuses["restartCount"] < 1 or not statuses.get("ready"):
+            return None
+        return now if _gate(now) == ("True", "AdaptersServed") and extra_served() else None
+
+    again = _wait(restarted_and_serving, 600, "the restarted vLLM serving every adapter behind an open gate")
+    assert again["metadata"]["uid"] == pod["metadata"]["uid"] and _pid(again) != pid
+    assert demo.chat(vllm_url, "extra", "Hello") is not None
+    pid = _pid(again)
 
     def adapter_states() -> dict[str, dict[str, Any]]:
         obj = api.get(*tisvc_path) or {}
