@@ -1,11 +1,12 @@
 """Merge benchmarks: the streaming merge against its floor, the copy of the same bytes, and against peft.
 
 - Floor (7B-class shapes): Llama-7B's tensor shapes (hidden 4096, intermediate 11008, vocab 32000, bf16) with
-  fewer layers, one file, and a rank-16 adapter on all seven linear modules. Each round times, from the start of
-  the process until `sync` returns, `cp -r` of the base and the whole `tuneops worker merge` (file:// output:
-  imports, checks, hashing of inputs and output, merge, fsync, publication), alternating which goes first;
-  the best of ROUNDS_FLOOR of each. Peak RSS is the worker process's VmHWM, against the largest tensor.
-  The merged tensors are then checked against peft's own LoRA layer merge, tensor by tensor.
+  8 of its layers, one file, and a rank-16 adapter on all seven linear modules. Each round times, from the start
+  of the process until `sync` returns, `cp -r` of the base, the whole `tuneops worker merge` of the base as a
+  fetch step publishes it (with its manifest, so not hashed again), and the same merge of the base without a
+  manifest (hashed as it is read) (file:// output: imports, checks, hashing, merge, fsync, publication), each
+  going first in one round; the best of ROUNDS_FLOOR of each. Peak RSS is the worker process's VmHWM, against
+  the largest tensor. The merged tensors are then checked against peft's own LoRA layer merge, tensor by tensor.
 - peft (0.5B): the streaming merge against peft's merge_and_unload, each in a fresh process, alternating over
   ROUNDS; the outputs must be identical.
 

@@ -275,6 +275,7 @@ class Controller:
         handler). Held at once, so that the first reconcile finds every resource it may read."""
         feed = self._feed(kind, raw)
         if feed is not None and not feed.synced:
+            feed.listing.set()  # kopf is listing: the children's informers wait for the end of it
             feed.handle("ADDED", _own_copy(raw, feed.rtype))
 
     def event(self, kind: str, type_: str | None, raw: Obj) -> None:
