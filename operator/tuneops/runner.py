@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -149,6 +149,33 @@ def _lost(done: threading.Event) -> None:
 LOST = threading.Event()
 
 
+def retry_missing_routes() -> None:
+    """Makes kopf retry a watch answered 404 instead of stopping the operator.
+
+    After an API server restart its custom resources' routes come back a moment after it answers: a watch kopf
+    reconnects in that moment gets 404, which kopf takes as fatal (its reactor stops, and the operator with it).
+    Such a 404 is handled as kopf handles 429 on a watch: logged, then the watch is made again after
+    `settings.watching.reconnect_backoff`. A CRD that is really gone is retried the same way (its resources are
+    gone too, so there is nothing to reconcile). Idempotent; `tests/unit/test_runner_watch_retry.py` fails if
+    kopf's watch loop changes shape."""
+    from kopf._cogs.clients import errors, watching
+
+    original = watching.continuous_watch
+    if getattr(original, "_tuneops_retries_404", False):
+        return
+
+    async def continuous_watch(**kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async for event in original(**kwargs):
+                yield event
+        except errors.APINotFoundError as exc:
+            log.warning("watch of %s answered 404 (%s): watching again shortly", kwargs.get("resource"), exc)
+            raise errors.APITooManyRequestsError("404 on a watch: retried", status=429, headers={}) from exc
+
+    continuous_watch._tuneops_retries_404 = True  # type: ignore[attr-defined]
+    watching.continuous_watch = continuous_watch
+
+
 def run_operator(
     *,
     namespaces: list[str],
@@ -186,6 +213,7 @@ def run_operator(
     done = threading.Event()
     registry = build_registry(controller, kube, elector, done)
     metrics.serve(metrics_port)
+    retry_missing_routes()
     kopf.run(
         registry=registry,
         settings=operator_settings(),
