@@ -25,15 +25,7 @@ SELECTOR = "app.kubernetes.io/instance=gated,app.kubernetes.io/component=server"
 
 
 def refuses(name: str, state: dict[str, str]) -> fake.Behaviour:
-    good = fake.well_behaved(state)
-
-    def behave(r: fake.Request) -> None:
-        if r.path == "/v1/load_lora_adapter" and r.json().get("lora_name") == name:
-            r.reply(500, {"error": {"message": "CUDA out of memory while loading the adapter"}})
-        else:
-            good(r)
-
-    return behave
+    return fake.fails_to_load(name, 500, "CUDA out of memory while loading the adapter", state)
 
 
 def kubelet(cluster: Cluster, ns: str, pod: Any, ip: str, containers_ready: bool) -> None:

@@ -24,15 +24,7 @@ PREFIX = f"127.81.{_NET}."
 
 def one_adapter_fails(state: dict[str, str]) -> fake.Behaviour:
     """A vLLM server on which adapter `bad` fails to load (vLLM's own error); everything else loads."""
-    good = fake.well_behaved(state)
-
-    def behave(r: fake.Request) -> None:
-        if r.path == "/v1/load_lora_adapter" and r.json().get("lora_name") == "bad":
-            r.reply(400, {"error": {"message": "LoRA rank 64 is greater than max_lora_rank 16."}})
-        else:
-            good(r)
-
-    return behave
+    return fake.fails_to_load("bad", 400, "LoRA rank 64 is greater than max_lora_rank 16.", state)
 
 
 def conditions(cluster: Cluster, ns: str, name: str) -> dict[str, dict[str, Any]]:

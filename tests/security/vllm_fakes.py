@@ -120,6 +120,19 @@ def well_behaved(state: dict[str, str] | None = None) -> Behaviour:
     return behave
 
 
+def fails_to_load(name: str, status: int, message: str, state: dict[str, str] | None = None) -> Behaviour:
+    """well_behaved, except that loading adapter `name` is answered `status` with vLLM's error shape."""
+    good = well_behaved(state)
+
+    def behave(r: Request) -> None:
+        if r.path == "/v1/load_lora_adapter" and r.json().get("lora_name") == name:
+            r.reply(status, {"error": {"message": message}})
+        else:
+            good(r)
+
+    return behave
+
+
 def stream(
     r: Request, status: int, total: int, *, declare: bool = True, chunk: bytes = b"x" * (1 << 20)
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tuneops.adapters.gate import condition as pod_condition
 from tuneops.api.conditions import TERMINAL_REASONS, Reason
 from tuneops.kube import client as k
 from tuneops.serving.errors import model_path_missing, root_cause
@@ -86,13 +87,6 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 def _status(pod: Mapping[str, Any]) -> dict[str, Any]:
     return dict(pod.get("status") or {})
-
-
-def _condition(pod: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in _status(pod).get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return None
 
 
 def _claims(pod: Mapping[str, Any]) -> list[str]:
@@ -250,7 +244,7 @@ def pod_cause(pod: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) 
     found = _container_causes(pod)
     if found:
         return min(found, key=lambda c: c.severity)
-    scheduled = _condition(pod, "PodScheduled")
+    scheduled = pod_condition(pod, "PodScheduled")
     if scheduled is not None and scheduled.get("status") == "False":
         message = str(scheduled.get("message") or "")
         if not message:
@@ -273,7 +267,7 @@ def needs_events(pod: Mapping[str, Any]) -> bool:
         return False
     if _container_causes(pod):
         return False
-    scheduled = _condition(pod, "PodScheduled")
+    scheduled = pod_condition(pod, "PodScheduled")
     if scheduled is None:
         return False  # not looked at by a scheduler yet
     if scheduled.get("status") == "False":

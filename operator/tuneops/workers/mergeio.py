@@ -725,12 +725,13 @@ class Input:
     def settle(self, hashed: Ledger) -> str:
         """The input's digest from the pass's hashes (plus the files the pass did not read), checked."""
         rows: list[dict[str, Any]] = []
+        listed_files = {str(f["path"]): f for f in self.manifest.files} if self.manifest is not None else {}
         for rel in list_files(self.path):
             key = rel.as_posix()
             d = hashed.get(key)
             p = self.path / rel
-            if d is None and self.trust_manifest and self.manifest is not None:
-                listed = next((f for f in self.manifest.files if str(f["path"]) == key), None)
+            if d is None and self.trust_manifest:
+                listed = listed_files.get(key)
                 if listed is not None:  # vouched for by the manifest: its size is checked below
                     d = FileDigest(str(listed["sha256"]), p.stat().st_size)
             if d is None:
