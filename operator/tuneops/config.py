@@ -39,6 +39,9 @@ class Features(BaseModel):
     """policy/v1 PodDisruptionBudget (Kubernetes 1.21+); older servers get policy/v1beta1."""
     hpa_v2: bool = True
     """autoscaling/v2 HorizontalPodAutoscaler (Kubernetes 1.23+); older servers get autoscaling/v2beta2."""
+    native_sidecars: bool = True
+    """Init containers with restartPolicy Always (Kubernetes 1.29+); older servers drop the field, so the adapter
+    loader becomes a regular container there."""
 
 
 class Scratch(BaseModel):
@@ -181,6 +184,10 @@ class OperatorConfig(BaseModel):
     """Hash a model folder's files as a merge reads them even when its manifest vouches for them (the digest
     the operator recorded, every file listed at its size). Off, such a folder is not hashed again: a change to
     its bytes that keeps every size is then not seen by the merge (docs/reliability.md)."""
+    native_sidecars: bool = True
+    """Run the adapter loader of a vLLM Pod with s3:// or hf://...@revision adapters as a native sidecar (an init
+    container with restartPolicy Always) where the cluster has them (Kubernetes 1.29+, found at startup); off, or
+    on an older cluster, as a second regular container."""
     allow_ambient_credentials: bool = False
     """Let a source with no Secret of its own (an s3:// URI without tokenSecretRef) be read with whatever identity
     the Pod or its node has (an IAM role for service accounts, the instance profile). Off, such a source is

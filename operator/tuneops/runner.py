@@ -32,6 +32,7 @@ def discover_features(kube: Kube, config: OperatorConfig) -> None:
     config.features.pod_failure_policy = (major, minor) >= (1, 26)
     config.features.pdb_v1 = (major, minor) >= (1, 21)
     config.features.hpa_v2 = (major, minor) >= (1, 23)
+    config.features.native_sidecars = (major, minor) >= (1, 29)
     log.info("Kubernetes %d.%d: podFailurePolicy=%s", major, minor, config.features.pod_failure_policy)
 
 

@@ -32,6 +32,7 @@ from tuneops.render import (
     render_inferenceservice,
     vllm_args,
 )
+from tuneops.render.serving.args import adapter_path
 from tuneops.render.serving.vllm import LORA_FILE
 from tuneops.serving.vllm import LoraModule
 from tuneops.validation.serving import check_inferenceservice
@@ -512,10 +513,18 @@ def lora(**over: Any) -> dict[str, Any]:
         ({"lora": lora()}, MODEL, [ResolvedAdapter("a", "pvc://adapters/a", modules_to_save=("lm_head", "score"))],
          [(Reason.INCOMPATIBLE_ADAPTER, "spec.lora.adapters[0]", "lm_head (modules_to_save)")]),
         ({"lora": lora()}, MODEL, [ResolvedAdapter("a", "pvc://adapters/a", modules_to_save=("score",))], []),
-        ({"lora": lora()}, MODEL, [ResolvedAdapter("a", "s3://b/a")],
-         [(Reason.INCOMPATIBLE_ADAPTER, "spec.lora.adapters[0]", "s3://")]),
-        ({"lora": lora()}, MODEL, [ResolvedAdapter("a", "hf://org/a@v2")],
-         [(Reason.INCOMPATIBLE_ADAPTER, "spec.lora.adapters[0]", "@revision")]),
+        # a FineTunedModel's adapter published where vLLM cannot read (the loader fetches only spec URIs)
+        ({"lora": lora(adapters=[{"name": "a", "fineTunedModelRef": {"name": "t"}}])}, MODEL,
+         [ResolvedAdapter("a", "s3://b/a")],
+         [(Reason.INCOMPATIBLE_ADAPTER, "spec.lora.adapters[0]", "published to s3://")]),
+        ({"lora": lora(adapters=[{"name": "a", "fineTunedModelRef": {"name": "t"}}])}, MODEL,
+         [ResolvedAdapter("a", "hf://org/a@v2")],
+         [(Reason.INCOMPATIBLE_ADAPTER, "spec.lora.adapters[0]", "pinned hf:// revision")]),
+        # named by uri, the Pods' adapter loader fetches them
+        ({"lora": lora(adapters=[{"name": "a", "uri": "s3://b/a", "tokenSecretRef": {"name": "s", "key": "k"}}])},
+         MODEL, [ResolvedAdapter("a", "s3://b/a")], []),
+        ({"lora": lora(adapters=[{"name": "a", "uri": "hf://org/a@v2"}])}, MODEL,
+         [ResolvedAdapter("a", "hf://org/a@v2")], []),
         ({"lora": lora()}, ResolvedModel(uri="pvc://m/x", format="gguf"), [],
          [(Reason.INVALID_SPEC, "spec.runtime", "GGUF"), (Reason.INCOMPATIBLE_ADAPTER, "spec.lora", "GGUF model")]),
         ({"lora": lora()}, ResolvedModel(uri="pvc://m/x", format="compressed-tensors"),
@@ -610,12 +619,12 @@ def test_golden_vllm_tp4_gpus_from_parallelism() -> None:
         ("file:///adapters/a", None),
         ("hf://acme/sql-lora", None),
         ("hf://acme/loras/sql", None),
-        ("s3://bucket/adapters/a", "vLLM cannot load adapters from s3://"),
-        ("hf://acme/sql-lora@v2", "would ignore @v2"),
-        ("hf://acme/loras@v2/sql", "would ignore @v2"),
+        ("s3://bucket/adapters/a", None),
+        ("hf://acme/sql-lora@v2", None),
+        ("hf://acme/loras@v2/sql", None),
     ],
 )
-def test_adapter_uris_vllm_cannot_load_are_refused_by_the_spec(uri: str, refused: str | None) -> None:
+def test_adapter_uris_are_read_by_vllm_or_fetched_by_the_loader(uri: str, refused: str | None) -> None:
     body = {"lora": {"adapters": [{"name": "ok", "uri": "pvc://adapters/ok"}, {"name": "a", "uri": uri}]}}
     if refused is None:
         assert spec(**body).lora is not None
@@ -642,11 +651,18 @@ def test_validate_names_the_adapter_uri_and_the_gpu_count(
     path.write_text("---\n".join(json.dumps(d) + "\n" for d in docs))
     assert main(["validate", "-f", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "spec.lora.adapters[0].uri: vLLM cannot load adapters from s3://" in err, err
+    assert "spec.lora.adapters[0].uri: s3://b/a has no Secret of its own" in err, err
     assert "spec.resources.gpus: 0 GPUs cannot run vllm.tensorParallelSize (2)" in err, err
 
 
-def test_adapter_paths_vllm_cannot_read_are_refused_at_render_time() -> None:
-    s = spec(lora=lora())
+def test_fetched_adapters_are_not_given_to_vllm_at_start() -> None:
+    s = spec(
+        lora=lora(adapters=[{"name": "a", "uri": "s3://b/a", "tokenSecretRef": {"name": "s", "key": "k"}}])
+    )
+    rendered = render_inferenceservice(
+        s, OWNER, CFG, model=MODEL, adapters=[ResolvedAdapter("a", "s3://b/a")]
+    )
+    config = next(m for m in rendered.manifests if m["kind"] == "ConfigMap")
+    assert json.loads(config["data"]["lora-modules.json"]) == []
     with pytest.raises(RenderError, match="s3://"):
-        render_inferenceservice(s, OWNER, CFG, model=MODEL, adapters=[ResolvedAdapter("a", "s3://b/a")])
+        adapter_path("s3://b/a", CFG)

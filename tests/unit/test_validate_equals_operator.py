@@ -161,14 +161,27 @@ spec:
   lora: {adapters: [{name: a, uri: "s3://bucket/a"}]}
 """,
         "spec.lora.adapters[0].uri",
-        Reason.INVALID_SPEC,
+        Reason.NOT_ALLOWED,
     ),
     Row(
-        "spec/adapter-uri-hf-at-a-revision",
+        "spec/adapter-uri-hf-at-a-revision-without-runtime-loading",
         IS_HEAD
         + """metadata: {name: svc}
 spec:
   model: {uri: "pvc://models/base"}
+  lora: {dynamic: false, adapters: [{name: a, uri: "hf://org/a@v2"}]}
+""",
+        "spec.lora",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
+        "spec/fetched-adapter-on-a-multi-node-service",
+        IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {uri: "pvc://models/base"}
+  resources: {gpus: 1}
+  vllm: {nodes: 2, pipelineParallelSize: 2}
   lora: {adapters: [{name: a, uri: "hf://org/a@v2"}]}
 """,
         "spec.lora.adapters[0].uri",

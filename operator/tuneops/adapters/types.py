@@ -23,6 +23,10 @@ class DesiredAdapter(BaseModel):
     name: str
     path: str
     digest: str
+    # s3:// or hf://...@revision: the Pod's adapter loader fetches it, and its answer gives the path (per Pod)
+    uri: str = ""
+    # the credential role of the adapter's Secret in the loader's environment ("" for none)
+    role: str = ""
 
 
 # Entries read from one /v1/models answer; a server listing more is reported, and the rest ignored.

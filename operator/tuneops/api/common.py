@@ -71,6 +71,8 @@ def check_uri(value: str) -> str:
     return value
 
 
+# The content digest of an artifact's manifest, as status.artifact.digest and adapterDigest record it.
+AdapterDigest = Annotated[str, StringConstraints(max_length=71, pattern=r"^sha256:[0-9a-f]{64}$")]
 Uri = Annotated[
     str,
     StringConstraints(min_length=3, max_length=URI_MAX, pattern=r"^(hf|s3|pvc|file)://[^\s]+$"),
@@ -338,3 +340,10 @@ class BaseStatus(Model):
     """The artifact this resource produced."""
     steps: list[StepStatus] | None = Field(default=None, max_length=8)
     """The Job of each pipeline step; a failed step is retried only when its inputs (spec, upstream digest) change."""
+
+
+def fetched_by_loader(uri: str) -> bool:
+    """Whether a serving Pod's adapter loader fetches this adapter (s3://, hf://...@revision) rather than vLLM
+    reading it itself (pvc://, file://, an unpinned hf:// name)."""
+    scheme, _, rest = uri.partition("://")
+    return scheme == "s3" or (scheme == "hf" and "@" in rest)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from tuneops.api.common import (
     LIST_MAX,
+    AdapterDigest,
     BaseStatus,
     DNSName,
     EnvVar,
@@ -21,6 +22,7 @@ from tuneops.api.common import (
     ShortStr,
     Str,
     Uri,
+    fetched_by_loader,
     field_errors,
 )
 
@@ -156,27 +158,29 @@ class LoraAdapterRef(Model):
     fine_tuned_model_ref: ObjectRef | None = None
     """A FineTunedModel whose adapter is served (its base must be this service's base)."""
     uri: Uri | None = None
-    """An adapter folder vLLM can load: pvc://, file:// or hf://org/name (vLLM reads no s3:// and no
-    @revision); an adapter elsewhere is served through a FineTunedModel, which publishes it to a claim."""
+    """The adapter folder: pvc://claim/path or file:// (vLLM reads it where it is), hf://org/name (vLLM downloads
+    it), or s3://bucket/prefix and hf://org/name@revision, which the adapter loader beside vLLM in each Pod
+    downloads into its cache, checks and publishes under a content-addressed path before vLLM loads it
+    (lora.dynamic only)."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret with the credentials for a private s3:// or hf:// adapter (only this adapter is read with it)."""
+    digest: AdapterDigest | None = None
+    """The adapter's recorded digest (sha256:<64 hex>, as a FineTunedModel's status.adapterDigest or a manifest
+    gives it): the loader refuses any other content (DigestMismatch). s3:// and hf://...@revision only."""
 
-    @field_validator("uri")
-    @classmethod
-    def _loadable_by_vllm(cls, uri: str | None) -> str | None:
-        # vLLM resolves an adapter path itself at load time: a refusal there comes hours later, as a failed load.
-        scheme, _, rest = (uri or "").partition("://")
-        if scheme == "s3":
+    @model_validator(mode="after")
+    def _fetched_fields(self) -> LoraAdapterRef:
+        fetched = self.uri is not None and fetched_by_loader(self.uri)
+        if self.digest is not None and not fetched:
             raise ValueError(
-                "vLLM cannot load adapters from s3://: put the adapter on a PersistentVolumeClaim (pvc://) or the "
-                "Hub (hf://), or serve it with fineTunedModelRef (a FineTunedModel with merge.enabled: false "
-                "publishes it to a claim)"
+                f"adapter {self.name!r}: digest is checked by the adapter loader, which fetches s3:// and "
+                "hf://...@revision adapters only (a FineTunedModel's adapter carries its digest already)"
             )
-        if scheme == "hf" and "@" in rest:
+        if self.token_secret_ref is not None and not (self.uri or "").startswith(("s3://", "hf://")):
             raise ValueError(
-                "vLLM loads hf:// adapters at their default revision and would ignore "
-                f"@{rest.partition('@')[2].split('/')[0]}: drop it, and publish each version under its own "
-                "repository or path"
+                f"adapter {self.name!r}: tokenSecretRef applies to s3:// and hf:// adapters only"
             )
-        return uri
+        return self
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LoraAdapterRef:
@@ -209,6 +213,9 @@ class LoraSpec(Model):
     """Adapters cached in CPU memory (--max-cpu-loras)."""
     dynamic: bool = True
     """Load and unload adapters on running Pods through vLLM's runtime API instead of restarting them."""
+    cache_size: Quantity = "10Gi"
+    """The most each Pod's adapter loader keeps of s3:// and hf://...@revision adapters (its emptyDir); an adapter
+    that does not fit beside the ones in use is refused (CacheFull)."""
 
     @model_validator(mode="after")
     def _unique(self) -> LoraSpec:
@@ -216,6 +223,12 @@ class LoraSpec(Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"adapter names must be unique: {', '.join(dupes)}")
+        fetched = [a.name for a in self.adapters if a.uri and fetched_by_loader(a.uri)]
+        if fetched and not self.dynamic:
+            raise ValueError(
+                f"adapters {', '.join(fetched)} come through the adapter loader (s3://, hf://...@revision), which "
+                "hands them to vLLM's runtime API: they need lora.dynamic true"
+            )
         return self
 
 

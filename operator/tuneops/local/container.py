@@ -100,6 +100,12 @@ class Container:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def sidecar(self) -> bool:
+        """A native sidecar: an init container with restartPolicy Always. It runs beside the Pod's containers,
+        is restarted whatever its exit code, and counts as initialized once started."""
+        return self.init and self.spec.get("restartPolicy") == "Always"
+
     def status(self) -> Obj:
         out: Obj = {
             "name": self.name,

@@ -220,8 +220,17 @@ class PodWorker:
             return
         if self.failed_init:
             return
-        # Init containers, one at a time and in order.
+        # Init containers, one at a time and in order; a native sidecar lets the next one start once it runs
+        # (and has passed its startup probe), and keeps running beside them.
         for c in self.init_containers:
+            if c.sidecar:
+                self._drive(c)
+                if c.running():
+                    self._probe(c)
+                    c.done = c.done or c.started or not c.spec.get("startupProbe")
+                if not c.done:
+                    return
+                continue
             if c.done:
                 continue
             self._drive(c)
@@ -238,7 +247,7 @@ class PodWorker:
             self._reap(c)
         if c.running() and self.engine is not None and c.engine_name and not c.engine_id:
             c.engine_id = self.engine.container_id(c.engine_name)
-        if c.done or c.running() or time.monotonic() < c.next_start:
+        if (c.done and not c.sidecar) or c.running() or time.monotonic() < c.next_start:
             return
         self._start(c)
 
@@ -439,7 +448,9 @@ class PodWorker:
         c.ready = False
         c.proc = None
         ran = time.monotonic() - c.started_mono
-        if c.init and term["exitCode"] == 0:
+        if c.sidecar:
+            self._back_off(c, term, ran)  # restarted whatever its exit code, as long as the Pod runs
+        elif c.init and term["exitCode"] == 0:
             c.done = True
         elif not backoff.restarts(self.restart_policy, term["exitCode"]):
             c.done = True

@@ -93,7 +93,8 @@ def pod_status(
 ) -> Obj:
     """The status to report; a finished Pod's containers are marked unready as a side effect."""
     initialized = all(c.done for c in init) and not failed_init
-    ready = bool(containers) and all(c.ready for c in containers)
+    # A native sidecar's readiness counts toward the Pod's, as the kubelet's does.
+    ready = bool(containers) and all(c.ready for c in (*containers, *(i for i in init if i.sidecar)))
     current = phase(init, containers, failed_init)
     finished = current in ("Succeeded", "Failed")
     if finished:

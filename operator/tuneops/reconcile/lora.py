@@ -25,7 +25,9 @@ from tuneops.adapters import (
     summarize,
 )
 from tuneops.adapters.client import PASS_DEADLINE_S, POD_ERRORS
+from tuneops.adapters.fetching import Fetched, LoaderClient, kept_paths, resolve
 from tuneops.adapters.passes import PassRunner
+from tuneops.api.common import fetched_by_loader
 from tuneops.api.inferenceservice import InferenceServiceSpec, PodAdapters
 from tuneops.kube import client as k
 from tuneops.kube.types import POD
@@ -33,8 +35,10 @@ from tuneops.reconcile.base import Context
 from tuneops.reconcile.service_status import Adapters
 from tuneops.reconcile.sources import Sources
 from tuneops.render import serving as render
+from tuneops.render.serving import loader
+from tuneops.render.serving.types import LOADER_PORT
 from tuneops.render.serving.vllm import LWS_WORKER_INDEX
-from tuneops.render.types import Owner
+from tuneops.render.types import Owner, ResolvedAdapter
 
 log = logging.getLogger(__name__)
 # Pods of one service talked to at once; the rest wait their turn within the same pass deadline.
@@ -47,10 +51,18 @@ _PASSES: PassRunner[list[PodResult]] = PassRunner("tuneops-adapters")
 class PassInputs(NamedTuple):
     """What a pass is made from; a finished pass answers only a call made from the same."""
 
-    desired: tuple[tuple[str, str, str], ...]  # name, path, digest
+    desired: tuple[tuple[str, str, str, str, str], ...]  # name, path, digest, uri, role
     pods: tuple[tuple[str, str | None, str], ...]  # name, uid, podIP
     api_key: str | None
     dynamic: bool
+
+
+def desired_adapter(a: ResolvedAdapter, ctx: Context) -> DesiredAdapter:
+    """What the Pods should serve of one adapter: a path vLLM reads, or a URI their adapter loader fetches."""
+    if fetched_by_loader(a.uri):
+        role = loader.secret_role(a.token_secret) if a.token_secret else ""
+        return DesiredAdapter(name=a.name, path="", digest=a.digest or "", uri=a.uri, role=role)
+    return DesiredAdapter(name=a.name, path=render.adapter_path(a.uri, ctx.config), digest=a.digest or "")
 
 
 def lora_enabled(spec: InferenceServiceSpec, sources: Sources) -> bool:
@@ -64,19 +76,14 @@ def reconcile_adapters(
     false, only read what they serve); the truth comes from each Pod's /v1/models afterwards.
 
     Returns the verdict and status.pods: only the Pods that do not serve what they should, at most ten."""
-    desired = {
-        a.name: DesiredAdapter(
-            name=a.name, path=render.adapter_path(a.uri, ctx.config), digest=a.digest or ""
-        )
-        for a in sources.servable
-    }
+    desired = {a.name: desired_adapter(a, ctx) for a in sources.servable}
     ready = ready_pods(pods)
     lora = render.effective_lora(spec, sources.adapters)
     dynamic = bool(lora and lora.dynamic)
     results: list[PodResult] = []
     if ready:
         inputs = PassInputs(
-            tuple(sorted((d.name, d.path, d.digest) for d in desired.values())),
+            tuple(sorted((d.name, d.path, d.digest, d.uri, d.role) for d in desired.values())),
             tuple((p["metadata"]["name"], p["metadata"].get("uid"), p["status"]["podIP"]) for p in ready),
             sources.api_key,
             dynamic,
@@ -250,6 +257,7 @@ async def reconcile_pods(
     memories: Mapping[str, PodMemory] | None = None,
     deadline_s: float = PASS_DEADLINE_S,
     port: int = render.PORT,
+    loader_port: int = LOADER_PORT,
 ) -> list[PodResult]:
     """One pass over the Pods, in parallel up to POD_CONCURRENCY, all within one deadline; whatever one Pod
     answers (or fails to) becomes its own result and never the others'.
@@ -269,7 +277,12 @@ async def reconcile_pods(
                 async with AdapterClient(url, api_key=api_key, deadline=deadline) as client:
                     if not dynamic:
                         return await _observe_pod(pod_name, client, desired)
-                    return await reconcile_pod(pod_name, client, desired, memory)
+                    if not any(d.uri for d in desired.values()):
+                        return await reconcile_pod(pod_name, client, desired, memory)
+                    loader_url = pod_url(pod["status"]["podIP"], loader_port)
+                    return await _with_loader(
+                        pod_name, client, loader_url, api_key, desired, memory, deadline
+                    )
         except POD_ERRORS as exc:
             return PodResult(pod=pod_name, reachable=False, error=describe(exc), memory=memory)
         except Exception as exc:  # a bug met on one Pod's answer must not cost the other Pods their pass
@@ -277,3 +290,34 @@ async def reconcile_pods(
             return PodResult(pod=pod_name, reachable=False, error=describe(exc), memory=memory)
 
     return list(await asyncio.gather(*(one(p) for p in pods)))
+
+
+async def _with_loader(
+    pod: str,
+    client: AdapterClient,
+    loader_url: str,
+    api_key: str | None,
+    desired: dict[str, DesiredAdapter],
+    memory: PodMemory,
+    deadline: Deadline,
+) -> PodResult:
+    """A Pod with adapters its loader fetches: sync the loader first (what the server still reads stays in its
+    cache), plan the server with the folders that are ready, and report the others as Loading or Failed."""
+    try:
+        served = await client.list_models()
+    except POD_ERRORS as exc:
+        return PodResult(pod=pod, reachable=False, error=describe(exc), memory=memory)
+    wanted = {n: d for n, d in desired.items() if d.uri}
+    try:
+        lc = LoaderClient(loader_url, api_key=api_key, deadline=deadline)
+        async with lc:
+            fetched = await lc.sync(wanted, kept_paths(served, loader.CACHE_DIR), loader.CACHE_DIR)
+    except POD_ERRORS as exc:
+        # No loader (a Pod from before the spec named such an adapter) or one that fails: the others go on.
+        note = f"the Pod's adapter loader does not answer: {describe(exc)}"
+        fetched = {n: Fetched(state="Fetching", message=note) for n in wanted}
+    plan, waiting = resolve(desired, served, fetched)
+    result = await reconcile_pod(pod, client, plan, memory)
+    if not result.reachable:
+        return result
+    return result.model_copy(update={"states": {**result.states, **waiting}})

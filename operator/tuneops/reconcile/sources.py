@@ -97,7 +97,9 @@ def _adapters(
     pending: dict[str, str] = {}
     for i, a in enumerate(spec.lora.adapters if spec.lora else []):
         if a.uri is not None:
-            adapters.append(ResolvedAdapter(name=a.name, uri=a.uri))
+            adapters.append(
+                ResolvedAdapter(name=a.name, uri=a.uri, digest=a.digest, token_secret=a.token_secret_ref)
+            )
             continue
         assert a.fine_tuned_model_ref is not None  # the model validates exactly one
         try:

@@ -68,6 +68,8 @@ class ResolvedAdapter:
     base_model_name: str | None = None
     use_dora: bool = False
     modules_to_save: tuple[str, ...] = ()
+    # the Secret of an s3:// or hf:// adapter given by uri (the Pod's adapter loader reads it with it)
+    token_secret: SecretKeyRef | None = None
 
 
 @dataclass(frozen=True)

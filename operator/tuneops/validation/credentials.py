@@ -77,6 +77,8 @@ def _sources(spec: BaseModel) -> Iterator[tuple[str, str | None, SecretKeyRef | 
             yield "spec.qualityGate.evalDatasetUri", gate.eval_dataset_uri, gate.token_secret_ref
     elif isinstance(spec, InferenceServiceSpec):
         yield "spec.model.uri", spec.model.uri, spec.model.token_secret_ref
+        for i, a in enumerate(spec.lora.adapters if spec.lora else []):
+            yield f"spec.lora.adapters[{i}].uri", a.uri, a.token_secret_ref
 
 
 def check_credentials(spec: BaseModel, config: OperatorConfig) -> list[Problem]:

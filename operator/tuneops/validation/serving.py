@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from tuneops.api.common import fetched_by_loader
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
 from tuneops.render.artifacts import gguf_file
@@ -55,10 +56,18 @@ def check_inferenceservice(
         invalid("spec.lora.maxCpuLoras", f"must be at least maxLoras ({lora.max_loras})")
     if model is not None and model.format == "gguf" and lora.adapters:
         incompatible("spec.lora", "LoRA adapters cannot be served on a GGUF model")
+    fetched = [i for i, a in enumerate(lora.adapters) if a.uri and fetched_by_loader(a.uri)]
+    if fetched and spec.vllm_settings().nodes > 1:
+        invalid(
+            f"spec.lora.adapters[{fetched[0]}].uri",
+            "s3:// and hf://...@revision adapters are fetched by a loader beside vLLM in single-node Pods; a "
+            "multi-node service serves adapters from pvc:// or an unpinned hf:// name",
+        )
     index = {a.name: i for i, a in enumerate(lora.adapters)}
+    by_uri = {a.name for a in lora.adapters if a.uri is not None}
     for a in adapters:
         fld = f"spec.lora.adapters[{index.get(a.name, '?')}]"
-        for msg in _adapter_problems(a, lora, model):
+        for msg in _adapter_problems(a, lora, model, by_uri=a.name in by_uri):
             incompatible(fld, msg)
     return problems
 
@@ -90,9 +99,21 @@ def _check_parallelism(spec: InferenceServiceSpec, model: ResolvedModel, invalid
     # parsed has them right.
 
 
-def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel | None) -> list[str]:
-    """Why vLLM would refuse to load this adapter on this model, if it would."""
+def _adapter_problems(
+    a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel | None, *, by_uri: bool
+) -> list[str]:
+    """Why vLLM would refuse to load this adapter on this model, if it would (`by_uri`: the spec names it by uri,
+    else it is a FineTunedModel's)."""
     out: list[str] = []
+    if not by_uri and fetched_by_loader(a.uri):
+        # Published where vLLM cannot read: the Pods' loader fetches only what the spec names by uri (with the
+        # spec's Secret and digest).
+        where = "s3://" if a.uri.startswith("s3://") else "a pinned hf:// revision"
+        out.append(
+            f"adapter {a.name!r} is published to {where}, which vLLM cannot read: publish it to a claim (the "
+            "FineTunedModel's output on pvc://), or name it by uri (with its tokenSecretRef and digest) so the "
+            "Pods' adapter loader fetches it"
+        )
     if a.rank is not None and a.rank > lora.max_lora_rank:
         out.append(f"adapter {a.name!r} has rank {a.rank}, above lora.maxLoraRank {lora.max_lora_rank}")
     if (
@@ -112,12 +133,5 @@ def _adapter_problems(a: ResolvedAdapter, lora: LoraSpec, model: ResolvedModel |
         out.append(
             f"adapter {a.name!r} saves full modules {', '.join(extra)} (modules_to_save), which vLLM does not "
             "serve; merge it instead"
-        )
-    u = parse(a.uri)
-    if u.scheme == "s3":
-        out.append(f"adapter {a.name!r}: vLLM cannot load adapters from s3://; use pvc:// or hf://")
-    if u.scheme == "hf" and u.pinned:
-        out.append(
-            f"adapter {a.name!r}: vLLM loads hf:// adapters at their default revision; drop the @revision"
         )
     return out

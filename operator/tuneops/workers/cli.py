@@ -1,4 +1,4 @@
-"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate|fetch>`: the thin command line of the workers.
+"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate|fetch|adapter-loader>`: the thin command line of the workers.
 
 Exit codes: 0 success (evaluate: gate passed), 2 invalid input, 3 quality gate failed, 1 any other failure.
 Each run writes one JSON object to $TUNEOPS_TERMINATION_LOG (default /dev/termination-log) and prints it.
@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--source", required=True, help="model URI (s3://, hf://, pvc:// or file://)")
     f.add_argument("--dest", required=True, help="folder to fill (may be a mount point)")
     f.add_argument("--expect-digest", help="the digest recorded for the model: anything else is refused")
+    from tuneops.workers import loader
+
+    lo = sub.add_parser("adapter-loader", help="the per-Pod adapter cache beside vLLM (s3:// and hf://@rev)")
+    loader.add_arguments(lo)
     return p
 
 
@@ -139,6 +143,10 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.worker == "adapter-loader":
+        from tuneops.workers import loader
+
+        return loader.main(args)
     threads = configure_threads(import_torch=args.worker != "merge")
     if args.worker == "merge":
         # torch takes seconds of one core to import: the merge starts it now, on a thread of its own, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tuneops.api.common import fetched_by_loader
 from tuneops.api.inferenceservice import InferenceServiceSpec, LlamaCppSpec, LoraSpec, VllmSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.serving.types import PORT, served_model_name
@@ -18,9 +19,7 @@ def adapter_path(uri: str, config: OperatorConfig) -> str:
     if u.scheme == "hf":
         return "/".join(p for p in (u.repo, u.subpath) if p)
     if u.scheme == "s3":
-        raise RenderError(
-            f"adapter {uri!r}: vLLM cannot load adapters from s3://; use pvc://, hf:// or file://"
-        )
+        raise RenderError(f"adapter {uri!r}: vLLM cannot read s3://; the Pod's adapter loader fetches it")
     return pod_path(uri, config)
 
 
@@ -29,7 +28,12 @@ def lora_modules(
 ) -> list[LoraModule]:
     """The startup adapters in spec order, each with the served base name as its parent in /v1/models."""
     base = served_model_name(spec, owner)
-    return [LoraModule(name=a.name, path=adapter_path(a.uri, config), base_model_name=base) for a in adapters]
+    # An adapter the Pod's loader fetches is not on disk when vLLM starts: the operator loads it at runtime.
+    return [
+        LoraModule(name=a.name, path=adapter_path(a.uri, config), base_model_name=base)
+        for a in adapters
+        if not fetched_by_loader(a.uri)
+    ]
 
 
 def vllm_args(

@@ -14,6 +14,8 @@ from tuneops.render.types import Manifest, Owner, ResolvedAdapter
 SERVER = "server"
 CONTAINER = "server"
 PORT = 8000
+# The adapter loader beside vLLM (render.serving.loader), reached by the operator only.
+LOADER_PORT = 8071
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,14 @@ from typing import Any
 
 from tuneops import labels
 from tuneops.adapters.gate import GATE as ADAPTERS_GATE
+from tuneops.api.common import fetched_by_loader
 from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.env import env_secret, env_value
 from tuneops.render.names import bounded_name, canonical_json, content_hash, metadata, selector_labels
 from tuneops.render.pod import empty_dir, tmp_volume
 from tuneops.render.serving.args import cpu_kv_cache_bytes, lora_args_index, lora_modules, vllm_args
+from tuneops.render.serving.loader import add_to_pod, needs_loader
 from tuneops.render.serving.pod import (
     ModelFiles,
     api_key_env,
@@ -111,7 +113,7 @@ def _env(
         *api_key_env(spec, KEY_ENV),
     ]
     secret = model_secret(spec, model)
-    if not any(parse(a.uri).scheme == "hf" for a in adapters):
+    if not any(parse(a.uri).scheme == "hf" and not fetched_by_loader(a.uri) for a in adapters):
         # Everything is on local disk: never let a missing file turn into a slow download attempt.
         env.append(env_value("HF_HUB_OFFLINE", "1"))
     elif secret is not None:
@@ -248,6 +250,8 @@ def _pod_template(
         gpus=spec.gpus_per_pod(),
         shutdown_seconds=shutdown,
     )
+    if needs_loader(spec) and not multinode:
+        add_to_pod(pod, spec, config)
     if lora is not None and lora.dynamic and not multinode:
         # Ready (traffic from the Service and the InferencePool) only once the server lists every adapter it
         # should serve: the operator sets this condition (tuneops.adapters.gate)

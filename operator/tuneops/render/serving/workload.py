@@ -10,6 +10,7 @@ from tuneops.api.conditions import ROLLOUT, SECURED, Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.names import metadata, selector_labels
+from tuneops.render.serving.loader import needs_loader
 from tuneops.render.serving.pod import extra_labels
 from tuneops.render.serving.types import CONTAINER, SERVER, Note, ServingRender, service_url, workload_name
 from tuneops.render.types import Manifest, Owner
@@ -204,6 +205,15 @@ def network_policy(
         return {"matchLabels": dict(sorted(selector.items()))}
 
     http = {"port": "http", "protocol": "TCP"}
+    operator = {
+        "matchExpressions": [
+            {
+                "key": NAMESPACE_NAME_LABEL,
+                "operator": "In",
+                "values": [config.operator_namespace or owner.namespace],
+            }
+        ]
+    }
     namespaces = {
         "matchExpressions": [
             {
@@ -223,6 +233,17 @@ def network_policy(
                 if open_http
                 else {"from": [{"namespaceSelector": namespaces}], "ports": [http]},
                 {"from": [{"podSelector": pods()}]},
+                *(
+                    # the adapter loader's sync API: the operator's namespace only
+                    [
+                        {
+                            "from": [{"namespaceSelector": operator}],
+                            "ports": [{"port": "loader", "protocol": "TCP"}],
+                        }
+                    ]
+                    if needs_loader(spec) and config.operator_namespace
+                    else []
+                ),
             ],
             "podSelector": pods(),
             "policyTypes": ["Ingress"],
