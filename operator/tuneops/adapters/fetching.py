@@ -1,15 +1,17 @@
 """Adapters a serving Pod's loader fetches (s3://, hf://...@revision): the sync call, and what it means for the
 Pod's plan.
 
-The loader runs in a tenant's Pod, so its answer is checked like a server's: a path is accepted only as
-``<cache>/<64 hex>`` (a content-addressed folder of the Pod's own cache, matching the digest it reports), a
-state only from the known three, and messages are short printable excerpts. A loader that lies can at worst
-make its own Pod load the wrong one of its own cached folders, which the Pod's owner could do anyway.
+The loader runs in a tenant's Pod, so its answer is checked like a server's: a path is accepted only as an
+absolute, normalized ``.../<64 hex>`` whose last part is the digest it reports (the loader and vLLM mount the
+cache at the same path, so the loader's path is the one vLLM reads; it is used for that Pod only), a state only
+from the known three, and messages are short printable excerpts. A loader that lies can at worst make its own
+Pod's server load a folder that Pod can read, which the Pod's owner could do anyway.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +38,16 @@ class Fetched(BaseModel):
     message: str = ""
 
 
-def parse_answer(body: Any, cache_dir: str, names: set[str]) -> dict[str, Fetched]:
+def _content_folder(path: str, hexdigest: str) -> bool:
+    return (
+        path.startswith("/")
+        and posixpath.normpath(path) == path
+        and posixpath.basename(path) == hexdigest
+        and bool(_HEX.match(hexdigest))
+    )
+
+
+def parse_answer(body: Any, names: set[str]) -> dict[str, Fetched]:
     """The loader's answer for the adapters asked for (``names``); anything malformed is an AdapterAPIError."""
     if not isinstance(body, Mapping) or not isinstance(body.get("adapters"), Mapping):
         raise AdapterAPIError(200, "the adapter loader's answer has no 'adapters' object")
@@ -50,11 +61,7 @@ def parse_answer(body: Any, cache_dir: str, names: set[str]) -> dict[str, Fetche
         path, digest = str(entry.get("path") or ""), str(entry.get("digest") or "")
         if state == "Ready":
             hexdigest = digest.removeprefix("sha256:")
-            if (
-                not digest.startswith("sha256:")
-                or not _HEX.match(hexdigest)
-                or path != f"{cache_dir}/{hexdigest}"
-            ):
+            if not digest.startswith("sha256:") or not _content_folder(path, hexdigest):
                 raise AdapterAPIError(200, f"the adapter loader reported {excerpt(path, 80)!r} for {name}: not a "
                                       "content-addressed folder of its cache")  # fmt: skip
         out[name] = Fetched(
@@ -71,9 +78,7 @@ class LoaderClient(AdapterClient):
     """The loader's sync API on one Pod (same limits as the server's: capped bodies, no redirects, the pass's
     deadline)."""
 
-    async def sync(
-        self, fetched: Mapping[str, DesiredAdapter], keep: list[str], cache_dir: str
-    ) -> dict[str, Fetched]:
+    async def sync(self, fetched: Mapping[str, DesiredAdapter], keep: list[str]) -> dict[str, Fetched]:
         payload = {
             "adapters": [
                 {"name": d.name, "uri": d.uri, "digest": d.digest, "role": d.role}
@@ -92,12 +97,13 @@ class LoaderClient(AdapterClient):
             raise AdapterAPIError(
                 status, f"the adapter loader's answer is not JSON: {excerpt(text, 80)!r}"
             ) from None
-        return parse_answer(body, cache_dir, set(fetched))
+        return parse_answer(body, set(fetched))
 
 
-def kept_paths(served: ServedModels, cache_dir: str) -> list[str]:
-    """The cache folders the server still reads adapters from: the loader must not delete them yet."""
-    return sorted({p for p in served.adapters.values() if p.startswith(cache_dir + "/")})
+def kept_paths(served: ServedModels) -> list[str]:
+    """The content-addressed folders the server still reads adapters from: the loader must not delete them yet
+    (it ignores any that are not in its cache)."""
+    return sorted({p for p in served.adapters.values() if _content_folder(p, posixpath.basename(p))})
 
 
 def resolve(

@@ -311,7 +311,7 @@ async def _with_loader(
     try:
         lc = LoaderClient(loader_url, api_key=api_key, deadline=deadline)
         async with lc:
-            fetched = await lc.sync(wanted, kept_paths(served, loader.CACHE_DIR), loader.CACHE_DIR)
+            fetched = await lc.sync(wanted, kept_paths(served))
     except POD_ERRORS as exc:
         # No loader (a Pod from before the spec named such an adapter) or one that fails: the others go on.
         note = f"the Pod's adapter loader does not answer: {describe(exc)}"

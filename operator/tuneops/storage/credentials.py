@@ -85,6 +85,13 @@ def hf_token(uri: str) -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
+def hf_endpoint(uri: str) -> str | None:
+    """The Hub endpoint for `uri`: its source's own (a mirror named in its Secret), else HF_ENDPOINT."""
+    role = role_for(uri)
+    own = _get(credential_prefix(role), "HF_ENDPOINT") if role is not None else None
+    return own or os.environ.get("HF_ENDPOINT") or None
+
+
 def ambient_allowed() -> bool:
     """Whether a source without keys of its own may use the ambient AWS identity ($TUNEOPS_AMBIENT_CREDENTIALS)."""
     return os.environ.get(AMBIENT_ENV, "").strip().lower() in ("1", "true", "yes")

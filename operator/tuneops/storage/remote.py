@@ -471,8 +471,8 @@ def s3_upload(local: Path, uri: ArtifactURI, manifest: Manifest) -> ArtifactURI:
 # ---------------------------------------------------------------------------------------------------- Hub
 
 
-def _hf_endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
+def _hf_endpoint(uri: ArtifactURI) -> str | None:
+    return credentials.hf_endpoint(uri.raw)
 
 
 def _hf_token(uri: ArtifactURI) -> str | None:
@@ -484,7 +484,7 @@ def _check_hf_names(uri: ArtifactURI, dest: Path) -> None:
     refuses the whole download."""
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token(uri))
+    api = HfApi(endpoint=_hf_endpoint(uri), token=_hf_token(uri))
     info = with_retries(f"list {uri.raw}", lambda: api.model_info(uri.repo, revision=uri.revision))
     for sibling in info.siblings or []:
         inside(dest, sibling.rfilename, f"{uri.raw}: file {sibling.rfilename!r}")
@@ -509,7 +509,7 @@ def hf_download(uri: ArtifactURI, dest: Path) -> Path:
                     revision=uri.revision,
                     local_dir=str(dest),
                     token=_hf_token(uri),
-                    endpoint=_hf_endpoint(),
+                    endpoint=_hf_endpoint(uri),
                 ),
             )
         else:
@@ -521,7 +521,7 @@ def hf_download(uri: ArtifactURI, dest: Path) -> Path:
                     revision=uri.revision,
                     local_dir=str(dest),
                     token=_hf_token(uri),
-                    endpoint=_hf_endpoint(),
+                    endpoint=_hf_endpoint(uri),
                     max_workers=4,
                 ),
             )
@@ -572,7 +572,7 @@ def hf_read_manifest(uri: ArtifactURI) -> Manifest | None:
             filename=MANIFEST_NAME,
             revision=uri.revision,
             token=_hf_token(uri),
-            endpoint=_hf_endpoint(),
+            endpoint=_hf_endpoint(uri),
         )
         return Manifest.from_json(json.loads(Path(path).read_text()))
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, ValueError, ManifestError):
@@ -586,7 +586,7 @@ def hf_verify(uri: ArtifactURI, manifest: Manifest) -> list[str]:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token(uri))
+    api = HfApi(endpoint=_hf_endpoint(uri), token=_hf_token(uri))
     entries = with_retries(
         f"list {uri.raw}",
         lambda: list(api.list_repo_tree(uri.repo, revision=uri.revision, recursive=True)),
@@ -615,7 +615,7 @@ def hf_verify(uri: ArtifactURI, manifest: Manifest) -> list[str]:
                         revision=uri.revision,
                         local_dir=tmp,
                         token=_hf_token(uri),
-                        endpoint=_hf_endpoint(),
+                        endpoint=_hf_endpoint(uri),
                     ),
                 )
                 actual = sha256_file(Path(got))
@@ -630,7 +630,7 @@ def hf_upload(local: Path, uri: ArtifactURI) -> None:
     """One commit with all files (a Hub commit is atomic: readers see the old or the new artifact)."""
     from huggingface_hub import HfApi
 
-    api = HfApi(endpoint=_hf_endpoint(), token=_hf_token(uri))
+    api = HfApi(endpoint=_hf_endpoint(uri), token=_hf_token(uri))
     with_retries(f"create {uri.repo}", lambda: api.create_repo(uri.repo, exist_ok=True, private=True))
     if uri.revision != "main":
         with_retries(

@@ -88,7 +88,9 @@ def _secret_env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
         prefix = credential_prefix(role)
         ref = a.token_secret_ref
         if scheme == "hf":
+            # the token, and optionally a Hub mirror's address (the Secret's HF_ENDPOINT key)
             out.append(env_secret(f"{prefix}HF_TOKEN", ref.name, ref.key))
+            out.append(env_secret(f"{prefix}HF_ENDPOINT", ref.name, "HF_ENDPOINT", optional=True))
         else:
             out += [env_secret(prefix + k, ref.name, k, optional=True) for k in AWS_KEYS]
     return out
