@@ -115,7 +115,7 @@ def crds() -> Path:
     DIST.mkdir(exist_ok=True)
     docs = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
     kinds = sorted(d["spec"]["names"]["kind"] for d in docs)
-    if kinds != ["FineTunedModel", "InferenceService", "QuantizationJob"]:
+    if kinds != ["FineTunedModel", "InferenceService", "LoRAAdapter", "QuantizationJob"]:
         raise SystemExit(f"release: crds/ holds {kinds}")
     out = DIST / f"tuneops-crds-{version()}.yaml"
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))

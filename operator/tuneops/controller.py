@@ -301,6 +301,8 @@ class Controller:
                 return  # still listing: the first event queues them all
             if type_ == "DELETED" or asks_for_work(before, obj):  # For
                 self.wake(kind, *key_of(obj), cause="spec")
+                for parent in self.watches.attached_to(kind, obj, before):  # a LoRAAdapter: its service
+                    self.wake(*parent, cause="attached")
             for user in self.watches.users(kind, obj):  # Watches: whoever references it
                 self.wake(*user, cause="source")
 

@@ -79,6 +79,10 @@ class KindWatches:
     kind: str
     owns: tuple[Owned, ...]
     watches: tuple[Referenced, ...] = ()
+    # kinds that attach themselves to a resource of this kind by naming it in their spec (a LoRAAdapter's
+    # serviceRef): any change to one of them, its deletion included, wakes the resource it names (and the one it
+    # named before)
+    attached: tuple[str, ...] = ()
 
 
 _JOBS = (Owned("Job"), Owned("Pod", via="Job"))
@@ -115,6 +119,12 @@ TABLE: dict[str, KindWatches] = {
                 ),
                 Referenced("QuantizationJob", ("spec.model.quantizationJobRef",)),
             ),
+            attached=("LoRAAdapter",),
+        ),
+        KindWatches(
+            "LoRAAdapter",
+            owns=(),
+            watches=(Referenced("InferenceService", ("spec.serviceRef",)),),
         ),
     )
 }
@@ -139,8 +149,9 @@ def markdown() -> str:
         "|---|---|---|---|",
     ]
     for w in TABLE.values():
-        owns = ", ".join(str(o) for o in w.owns)
-        watches = "; ".join(str(r) for r in w.watches) or "nothing"
+        owns = ", ".join(str(o) for o in w.owns) or "nothing"
+        attached = [f"a {k} that names it (any change, its deletion too)" for k in w.attached]
+        watches = "; ".join([*(str(r) for r in w.watches), *attached]) or "nothing"
         rows.append(f"| {w.kind} | {own} | {owns} | {watches} |")
     return "\n".join(rows) + "\n"
 
@@ -273,6 +284,20 @@ class Watches:
             if ref.kind in kinds
             and check_reference(ref, kind=kind, namespace=namespace, name=name, config=self.config) is None
         )
+
+    def attached_to(self, kind: str, *objs: Obj | None) -> set[Key]:
+        """The resources a change to `objs` (new and old copies of a resource of `kind`) attaches to: read from
+        the raw spec, so a deletion or a malformed spec still wakes them."""
+        parents = [w.kind for w in TABLE.values() if kind in w.attached]
+        out: set[Key] = set()
+        for obj in objs:
+            if obj is None or not parents:
+                continue
+            ref = (obj.get("spec") or {}).get("serviceRef")
+            if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+                namespace = ref.get("namespace") or key_of(obj)[0]
+                out |= {(parent, str(namespace), ref["name"]) for parent in parents}
+        return out
 
     def users(self, kind: str, obj: Obj) -> set[Key]:
         """The resources whose spec references tuneops resource `obj` of `kind`."""

@@ -24,7 +24,7 @@ def crds(kubectl: Any) -> None:
         check=True,
     ).stdout
     kubectl("apply", "-f", "-", input=crds)
-    for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices"):
+    for crd in ("finetunedmodels", "quantizationjobs", "inferenceservices", "loraadapters"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.tuneops.io", "--timeout=60s")
 
 

@@ -92,7 +92,7 @@ def _triples(group: str, resources: Sequence[str], verbs: Sequence[str]) -> set[
     return {(group, r, v) for r in resources for v in verbs}
 
 
-CRS = ("finetunedmodels", "quantizationjobs", "inferenceservices")
+CRS = ("finetunedmodels", "quantizationjobs", "inferenceservices", "loraadapters")
 CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
 # What the operator does in a namespace, and nothing more (see operator/tuneops/kube, controller.py and
@@ -120,6 +120,8 @@ EXPECTED_NAMESPACE_RULES = (
     | _triples("inference.networking.k8s.io", ["inferencepools"], CHILD_VERBS)
     | _triples("gateway.networking.k8s.io", ["httproutes"], CHILD_VERBS)
 )
+# Cluster scope only: namespace labels, for a service's allowedAdapters from: Selector.
+EXPECTED_CLUSTER_RULES = EXPECTED_NAMESPACE_RULES | _triples("", ["namespaces"], ("get",))
 # rbac.readSecrets: InferenceService.spec.apiKeySecretRef is read by name.
 EXPECTED_SECRET_RULES = _triples("", ["secrets"], ("get",))
 # operator.leaderElection.enabled: the Lease in the release namespace (get and update limited to its name).

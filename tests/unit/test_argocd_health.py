@@ -19,7 +19,7 @@ from tuneops.api.conditions import TERMINAL_REASONS, Reason
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "charts" / "tuneops" / "argocd"
 ARGOCD_CM = ARGOCD / "argocd-cm.yaml"
-KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService")
+KINDS = ("FineTunedModel", "QuantizationJob", "InferenceService", "LoRAAdapter")
 
 
 def script(kind: str) -> str:
@@ -197,7 +197,7 @@ def test_example_applications_point_at_what_exists(tmp_path: Path) -> None:
     )
     docs = [d for d in yaml.safe_load_all(out) if d]
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 3 and source["helm"]["skipCrds"] is True
+    assert len(crds) == 4 and source["helm"]["skipCrds"] is True
 
     model_app = yaml.safe_load((ROOT / "examples" / "argocd" / "model.yaml").read_text())
     source = model_app["spec"]["source"]

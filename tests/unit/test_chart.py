@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 
 from tests.unit.chart_support import (
     CHART,
+    EXPECTED_CLUSTER_RULES,
     EXPECTED_LEASE_RULES,
     EXPECTED_NAMESPACE_RULES,
     EXPECTED_SECRET_RULES,
@@ -268,7 +269,8 @@ def test_crds_are_valid_for_the_api_server(version: str, tmp_path: Path) -> None
 def test_crds_come_from_crds_folder_by_default(tmp_path: Path) -> None:
     plain = [d for d in render({}, tmp_path, extra=()) if d["kind"] == "CustomResourceDefinition"]
     assert {d["metadata"]["name"] for d in plain} == {
-        "finetunedmodels.tuneops.io", "quantizationjobs.tuneops.io", "inferenceservices.tuneops.io"
+        "finetunedmodels.tuneops.io", "quantizationjobs.tuneops.io", "inferenceservices.tuneops.io",
+        "loraadapters.tuneops.io",
     }  # fmt: skip
     for crd in plain:
         assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
@@ -283,7 +285,7 @@ def test_templated_crds_match_the_generated_ones_and_are_kept(keep: bool, tmp_pa
         *values_args({"crds": {"templated": True, "keep": keep}}, tmp_path),
     )  # fmt: skip
     crds = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "CustomResourceDefinition"]
-    assert len(crds) == 3
+    assert len(crds) == 4
     for crd in crds:
         generated = yaml.safe_load((ROOT / "crds" / f"{crd['metadata']['name']}.yaml").read_text())
         assert crd["spec"] == generated["spec"]
@@ -495,7 +497,7 @@ def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privil
 ) -> None:
     docs = render(CLUSTER, tmp_path)
     role = one(docs, "ClusterRole")
-    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
+    assert rule_set(role["rules"]) == EXPECTED_CLUSTER_RULES
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = one(docs, "ServiceAccount")
@@ -508,7 +510,7 @@ def test_cluster_scope_is_an_explicit_choice_and_grants_exactly_the_least_privil
 def test_cluster_scope_watching_named_namespaces_grants_the_same_set(tmp_path: Path) -> None:
     """The operator watches each named namespace itself: no namespace discovery."""
     role = one(render({**CLUSTER, "watchNamespaces": ["a"]}, tmp_path), "ClusterRole")
-    assert rule_set(role["rules"]) == EXPECTED_NAMESPACE_RULES
+    assert rule_set(role["rules"]) == EXPECTED_CLUSTER_RULES
 
 
 def test_namespaced_scope_grants_roles_per_namespace_and_nothing_cluster_wide(tmp_path: Path) -> None:
@@ -586,7 +588,7 @@ def test_no_kind_of_the_operators_own_is_patched_or_updated(tmp_path: Path) -> N
     for values in ({}, CLUSTER):
         granted = set().union(*rules_by_kind(render(values, tmp_path)).values())
         own = {(r, v) for g, r, v in granted if g == "tuneops.io" and "/" not in r}
-        assert own == {(r, v) for r in ("finetunedmodels", "quantizationjobs", "inferenceservices")
+        assert own == {(r, v) for r in ("finetunedmodels", "quantizationjobs", "inferenceservices", "loraadapters")
                        for v in ("get", "list", "watch")}  # fmt: skip
 
 

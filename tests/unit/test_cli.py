@@ -49,7 +49,7 @@ def test_crds_without_cel_for_older_servers() -> None:
     old = tuneops("crds", "--no-cel", "-o", "-")
     assert full.returncode == old.returncode == 0
     assert "x-kubernetes-validations" in full.stdout and "x-kubernetes-validations" not in old.stdout
-    assert len(list(yaml.safe_load_all(old.stdout))) == 3
+    assert len(list(yaml.safe_load_all(old.stdout))) == 4
 
 
 # ------------------------------------------------------------------------------ input as kubectl -f reads it

@@ -78,6 +78,7 @@ def test_dry_run_packages_the_chart_and_bundles_the_crds() -> None:
     assert sorted(c["spec"]["names"]["kind"] for c in crds) == [
         "FineTunedModel",
         "InferenceService",
+        "LoRAAdapter",
         "QuantizationJob",
     ]
     assert done.stdout.count("would build ghcr.io/tuneops/") == 4

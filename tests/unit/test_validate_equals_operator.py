@@ -77,6 +77,12 @@ RUNTIME_ONLY: dict[tuple[str, str, str], str] = {
         "the format a FineTunedModel's Job recorded in status; every source validate can predict is a Hugging "
         "Face model (a merge writes safetensors)"
     ),
+    # A LoRAAdapter's verdict is its service's, made over every LoRAAdapter in the cluster that asks for it (their
+    # ages decide a name both want, their namespaces' labels a Selector); validate predicts it from the service and
+    # the adapters in the given files (tests/unit/test_loraadapter.py).
+    ("validation/attach.py", "decide", "INVALID_SPEC"): "the adapter is judged by its service's reconcile",
+    ("validation/attach.py", "decide", "NOT_ALLOWED"): "the adapter is judged by its service's reconcile",
+    ("render/plan.py", "attach_verdict", "Problem("): "validate's prediction of the service's verdict",
     ("validation/references.py", "check_reference", "this resource itself"): (
         "no kind references its own kind, so no spec reaches it; kept as a guard"
     ),

@@ -21,7 +21,7 @@ from tuneops.validation.references import references
 
 ROOT = Path(__file__).resolve().parents[2]
 NS, OTHER = "ns", "other"
-KINDS3 = ("FineTunedModel", "QuantizationJob", "InferenceService")
+KINDS3 = ("FineTunedModel", "QuantizationJob", "InferenceService", "LoRAAdapter")
 
 
 class NoServer(k.Kube):
@@ -163,6 +163,7 @@ def test_the_watches_column_names_every_reference_a_spec_can_hold() -> None:
         "FineTunedModel": {},
         "QuantizationJob": _fields("QuantizationJob", qj_spec("m")),
         "InferenceService": _fields("InferenceService", isvc_ftm),
+        "LoRAAdapter": _fields("LoRAAdapter", {"serviceRef": {"name": "s"}, "uri": "s3://b/a"}),
     }
     for kind, fields in _fields("InferenceService", isvc_spec("q", None, "f")).items():
         found["InferenceService"].setdefault(kind, set()).update(fields)

@@ -68,15 +68,15 @@ by name, and only with rbac.readSecrets.
 */}}
 {{- define "tuneops.namespaceRules" -}}
 - apiGroups: ["tuneops.io"]
-  resources: ["finetunedmodels", "quantizationjobs", "inferenceservices"]
+  resources: ["finetunedmodels", "quantizationjobs", "inferenceservices", "loraadapters"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["tuneops.io"]
-  resources: ["finetunedmodels/status", "quantizationjobs/status", "inferenceservices/status"]
+  resources: ["finetunedmodels/status", "quantizationjobs/status", "inferenceservices/status", "loraadapters/status"]
   verbs: ["patch"]
 # Children carry ownerReferences with blockOwnerDeletion; clusters with the OwnerReferencesPermissionEnforcement
 # admission plugin only allow that to who may update the owner's finalizers.
 - apiGroups: ["tuneops.io"]
-  resources: ["finetunedmodels/finalizers", "quantizationjobs/finalizers", "inferenceservices/finalizers"]
+  resources: ["finetunedmodels/finalizers", "quantizationjobs/finalizers", "inferenceservices/finalizers", "loraadapters/finalizers"]
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

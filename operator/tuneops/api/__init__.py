@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tuneops import API_VERSION, GROUP, VERSION
-from tuneops.api import finetunedmodel, inferenceservice, quantizationjob
+from tuneops.api import finetunedmodel, inferenceservice, loraadapter, quantizationjob
 from tuneops.api.common import BaseStatus, Model
 from tuneops.validation import messages
 
@@ -96,8 +96,19 @@ INFERENCESERVICE = KindInfo(
     description="An OpenAI-compatible endpoint served by vLLM (GPU, TP/PP, multi-LoRA) or llama.cpp (GGUF, CPU).",
 )
 
+LORAADAPTER = KindInfo(
+    kind=loraadapter.KIND,
+    plural=loraadapter.PLURAL,
+    singular=loraadapter.SINGULAR,
+    short_names=loraadapter.SHORT_NAMES,
+    spec=loraadapter.LoRAAdapterSpec,
+    status=loraadapter.LoRAAdapterStatus,
+    printer_columns=loraadapter.PRINTER_COLUMNS,
+    description="A team's LoRA adapter attached to a shared base InferenceService that allows its namespace.",
+)
+
 KINDS: dict[str, KindInfo[Any, Any]] = {
-    k.kind: k for k in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE)
+    k.kind: k for k in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE, LORAADAPTER)
 }
 
 
@@ -144,6 +155,7 @@ __all__ = [
     "GROUP",
     "INFERENCESERVICE",
     "KINDS",
+    "LORAADAPTER",
     "QUANTIZATIONJOB",
     "VERSION",
     "KindInfo",

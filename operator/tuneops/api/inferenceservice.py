@@ -189,6 +189,38 @@ class LoraAdapterRef(Model):
         return self
 
 
+class AllowedNamespaces(Model):
+    """Which namespaces' LoRAAdapters may attach (as Gateway API's allowedRoutes.namespaces)."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.from != 'Selector' || has(self.selector)",
+                    "message": "from: Selector needs a selector",
+                }
+            ]
+        }
+    }
+
+    from_: Literal["Same", "All", "Selector"] = Field(default="Same", alias="from")
+    """Same: the service's own namespace; All: every namespace; Selector: namespaces whose labels match."""
+    selector: dict[str, Str] | None = Field(default=None, max_length=32)
+    """Labels a namespace must carry (matchLabels), with from: Selector."""
+
+    @model_validator(mode="after")
+    def _selector(self) -> AllowedNamespaces:
+        if self.from_ == "Selector" and not self.selector:
+            raise ValueError("from: Selector needs a selector (the labels an allowed namespace carries)")
+        return self
+
+
+class AllowedAdapters(Model):
+    """LoRAAdapters (their own kind, in the teams' namespaces) that may attach to this service."""
+
+    namespaces: AllowedNamespaces = Field(default_factory=AllowedNamespaces)
+
+
 class LoraSpec(Model):
     """Multi-LoRA serving: one base model, many adapters chosen per request by name."""
 
@@ -213,6 +245,8 @@ class LoraSpec(Model):
     """Adapters cached in CPU memory (--max-cpu-loras)."""
     dynamic: bool = True
     """Load and unload adapters on running Pods through vLLM's runtime API instead of restarting them."""
+    allowed_adapters: AllowedAdapters | None = None
+    """Let LoRAAdapters attach to this service (unset: none may). Each Pod then runs the adapter loader."""
     cache_size: Quantity = "10Gi"
     """The most each Pod's adapter loader keeps of s3:// and hf://...@revision adapters (its emptyDir); an adapter
     that does not fit beside the ones in use is refused (CacheFull)."""
@@ -478,6 +512,17 @@ class AdapterState(Model):
     message: Message | None = None
 
 
+class AttachedAdapter(Model):
+    """A LoRAAdapter that asked to attach to this service, and whether it was accepted."""
+
+    adapter: Str
+    """namespace/name of the LoRAAdapter."""
+    served_name: Str
+    accepted: bool
+    reason: ShortStr
+    message: Message | None = None
+
+
 class PodAdapters(Model):
     """A ready Pod that does not serve what it should (from its /v1/models), and why."""
 
@@ -505,6 +550,9 @@ class InferenceServiceStatus(BaseStatus):
     """Per adapter: on how many ready Pods it is served."""
     pods: list[PodAdapters] | None = Field(default=None, max_length=10)
     """The first Pods that do not serve every adapter, and why; Pods that do are only counted (adapters[])."""
+    attached_adapters: list[AttachedAdapter] | None = Field(default=None, max_length=1024)
+    """LoRAAdapters that asked to attach (spec.lora.allowedAdapters), accepted or refused; accepted ones are also
+    in adapters[] under their served names."""
     autoscaler: ShortStr | None = None
     """The autoscaler that sets replicas and its bounds (`hpa 1-4`, `keda 0-8`); unset: spec.replicas holds."""
     max_gpus: int | None = None

@@ -31,6 +31,7 @@ class ResourceType:
 JOB = ResourceType("batch/v1", "Job", "jobs")
 POD = ResourceType("v1", "Pod", "pods")
 NODE = ResourceType("v1", "Node", "nodes", namespaced=False)
+NAMESPACE = ResourceType("v1", "Namespace", "namespaces", namespaced=False)
 SERVICE = ResourceType("v1", "Service", "services")
 CONFIGMAP = ResourceType("v1", "ConfigMap", "configmaps")
 SECRET = ResourceType("v1", "Secret", "secrets")
@@ -53,7 +54,10 @@ def _custom(kind: str) -> ResourceType:
 FINETUNEDMODEL = _custom("FineTunedModel")
 QUANTIZATIONJOB = _custom("QuantizationJob")
 INFERENCESERVICE = _custom("InferenceService")
-CUSTOM: dict[str, ResourceType] = {t.kind: t for t in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE)}
+LORAADAPTER = _custom("LoRAAdapter")
+CUSTOM: dict[str, ResourceType] = {
+    t.kind: t for t in (FINETUNEDMODEL, QUANTIZATIONJOB, INFERENCESERVICE, LORAADAPTER)
+}
 
 TYPES: dict[tuple[str, str], ResourceType] = {
     (t.api_version, t.kind): t

@@ -52,6 +52,8 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
         sources = resolve(sb.ctx, sb.obj, spec)
     except (Waiting, Invalid) as err:
         return sb.conclude(decide(err))
+    # Every LoRAAdapter that asked, and the service's verdict: each adapter reads its own from here.
+    sb.status.attached_adapters = [v.wire() for v in sources.attached] or None
     rendered = render.render_inferenceservice(
         spec, sb.owner, sb.ctx.config, model=sources.model, adapters=sources.servable,
         adapter_sources=sources.sources,

@@ -14,9 +14,12 @@ from tuneops.api.conditions import Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.kube import client as k
+from tuneops.reconcile import attach
+from tuneops.reconcile.attach import Verdict
 from tuneops.reconcile.base import Context, Invalid, Waiting, owner_of
 from tuneops.reconcile.common import resolve_ref
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri
+from tuneops.render.serving.types import served_model_name
 from tuneops.render.types import Problem, ResolvedAdapter, ResolvedModel, model_format
 from tuneops.validation.references import uri_model
 from tuneops.validation.serving import check_inferenceservice
@@ -34,6 +37,7 @@ class Sources:
     sources: list[str]  # every URI an adapter of the spec may be loaded from (for the Pods' volumes)
     refused: dict[str, str] = field(default_factory=dict)  # adapter name -> why vLLM would refuse it
     api_key: str | None = None
+    attached: list[Verdict] = field(default_factory=list)  # every LoRAAdapter that asks, accepted or refused
 
     @property
     def servable(self) -> list[ResolvedAdapter]:
@@ -55,7 +59,14 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     refused, service_problems = _split(spec, adapters, problems)
     if service_problems:
         raise Invalid("; ".join(str(p) for p in service_problems), service_problems[0].reason)
-    return Sources(model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key)
+    attached: list[Verdict] = []
+    if spec.lora is not None and spec.runtime == "vllm":
+        taken = {served_model_name(spec, owner_of(obj)), *(a.name for a in adapters), *pending}
+        attached = attach.service_decision(ctx.kube, obj, spec, taken)
+        adapters += [v.adapter for v in attached if v.adapter is not None]
+        if adapters and api_key is None and not calls_pods:
+            api_key = _api_key(ctx, obj["metadata"]["namespace"], spec)
+    return Sources(model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key, attached)
 
 
 def _model(

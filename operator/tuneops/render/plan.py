@@ -21,14 +21,16 @@ from tuneops.api import KINDS, parse_spec
 from tuneops.api.common import ObjectRef
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.api.loraadapter import LoRAAdapterSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.finetunedmodel import base_uri, merge_output_uri, render_finetunedmodel
 from tuneops.render.quantizationjob import artifact_format, quantize_output_uri, render_quantizationjob
 from tuneops.render.serving import render_inferenceservice
-from tuneops.render.serving.types import ServingRender
+from tuneops.render.serving.types import ServingRender, served_model_name
 from tuneops.render.types import Manifest, Owner, Problem, ResolvedAdapter, ResolvedModel
+from tuneops.validation import attach
 from tuneops.validation.cluster import cluster_checks
 from tuneops.validation.policy import check_pod_policy
 from tuneops.validation.quantization import AdapterOnly, check_quantization_source
@@ -77,6 +79,35 @@ class Resolver:
 
     def _find(self, kind: str, ref: ObjectRef, namespace: str) -> Resource | None:
         return self.by_key.get((kind, ref.namespace or namespace, ref.name))
+
+    def attach_verdict(self, resource: Resource, spec: LoRAAdapterSpec) -> list[Problem]:
+        """What the service (when it is in the input) would answer this LoRAAdapter, judged with the other
+        LoRAAdapters of the input that ask for it, in input order (the cluster goes by age). A Selector rule needs
+        the namespace's labels, which only the cluster has: not refused here."""
+        ref = ObjectRef(name=spec.service_ref.name, namespace=spec.service_ref.namespace)
+        service = self._find("InferenceService", ref, resource.namespace)
+        if service is None or not isinstance(service.spec, InferenceServiceSpec):
+            return []
+        svc_spec = service.spec
+        askers = [
+            {"metadata": {"name": r.name, "namespace": r.namespace, "creationTimestamp": f"{i:08d}"},
+             "spec": r.spec.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            for i, r in enumerate(self.by_key.values())
+            if isinstance(r.spec, LoRAAdapterSpec)
+            and attach.targets({"metadata": {"namespace": r.namespace},
+                                "spec": r.spec.model_dump(by_alias=True, exclude_none=True, mode="json")},
+                               service.namespace, service.name)
+        ]  # fmt: skip
+        owner = service.owner
+        taken = {
+            served_model_name(svc_spec, owner),
+            *(a.name for a in (svc_spec.lora.adapters if svc_spec.lora else [])),
+        }
+        verdicts = attach.decide(service.namespace, svc_spec, askers, lambda _ns: None, taken)
+        mine = next((v for v in verdicts if v.key == f"{resource.namespace}/{resource.name}"), None)
+        if mine is None or mine.accepted or "cannot be read" in mine.message:
+            return []
+        return [Problem(mine.reason, "spec.serviceRef", mine.message)]
 
     def known(self, reference: Reference, namespace: str) -> bool:
         return self._find(reference.kind, reference.ref, namespace) is not None
@@ -224,6 +255,8 @@ def check_resource(resource: Resource, resolver: Resolver) -> Findings:
     elif isinstance(spec, InferenceServiceSpec):
         model, adapters = resolver.known_sources(spec, ns)
         problems += check_inferenceservice(spec, model=model, adapters=adapters)
+    elif isinstance(spec, LoRAAdapterSpec):
+        problems += resolver.attach_verdict(resource, spec)
     return Findings(problems, notes, cluster_checks(spec))
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
 from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.api.loraadapter import LoRAAdapterSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.types import ModelFormat, Problem, ResolvedModel
@@ -38,6 +39,9 @@ def references(spec: BaseModel) -> list[Reference]:
         out.append(
             Reference("spec.source.fineTunedModelRef", "FineTunedModel", spec.source.fine_tuned_model_ref)
         )
+    if isinstance(spec, LoRAAdapterSpec):
+        ref = ObjectRef(name=spec.service_ref.name, namespace=spec.service_ref.namespace)
+        out.append(Reference("spec.serviceRef", "InferenceService", ref))
     if isinstance(spec, InferenceServiceSpec):
         m = spec.model
         if m.fine_tuned_model_ref is not None:
@@ -56,7 +60,9 @@ def check_reference(
 ) -> Problem | None:
     """Why the operator refuses to follow a reference of resource `kind` `namespace/name`, if it does."""
     target_ns = reference.ref.namespace or namespace
-    if target_ns != namespace and not config.allow_cross_namespace_refs:
+    # A LoRAAdapter attaches across namespaces by design: the service's allowedAdapters decides, not this switch.
+    attaching = kind == "LoRAAdapter" and reference.kind == "InferenceService"
+    if target_ns != namespace and not config.allow_cross_namespace_refs and not attaching:
         return Problem(
             Reason.INVALID_SPEC,
             reference.field,

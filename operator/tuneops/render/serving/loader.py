@@ -12,7 +12,7 @@ is said by the operator in each sync request, never by the Pod.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,7 @@ from tuneops.render.pod import (
 )
 from tuneops.render.serving.pod import api_key_env
 from tuneops.render.serving.types import LOADER_PORT
+from tuneops.render.types import ResolvedAdapter
 from tuneops.storage.credentials import AMBIENT_ENV, AWS_KEYS, credential_prefix
 
 CONTAINER = "adapter-loader"
@@ -56,7 +57,10 @@ def needs_loader(spec: InferenceServiceSpec) -> bool:
         spec.runtime == "vllm"
         and lora is not None
         and lora.dynamic
-        and any(a.uri is not None and fetched_by_loader(a.uri) for a in lora.adapters)
+        and (
+            lora.allowed_adapters is not None
+            or any(a.uri is not None and fetched_by_loader(a.uri) for a in lora.adapters)
+        )
     )
 
 
@@ -75,18 +79,24 @@ def cache_bytes(spec: InferenceServiceSpec) -> int:
     return int(Decimal(number) * _BINARY.get(suffix, 1))
 
 
-def _secret_env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+def _secrets(
+    spec: InferenceServiceSpec, adapters: Sequence[ResolvedAdapter]
+) -> list[tuple[str, str, SecretKeyRef]]:
+    """(role, scheme, Secret) of every fetched adapter with a Secret: the spec's, and attached LoRAAdapters' (of
+    the service's namespace: others may name none), sorted so the template does not depend on their order."""
+    found: dict[tuple[str, str], SecretKeyRef] = {}
+    pairs = [(a.uri, a.token_secret_ref) for a in (spec.lora.adapters if spec.lora else [])]
+    pairs += [(a.uri, a.token_secret) for a in adapters]
+    for uri, ref in pairs:
+        if ref is not None and uri is not None and fetched_by_loader(uri):
+            found.setdefault((secret_role(ref), uri.partition("://")[0]), ref)
+    return [(role, scheme, ref) for (role, scheme), ref in sorted(found.items())]
+
+
+def _secret_env(spec: InferenceServiceSpec, adapters: Sequence[ResolvedAdapter]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    for a in spec.lora.adapters if spec.lora else []:
-        if a.token_secret_ref is None or a.uri is None or not fetched_by_loader(a.uri):
-            continue
-        role, scheme = secret_role(a.token_secret_ref), a.uri.partition("://")[0]
-        if (role, scheme) in seen:
-            continue
-        seen.add((role, scheme))
+    for role, scheme, ref in _secrets(spec, adapters):
         prefix = credential_prefix(role)
-        ref = a.token_secret_ref
         if scheme == "hf":
             # the token, and optionally a Hub mirror's address (the Secret's HF_ENDPOINT key)
             out.append(env_secret(f"{prefix}HF_TOKEN", ref.name, ref.key))
@@ -107,7 +117,9 @@ def server_mount() -> dict[str, Any]:
     return {"mountPath": CACHE_DIR, "name": VOLUME, "readOnly": True}
 
 
-def container(spec: InferenceServiceSpec, config: OperatorConfig) -> dict[str, Any]:
+def container(
+    spec: InferenceServiceSpec, config: OperatorConfig, adapters: Sequence[ResolvedAdapter] = ()
+) -> dict[str, Any]:
     """The loader; with config.native_sidecars an init container that keeps running (restartPolicy Always:
     started before vLLM, stopped after it, restarted on its own)."""
     ambient = config.allow_ambient_credentials and any(
@@ -119,7 +131,7 @@ def container(spec: InferenceServiceSpec, config: OperatorConfig) -> dict[str, A
             env_value("HF_HOME", "/tmp/huggingface"),
             env_value("TUNEOPS_TERMINATION_LOG", TERMINATION_LOG),
             *([env_value(AMBIENT_ENV, "1")] if ambient else []),
-            *_secret_env(spec),
+            *_secret_env(spec, adapters),
             *api_key_env(spec, API_KEY_ENV),
         ]
     )
@@ -168,15 +180,20 @@ def native(config: OperatorConfig) -> bool:
     return config.native_sidecars and config.features.native_sidecars
 
 
-def add_to_pod(pod: dict[str, Any], spec: InferenceServiceSpec, config: OperatorConfig) -> None:
+def add_to_pod(
+    pod: dict[str, Any],
+    spec: InferenceServiceSpec,
+    config: OperatorConfig,
+    adapters: Sequence[ResolvedAdapter],
+) -> None:
     """The loader, its cache volume, and the server's read-only mount of it, into a rendered server Pod spec."""
     pod["volumes"] = sorted([*pod.get("volumes", []), volume(spec)], key=lambda v: str(v["name"]))
     server = pod["containers"][0]
     server["volumeMounts"] = [*server.get("volumeMounts", []), server_mount()]
     if native(config):
-        pod["initContainers"] = [*pod.get("initContainers", []), container(spec, config)]
+        pod["initContainers"] = [*pod.get("initContainers", []), container(spec, config, adapters)]
     else:
-        pod["containers"] = [*pod["containers"], container(spec, config)]
+        pod["containers"] = [*pod["containers"], container(spec, config, adapters)]
 
 
 def roles(spec: InferenceServiceSpec) -> Iterable[tuple[str, str]]:

@@ -113,7 +113,12 @@ def _env(
         *api_key_env(spec, KEY_ENV),
     ]
     secret = model_secret(spec, model)
-    if not any(parse(a.uri).scheme == "hf" and not fetched_by_loader(a.uri) for a in adapters):
+    # vLLM downloads unpinned hf:// adapters itself. Decided from the spec, so that an adapter arriving later
+    # (a FineTunedModel's, an attached LoRAAdapter's) does not change the Pod template.
+    hub_adapters = any(
+        parse(a.uri).scheme == "hf" and not fetched_by_loader(a.uri) for a in adapters
+    ) or bool(lora is not None and lora.allowed_adapters is not None)
+    if not hub_adapters:
         # Everything is on local disk: never let a missing file turn into a slow download attempt.
         env.append(env_value("HF_HUB_OFFLINE", "1"))
     elif secret is not None:
@@ -251,7 +256,7 @@ def _pod_template(
         shutdown_seconds=shutdown,
     )
     if needs_loader(spec) and not multinode:
-        add_to_pod(pod, spec, config)
+        add_to_pod(pod, spec, config, adapters)
     if lora is not None and lora.dynamic and not multinode:
         # Ready (traffic from the Service and the InferencePool) only once the server lists every adapter it
         # should serve: the operator sets this condition (tuneops.adapters.gate)
