@@ -19,6 +19,7 @@ from tests.e2e.test_pipeline import NAMESPACE, READY_TIMEOUT_S, _gate, _pid, _wa
 from tests.workers.test_remote import FakeHub, _handler, moto_server
 
 from tuneops.adapters.client import pod_url
+from tuneops.kube import types as kt
 from tuneops.kube.client import CUSTOM, DEPLOYMENT, POD, Kube
 from tuneops.kube.types import SECRET
 from tuneops.local import demo
@@ -150,7 +151,10 @@ def test_s3_and_pinned_hub_adapters_on_every_replica(
         "resources": {"gpus": 0, "cpu": "1", "memory": "3Gi"},
         "vllm": {"servedModelName": "base", "maxModelLen": 512},
         "lora": {"maxLoraRank": 8, "maxLoras": 2, "maxCpuLoras": 4, "cacheSize": "256Mi",
-                 "adapters": list(want.values())},
+                 "adapters": list(want.values()),
+                 # teams in namespaces labelled team=nlp attach their own adapters, read with the bucket's Secret
+                 "allowedAdapters": {"namespaces": {"from": "Selector", "selector": {"team": "nlp"}},
+                                     "tokenSecretRef": s3_secret}},
     }  # fmt: skip
     api.create(CUSTOM["InferenceService"], NAMESPACE, {
         "apiVersion": "tuneops.io/v1alpha1", "kind": "InferenceService",
@@ -227,6 +231,39 @@ def test_s3_and_pinned_hub_adapters_on_every_replica(
         s for s in _pods(api)[0]["status"]["containerStatuses"] if s["name"] == loader.CONTAINER
     )
     assert loader_status["restartCount"] == 0
+
+    # A team attaches its adapter from its own namespace (allowed by label): served on both replicas without a
+    # restart; a LoRAAdapter from a namespace the service does not allow is refused, with why on its side.
+    uids = {p["metadata"]["uid"] for p in _pods(api)}
+    for ns, team in (("team-nlp", "nlp"), ("team-vision", "vision")):
+        api.create(kt.NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": ns, "labels": {"team": team}}})  # fmt: skip
+        api.create(kt.LORAADAPTER, ns, {
+            "apiVersion": "tuneops.io/v1alpha1", "kind": "LoRAAdapter", "metadata": {"name": "next", "namespace": ns},
+            "spec": {"serviceRef": {"name": SERVICE, "namespace": NAMESPACE}, "uri": f"s3://{BUCKET}/s3-next",
+                     "servedName": f"{team}-next", "digest": digest_of(adapters["s3-next"])},
+        })  # fmt: skip
+
+    def adapter_status(ns: str) -> dict[str, Any]:
+        return dict((api.get(kt.LORAADAPTER, ns, "next") or {}).get("status") or {})
+
+    def ready_on_both() -> bool:
+        ready = next(
+            (c for c in adapter_status("team-nlp").get("conditions") or [] if c["type"] == "Ready"), {}
+        )
+        return ready.get("status") == "True" and adapter_status("team-nlp")["served"]["readyPods"] == 2
+
+    _wait(ready_on_both, 300, "the allowed team's LoRAAdapter served on both replicas")
+    assert _served_everywhere(api, {*want, "nlp-next"}, 2)
+    assert {p["metadata"]["uid"] for p in _pods(api)} == uids
+    for pod in _pods(api):
+        assert demo.chat(pod_url(pod["status"]["podIP"], 8000), "nlp-next", "Hello")
+    refused = adapter_status("team-vision")
+    ready = next(c for c in refused["conditions"] if c["type"] == "Ready")
+    assert (
+        ready["status"] == "False" and ready["reason"] == "NotAllowed" and "team=nlp" in ready["message"]
+    ), ready
+    assert "vision-next" not in _states(api)
 
     api.delete(*path)
     _wait(lambda: not _pods(api), 300, "the service's Pods gone")

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.workers.test_remote import FakeHub, _handler, free_port, moto_server
+from tests.workers.test_remote import FakeHub, _handler, moto_server
+from tuneops.serving.process import free_port
 from tuneops.storage.manifest import digest_of
 
 pytestmark = pytest.mark.workers

@@ -6,12 +6,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,53 +18,19 @@ import pytest
 
 from tests.workers.conftest import run_cli
 from tuneops import storage
+from tuneops.local import objectstore
 
 pytestmark = pytest.mark.workers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def moto_server() -> Iterator[dict[str, str]]:
-    """moto in server mode on a free loopback port, with the environment that points boto3 at it; stopped by
-    its PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        # The keys above are the process's own environment, which a worker uses for a source without a
-        # Secret only when ambient credentials are allowed (else its requests are unsigned).
-        "TUNEOPS_AMBIENT_CREDENTIALS": "1",
-    }
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        yield env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """moto in server mode on a free loopback port (tuneops.local.objectstore), with the environment that points
+    boto3 at it."""
+    with objectstore.moto_server() as env:
+        # The keys are the process's own environment, which a worker uses for a source without a Secret only
+        # when ambient credentials are allowed (else its requests are unsigned).
+        yield {**env, "TUNEOPS_AMBIENT_CREDENTIALS": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -219,6 +219,11 @@ class AllowedAdapters(Model):
     """LoRAAdapters (their own kind, in the teams' namespaces) that may attach to this service."""
 
     namespaces: AllowedNamespaces = Field(default_factory=AllowedNamespaces)
+    token_secret_ref: SecretKeyRef | None = None
+    """A Secret of this service's namespace that attached adapters naming no Secret of their own are read with
+    (an s3:// bucket's AWS_* keys and endpoint; for hf:// the key named here, and HF_ENDPOINT for a mirror). An
+    adapter of another namespace cannot name one (the service's Pods cannot read it): this is how a platform
+    lends read access to the buckets its teams publish adapters to."""
 
 
 class LoraSpec(Model):

@@ -128,6 +128,9 @@ def decide(
                    "adapters or an older LoRAAdapter): set spec.servedName", served)  # fmt: skip
             continue
         names.add(served)
-        resolved = ResolvedAdapter(name=served, uri=a.uri, digest=a.digest, token_secret=a.token_secret_ref)
+        lent = rule.token_secret_ref if rule is not None else None
+        resolved = ResolvedAdapter(
+            name=served, uri=a.uri, digest=a.digest, token_secret=a.token_secret_ref or lent
+        )
         out.append(Verdict(key, served, True, Reason.SUCCEEDED, "", resolved))
     return out

@@ -85,11 +85,18 @@ def _secrets(
     """(role, scheme, Secret) of every fetched adapter with a Secret: the spec's, and attached LoRAAdapters' (of
     the service's namespace: others may name none), sorted so the template does not depend on their order."""
     found: dict[tuple[str, str], SecretKeyRef] = {}
-    pairs = [(a.uri, a.token_secret_ref) for a in (spec.lora.adapters if spec.lora else [])]
-    pairs += [(a.uri, a.token_secret) for a in adapters]
-    for uri, ref in pairs:
-        if ref is not None and uri is not None and fetched_by_loader(uri):
-            found.setdefault((secret_role(ref), uri.partition("://")[0]), ref)
+    uris = [(a.uri, a.token_secret_ref) for a in (spec.lora.adapters if spec.lora else [])]
+    uris += [(a.uri, a.token_secret) for a in adapters]
+    pairs = [
+        (uri.partition("://")[0], ref)
+        for uri, ref in uris
+        if ref is not None and uri and fetched_by_loader(uri)
+    ]
+    lent = spec.lora.allowed_adapters.token_secret_ref if spec.lora and spec.lora.allowed_adapters else None
+    if lent is not None:  # in the template from the start: an adapter attached later rolls no Pod
+        pairs += [("s3", lent), ("hf", lent)]
+    for scheme, ref in pairs:
+        found.setdefault((secret_role(ref), scheme), ref)
     return [(role, scheme, ref) for (role, scheme), ref in sorted(found.items())]
 
 
