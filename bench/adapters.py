@@ -17,13 +17,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ADAPTERS_PER_SOURCE = 6
+ADAPTERS_PER_SOURCE = 11
 REPLICAS = 2
 SERVICE = "bench-adapters"
 NAMESPACE = "default"
 BUCKET = "bench-adapters"
-# What a user waits at most (p95), on two shared cores running two vLLM engines.
-TARGET_P95_S = {"claim": 10.0, "s3": 15.0}
+# What a user waits at most (p95), on two shared cores running two vLLM engines: measured 0.14 s (claim) and 0.93 s
+# (S3, n=5 each); the bounds leave room for a loaded machine, not for a second pass or a lost wake.
+TARGET_P95_S = {"claim": 1.0, "s3": 3.0}
 
 
 def _served(ip: str) -> set[str]:
