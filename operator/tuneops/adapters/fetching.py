@@ -135,6 +135,6 @@ def resolve(
         else:
             states[name] = AdapterPodState(
                 name=name, state=AdapterState.LOADING, digest=want.digest,
-                message=f"the adapter loader is fetching {excerpt(want.uri, 120)}",
+                message=got.message or f"the adapter loader is fetching {excerpt(want.uri, 120)}",
             )  # fmt: skip
     return plan, states

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -320,4 +321,12 @@ async def _with_loader(
     result = await reconcile_pod(pod, client, plan, memory)
     if not result.reachable:
         return result
+    after = kept_paths(result.served) if result.served is not None else None
+    if after is not None and set(kept_paths(served)) - set(after):
+        # The server let go of cached folders (an unload, a reload from a new version): the loader frees them now
+        # rather than at the next pass. Best effort: the next sync frees them anyway.
+        with contextlib.suppress(*POD_ERRORS):
+            lc = LoaderClient(loader_url, api_key=api_key, deadline=deadline)
+            async with lc:
+                await lc.sync(wanted, after)
     return result.model_copy(update={"states": {**result.states, **waiting}})
