@@ -33,6 +33,7 @@ from tests.integration.helpers import (
 from tests.integration.operator_bed import Cluster, OperatorProcess
 from tests.unit.chart_support import (
     CHART,
+    EXPECTED_CLUSTER_RULES,
     EXPECTED_LEASE_RULES,
     EXPECTED_NAMESPACE_RULES,
     EXPECTED_SECRET_RULES,
@@ -297,7 +298,7 @@ def test_cluster_scope_is_the_broad_mode_and_grants_exactly_its_set(
 
     upgrade({"rbac": {"scope": "cluster", "readSecrets": True}})
     try:
-        broad = EXPECTED_NAMESPACE_RULES | EXPECTED_SECRET_RULES
+        broad = EXPECTED_CLUSTER_RULES | EXPECTED_SECRET_RULES
         assert_granted(wait_for_grants(bed, elsewhere, broad), broad)
     finally:
         upgrade(VALUES)

@@ -15,11 +15,25 @@ __all__ = ["Verdict", "list_adapters", "namespace_labels", "service_decision"]
 
 
 def list_adapters(kube: k.Kube, service_ns: str, service: str) -> list[dict[str, Any]]:
-    """The LoRAAdapters the operator sees that ask for this service (from its cache where it watches them)."""
-    try:
-        found = kube.list(kt.CUSTOM["LoRAAdapter"], None)
-    except k.NotFound:
-        return []  # the CRD is not installed yet
+    """The LoRAAdapters the operator sees that ask for this service: from its informers (every namespace it
+    watches, which is all it may read), or, without them, one list across the cluster, and where that is not
+    allowed (namespaced RBAC), the service's own namespace."""
+    rtype = kt.CUSTOM["LoRAAdapter"]
+    informers = [inf for (rt, _), inf in getattr(kube, "informers", {}).items() if rt == rtype]
+    found: list[dict[str, Any]] = []
+    if informers:
+        for inf in informers:
+            found += inf.store.list(inf.namespace, None)
+    else:
+        try:
+            found = kube.list(rtype, None)
+        except k.NotFound:
+            return []  # the CRD is not installed yet
+        except k.ApiError:
+            try:
+                found = kube.list(rtype, service_ns)
+            except k.ApiError:
+                return []
     return [a for a in found if targets(a, service_ns, service)]
 
 

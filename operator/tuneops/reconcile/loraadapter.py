@@ -12,6 +12,7 @@ from __future__ import annotations
 from tuneops.api import INFERENCESERVICE, LORAADAPTER
 from tuneops.api.conditions import READY, Reason
 from tuneops.api.loraadapter import LoRAAdapterSpec, LoRAAdapterStatus, ServiceSide
+from tuneops.kube import client as k
 from tuneops.kube import types as kt
 from tuneops.reconcile.base import Cond, Outcome, StatusBuilder, Verdict, reconciler
 
@@ -25,7 +26,12 @@ def reconcile(sb: Builder, spec: LoRAAdapterSpec) -> Outcome:
     svc_ns = spec.service_ref.namespace or namespace
     where = f"{svc_ns}/{spec.service_ref.name}"
     served_name = spec.served_name or name
-    service = sb.ctx.kube.get(kt.CUSTOM["InferenceService"], svc_ns, spec.service_ref.name)
+    try:
+        service = sb.ctx.kube.get(kt.CUSTOM["InferenceService"], svc_ns, spec.service_ref.name)
+    except k.ApiError as err:  # a namespace the operator does not watch (namespaced RBAC)
+        sb.status.served = None
+        why = f"InferenceService {where} (spec.serviceRef) cannot be read by the operator: {err}"[:1000]
+        return sb.conclude(Verdict((Cond(READY, False, Reason.WAITING_FOR_SOURCE, why),)))
     if service is None:
         sb.status.served = None
         why = f"InferenceService {where} (spec.serviceRef) does not exist (yet)"
