@@ -17,7 +17,7 @@ LOAD_CONCURRENCY = (1, 8)
 
 def run() -> list[dict[str, Any]]:
     from tuneops.serving.vllm import vllm_bin, vllm_cpu_env
-    from tuneops.workers.compare import Load, measure, recommend
+    from tuneops.workers.compare import TOLERANCE, Load, measure, recommend
     from tuneops.workers.merge import run_merge
     from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model
 
@@ -30,8 +30,9 @@ def run() -> list[dict[str, Any]]:
         merged = run_merge(str(base), str(adapter), str(root / "merged"))
         assert merged.artifact is not None
         load = Load(concurrency=LOAD_CONCURRENCY, input_len=64, output_len=32, prompts=32)
-        figures, diffs = measure(base, adapter, Path(merged.artifact.uri), load=load,
-                                 env=vllm_cpu_env(threads=2), workdir=root / "work", max_lora_rank=8)  # fmt: skip
+        outcome = measure(base, adapter, Path(merged.artifact.uri), load=load,
+                          env=vllm_cpu_env(threads=2), workdir=root / "work", max_lora_rank=8)  # fmt: skip
+    figures, diffs = outcome.figures, outcome.differences
     rows: list[dict[str, Any]] = []
     why = "a measurement the recommendation is made from; the rule, not a bound, judges it"
     for c in load.concurrency:
@@ -52,6 +53,11 @@ def run() -> list[dict[str, Any]]:
     rows.append({
         "name": "merge-or-serve: the LoRA path answers as the merged model (greedy, log-probabilities)",
         "value": "agree" if not diffs else f"{len(diffs)} differ: {diffs[0]}", "unit": "", "target": "agree",
+        "baseline": None, "ratio": None,
+    })  # fmt: skip
+    rows.append({
+        "name": "merge-or-serve: largest log-probability gap, LoRA path vs merged", "value": round(outcome.max_gap, 4),
+        "unit": "nats", "target": f"<= {TOLERANCE}",
     })  # fmt: skip
     choice = recommend(figures)
     rows.append({

@@ -5,11 +5,11 @@ through vLLM's LoRA path. Each is held to the same workload by vLLM's own benchm
 prompts of fixed lengths, at each concurrency asked for), which reports output tokens/s, time to first token and
 inter-token latency; the servers' CPU time over the run gives CPU-seconds per 1,000 output tokens.
 
-Before any figure counts, the two must answer alike (the merge's correctness seen from the server): greedy
-completions of a fixed prompt set, compared token by token. They agree when every token matches, or where they
-first part the reference's two best candidates were a near tie (their log-probabilities within `tolerance`), and
-every log-probability before that agrees within `tolerance` too. Anything else is a broken merge (or a broken
-LoRA path), reported with the prompt and the position.
+Before any figure counts, the two must answer alike (the merge's correctness seen from the server): the merged
+model's greedy answers to a fixed prompt set are scored by both servers (each answer given back as the prompt,
+so both read the same tokens), and every token's log-probability must agree within `tolerance`. Comparing
+greedy text instead would fail on a near tie that bfloat16 rounding tips either way; a broken merge (or a
+broken LoRA path) moves them far more. The report names the prompt and the token.
 
 `recommend` turns the figures into a choice with its reason in numbers (docs/merge-or-serve.md has the rule).
 """
@@ -41,7 +41,7 @@ PROMPTS = (
     "Q: What is 17 times 23?\nA:",
     "Kubernetes operators reconcile",
 )
-TOLERANCE = 0.05
+TOLERANCE = 0.1
 # the rule's thresholds (docs/merge-or-serve.md)
 ONE_ADAPTER_MAX_COST = 0.05
 SHARED_MAX_COST = 0.25
@@ -71,11 +71,20 @@ class Figures:
 
 
 @dataclass(frozen=True)
-class Completion:
-    tokens: tuple[str, ...]
+class Scored:
+    """A token sequence (prompt, then the reference's greedy continuation) and the log-probability one server
+    gives each continuation token, read with the whole sequence as the prompt (teacher forcing)."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
-    # per position: the reference's candidates (token -> log-probability)
-    top: tuple[dict[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    figures: list[Figures]
+    differences: list[str]  # empty: the LoRA path answers as the merged model
+    max_gap: float  # the largest log-probability difference seen
 
 
 @dataclass(frozen=True)
@@ -98,42 +107,66 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def complete(base_url: str, model: str, prompt: str, max_tokens: int = 16) -> Completion:
-    """A greedy completion with the log-probabilities of the two best candidates at each position."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 2,
-            "ignore_eos": True}  # fmt: skip
+def _post(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(f"{base_url}/v1/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=120) as resp:
-        lp = json.loads(resp.read())["choices"][0]["logprobs"]
-    return Completion(
-        tokens=tuple(lp["tokens"]),
-        logprobs=tuple(float(x) for x in lp["token_logprobs"]),
-        top=tuple({str(k): float(v) for k, v in (t or {}).items()} for t in lp["top_logprobs"]),
-    )
+        out: dict[str, Any] = json.loads(resp.read())
+    return out
+
+
+def _ids(tokens: Sequence[str]) -> tuple[int, ...]:
+    return tuple(int(t.removeprefix("token_id:")) for t in tokens)
+
+
+def greedy(
+    base_url: str, model: str, prompt: str, max_tokens: int = 16
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The prompt's token ids and the server's greedy continuation (ids, not text: byte-level tokens decode
+    alike)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "logprobs": 0,
+            "echo": True, "ignore_eos": True, "return_tokens_as_token_ids": True}  # fmt: skip
+    ids = _ids(_post(base_url, body)["choices"][0]["logprobs"]["tokens"])
+    return ids[:-max_tokens], ids[-max_tokens:]
+
+
+def score(base_url: str, model: str, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> Scored:
+    """The log-probability this server gives each continuation token, the sequence given as the prompt."""
+    body = {"model": model, "prompt": [*prompt_ids, *completion_ids], "max_tokens": 1, "temperature": 0,
+            "logprobs": 0, "echo": True, "return_tokens_as_token_ids": True}  # fmt: skip
+    lp = _post(base_url, body)["choices"][0]["logprobs"]["token_logprobs"]
+    n = len(completion_ids)
+    picked = lp[len(prompt_ids) : len(prompt_ids) + n]
+    return Scored(tuple(prompt_ids), tuple(completion_ids), tuple(float(x) for x in picked))
 
 
 def differences(
-    reference: Sequence[Completion], candidate: Sequence[Completion], tolerance: float = TOLERANCE
+    reference: Sequence[Scored], candidate: Sequence[Scored], tolerance: float = TOLERANCE
 ) -> list[str]:
-    """Where the candidate does not answer as the reference does (empty: they agree), one line per prompt."""
+    """Where the candidate's log-probabilities of the reference's own greedy answers part from the reference's
+    by more than `tolerance` (empty: they agree), one line per prompt."""
     out: list[str] = []
     for i, (ref, got) in enumerate(zip(reference, candidate, strict=True)):
-        for pos, (a, b) in enumerate(zip(ref.tokens, got.tokens, strict=False)):
-            if a != b:
-                candidates = ref.top[pos]
-                tie = (
-                    b in candidates and abs(candidates.get(a, ref.logprobs[pos]) - candidates[b]) <= tolerance
-                )
-                if not tie:
-                    out.append(f"prompt {i} ({PROMPTS[i % len(PROMPTS)][:24]!r}): token {pos} is {b!r}, the "
-                               f"reference says {a!r}")  # fmt: skip
-                break
-            if abs(ref.logprobs[pos] - got.logprobs[pos]) > tolerance:
-                out.append(f"prompt {i}: token {pos} {a!r} has log-probability {got.logprobs[pos]:.3f}, the "
-                           f"reference {ref.logprobs[pos]:.3f}")  # fmt: skip
-                break
+        gaps = [abs(a - b) for a, b in zip(ref.logprobs, got.logprobs, strict=True)]
+        worst = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+        if gaps and gaps[worst] > tolerance:
+            out.append(
+                f"prompt {i} ({PROMPTS[i % len(PROMPTS)][:24]!r}): token {worst} (id {ref.completion_ids[worst]}) "
+                f"has log-probability {got.logprobs[worst]:.3f}, the merged model {ref.logprobs[worst]:.3f}"
+            )
     return out
+
+
+def max_gap(reference: Sequence[Scored], candidate: Sequence[Scored]) -> float:
+    """The largest log-probability difference over every prompt and token (for the report)."""
+    return max(
+        (
+            abs(a - b)
+            for r, c in zip(reference, candidate, strict=True)
+            for a, b in zip(r.logprobs, c.logprobs, strict=True)
+        ),
+        default=0.0,
+    )
 
 
 def _bench(
@@ -180,23 +213,24 @@ def measure(
     env: dict[str, str] | None = None,
     workdir: Path | None = None,
     max_lora_rank: int = 16,
-) -> tuple[list[Figures], list[str]]:
-    """Both variants' figures (merged first, at each concurrency), and the quality check's differences."""
+) -> Outcome:
+    """Both variants' figures (merged first, at each concurrency), and the quality check."""
     work = Path(workdir or tempfile.mkdtemp(prefix="tuneops-compare-"))
     figures: list[Figures] = []
     port = free_port()
     argv = vllm_serve_argv(merged, port=port, served_model_name="merged", max_model_len=1024)
     with running_server(argv, port=port, log_path=work / "merged.log", env=env) as server:
-        reference = [complete(server.base_url, "merged", p) for p in PROMPTS]
+        answers = [greedy(server.base_url, "merged", p) for p in PROMPTS]
+        reference = [score(server.base_url, "merged", p, c) for p, c in answers]
         figures += [_bench(server, str(merged), "merged", c, load, work) for c in load.concurrency]
     port = free_port()
     argv = vllm_serve_argv(base, port=port, served_model_name="base", max_model_len=1024,
                            lora_modules=[LoraModule("lora", str(adapter))], max_lora_rank=max_lora_rank,
                            max_loras=1)  # fmt: skip
     with running_server(argv, port=port, log_path=work / "lora.log", env=env) as server:
-        candidate = [complete(server.base_url, "lora", p) for p in PROMPTS]
+        candidate = [score(server.base_url, "lora", p, c) for p, c in answers]
         figures += [_bench(server, str(base), "lora", c, load, work) for c in load.concurrency]
-    return figures, differences(reference, candidate)
+    return Outcome(figures, differences(reference, candidate), max_gap(reference, candidate))
 
 
 def recommend(figures: Sequence[Figures], adapters: int = 1, gpus_per_replica: int = 1) -> Recommendation:
