@@ -7,16 +7,14 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.e2e.test_pipeline import NAMESPACE, READY_TIMEOUT_S, _gate, _pid, _wait
-from tests.workers.test_remote import FakeHub, _handler, moto_server
+from tests.workers.test_remote import FakeHub, moto_server, serving_hub
 
 from tuneops.adapters.client import pod_url
 from tuneops.kube import types as kt
@@ -75,16 +73,8 @@ def s3(adapters: dict[str, Path]) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def hub(adapters: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
     files = {p.name: p.read_bytes() for p in adapters["hub"].iterdir() if p.is_file()}
-    fake = FakeHub("acme/hub-lora", files, fail_first="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_hub("acme/hub-lora", files) as served:
+        yield served
 
 
 def _secret(api: Kube, name: str, data: dict[str, str]) -> None:

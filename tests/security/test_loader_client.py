@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from tests.security import vllm_fakes as fake
-from tuneops.adapters import AdapterState, DesiredAdapter
+from tuneops.adapters import AdapterState, DesiredAdapter, PodResult
 from tuneops.reconcile.lora import reconcile_pods
 from tuneops.render.types import Owner
 
@@ -33,14 +33,13 @@ def _pod(ip: str) -> dict[str, Any]:
             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
 
 
-def test_a_reload_from_the_cache_frees_the_old_folder_in_the_same_pass() -> None:
-    served = {"sql": f"{CACHE}/{OLD}", "claim": "/mnt/pvc/adapters/claim"}
-    calls: list[dict[str, Any]] = []
-    answers = {"sql": {"state": "Ready", "path": f"{CACHE}/{NEW}", "digest": f"sha256:{NEW}"}}
-    want = {
-        "sql": DesiredAdapter(name="sql", path="", digest="", uri="s3://b/sql-v2", role="adapter-1"),
-        "claim": DesiredAdapter(name="claim", path="/mnt/pvc/adapters/claim", digest=""),
-    }
+def one_pass(
+    served: dict[str, str],
+    answers: dict[str, dict[str, Any]],
+    calls: list[dict[str, Any]],
+    want: dict[str, DesiredAdapter],
+) -> PodResult:
+    """One adapter pass over one Pod whose server and loader are fakes on loopback."""
     with (
         fake.FakePod(fake.well_behaved(served), host="127.0.0.1") as server,
         fake.FakePod(loader(answers, calls), host="127.0.0.1") as side,
@@ -49,6 +48,18 @@ def test_a_reload_from_the_cache_frees_the_old_folder_in_the_same_pass() -> None
             reconcile_pods(OWNER, [_pod("127.0.0.1")], want, None, True, deadline_s=10.0,
                            port=server.port, loader_port=side.port)
         )  # fmt: skip
+    return result
+
+
+def test_a_reload_from_the_cache_frees_the_old_folder_in_the_same_pass() -> None:
+    served = {"sql": f"{CACHE}/{OLD}", "claim": "/mnt/pvc/adapters/claim"}
+    calls: list[dict[str, Any]] = []
+    answers = {"sql": {"state": "Ready", "path": f"{CACHE}/{NEW}", "digest": f"sha256:{NEW}"}}
+    want = {
+        "sql": DesiredAdapter(name="sql", path="", digest="", uri="s3://b/sql-v2", role="adapter-1"),
+        "claim": DesiredAdapter(name="claim", path="/mnt/pvc/adapters/claim", digest=""),
+    }
+    result = one_pass(served, answers, calls, want)
     assert served == {"sql": f"{CACHE}/{NEW}", "claim": "/mnt/pvc/adapters/claim"}
     assert result.states["sql"].state is AdapterState.READY
     # The first sync kept the folder the server read from; after the reload the loader is told at once.
@@ -66,14 +77,7 @@ def test_a_lying_loader_costs_only_its_adapters() -> None:
         "sql": DesiredAdapter(name="sql", path="", digest="", uri="s3://b/sql"),
         "claim": DesiredAdapter(name="claim", path="/mnt/pvc/adapters/claim", digest=""),
     }
-    with (
-        fake.FakePod(fake.well_behaved(served), host="127.0.0.1") as server,
-        fake.FakePod(loader(answers, calls), host="127.0.0.1") as side,
-    ):
-        (result,) = asyncio.run(
-            reconcile_pods(OWNER, [_pod("127.0.0.1")], want, None, True, deadline_s=10.0,
-                           port=server.port, loader_port=side.port)
-        )  # fmt: skip
+    result = one_pass(served, answers, calls, want)
     assert served == {"claim": "/mnt/pvc/adapters/claim"}, "the claim's adapter is loaded; nothing from /etc"
     assert result.reachable and result.states["claim"].state is AdapterState.READY
     assert result.states["sql"].state is AdapterState.LOADING

@@ -11,18 +11,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.workers.test_remote import FakeHub, _handler, moto_server
+from tests.workers.test_remote import FakeHub, moto_server, serving_hub
 from tuneops.serving.process import free_port
 from tuneops.storage.manifest import digest_of
 
@@ -56,16 +54,8 @@ def s3(models: dict[str, Path]) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def hub(models: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
     files = {p.name: p.read_bytes() for p in models["llama-lora"].iterdir() if p.is_file()}
-    fake = FakeHub("acme/tiny-lora", files, fail_first="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_hub("acme/tiny-lora", files) as served:
+        yield served
 
 
 class Loader:

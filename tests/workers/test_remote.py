@@ -282,10 +282,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture()
-def fake_hub(models: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
-    files = {p.name: p.read_bytes() for p in models["llama-lora"].iterdir() if p.is_file()}
-    hub = FakeHub("acme/tiny-lora", files, fail_first="adapter_model.safetensors")
+@contextlib.contextmanager
+def serving_hub(repo: str, files: dict[str, bytes], fail_first: str = "") -> Iterator[tuple[FakeHub, str]]:
+    """A FakeHub for `repo` on a loopback port, and its endpoint; stopped on exit."""
+    hub = FakeHub(repo, files, fail_first=fail_first)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -295,6 +295,13 @@ def fake_hub(models: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture()
+def fake_hub(models: dict[str, Path]) -> Iterator[tuple[FakeHub, str]]:
+    files = {p.name: p.read_bytes() for p in models["llama-lora"].iterdir() if p.is_file()}
+    with serving_hub("acme/tiny-lora", files, fail_first="adapter_model.safetensors") as served:
+        yield served
 
 
 def test_hf_download_retries_a_transient_5xx(

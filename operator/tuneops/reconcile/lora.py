@@ -309,10 +309,14 @@ async def _with_loader(
     except POD_ERRORS as exc:
         return PodResult(pod=pod, reachable=False, error=describe(exc), memory=memory)
     wanted = {n: d for n, d in desired.items() if d.uri}
-    try:
+
+    async def sync(keep: list[str]) -> dict[str, Fetched]:
         lc = LoaderClient(loader_url, api_key=api_key, deadline=deadline)
         async with lc:
-            fetched = await lc.sync(wanted, kept_paths(served))
+            return await lc.sync(wanted, keep)
+
+    try:
+        fetched = await sync(kept_paths(served))
     except POD_ERRORS as exc:
         # No loader (a Pod from before the spec named such an adapter) or one that fails: the others go on.
         note = f"the Pod's adapter loader does not answer: {describe(exc)}"
@@ -326,7 +330,5 @@ async def _with_loader(
         # The server let go of cached folders (an unload, a reload from a new version): the loader frees them now
         # rather than at the next pass. Best effort: the next sync frees them anyway.
         with contextlib.suppress(*POD_ERRORS):
-            lc = LoaderClient(loader_url, api_key=api_key, deadline=deadline)
-            async with lc:
-                await lc.sync(wanted, after)
+            await sync(after)
     return result.model_copy(update={"states": {**result.states, **waiting}})

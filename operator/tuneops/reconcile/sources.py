@@ -52,20 +52,21 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     model, adapters = _model(ctx, obj, spec)
     more, pending = _adapters(ctx, obj, spec)
     adapters += more
+    # LoRAAdapters the service accepts are served like its own; vLLM's checks of the spec's adapters (by index)
+    # are not theirs, so they join the list after those.
+    attached: list[Verdict] = []
+    if spec.lora is not None and spec.runtime == "vllm":
+        taken = {served_model_name(spec, owner_of(obj)), *(a.name for a in adapters), *pending}
+        attached = attach.service_decision(ctx.kube, obj, spec, taken)
+    accepted = [v.adapter for v in attached if v.adapter is not None]
     # The key is read only to call the Pods' runtime LoRA API; the Pods get it from the kubelet (env valueFrom).
-    calls_pods = spec.runtime == "vllm" and bool((spec.lora and spec.lora.adapters) or adapters)
+    calls_pods = spec.runtime == "vllm" and bool((spec.lora and spec.lora.adapters) or adapters or accepted)
     api_key = _api_key(ctx, obj["metadata"]["namespace"], spec) if calls_pods else None
     problems = check_inferenceservice(spec, model=model, adapters=adapters)
     refused, service_problems = _split(spec, adapters, problems)
     if service_problems:
         raise Invalid("; ".join(str(p) for p in service_problems), service_problems[0].reason)
-    attached: list[Verdict] = []
-    if spec.lora is not None and spec.runtime == "vllm":
-        taken = {served_model_name(spec, owner_of(obj)), *(a.name for a in adapters), *pending}
-        attached = attach.service_decision(ctx.kube, obj, spec, taken)
-        adapters += [v.adapter for v in attached if v.adapter is not None]
-        if adapters and api_key is None and not calls_pods:
-            api_key = _api_key(ctx, obj["metadata"]["namespace"], spec)
+    adapters += accepted
     return Sources(model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key, attached)
 
 

@@ -94,9 +94,7 @@ class Resolver:
              "spec": r.spec.model_dump(by_alias=True, exclude_none=True, mode="json")}
             for i, r in enumerate(self.by_key.values())
             if isinstance(r.spec, LoRAAdapterSpec)
-            and attach.targets({"metadata": {"namespace": r.namespace},
-                                "spec": r.spec.model_dump(by_alias=True, exclude_none=True, mode="json")},
-                               service.namespace, service.name)
+            and (r.spec.service_ref.namespace or r.namespace, r.spec.service_ref.name) == (service.namespace, service.name)
         ]  # fmt: skip
         owner = service.owner
         taken = {
@@ -105,7 +103,7 @@ class Resolver:
         }
         verdicts = attach.decide(service.namespace, svc_spec, askers, lambda _ns: None, taken)
         mine = next((v for v in verdicts if v.key == f"{resource.namespace}/{resource.name}"), None)
-        if mine is None or mine.accepted or "cannot be read" in mine.message:
+        if mine is None or mine.accepted or mine.labels_unknown:
             return []
         return [Problem(mine.reason, "spec.serviceRef", mine.message)]
 

@@ -32,6 +32,8 @@ class Verdict:
     reason: str
     message: str
     adapter: ResolvedAdapter | None = None
+    # refused only because a Selector needs namespace labels that could not be read (validate: not checked)
+    labels_unknown: bool = False
 
     def wire(self) -> AttachedAdapter:
         return AttachedAdapter(
@@ -52,26 +54,28 @@ def targets(adapter: dict[str, Any], service_ns: str, service: str) -> bool:
 
 def _allowed(
     rule: AllowedAdapters | None, namespace: str, service_ns: str, labels: NamespaceLabels
-) -> str | None:
-    """Why an adapter of `namespace` may not attach (None: it may)."""
+) -> tuple[str | None, bool]:
+    """Why an adapter of `namespace` may not attach (None: it may), and whether that is only because the
+    namespace's labels could not be read."""
     if rule is None:
-        return "the service does not accept LoRAAdapters (its spec.lora.allowedAdapters is not set)"
+        return "the service does not accept LoRAAdapters (its spec.lora.allowedAdapters is not set)", False
     allowed = rule.namespaces
     if allowed.from_ == "All" or namespace == service_ns:
-        return None
+        return None, False
     if allowed.from_ == "Same":
-        return f"the service accepts LoRAAdapters from its own namespace {service_ns!r} only"
+        return f"the service accepts LoRAAdapters from its own namespace {service_ns!r} only", False
     found = labels(namespace)
     if found is None:
-        return (
+        why = (
             f"the labels of namespace {namespace!r} cannot be read: allowedAdapters from: Selector needs the "
             "operator's cluster scope (chart value rbac.scope: cluster), which may get namespaces"
         )
+        return why, True
     wanted = allowed.selector or {}
     if all(found.get(key) == value for key, value in wanted.items()):
-        return None
+        return None, False
     shown = ",".join(f"{key}={value}" for key, value in sorted(wanted.items()))
-    return f"namespace {namespace!r} does not carry the labels the service allows ({shown})"
+    return f"namespace {namespace!r} does not carry the labels the service allows ({shown})", False
 
 
 def _order(adapter: dict[str, Any]) -> tuple[str, str, str]:
@@ -100,8 +104,10 @@ def decide(
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         key = f"{namespace}/{name}"
 
-        def refuse(reason: str, message: str, served: str = name, key: str = key) -> None:
-            out.append(Verdict(key, served, False, reason, message))
+        def refuse(
+            reason: str, message: str, served: str = name, key: str = key, unknown: bool = False
+        ) -> None:
+            out.append(Verdict(key, served, False, reason, message, labels_unknown=unknown))
 
         if meta.get("deletionTimestamp"):
             continue
@@ -112,11 +118,14 @@ def decide(
             continue
         assert isinstance(a, LoRAAdapterSpec)
         served = a.served_name or name
-        why = _allowed(rule, namespace, service_ns, labels)
+        why, unknown = _allowed(rule, namespace, service_ns, labels)
         if spec.runtime != "vllm" or not (spec.lora and spec.lora.dynamic):
-            why = "the service does not load adapters at runtime (runtime vllm with lora.dynamic true)"
+            why, unknown = (
+                "the service does not load adapters at runtime (runtime vllm with lora.dynamic true)",
+                False,
+            )
         if why is not None:
-            refuse(Reason.NOT_ALLOWED, why, served)
+            refuse(Reason.NOT_ALLOWED, why, served, unknown=unknown)
             continue
         if namespace != service_ns and a.token_secret_ref is not None:
             refuse(Reason.NOT_ALLOWED, f"Secret {a.token_secret_ref.name!r} is in namespace {namespace!r}: the "

@@ -12,7 +12,7 @@ is said by the operator in each sync request, never by the Pod.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -201,10 +201,3 @@ def add_to_pod(
         pod["initContainers"] = [*pod.get("initContainers", []), container(spec, config, adapters)]
     else:
         pod["containers"] = [*pod["containers"], container(spec, config, adapters)]
-
-
-def roles(spec: InferenceServiceSpec) -> Iterable[tuple[str, str]]:
-    """(adapter name, credential role) of each of the spec's fetched adapters with a Secret."""
-    for a in spec.lora.adapters if spec.lora else []:
-        if a.token_secret_ref is not None and a.uri is not None and fetched_by_loader(a.uri):
-            yield a.name, secret_role(a.token_secret_ref)
