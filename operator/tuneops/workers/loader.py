@@ -57,8 +57,9 @@ API_KEY_ENV = "TUNEOPS_LOADER_API_KEY"
 DEFAULT_PORT = 8071
 MAX_BODY = 1 << 20
 MAX_ADAPTERS = 1024
-# A failed download (not a digest mismatch: those wait for another digest or URI) is tried again after this.
-RETRY_S = 30.0
+# A failed download (not a digest mismatch: those wait for another digest or URI) is tried again after this
+# ($TUNEOPS_LOADER_RETRY_S; a CacheFull too, once unloads may have made room).
+RETRY_S = float(os.environ.get("TUNEOPS_LOADER_RETRY_S", "30"))
 _DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 STAGING_PREFIX = ".staging-"
 
