@@ -313,6 +313,10 @@ def test_a_service_gets_endpoint_slices_and_no_warning(
         f"{e.involved_object.kind}/{e.involved_object.name}: {e.reason}: {e.message}"
         for e in core.list_namespaced_event(namespace).items
         if e.type == "Warning"
+        # The 1.20 EndpointSlice controller writes from a cache that can trail its own last write when two Pods
+        # turn ready within a second; the API server refuses that write, the controller retries, and the slice
+        # above converged. Fixed upstream in 1.21 (its slice tracker); a conflict is not a failure here.
+        and not (e.reason == "FailedToUpdateEndpointSlices" and "the object has been modified" in (e.message or ""))
     ]
     assert warnings == []
     assert not [e for e in core.list_event_for_all_namespaces().items if e.reason == "FailedToUpdateEndpoint"]
