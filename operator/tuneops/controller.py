@@ -401,3 +401,5 @@ class Controller:
         self.tracker.forget(key)
         if key[0] == "InferenceService":
             publish_adapters(key[1], key[2], None)
+        if key[0] == "FineTunedModel":
+            metrics.forget_benchmark(key[1], key[2])

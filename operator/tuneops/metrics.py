@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -68,6 +70,68 @@ WAKEUPS = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+_BENCH_LABELS = ["resource_namespace", "name", "variant", "concurrency"]
+BENCHMARK_THROUGHPUT = Gauge(
+    "tuneops_benchmark_output_tokens_per_second",
+    "Output tokens/s a FineTunedModel's benchmark measured, by variant (merged, lora) and concurrency.",
+    _BENCH_LABELS,
+    registry=REGISTRY,
+)
+BENCHMARK_TTFT_P50 = Gauge(
+    "tuneops_benchmark_ttft_p50_seconds",
+    "Median time to first token a FineTunedModel's benchmark measured, by variant and concurrency.",
+    _BENCH_LABELS,
+    registry=REGISTRY,
+)
+BENCHMARK_ITL_P50 = Gauge(
+    "tuneops_benchmark_itl_p50_seconds",
+    "Median inter-token latency a FineTunedModel's benchmark measured, by variant and concurrency.",
+    _BENCH_LABELS,
+    registry=REGISTRY,
+)
+BENCHMARK_COST = Gauge(
+    "tuneops_benchmark_accelerator_seconds_per_1k_tokens",
+    "GPU-seconds (CPU-seconds without GPUs) per 1,000 output tokens, by variant and concurrency.",
+    _BENCH_LABELS,
+    registry=REGISTRY,
+)
+BENCHMARK_LORA_RATIO = Gauge(
+    "tuneops_benchmark_lora_throughput_ratio",
+    "LoRA output tokens/s over the merged model's at the highest concurrency measured.",
+    ["resource_namespace", "name"],
+    registry=REGISTRY,
+)
+_benchmark_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+
+def set_benchmark(namespace: str, name: str, figures: Sequence[tuple[str, int, float, float, float, float]],
+                  ratio: float | None) -> None:  # fmt: skip
+    """One FineTunedModel's benchmark series, replacing what it had: (variant, concurrency, tokens/s, TTFT p50
+    s, ITL p50 s, cost per 1k tokens) per row."""
+    forget_benchmark(namespace, name)
+    seen: set[tuple[str, str]] = set()
+    for variant, concurrency, tps, ttft, itl, cost in figures:
+        key = (variant, str(concurrency))
+        seen.add(key)
+        BENCHMARK_THROUGHPUT.labels(namespace, name, *key).set(tps)
+        BENCHMARK_TTFT_P50.labels(namespace, name, *key).set(ttft)
+        BENCHMARK_ITL_P50.labels(namespace, name, *key).set(itl)
+        BENCHMARK_COST.labels(namespace, name, *key).set(cost)
+    _benchmark_series[(namespace, name)] = seen
+    if ratio is not None:
+        BENCHMARK_LORA_RATIO.labels(namespace, name).set(ratio)
+
+
+def forget_benchmark(namespace: str, name: str) -> None:
+    """Remove one FineTunedModel's benchmark series (deleted, or no benchmark any more)."""
+    for key in _benchmark_series.pop((namespace, name), set()):
+        for gauge in (BENCHMARK_THROUGHPUT, BENCHMARK_TTFT_P50, BENCHMARK_ITL_P50, BENCHMARK_COST):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name, *key)
+    with contextlib.suppress(KeyError):
+        BENCHMARK_LORA_RATIO.remove(namespace, name)
+
+
 BUILD_INFO = Gauge(
     "tuneops_build_info",
     "Build information (always 1).",

@@ -316,7 +316,9 @@ def test_a_service_gets_endpoint_slices_and_no_warning(
         # The 1.20 EndpointSlice controller writes from a cache that can trail its own last write when two Pods
         # turn ready within a second; the API server refuses that write, the controller retries, and the slice
         # above converged. Fixed upstream in 1.21 (its slice tracker); a conflict is not a failure here.
-        and not (e.reason == "FailedToUpdateEndpointSlices" and "the object has been modified" in (e.message or ""))
+        and not (
+            e.reason == "FailedToUpdateEndpointSlices" and "the object has been modified" in (e.message or "")
+        )
     ]
     assert warnings == []
     assert not [e for e in core.list_event_for_all_namespaces().items if e.reason == "FailedToUpdateEndpoint"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tuneops.workers.compare import Figures, Scored, differences, max_gap, recommend
@@ -64,3 +66,50 @@ def test_a_drifted_probability_is_reported_with_its_token() -> None:
     ref = [scored([-0.1, -0.2, -0.3]), scored([-1.0])]
     (line,) = differences(ref, [scored([-0.1, -0.9, -0.3]), scored([-1.0])])
     assert line.startswith("prompt 0") and "token 1 (id 11)" in line and "-0.900" in line and "-0.200" in line
+
+
+def test_without_gpus_sharing_saves_replicas() -> None:
+    assert "use 3 fewer replicas" in recommend(figs(100, 90), adapters=4, unit="replicas").reason
+
+
+def test_gpus_are_the_devices_the_plugin_mounted(tmp_path: Path) -> None:
+    from tuneops.workers.compare import gpu_count
+
+    assert gpu_count(tmp_path) == 0
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
+        (tmp_path / name).touch()
+    assert gpu_count(tmp_path) == 2
+
+
+def test_the_throughput_ratio_is_read_at_one_concurrency() -> None:
+    from tuneops.workers.compare import throughput_ratio
+
+    assert throughput_ratio(figs(160, 120), 16) == 0.75
+    assert throughput_ratio(figs(160, 120), 4) is None
+
+
+def test_a_result_with_every_level_fits_the_termination_message() -> None:
+    from dataclasses import asdict
+
+    from tuneops.workers.result import Benchmark, BenchmarkFigures, WorkerResult, parse
+
+    rows = [BenchmarkFigures.model_validate(asdict(Figures(v, 4096, 123456.78, 12345.67, 23456.78, 12.34, 1.234)))
+            for v in ("merged", "lora") for _ in range(8)]  # fmt: skip
+    result = WorkerResult(benchmark=Benchmark(figures=rows, recommendation="merged", reason="x" * 300,
+                          quality_gap=0.02, accelerator="gpu", differences=["d" * 500] * 8), passed=False)  # fmt: skip
+    text = result.dumps()
+    assert len(text.encode()) <= 4096
+    back = parse(text).benchmark
+    assert back is not None and len(back.figures) == 16 and back.reason == "x" * 300
+
+
+@pytest.mark.parametrize("levels", ["", "0", "1,x"])
+def test_the_command_line_refuses_bad_concurrency(levels: str) -> None:
+    from tuneops.workers.cli import build_parser
+    from tuneops.workers.common import InvalidInput
+    from tuneops.workers.compare import compare_from_args
+
+    args = build_parser().parse_args(["compare", "--base", "file:///b", "--adapter", "file:///a", "--merged",
+                                      "file:///m", "--concurrency", levels])  # fmt: skip
+    with pytest.raises(InvalidInput, match="--concurrency"):
+        compare_from_args(args)

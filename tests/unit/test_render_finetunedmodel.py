@@ -306,3 +306,78 @@ def test_one_revision_for_the_base_model(base: dict[str, Any], refused: str | No
         spec(**body)
     (problem,) = err.value.problems
     assert refused in problem, problem
+
+
+def bench_job(s: FineTunedModelSpec, digest: str = "sha256:m1", rank: int | None = 8) -> dict[str, Any]:
+    from tuneops.render.finetunedmodel import render_benchmark_job
+
+    return render_benchmark_job(s, OWNER, OperatorConfig(), merged_uri="pvc://models/support",
+                                merged_digest=digest, max_lora_rank=rank, adapter_digest="sha256:abc")  # fmt: skip
+
+
+def test_the_benchmark_job_runs_the_worker_code_in_the_vllm_image() -> None:
+    s = spec(benchmark={"enabled": True, "concurrency": [1, 16], "inputLen": 512, "outputLen": 256})
+    job = bench_job(s)
+    validate(job)
+    assert_restricted([job])
+    assert_no_secrets([job])
+    pod = job["spec"]["template"]["spec"]
+    c = worker(job)
+    assert c["image"] == Images().vllm
+    assert c["command"] == ["python3", "-m", "tuneops.workers.cli"]
+    args = c["args"]
+    assert args[0] == "compare"
+    assert args[args.index("--merged") + 1] == "pvc://models/support"
+    assert args[args.index("--concurrency") + 1] == "1,16"
+    assert args[args.index("--max-lora-rank") + 1] == "8"
+    (init,) = pod["initContainers"]
+    assert init["image"] == Images().worker and init["args"][:2] == ["worker", "export-code"]
+    assert env_of(c)["PYTHONPATH"] == init["args"][-1]
+    assert {"mountPath": init["args"][-1], "name": "code", "readOnly": True} in c["volumeMounts"]
+    # Every input is checked against the digest its producer recorded, the merged model's included.
+    expected = json.loads(env_of(c)["TUNEOPS_EXPECT_DIGESTS"])
+    assert expected == {"pvc://adapters/support": "sha256:abc", "pvc://models/support": "sha256:m1"}
+    # A new merge is measured again; the same one is not.
+    assert bench_job(s, "sha256:m2")["metadata"]["name"] != job["metadata"]["name"]
+    assert bench_job(s)["metadata"]["name"] == job["metadata"]["name"]
+    steps = [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in render_finetunedmodel(s, OWNER, OperatorConfig())]  # fmt: skip
+    assert steps == ["inspect", "merge", "benchmark"]
+
+
+def test_the_benchmark_job_takes_the_services_hardware() -> None:
+    s = spec(benchmark={"enabled": True, "job": {
+        "resources": {"limits": {"nvidia.com/gpu": "2", "memory": "64Gi"}, "requests": {"cpu": "8"}},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}})  # fmt: skip
+    job = bench_job(s, rank=40)
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    c = worker(job)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert any(t.get("key") == "nvidia.com/gpu" for t in pod["tolerations"])
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert (
+        shm["emptyDir"]["medium"] == "Memory" and shm["emptyDir"]["sizeLimit"] == OperatorConfig().scratch.shm
+    )
+    args = c["args"]
+    assert args[args.index("--max-lora-rank") + 1] == "64"  # rank 40 rounded up to a size vLLM accepts
+
+
+@pytest.mark.parametrize(
+    ("over", "where", "text"),
+    [
+        ({"merge": {"enabled": False}, "benchmark": {"enabled": True}}, "benchmark.enabled", "merge.enabled"),
+        ({"benchmark": {"enabled": True, "inputLen": 2000, "outputLen": 100}}, "maxModelLen", "exceeds"),
+        ({"benchmark": {"enabled": True, "dataset": "s3://b/sharegpt.json"}}, "dataset", "pvc://"),
+        ({"benchmark": {"enabled": True, "concurrency": [0]}}, "concurrency", "greater than or equal to 1"),
+    ],
+)
+def test_a_benchmark_that_cannot_run_is_refused(over: dict[str, Any], where: str, text: str) -> None:
+    with pytest.raises(SpecError) as err:
+        spec(**over)
+    assert where in str(err.value) and text in str(err.value), str(err.value)
+
+
+def test_a_disabled_benchmark_renders_no_job() -> None:
+    s = spec(benchmark={"enabled": False})
+    assert [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in render_finetunedmodel(s, OWNER, OperatorConfig())] == ["inspect", "merge"]  # fmt: skip

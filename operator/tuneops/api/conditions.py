@@ -12,6 +12,8 @@ INSPECTED = "Inspected"
 MERGED = "Merged"
 QUANTIZED = "Quantized"
 QUALITY_GATE_PASSED = "QualityGatePassed"
+# FineTunedModel: the merged model and the LoRA path measured (spec.benchmark); its message is the recommendation.
+BENCHMARKED = "Benchmarked"
 AVAILABLE = "Available"
 ADAPTERS_READY = "AdaptersReady"
 PROGRESSING = "Progressing"
@@ -48,6 +50,8 @@ class Reason:
     DIGEST_MISMATCH = "DigestMismatch"
     QUALITY_GATE_FAILED = "QualityGateFailed"
     QUALITY_GATE_SKIPPED = "QualityGateSkipped"
+    # The benchmark's serving-level check: the LoRA path and the merged model answer differently (a broken merge).
+    QUALITY_CHECK_FAILED = "QualityCheckFailed"
     MERGE_DISABLED = "MergeDisabled"
     DEPLOYING = "Deploying"
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
@@ -96,6 +100,7 @@ TERMINAL_REASONS = frozenset(
         Reason.DEADLINE_EXCEEDED,
         Reason.DIGEST_MISMATCH,
         Reason.QUALITY_GATE_FAILED,
+        Reason.QUALITY_CHECK_FAILED,
         Reason.SOURCE_NOT_FOUND,
         Reason.ADAPTER_LOAD_FAILED,
         Reason.ADAPTER_UNLOAD_FAILED,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,6 +10,7 @@ from tuneops.api.common import (
     LIST_MAX,
     BaseStatus,
     JobTemplate,
+    Message,
     Model,
     OutputSpec,
     SecretKeyRef,
@@ -78,8 +79,61 @@ class MergeSpec(Model):
     """stream merges shard by shard (bit-identical to peft); peft loads the whole model (DoRA and other adapter types)."""
 
 
+class BenchmarkSpec(Model):
+    """Merge or serve as LoRA, measured: the merged model against the base with the adapter through vLLM's LoRA
+    path, on the hardware `job` describes (copy the target service's resources and placement there), and a
+    recommendation in status. vLLM's own benchmark (`vllm bench serve`) drives both."""
+
+    enabled: bool = False
+    """Run the benchmark Job once the merge is done (a new merge, or a new spec here, runs it again)."""
+    concurrency: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [1, 8], min_length=1, max_length=8
+    )
+    """Concurrency levels (requests in flight); the recommendation reads the highest."""
+    input_len: int = Field(default=256, ge=1, le=131072)
+    """Prompt length in tokens (random tokens, or the dataset's prompts cut to it)."""
+    output_len: int = Field(default=128, ge=1, le=32768)
+    """Output tokens per request (generation does not stop early)."""
+    prompts: int = Field(default=64, ge=1, le=100000)
+    """Requests at each concurrency level."""
+    dataset: Uri | None = None
+    """A ShareGPT-format JSON file (pvc:// or file://) to take prompts from instead of random tokens."""
+    adapters: int = Field(default=1, ge=1, le=1024)
+    """How many adapters like this one a shared LoRA deployment would serve (the recommendation weighs one
+    shared deployment against this many merged ones)."""
+    max_model_len: int = Field(default=2048, ge=16, le=10_000_000)
+    """Context length of both servers (must cover inputLen + outputLen)."""
+    job: JobTemplate = Field(default_factory=JobTemplate)
+    """Resources and placement of the benchmark Pod: the same class of hardware as the service it is for. The
+    image defaults to the operator's vLLM image."""
+
+    @model_validator(mode="after")
+    def _fits(self) -> BenchmarkSpec:
+        if self.input_len + self.output_len > self.max_model_len:
+            raise field_errors("BenchmarkSpec", (("maxModelLen",), f"inputLen + outputLen "
+                               f"({self.input_len + self.output_len}) exceeds maxModelLen ({self.max_model_len})",
+                               self.max_model_len))  # fmt: skip
+        if self.dataset is not None and self.dataset.partition("://")[0] not in ("pvc", "file"):
+            raise field_errors("BenchmarkSpec", (("dataset",), "the benchmark dataset must be a pvc:// or "
+                               "file:// URI", self.dataset))  # fmt: skip
+        return self
+
+
 class FineTunedModelSpec(Model):
     """Desired state of a FineTunedModel."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.benchmark) || !has(self.benchmark.enabled) || !self.benchmark.enabled || "
+                    "!has(self.merge) || !has(self.merge.enabled) || self.merge.enabled",
+                    "message": "the benchmark compares the merged model with the LoRA path: it needs "
+                    "merge.enabled true",
+                },
+            ]
+        }
+    }
 
     base_model: BaseModelSpec
     """The base model."""
@@ -92,6 +146,15 @@ class FineTunedModelSpec(Model):
     (<root>/<namespace>/finetunedmodels/<name>)."""
     job: JobTemplate = Field(default_factory=JobTemplate)
     """Template for the inspect and merge Jobs."""
+    benchmark: BenchmarkSpec | None = None
+    """Measure the merged model against the LoRA path and recommend one (off unless enabled)."""
+
+    @model_validator(mode="after")
+    def _benchmark_needs_merge(self) -> FineTunedModelSpec:
+        if self.benchmark is not None and self.benchmark.enabled and not self.merge.enabled:
+            raise field_errors("FineTunedModelSpec", (("benchmark", "enabled"), "the benchmark compares the "
+                               "merged model with the LoRA path: it needs merge.enabled true", True))  # fmt: skip
+        return self
 
 
 class AdapterFacts(Model):
@@ -109,6 +172,36 @@ class AdapterFacts(Model):
     """Largest rank across rank_pattern (what vLLM's max_lora_rank must cover)."""
 
 
+class BenchmarkFigures(Model):
+    """One variant (merged, or the base with the adapter as LoRA) at one concurrency."""
+
+    variant: Literal["merged", "lora"]
+    concurrency: int
+    output_tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_p50_ms: float
+    accelerator_s_per_1k_tokens: float
+    """GPU-seconds per 1,000 output tokens on GPUs (wall time x GPUs), CPU-seconds without."""
+
+
+class BenchmarkStatus(Model):
+    """What the benchmark Job measured, and what it recommends."""
+
+    job: Str | None = None
+    """The Job that measured it."""
+    recommendation: Literal["merged", "lora"] | None = None
+    """merged: deploy the merged model; lora: serve the adapter on a shared base."""
+    reason: Message | None = None
+    """The recommendation's reason, in numbers."""
+    lora_throughput_ratio: float | None = None
+    """LoRA output tokens/s over the merged model's, at the highest concurrency."""
+    quality_gap: float | None = None
+    """Largest log-probability difference between the two on the fixed prompt set (the check's limit is 0.1)."""
+    accelerator: Literal["gpu", "cpu"] | None = None
+    figures: list[BenchmarkFigures] | None = Field(default=None, max_length=32)
+
+
 class FineTunedModelStatus(BaseStatus):
     """Observed state of a FineTunedModel."""
 
@@ -116,6 +209,8 @@ class FineTunedModelStatus(BaseStatus):
     """Facts about the adapter, from the inspect Job."""
     adapter_digest: Str | None = None
     """Content digest of the adapter files."""
+    benchmark: BenchmarkStatus | None = None
+    """Merge or serve as LoRA, as measured by the benchmark Job (spec.benchmark)."""
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -123,6 +218,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel.uri"},
     {"name": "Merge", "type": "boolean", "jsonPath": ".spec.merge.enabled"},
+    {"name": "Serve", "type": "string", "jsonPath": ".status.benchmark.recommendation"},
+    {
+        "name": "LoRA-Throughput",
+        "type": "number",
+        "jsonPath": ".status.benchmark.loraThroughputRatio",
+        "priority": 1,
+    },
     {"name": "Rank", "type": "integer", "jsonPath": ".status.adapter.rank", "priority": 1},
     {"name": "Artifact", "type": "string", "jsonPath": ".status.artifact.uri", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

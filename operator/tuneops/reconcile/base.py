@@ -142,6 +142,10 @@ RETRY_HINTS: dict[str, str] = {
         "then " + RETRY
     ),
     Reason.INCOMPATIBLE_ADAPTER: "fix the adapter or the spec's base model, then " + RETRY,
+    Reason.QUALITY_CHECK_FAILED: (
+        "the merged model is not the base with this adapter: check merge.method and merge.dtype and re-merge "
+        "(a new spec, or set tuneops.io/refresh), then " + RETRY
+    ),
 }
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneops import labels
+from tuneops import labels, metrics
 from tuneops.api import FINETUNEDMODEL
 from tuneops.api.common import Artifact
-from tuneops.api.conditions import INSPECTED, MERGED, Reason
-from tuneops.api.finetunedmodel import AdapterFacts, FineTunedModelSpec, FineTunedModelStatus
-from tuneops.reconcile.base import Outcome, StatusBuilder, Step, reconciler, run_step
+from tuneops.api.conditions import BENCHMARKED, INSPECTED, MERGED, READY, Reason
+from tuneops.api.finetunedmodel import AdapterFacts, BenchmarkStatus, FineTunedModelSpec, FineTunedModelStatus
+from tuneops.reconcile.base import Outcome, StatusBuilder, Step, reconciler, retry_hint, run_step
 from tuneops.reconcile.common import artifact_from_result
 from tuneops.reconcile.jobs import JobOutcome
 from tuneops.render import finetunedmodel as render
@@ -18,6 +18,7 @@ Builder = StatusBuilder[FineTunedModelSpec, FineTunedModelStatus]
 
 INSPECT = Step(render.INSPECT, INSPECTED, "inspecting the adapter", "inspecting the adapter failed")
 MERGE = Step(render.MERGE, MERGED, "merging", "merge failed")
+BENCHMARK = Step(render.BENCHMARK, BENCHMARKED, "benchmarking", "benchmark failed")
 
 _FACT_KEYS = {
     "type": "type",
@@ -66,7 +67,90 @@ def reconcile(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     where = status.artifact.uri if status.artifact else "?"
     if stop := sb.gate(MERGE, merge_job, merged, f"merged into {where}"):
         return stop
-    return sb.ready("merged model is ready")
+    if spec.benchmark is None or not spec.benchmark.enabled:
+        _no_benchmark(sb)
+        return sb.ready("merged model is ready")
+    return _benchmark(sb, spec)
+
+
+def _benchmark(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
+    """Measure the merged model against the LoRA path (spec.benchmark). The merged model is Ready meanwhile and
+    whatever the figures say; only a failed serving-level check (the two answer differently: a broken merge)
+    takes Ready away."""
+    status = sb.status
+    assert status.artifact is not None  # the merge step succeeded
+    facts = status.adapter
+    job = render.render_benchmark_job(spec, sb.owner, sb.ctx.config, merged_uri=status.artifact.uri,
+                                      merged_digest=status.artifact.digest,
+                                      max_lora_rank=(facts.max_rank or facts.rank) if facts else None,
+                                      adapter_digest=status.adapter_digest)  # fmt: skip
+    outcome = run_step(sb, BENCHMARK, job)
+    name = job["metadata"]["name"]  # a retry renames it
+    measured = benchmark_status(name, outcome.result.get("benchmark"))
+    if measured is not None:
+        status.benchmark = measured
+        if outcome.result.get("passed") is False:
+            failed = JobOutcome("Failed", Reason.QUALITY_CHECK_FAILED, measured.reason or "the two differ")
+            outcome = sb.record_step(BENCHMARK.name, name, failed)
+    publish_benchmark(sb.owner.namespace, sb.owner.name, status.benchmark)
+    if outcome.state == "Succeeded":
+        got = status.benchmark
+        message = (got.reason or "measured") if got is not None and got.job == name else "measured"
+        sb.condition(BENCHMARKED, True, Reason.SUCCEEDED, message)
+        return sb.ready("merged model is ready")
+    if outcome.state == "Failed":
+        reason = outcome.reason or Reason.JOB_FAILED
+        detail = f"{outcome.message or reason}; {retry_hint(reason, name)}"
+        sb.condition(BENCHMARKED, False, reason, detail)
+        if reason == Reason.QUALITY_CHECK_FAILED:
+            sb.condition(READY, False, reason, f"{BENCHMARK.failed}: {detail}")
+            return sb.finish()
+        return sb.ready("merged model is ready (its benchmark failed: see the Benchmarked condition)")
+    sb.condition(BENCHMARKED, None, outcome.reason or Reason.JOB_PENDING,
+                 f"{BENCHMARK.name} Job {name}: {outcome.message or BENCHMARK.doing}")  # fmt: skip
+    sb.condition(READY, True, Reason.SUCCEEDED, "merged model is ready (benchmark running)")
+    return sb.finish(requeue=True)
+
+
+def _no_benchmark(sb: Builder) -> None:
+    """No benchmark asked for (any more): forget its step, figures and condition."""
+    sb.drop_step(BENCHMARK.name)
+    sb.status.benchmark = None
+    if sb.status.conditions:
+        sb.status.conditions = [c for c in sb.status.conditions if c.type != BENCHMARKED]
+    publish_benchmark(sb.owner.namespace, sb.owner.name, None)
+
+
+def benchmark_status(job: str, raw: Any) -> BenchmarkStatus | None:
+    """The benchmark worker's result (untrusted shape: anything else is ignored) as status."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        listed = raw.get("figures")
+        figures: list[Any] = listed if isinstance(listed, list) else []
+        return BenchmarkStatus.model_validate(
+            {
+                "job": job,
+                "recommendation": raw.get("recommendation"),
+                "reason": str(raw.get("reason") or "")[:1000] or None,
+                "loraThroughputRatio": raw.get("loraThroughputRatio"),
+                "qualityGap": raw.get("qualityGap"),
+                "accelerator": raw.get("accelerator"),
+                "figures": figures[:32],
+            }
+        )
+    except ValueError:
+        return None
+
+
+def publish_benchmark(namespace: str, name: str, bench: BenchmarkStatus | None) -> None:
+    """tuneops_benchmark_* gauges of one FineTunedModel, from its status (None removes its series)."""
+    if bench is None:
+        metrics.forget_benchmark(namespace, name)
+        return
+    rows = [(f.variant, f.concurrency, f.output_tokens_per_s, f.ttft_p50_ms / 1000, f.itl_p50_ms / 1000,
+             f.accelerator_s_per_1k_tokens) for f in bench.figures or []]  # fmt: skip
+    metrics.set_benchmark(namespace, name, rows, bench.lora_throughput_ratio)
 
 
 def _stop_stale_merge(sb: Builder, spec: FineTunedModelSpec) -> None:

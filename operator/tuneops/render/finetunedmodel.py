@@ -9,12 +9,13 @@ from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.env import Source
-from tuneops.render.jobs import WorkerStep, render_job, worker_cmd
+from tuneops.render.jobs import WorkerStep, job_gpus, render_job, worker_cmd
 from tuneops.render.types import Manifest, Owner, RenderError
 from tuneops.storage.uri import with_revision
 
 INSPECT = "inspect"
 MERGE = "merge"
+BENCHMARK = "benchmark"
 
 
 class InputDigests(TypedDict, total=False):
@@ -114,6 +115,64 @@ def render_merge_job(
     return _job(spec, owner, config, MERGE, args, output=output, digests=digests, gpus=gpus)
 
 
+def render_benchmark_job(
+    spec: FineTunedModelSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    *,
+    merged_uri: str,
+    merged_digest: str | None,
+    max_lora_rank: int | None,
+    **digests: Unpack[InputDigests],
+) -> Manifest:
+    """The Job that serves the merged model, then the base with the adapter as LoRA, each under vLLM's own
+    benchmark, and checks both answer alike (`tuneops worker compare`).
+
+    It runs in the vLLM image (spec.benchmark.job.image, else the operator's), with the project's code put
+    beside it by an init container of the worker image; resources and placement come from
+    spec.benchmark.job, as for a service. Its name follows the merged model's digest: a new merge is measured
+    again."""
+    bench = spec.benchmark
+    if bench is None or not bench.enabled:
+        raise RenderError("spec.benchmark is not enabled: there is no benchmark Job")
+    if not spec.merge.enabled:
+        raise RenderError("spec.merge.enabled is false: the benchmark needs the merged model")
+    base = base_uri(spec)
+    rank = max(max_lora_rank or 16, 8)
+    # vLLM's allowed --max-lora-rank values: the rank rounded up to one of them
+    lora_rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+    args = [
+        "compare", "--base", base, "--adapter", spec.adapter.uri, "--merged", merged_uri,
+        "--concurrency", ",".join(str(c) for c in bench.concurrency),
+        "--input-len", str(bench.input_len), "--output-len", str(bench.output_len),
+        "--prompts", str(bench.prompts), "--max-model-len", str(bench.max_model_len),
+        "--max-lora-rank", str(lora_rank), "--adapters", str(bench.adapters),
+    ]  # fmt: skip
+    inputs = [base, spec.adapter.uri, merged_uri]
+    if bench.dataset:
+        args += ["--dataset", bench.dataset]
+        inputs.append(bench.dataset)
+    gpus = job_gpus(bench.job)
+    worker = WorkerStep(
+        step=BENCHMARK,
+        image=bench.job.image or config.images.vllm,
+        args=tuple(args),
+        inputs=tuple(inputs),
+        output=None,
+        digests={
+            base: digests.get("base_digest"),
+            spec.adapter.uri: digests.get("adapter_digest"),
+            merged_uri: merged_digest,
+        },
+        sources=_sources(spec, base, None),
+        gpus=gpus,
+        command=("python3", "-m", "tuneops.workers.cli"),
+        code_image=config.images.worker,
+        shm=config.scratch.shm if gpus > 1 else config.scratch.engine_shm,
+    )
+    return render_job(owner, config, bench.job, worker)
+
+
 def render_finetunedmodel(
     spec: FineTunedModelSpec, owner: Owner, config: OperatorConfig, **digests: Unpack[InputDigests]
 ) -> list[Manifest]:
@@ -121,4 +180,8 @@ def render_finetunedmodel(
     out = [render_inspect_job(spec, owner, config, **digests)]
     if spec.merge.enabled:
         out.append(render_merge_job(spec, owner, config, **digests))
+    if spec.benchmark is not None and spec.benchmark.enabled:
+        merged = merge_output_uri(spec, owner, config)
+        out.append(render_benchmark_job(spec, owner, config, merged_uri=merged, merged_digest=None,
+                                        max_lora_rank=None, **digests))  # fmt: skip
     return out

@@ -14,6 +14,7 @@ from tuneops.render.names import canonical_json, content_hash, metadata, standar
 from tuneops.render.pod import (
     GPU_RESOURCE,
     TERMINATION_LOG,
+    TMP_VOLUME,
     container_defaults,
     empty_dir,
     pod_spec,
@@ -27,6 +28,8 @@ from tuneops.storage.artifacts import JOB_NAME_ENV
 from tuneops.storage.integrity import EXPECT_ENV, HASH_INPUTS_ENV
 
 WORKER_CONTAINER = "worker"
+CODE_CONTAINER = "code"
+CODE_DIR = "/opt/tuneops-code"
 SCRATCH_DIR = "/scratch"
 # Exit code of a container the kernel killed for memory: retrying with the same limit fails the same way.
 OOM_EXIT_CODE = 137
@@ -47,6 +50,13 @@ class WorkerStep:
     gpus: int = 0
     # The resource's tuneops.io/refresh annotation: a new value gives a new Job that reads its inputs again.
     refresh: str | None = None
+    # The worker's entry point; ("python3", "-m", "tuneops.workers.cli") where `image` is not the worker image
+    command: tuple[str, ...] = ("tuneops",)
+    # When set, an init container of this image (the worker image) puts the project's code on a volume, and the
+    # worker container, of another image (vLLM's, for the benchmark), runs it from there (PYTHONPATH).
+    code_image: str | None = None
+    # A memory-backed /dev/shm of this size (vLLM's engine queues, and NCCL across GPUs, need more than 64 MB)
+    shm: str | None = None
 
 
 def worker_cmd(subcommand: str, *args: str) -> tuple[str, ...]:
@@ -123,20 +133,32 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
     resources, threads_from = worker_resources(template, config, step.gpus)
     scratch, scratch_mount = scratch_volume(config)
     tmp, tmp_mount = tmp_volume(config)
+    env = worker_env(config, step, threads_from)
+    volume_mounts = [*mounts.volume_mounts(), scratch_mount, tmp_mount]
+    volumes = [*mounts.volumes(), scratch, tmp]
+    init: list[dict[str, Any]] = []
+    if step.code_image:
+        init.append(code_container(step.code_image, config))
+        volumes.append(empty_dir(CODE_CONTAINER, "64Mi"))
+        volume_mounts.append({"mountPath": CODE_DIR, "name": CODE_CONTAINER, "readOnly": True})
+        env = merge_env([*env, env_value("PYTHONPATH", CODE_DIR)])
+    if step.shm:
+        volumes.append(empty_dir("dshm", step.shm, medium="Memory"))
+        volume_mounts.append({"mountPath": "/dev/shm", "name": "dshm"})
     container: dict[str, Any] = {
         "args": list(step.args),
-        "command": ["tuneops"],
-        "env": worker_env(config, step, threads_from),
+        "command": list(step.command),
+        "env": env,
         "image": step.image,
         "name": WORKER_CONTAINER,
         "resources": resources,
-        "volumeMounts": [*mounts.volume_mounts(), scratch_mount, tmp_mount],
+        "volumeMounts": volume_mounts,
         **container_defaults(),
     }
     spec = pod_spec(
         config,
         containers=[container],
-        volumes=[*mounts.volumes(), scratch, tmp],
+        volumes=volumes,
         gpus=job_gpus(template, step.gpus),
         node_selector=template.node_selector,
         tolerations=[t.wire() for t in template.tolerations or []],
@@ -144,7 +166,28 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
         priority_class_name=template.priority_class_name,
         service_account_name=template.service_account_name,
     )
+    if init:
+        spec["initContainers"] = init
     return {**spec, "restartPolicy": "Never"}
+
+
+def code_container(image: str, config: OperatorConfig) -> dict[str, Any]:
+    """Copies the project's code from the worker image onto the code volume (`tuneops worker export-code`)."""
+    return {
+        "args": ["worker", "export-code", "--to", CODE_DIR],
+        "command": ["tuneops"],
+        "env": [env_value("HOME", "/tmp")],
+        "image": image,
+        "name": CODE_CONTAINER,
+        "resources": sorted_resources(
+            {"memory": "256Mi"}, with_scratch_request({"cpu": "100m", "memory": "256Mi"}, config)
+        ),
+        "volumeMounts": [
+            {"mountPath": CODE_DIR, "name": CODE_CONTAINER},
+            {"mountPath": "/tmp", "name": TMP_VOLUME},
+        ],
+        **container_defaults(),
+    }
 
 
 def pod_failure_policy() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,13 @@ from tuneops.serving.process import HOST
 
 
 def vllm_bin() -> Path:
-    """The `vllm` entry point of the environment scripts/setup-vllm.sh creates."""
-    return toolpaths.vllm_env_dir() / "bin" / "vllm"
+    """The `vllm` entry point of the environment scripts/setup-vllm.sh creates; where there is none (inside a
+    vLLM image), the one on PATH."""
+    managed = toolpaths.vllm_env_dir() / "bin" / "vllm"
+    if managed.exists():
+        return managed
+    found = shutil.which("vllm")
+    return Path(found) if found else managed
 
 
 def vllm_cpu_env(*, kv_cache_gib: int = 1, threads: int | None = None) -> dict[str, str]:

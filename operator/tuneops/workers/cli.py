@@ -1,4 +1,4 @@
-"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate|fetch|adapter-loader>`: the thin command line of the workers.
+"""`tuneops worker <inspect|merge|quantize-awq|quantize-gguf|evaluate|fetch|compare|export-code|adapter-loader>`: the thin command line of the workers.
 
 Exit codes: 0 success (evaluate: gate passed), 2 invalid input, 3 quality gate failed, 1 any other failure.
 Each run writes one JSON object to $TUNEOPS_TERMINATION_LOG (default /dev/termination-log) and prints it.
@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--source", required=True, help="model URI (s3://, hf://, pvc:// or file://)")
     f.add_argument("--dest", required=True, help="folder to fill (may be a mount point)")
     f.add_argument("--expect-digest", help="the digest recorded for the model: anything else is refused")
+    c = sub.add_parser(
+        "compare", help="merge or serve as LoRA: both measured with vllm bench serve (a vLLM image)"
+    )
+    c.add_argument("--base", required=True)
+    c.add_argument("--adapter", required=True)
+    c.add_argument("--merged", required=True)
+    c.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
+    c.add_argument("--input-len", type=int, default=256)
+    c.add_argument("--output-len", type=int, default=128)
+    c.add_argument("--prompts", type=int, default=64, help="requests at each concurrency")
+    c.add_argument("--dataset", help="ShareGPT-format JSON URI (pvc:// or file://) instead of random tokens")
+    c.add_argument("--max-model-len", type=int, default=2048)
+    c.add_argument("--max-lora-rank", type=int, default=16)
+    c.add_argument("--adapters", type=int, default=1, help="adapters one shared LoRA deployment would serve")
+
+    x = sub.add_parser("export-code", help="copy this package to a folder (for a container of another image)")
+    x.add_argument("--to", required=True, help="folder that gets tuneops/ (put it on PYTHONPATH)")
     from tuneops.workers import loader
 
     lo = sub.add_parser("adapter-loader", help="the per-Pod adapter cache beside vLLM (s3:// and hf://@rev)")
@@ -124,6 +141,10 @@ def _dispatch(args: argparse.Namespace) -> res.WorkerResult:
             outtype=args.outtype,
             allow_custom_code=args.allow_custom_code,
         )
+    if args.worker == "compare":
+        from tuneops.workers.compare import compare_from_args
+
+        return compare_from_args(args)
     if args.worker == "fetch":
         from tuneops.workers.fetch import run_fetch
 
@@ -147,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         from tuneops.workers import loader
 
         return loader.main(args)
-    threads = configure_threads(import_torch=args.worker != "merge")
+    if args.worker == "export-code":
+        from tuneops.workers.common import export_code
+
+        log.info("tuneops package copied to %s", export_code(args.to))
+        return EXIT_OK
+    # merge imports torch on a thread of its own; compare runs vLLM's processes and needs none itself
+    threads = configure_threads(import_torch=args.worker not in ("merge", "compare"))
     if args.worker == "merge":
         # torch takes seconds of one core to import: the merge starts it now, on a thread of its own, and
         # needs it only at the first tensor it changes (until then it checks its inputs and copies bytes)

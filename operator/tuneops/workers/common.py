@@ -152,3 +152,14 @@ def safetensors_shards(model_dir: Path) -> list[Path]:
             f"{model_dir}: no safetensors weights found (pytorch .bin checkpoints are not read)"
         )
     return shards
+
+
+def export_code(dest: str | os.PathLike[str]) -> Path:
+    """Copy this package's Python sources to `dest`/tuneops: a container of another image (vLLM's, for the
+    benchmark Job) runs the worker code from there, with `dest` on its PYTHONPATH. Sources only: no caches."""
+    src = Path(__file__).resolve().parent.parent
+    out = Path(dest) / "tuneops"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out

@@ -3,7 +3,8 @@
 Two vLLM servers run one after the other on the same machine: the merged model, then the base with the adapter
 through vLLM's LoRA path. Each is held to the same workload by vLLM's own benchmark (`vllm bench serve`, random
 prompts of fixed lengths, at each concurrency asked for), which reports output tokens/s, time to first token and
-inter-token latency; the servers' CPU time over the run gives CPU-seconds per 1,000 output tokens.
+inter-token latency. The cost per 1,000 output tokens is GPU-seconds (the run's wall time x the Pod's GPUs) where
+the Pod has GPUs, else the servers' CPU time over the run (CPU-seconds).
 
 Before any figure counts, the two must answer alike (the merge's correctness seen from the server): the merged
 model's greedy answers to a fixed prompt set are scored by both servers (each answer given back as the prompt,
@@ -29,6 +30,8 @@ from typing import Any
 from tuneops import proctree
 from tuneops.serving.process import ServerProcess, free_port, running_server
 from tuneops.serving.vllm import LoraModule, vllm_bin, vllm_serve_argv
+from tuneops.workers.common import InvalidInput
+from tuneops.workers.result import Benchmark, BenchmarkFigures, WorkerResult
 
 # A fixed prompt set: short, varied, deterministic.
 PROMPTS = (
@@ -55,6 +58,10 @@ class Load:
     input_len: int = 64
     output_len: int = 32
     prompts: int = 32
+    dataset: Path | None = None  # a ShareGPT-format JSON file instead of random tokens
+    max_model_len: int = 1024
+    timeout_s: float = 3600.0  # one `vllm bench serve` run
+    startup_timeout_s: float = 1800.0  # one server's start (a large model loads for minutes)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,8 @@ class Figures:
     ttft_p50_ms: float
     ttft_p95_ms: float
     itl_p50_ms: float
-    cpu_s_per_1k_tokens: float
+    accelerator_s_per_1k_tokens: float
+    """GPU-seconds per 1,000 output tokens with GPUs, CPU-seconds without."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,11 @@ class Outcome:
 class Recommendation:
     serve: str  # merged | lora
     reason: str
+
+
+def gpu_count(dev: Path = Path("/dev")) -> int:
+    """GPUs this container was given: the device plugin mounts one /dev/nvidiaN per allocated GPU."""
+    return sum(1 for p in dev.glob("nvidia*") if p.name.removeprefix("nvidia").isdigit())
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -183,8 +196,11 @@ def _bench(
         "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,95",
         "--save-result", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm",
     ]  # fmt: skip
+    if load.dataset is not None:
+        argv[argv.index("random") - 1 : argv.index("random") + 1] = ["--dataset-name", "sharegpt"]
+        argv += ["--dataset-path", str(load.dataset), "--sharegpt-output-len", str(load.output_len)]
     before = _cpu_seconds(server.pid)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False,
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=load.timeout_s, check=False,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})  # fmt: skip
     cpu = _cpu_seconds(server.pid) - before
     if done.returncode != 0:
@@ -193,6 +209,9 @@ def _bench(
         )
     result: dict[str, Any] = json.loads((out / name).read_text())
     tokens = float(result.get("total_output_tokens") or 0)
+    gpus = gpu_count()
+    # With GPUs, the GPUs are the cost (held for the whole run, busy or not); without, the CPU time spent.
+    spent = float(result.get("duration") or 0) * gpus if gpus else cpu
     return Figures(
         variant=served,
         concurrency=concurrency,
@@ -200,7 +219,7 @@ def _bench(
         ttft_p50_ms=round(float(result["p50_ttft_ms"]), 2),
         ttft_p95_ms=round(float(result["p95_ttft_ms"]), 2),
         itl_p50_ms=round(float(result["p50_itl_ms"]), 2),
-        cpu_s_per_1k_tokens=round(cpu / tokens * 1000, 3) if tokens else 0.0,
+        accelerator_s_per_1k_tokens=round(spent / tokens * 1000, 3) if tokens else 0.0,
     )
 
 
@@ -217,23 +236,31 @@ def measure(
     """Both variants' figures (merged first, at each concurrency), and the quality check."""
     work = Path(workdir or tempfile.mkdtemp(prefix="tuneops-compare-"))
     figures: list[Figures] = []
+    gpus = gpu_count()
+    # Both servers spread over every GPU of the Pod, as the service they stand for would be.
+    extra = ["--tensor-parallel-size", str(gpus)] if gpus > 1 else []
     port = free_port()
-    argv = vllm_serve_argv(merged, port=port, served_model_name="merged", max_model_len=1024)
-    with running_server(argv, port=port, log_path=work / "merged.log", env=env) as server:
+    argv = vllm_serve_argv(merged, port=port, served_model_name="merged", max_model_len=load.max_model_len,
+                           extra_args=extra)  # fmt: skip
+    with running_server(argv, port=port, log_path=work / "merged.log", env=env,
+                        health_timeout_s=load.startup_timeout_s) as server:  # fmt: skip
         answers = [greedy(server.base_url, "merged", p) for p in PROMPTS]
         reference = [score(server.base_url, "merged", p, c) for p, c in answers]
         figures += [_bench(server, str(merged), "merged", c, load, work) for c in load.concurrency]
     port = free_port()
-    argv = vllm_serve_argv(base, port=port, served_model_name="base", max_model_len=1024,
+    argv = vllm_serve_argv(base, port=port, served_model_name="base", max_model_len=load.max_model_len,
                            lora_modules=[LoraModule("lora", str(adapter))], max_lora_rank=max_lora_rank,
-                           max_loras=1)  # fmt: skip
-    with running_server(argv, port=port, log_path=work / "lora.log", env=env) as server:
+                           max_loras=1, extra_args=extra)  # fmt: skip
+    with running_server(argv, port=port, log_path=work / "lora.log", env=env,
+                        health_timeout_s=load.startup_timeout_s) as server:  # fmt: skip
         candidate = [score(server.base_url, "lora", p, c) for p, c in answers]
         figures += [_bench(server, str(base), "lora", c, load, work) for c in load.concurrency]
     return Outcome(figures, differences(reference, candidate), max_gap(reference, candidate))
 
 
-def recommend(figures: Sequence[Figures], adapters: int = 1, gpus_per_replica: int = 1) -> Recommendation:
+def recommend(
+    figures: Sequence[Figures], adapters: int = 1, gpus_per_replica: int = 1, unit: str = "GPUs"
+) -> Recommendation:
     """Merge, or serve as LoRA, with the reason in numbers, from the highest concurrency measured.
 
     One adapter: merge, unless LoRA costs at most ONE_ADAPTER_MAX_COST of the merged throughput (then the LoRA
@@ -261,10 +288,71 @@ def recommend(figures: Sequence[Figures], adapters: int = 1, gpus_per_replica: i
             f"{SHARED_MAX_COST * 100:.0f}% one shared deployment of {adapters} adapters may cost",
         )  # fmt: skip
     return Recommendation(
-        "lora", f"serve as LoRA: {adapters} adapters on one deployment use {saved} fewer GPUs for "
+        "lora", f"serve as LoRA: {adapters} adapters on one deployment use {saved} fewer {unit} for "
         f"{max(slower, 0) * 100:.0f}% more latency and {max(cost, 0) * 100:.0f}% less throughput at concurrency {top}",
     )  # fmt: skip
 
 
 def to_json(figures: Sequence[Figures]) -> list[dict[str, Any]]:
     return [asdict(f) for f in figures]
+
+
+def run_compare(
+    base_uri: str,
+    adapter_uri: str,
+    merged_uri: str,
+    *,
+    load: Load,
+    adapters: int = 1,
+    max_lora_rank: int = 16,
+) -> WorkerResult:
+    """The benchmark Job's work: fetch and check the three inputs, measure both, and recommend. A LoRA path that
+    answers otherwise than the merged model fails the check (passed false, the differences named): its figures
+    are reported, but no recommendation is made from them."""
+    from tuneops.storage import fetch
+
+    base, adapter, merged = fetch(base_uri), fetch(adapter_uri), fetch(merged_uri)
+    outcome = measure(base, adapter, merged, load=load, max_lora_rank=max_lora_rank)
+    figures = [BenchmarkFigures.model_validate(asdict(f)) for f in outcome.figures]
+    top = max(load.concurrency)
+    ratio = throughput_ratio(outcome.figures, top)
+    accelerator = "gpu" if gpu_count() else "cpu"
+    if outcome.differences:
+        bench = Benchmark(figures=figures, recommendation="merged", quality_gap=round(outcome.max_gap, 4),
+                          reason=f"the LoRA path and the merged model answer differently (largest log-probability "
+                          f"gap {outcome.max_gap:.3f}, limit {TOLERANCE}): " + "; ".join(outcome.differences[:2]),
+                          lora_throughput_ratio=ratio, accelerator=accelerator,
+                          differences=outcome.differences)  # fmt: skip
+        return WorkerResult(benchmark=bench, passed=False)
+    gpus = gpu_count()
+    rec = recommend(outcome.figures, adapters=adapters, gpus_per_replica=max(gpus, 1),
+                    unit="GPUs" if gpus else "replicas")  # fmt: skip
+    bench = Benchmark(figures=figures, recommendation=rec.serve, reason=rec.reason, lora_throughput_ratio=ratio,
+                      quality_gap=round(outcome.max_gap, 4), accelerator=accelerator)  # fmt: skip
+    return WorkerResult(benchmark=bench, passed=True)
+
+
+def throughput_ratio(figures: Sequence[Figures], concurrency: int) -> float | None:
+    """LoRA output tokens/s over the merged model's at one concurrency (None without both)."""
+    by = {(f.variant, f.concurrency): f.output_tokens_per_s for f in figures}
+    merged, lora = by.get(("merged", concurrency)), by.get(("lora", concurrency))
+    return round(lora / merged, 3) if merged and lora is not None else None
+
+
+def compare_from_args(args: Any) -> WorkerResult:
+    """`tuneops worker compare` (the benchmark Job's command line) to run_compare."""
+    try:
+        levels = tuple(int(c) for c in str(args.concurrency).split(",") if c.strip())
+    except ValueError as exc:
+        raise InvalidInput(f"--concurrency: comma-separated whole numbers, got {args.concurrency!r}") from exc
+    if not levels or min(levels) < 1:
+        raise InvalidInput(f"--concurrency: at least one level, each 1 or more, got {args.concurrency!r}")
+    dataset = None
+    if args.dataset:
+        from tuneops.storage import fetch
+
+        dataset = fetch(args.dataset)
+    load = Load(concurrency=levels, input_len=args.input_len, output_len=args.output_len, prompts=args.prompts,
+                dataset=dataset, max_model_len=args.max_model_len)  # fmt: skip
+    return run_compare(args.base, args.adapter, args.merged, load=load, adapters=args.adapters,
+                       max_lora_rank=args.max_lora_rank)  # fmt: skip

@@ -53,6 +53,28 @@ class Metrics(_Camel):
     tokens: int | None = None
 
 
+class BenchmarkFigures(_Camel):
+    variant: str
+    concurrency: int
+    output_tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_p50_ms: float
+    accelerator_s_per_1k_tokens: float
+
+
+class Benchmark(_Camel):
+    """compare: both variants' figures, the quality check and the recommendation."""
+
+    figures: list[BenchmarkFigures]
+    recommendation: str
+    reason: str
+    lora_throughput_ratio: float | None = None
+    quality_gap: float
+    accelerator: str
+    differences: list[str] | None = None
+
+
 class WorkerResult(_Camel):
     """Every field but artifact is kind-specific; error is set (alone) when a worker fails."""
 
@@ -64,6 +86,7 @@ class WorkerResult(_Camel):
     method: str | None = None
     dtype: str | None = None
     """merge: the precision the merged weights were written in (what `auto` resolved to)."""
+    benchmark: Benchmark | None = None
     error: str | None = None
     reason: str | None = None
     """With error: a condition reason of its own (DigestMismatch), where JobFailed would say too little."""
@@ -76,11 +99,18 @@ class WorkerResult(_Camel):
             return text
         if isinstance(data.get("problems"), list):
             data["problems"] = [p[:200] for p in data["problems"][:8]]
+        if isinstance(data.get("benchmark"), dict) and data["benchmark"].get("differences"):
+            data["benchmark"]["differences"] = [d[:200] for d in data["benchmark"]["differences"][:4]]
         if data.get("artifact", {}).get("files"):
             data["artifact"]["files"] = data["artifact"]["files"][:16]
         if isinstance(data.get("error"), str):
             data["error"] = data["error"][-1500:]
         text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > _BUDGET and isinstance(data.get("benchmark"), dict):
+            # the figures and the recommendation matter; the reason already names the first differences
+            data["benchmark"].pop("differences", None)
+            data["benchmark"]["reason"] = str(data["benchmark"].get("reason", ""))[:400]
+            text = json.dumps(data, separators=(",", ":"))
         if len(text.encode()) > _BUDGET:
             text = json.dumps({"error": "result too large for the termination message"})
         return text
