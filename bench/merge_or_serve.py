@@ -43,7 +43,12 @@ def run() -> list[dict[str, Any]]:
             ("TTFT p50", "ms", lora_f.ttft_p50_ms, merged_f.ttft_p50_ms),
             ("TTFT p95", "ms", lora_f.ttft_p95_ms, merged_f.ttft_p95_ms),
             ("ITL p50", "ms", lora_f.itl_p50_ms, merged_f.itl_p50_ms),
-            ("CPU-s per 1k output tokens", "s", lora_f.cpu_s_per_1k_tokens, merged_f.cpu_s_per_1k_tokens),
+            (
+                "CPU-s per 1k output tokens",
+                "s",
+                lora_f.accelerator_s_per_thousand_tokens,
+                merged_f.accelerator_s_per_thousand_tokens,
+            ),
         ):
             rows.append({
                 "name": f"merge-or-serve: LoRA vs merged, {label}, concurrency {c}", "value": lora_v, "unit": unit,

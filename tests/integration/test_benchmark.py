@@ -12,7 +12,7 @@ from tests.integration.operator_bed import Cluster, OperatorProcess
 
 
 def _figures(lora_tps: float) -> list[dict[str, Any]]:
-    row = {"ttftP50Ms": 40.0, "ttftP95Ms": 60.0, "itlP50Ms": 9.0, "acceleratorSPer1kTokens": 1.5}
+    row = {"ttftP50Ms": 40.0, "ttftP95Ms": 60.0, "itlP50Ms": 9.0, "acceleratorSPerThousandTokens": 1.5}
     return [
         {"variant": "merged", "concurrency": 1, "outputTokensPerS": 100.0, **row},
         {"variant": "merged", "concurrency": 8, "outputTokensPerS": 400.0, **row},

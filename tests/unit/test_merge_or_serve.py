@@ -113,3 +113,21 @@ def test_the_command_line_refuses_bad_concurrency(levels: str) -> None:
                                       "file:///m", "--concurrency", levels])  # fmt: skip
     with pytest.raises(InvalidInput, match="--concurrency"):
         compare_from_args(args)
+
+
+def test_what_the_worker_reports_is_what_status_takes() -> None:
+    import json
+    from dataclasses import asdict
+
+    from tuneops.reconcile.finetunedmodel import benchmark_status
+    from tuneops.workers.result import Benchmark, BenchmarkFigures, WorkerResult
+
+    rows = [BenchmarkFigures.model_validate(asdict(f)) for f in figs(100, 80)]
+    sent = WorkerResult(benchmark=Benchmark(figures=rows, recommendation="merged", reason="merge: ...",
+                        lora_throughput_ratio=0.8, quality_gap=0.01, accelerator="cpu"), passed=True)  # fmt: skip
+    got = benchmark_status("j", json.loads(sent.dumps())["benchmark"])
+    assert got is not None and got.figures is not None and len(got.figures) == 4
+    assert got.figures[0].accelerator_s_per_thousand_tokens == 1.0 and got.lora_throughput_ratio == 0.8
+    # anything else from a Pod is not status
+    assert benchmark_status("j", {"figures": [{"variant": "other"}]}) is None
+    assert benchmark_status("j", "merged") is None

@@ -181,7 +181,7 @@ class BenchmarkFigures(Model):
     ttft_p50_ms: float
     ttft_p95_ms: float
     itl_p50_ms: float
-    accelerator_s_per_1k_tokens: float
+    accelerator_s_per_thousand_tokens: float
     """GPU-seconds per 1,000 output tokens on GPUs (wall time x GPUs), CPU-seconds without."""
 
 

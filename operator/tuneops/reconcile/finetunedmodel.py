@@ -149,7 +149,7 @@ def publish_benchmark(namespace: str, name: str, bench: BenchmarkStatus | None) 
         metrics.forget_benchmark(namespace, name)
         return
     rows = [(f.variant, f.concurrency, f.output_tokens_per_s, f.ttft_p50_ms / 1000, f.itl_p50_ms / 1000,
-             f.accelerator_s_per_1k_tokens) for f in bench.figures or []]  # fmt: skip
+             f.accelerator_s_per_thousand_tokens) for f in bench.figures or []]  # fmt: skip
     metrics.set_benchmark(namespace, name, rows, bench.lora_throughput_ratio)
 
 

@@ -74,7 +74,7 @@ class Figures:
     ttft_p50_ms: float
     ttft_p95_ms: float
     itl_p50_ms: float
-    accelerator_s_per_1k_tokens: float
+    accelerator_s_per_thousand_tokens: float
     """GPU-seconds per 1,000 output tokens with GPUs, CPU-seconds without."""
 
 
@@ -219,7 +219,7 @@ def _bench(
         ttft_p50_ms=round(float(result["p50_ttft_ms"]), 2),
         ttft_p95_ms=round(float(result["p95_ttft_ms"]), 2),
         itl_p50_ms=round(float(result["p50_itl_ms"]), 2),
-        accelerator_s_per_1k_tokens=round(spent / tokens * 1000, 3) if tokens else 0.0,
+        accelerator_s_per_thousand_tokens=round(spent / tokens * 1000, 3) if tokens else 0.0,
     )
 
 

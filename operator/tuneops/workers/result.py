@@ -60,7 +60,7 @@ class BenchmarkFigures(_Camel):
     ttft_p50_ms: float
     ttft_p95_ms: float
     itl_p50_ms: float
-    accelerator_s_per_1k_tokens: float
+    accelerator_s_per_thousand_tokens: float
 
 
 class Benchmark(_Camel):
