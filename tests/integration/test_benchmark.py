@@ -3,6 +3,7 @@ in status, a printer column and metrics; a failed serving-level check takes Read
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -99,3 +100,67 @@ def test_a_failed_serving_level_check_takes_ready_away(
     assert "1.900" in msg and "merge.method" in msg, msg
     status = cluster.get("finetunedmodels", namespace, "m")["status"]  # type: ignore[index]
     assert status["benchmark"]["qualityGap"] == 1.9 and status["phase"] == "Failed"
+
+
+def _service(serve: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "tuneops.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat"},
+        "spec": {"model": {"fineTunedModelRef": {"name": "m"}, "serve": serve},
+                 "resources": {"gpus": 0, "cpu": 1, "memory": "2Gi"}},
+    }  # fmt: skip
+
+
+def _server_args(cluster: Cluster, namespace: str) -> list[str]:
+    dep = cluster.apps.read_namespaced_deployment("chat", namespace)
+    return list(dep.spec.template.spec.containers[0].args)
+
+
+def test_serve_auto_follows_the_recommendation_under_one_name(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    bench = _benchmarked(namespace, cluster, kubectl, wait_until)
+    kubectl.apply(_service("auto"), namespace=namespace)
+
+    def form() -> Any:
+        return ((cluster.get("inferenceservices", namespace, "chat") or {}).get("status") or {}).get("form")
+
+    # Nothing measured yet: the merged model, and the status says why.
+    got = wait_until(form, timeout=40, what="status.form")
+    assert got["serve"] == "merged" and "benchmark has not finished" in got["reason"], got
+    args = wait_until(lambda: _server_args(cluster, namespace), timeout=40, what="the Deployment")
+    assert f"/artifacts/{namespace}/m" in " ".join(args) and "--enable-lora" not in args
+
+    reason = "serve as LoRA: it is within 2% of the merged throughput at concurrency 8"
+    complete(cluster, namespace, bench.metadata.name, {"benchmark": {
+        "figures": _figures(392.0), "recommendation": "lora", "reason": reason, "loraThroughputRatio": 0.98,
+        "qualityGap": 0.01, "accelerator": "cpu"}, "passed": True}, wait_until)  # fmt: skip
+    got = wait_until(
+        lambda: (f := form()) and f["serve"] == "lora" and f, timeout=40, what="status.form lora"
+    )
+    assert reason in got["reason"]
+    args = wait_until(lambda: (a := _server_args(cluster, namespace)) and "--enable-lora" in a and a,
+                      timeout=40, what="the Deployment in the LoRA form")  # fmt: skip
+    # The adapter takes the service's name; the base steps aside: clients keep asking for "chat".
+    assert args[args.index("--served-model-name") + 1] == "chat-base"
+    # the startup adapters reach vLLM through the service's ConfigMap (the launcher adds --lora-modules)
+    data = cluster.core.read_namespaced_config_map("chat-vllm", namespace).data
+    modules = json.loads(data["lora-modules.json"])
+    assert [(m["name"], m["base_model_name"]) for m in modules] == [("chat", "chat-base")], modules
+    out = kubectl("get", "tisvc", "chat", "-o", "wide", namespace=namespace).stdout
+    assert "lora" in out, out
+
+
+def test_serve_merged_of_an_unmerged_model_is_refused(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    kubectl.apply(ftm("m", merge=False), namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    wait_ready(cluster, "finetunedmodels", namespace, "m", wait_until, timeout=40)
+    kubectl.apply(_service("merged"), namespace=namespace)
+    wait_ready(
+        cluster, "inferenceservices", namespace, "chat", wait_until, ("False", "InvalidSpec"), timeout=40
+    )
+    assert "merge.enabled false" in cluster.ready("inferenceservices", namespace, "chat")["message"]  # type: ignore[index]

@@ -52,7 +52,12 @@ class ModelSource(Model):
                     "rule": "(has(self.fineTunedModelRef) ? 1 : 0) + (has(self.quantizationJobRef) ? 1 : 0)"
                     " + (has(self.uri) ? 1 : 0) == 1",
                     "message": "set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri",
-                }
+                },
+                {
+                    "rule": "!has(self.serve) || has(self.fineTunedModelRef)",
+                    "message": "model.serve chooses between a FineTunedModel's merged model and its adapter: it "
+                    "needs model.fineTunedModelRef",
+                },
             ]
         }
     }
@@ -70,6 +75,12 @@ class ModelSource(Model):
     token_secret_ref: SecretKeyRef | None = None
     """Secret with the credentials for downloading the model from hf:// or s3:// (the download init container):
     the uri, or where the referenced FineTunedModel or QuantizationJob wrote its artifact."""
+    serve: Literal["merged", "lora", "auto"] | None = None
+    """With fineTunedModelRef: serve its merged model, its base with the adapter through vLLM's LoRA path, or
+    what its benchmark recommends (auto: status.benchmark of the FineTunedModel; the merged model until it has
+    measured). In the lora form the adapter takes the service's served name and the base is served as
+    `<name>-base`, so clients use one name in either form. Unset: the merged model, or the base with the adapter
+    (under the FineTunedModel's name) when merge is disabled; status.form says which and why."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -77,6 +88,11 @@ class ModelSource(Model):
         if n != 1:
             raise ValueError(
                 "set exactly one of model.fineTunedModelRef, model.quantizationJobRef or model.uri"
+            )
+        if self.serve is not None and self.fine_tuned_model_ref is None:
+            raise ValueError(
+                "model.serve chooses between a FineTunedModel's merged model and its adapter: it needs "
+                "model.fineTunedModelRef"
             )
         return self
 
@@ -399,6 +415,11 @@ class InferenceServiceSpec(Scheduling):
                     "rule": "self.runtime == 'vllm' || !has(self.autoscaling)",
                     "message": "autoscaling follows vLLM's metrics: it needs the vllm runtime",
                 },
+                {
+                    "rule": "self.runtime == 'vllm' || !has(self.model.serve) || self.model.serve == 'merged'",
+                    "message": "serving an adapter through the LoRA path needs the vllm runtime: set model.serve "
+                    "to merged",
+                },
             ]
         }
     }
@@ -449,6 +470,9 @@ class InferenceServiceSpec(Scheduling):
             raise ValueError("LoRA adapters are served by the vllm runtime only")
         if self.runtime != "vllm" and self.autoscaling is not None:
             raise ValueError("autoscaling follows vLLM's metrics: it needs the vllm runtime")
+        if self.runtime != "vllm" and self.model.serve in ("lora", "auto"):
+            raise field_errors("InferenceServiceSpec", (("model", "serve"), "serving an adapter through the LoRA "
+                               "path needs the vllm runtime: set model.serve to merged", self.model.serve))  # fmt: skip
         errors = self._gpu_problems()
         if errors:
             raise field_errors("InferenceServiceSpec", *errors)
@@ -538,6 +562,13 @@ class PodAdapters(Model):
     """What is missing, failing or still being unloaded there, in a line."""
 
 
+class ServedForm(Model):
+    """Which form of a FineTunedModel the service serves, and why."""
+
+    serve: Literal["merged", "lora"]
+    reason: Message
+
+
 class InferenceServiceStatus(BaseStatus):
     """Observed state of an InferenceService."""
 
@@ -562,6 +593,8 @@ class InferenceServiceStatus(BaseStatus):
     """The autoscaler that sets replicas and its bounds (`hpa 1-4`, `keda 0-8`); unset: spec.replicas holds."""
     max_gpus: int | None = None
     """With autoscaling: the most GPUs the service may take (maxReplicas x GPUs per replica)."""
+    form: ServedForm | None = None
+    """With model.fineTunedModelRef: merged, or the base with the adapter as LoRA, and why (model.serve)."""
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
@@ -571,6 +604,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Autoscaler", "type": "string", "jsonPath": ".status.autoscaler"},
     {"name": "MaxGPUs", "type": "integer", "jsonPath": ".status.maxGpus", "priority": 1},
+    {"name": "Form", "type": "string", "jsonPath": ".status.form.serve", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {
         "name": "Adapters",

@@ -54,6 +54,7 @@ def reconcile(sb: Builder, spec: InferenceServiceSpec) -> Outcome:
         return sb.conclude(decide(err))
     # Every LoRAAdapter that asked, and the service's verdict: each adapter reads its own from here.
     sb.status.attached_adapters = [v.wire() for v in sources.attached] or None
+    sb.status.form = sources.form
     rendered = render.render_inferenceservice(
         spec, sb.owner, sb.ctx.config, model=sources.model, adapters=sources.servable,
         adapter_sources=sources.sources,

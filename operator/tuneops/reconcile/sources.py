@@ -12,7 +12,7 @@ from tuneops.api import FINETUNEDMODEL, QUANTIZATIONJOB, SpecError
 from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec, FineTunedModelStatus
-from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.api.inferenceservice import InferenceServiceSpec, ServedForm
 from tuneops.kube import client as k
 from tuneops.reconcile import attach
 from tuneops.reconcile.attach import Verdict
@@ -38,6 +38,7 @@ class Sources:
     refused: dict[str, str] = field(default_factory=dict)  # adapter name -> why vLLM would refuse it
     api_key: str | None = None
     attached: list[Verdict] = field(default_factory=list)  # every LoRAAdapter that asks, accepted or refused
+    form: ServedForm | None = None  # a FineTunedModel's: merged, or its adapter as LoRA, and why
 
     @property
     def servable(self) -> list[ResolvedAdapter]:
@@ -49,7 +50,7 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     """Follow the model reference to a Ready artifact and check what can be served. Waiting while the model's
     source is not Ready; Invalid when the service cannot work as written. Adapters whose source is not Ready
     yet, or that vLLM would refuse, are left out (and reported) rather than holding the whole service back."""
-    model, adapters = _model(ctx, obj, spec)
+    model, adapters, form = _model(ctx, obj, spec)
     more, pending = _adapters(ctx, obj, spec)
     adapters += more
     # LoRAAdapters the service accepts are served like its own; vLLM's checks of the spec's adapters (by index)
@@ -57,6 +58,8 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     attached: list[Verdict] = []
     if spec.lora is not None and spec.runtime == "vllm":
         taken = {served_model_name(spec, owner_of(obj)), *(a.name for a in adapters), *pending}
+        if model.base_name:
+            taken.add(model.base_name)
         attached = attach.service_decision(ctx.kube, obj, spec, taken)
     accepted = [v.adapter for v in attached if v.adapter is not None]
     # The key is read only to call the Pods' runtime LoRA API; the Pods get it from the kubelet (env valueFrom).
@@ -67,28 +70,70 @@ def resolve(ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec) -> So
     if service_problems:
         raise Invalid("; ".join(str(p) for p in service_problems), service_problems[0].reason)
     adapters += accepted
-    return Sources(model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key, attached)
+    return Sources(
+        model, adapters, pending, adapter_sources(ctx, obj, spec), refused, api_key, attached, form
+    )
+
+
+def served_form(
+    serve: str | None, ftm: str, spec: FineTunedModelSpec, status: FineTunedModelStatus
+) -> ServedForm:
+    """Which form of FineTunedModel `ftm` a service serves (model.serve), with the reason people read in status."""
+    unmerged = status.artifact is None or status.artifact.format == "peft"
+    if unmerged:
+        if serve == "merged":
+            raise Invalid(f"model.serve is merged but FineTunedModel {ftm} has merge.enabled false: there is no "
+                          "merged model; set model.serve to lora or auto, or enable the merge")  # fmt: skip
+        return ServedForm(serve="lora", reason=f"FineTunedModel {ftm} is not merged: its adapter on the base")
+    if serve in (None, "merged"):
+        return ServedForm(
+            serve="merged", reason="model.serve is " + (serve or "unset") + ": the merged model"
+        )
+    if serve == "lora":
+        return ServedForm(
+            serve="lora", reason="model.serve is lora: the base with the adapter through the LoRA path"
+        )
+    bench = status.benchmark
+    if bench is None or bench.recommendation is None:
+        asked = spec.benchmark is not None and spec.benchmark.enabled
+        why = (
+            "its benchmark has not finished"
+            if asked
+            else "it has no benchmark (set its spec.benchmark.enabled)"
+        )
+        return ServedForm(serve="merged", reason=f"model.serve is auto and FineTunedModel {ftm} recommends nothing "
+                          f"yet ({why}): the merged model until it does")  # fmt: skip
+    return ServedForm(serve=bench.recommendation, reason=f"model.serve is auto; FineTunedModel {ftm}'s benchmark: "
+                      f"{bench.reason or bench.recommendation}")  # fmt: skip
 
 
 def _model(
     ctx: Context, obj: dict[str, Any], spec: InferenceServiceSpec
-) -> tuple[ResolvedModel, list[ResolvedAdapter]]:
-    """The model to serve, and the adapter on top of it when it is an unmerged FineTunedModel."""
+) -> tuple[ResolvedModel, list[ResolvedAdapter], ServedForm | None]:
+    """The model to serve, the adapter on top of it when a FineTunedModel is served as LoRA, and which form."""
     src = spec.model
     if src.uri is not None:
-        return uri_model(spec), []
+        return uri_model(spec), [], None
     if src.fine_tuned_model_ref is not None:
-        fspec, fstatus = _ftm(ctx, obj, src.fine_tuned_model_ref, "spec.model.fineTunedModelRef")
+        ref = src.fine_tuned_model_ref
+        fspec, fstatus = _ftm(ctx, obj, ref, "spec.model.fineTunedModelRef")
         base_name = fstatus.adapter.base_model_name if fstatus.adapter else None
-        if fstatus.artifact is None or fstatus.artifact.format == "peft":
-            # merge disabled: serve the base with the adapter on top, under the FineTunedModel's name
+        form = served_form(src.serve, ref.name, fspec, fstatus)
+        if form.serve == "lora":
+            # Unset serve on an unmerged FineTunedModel: the adapter under the FineTunedModel's name, as always.
+            # Asked for (lora, auto): the adapter takes the service's served name and the base steps aside, so
+            # clients use one name in either form.
+            name = served_model_name(spec, owner_of(obj))
+            named = src.serve is not None
             base = ResolvedModel(uri=base_uri(fspec), base_model_name=base_name,
-                                 token_secret=fspec.base_model.token_secret_ref)  # fmt: skip
-            return base, [_adapter_from_ftm(src.fine_tuned_model_ref.name, fspec, fstatus)]
+                                 token_secret=fspec.base_model.token_secret_ref,
+                                 base_name=f"{name}-base" if named else None)  # fmt: skip
+            return base, [_adapter_from_ftm(name if named else ref.name, fspec, fstatus)], form
         artifact = fstatus.artifact
+        assert artifact is not None  # served_form: merged only with a merged artifact
         merged = ResolvedModel(uri=artifact.uri, digest=artifact.digest, format=model_format(artifact.format),
                                base_model_name=base_name, size_bytes=artifact.size_bytes)  # fmt: skip
-        return merged, []
+        return merged, [], form
     assert src.quantization_job_ref is not None  # the model validates exactly one
     target = resolve_ref(
         ctx, obj, src.quantization_job_ref, "QuantizationJob", "spec.model.quantizationJobRef"
@@ -99,7 +144,7 @@ def _model(
     artifact = qstatus.artifact
     quantized = ResolvedModel(uri=artifact.uri, digest=artifact.digest, format=model_format(artifact.format),
                               files=tuple(artifact.files or ()), size_bytes=artifact.size_bytes)  # fmt: skip
-    return quantized, []
+    return quantized, [], None
 
 
 def _adapters(

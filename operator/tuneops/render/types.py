@@ -55,6 +55,9 @@ class ResolvedModel:
     base_model_name: str | None = None
     size_bytes: int | None = None
     token_secret: SecretKeyRef | None = None
+    # The base's served name when an adapter takes the service's (a FineTunedModel served as LoRA by
+    # model.serve): clients keep one model name whichever form is served.
+    base_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -40,5 +40,8 @@ def render_inferenceservice(
         rendered = render_llamacpp(spec, owner, config, model)
     else:
         rendered = render_vllm(spec, owner, config, model, adapters, adapter_sources)
-    extra = [*render_autoscaler(spec, owner, config), *render_routing(spec, owner, config, rendered.selector)]
+    extra = [
+        *render_autoscaler(spec, owner, config, model.base_name),
+        *render_routing(spec, owner, config, rendered.selector),
+    ]
     return replace(rendered, manifests=(*rendered.manifests, *extra)) if extra else rendered

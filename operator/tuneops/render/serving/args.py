@@ -24,10 +24,14 @@ def adapter_path(uri: str, config: OperatorConfig) -> str:
 
 
 def lora_modules(
-    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, adapters: Sequence[ResolvedAdapter]
+    spec: InferenceServiceSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    adapters: Sequence[ResolvedAdapter],
+    base: str | None = None,
 ) -> list[LoraModule]:
     """The startup adapters in spec order, each with the served base name as its parent in /v1/models."""
-    base = served_model_name(spec, owner)
+    base = base or served_model_name(spec, owner)
     # An adapter the Pod's loader fetches is not on disk when vLLM starts: the operator loads it at runtime.
     return [
         LoraModule(name=a.name, path=adapter_path(a.uri, config), base_model_name=base)

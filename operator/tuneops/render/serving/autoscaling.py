@@ -47,18 +47,25 @@ def _target(owner: Owner) -> dict[str, str]:
     return {"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name}
 
 
-def prometheus_query(spec: InferenceServiceSpec, owner: Owner, auto: Autoscaling) -> str:
-    """The service's total of the metric: vLLM labels every series with the served model's name."""
-    name = served_model_name(spec, owner)
+def prometheus_query(
+    spec: InferenceServiceSpec, owner: Owner, auto: Autoscaling, base: str | None = None
+) -> str:
+    """The service's total of the metric: vLLM labels every series with the served base model's name (requests
+    for its adapters included)."""
+    name = base or served_model_name(spec, owner)
     return f'sum({VLLM_METRICS[auto.metric]}{{namespace="{owner.namespace}",model_name="{name}"}})'
 
 
 def scaled_object(
-    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, auto: Autoscaling
+    spec: InferenceServiceSpec,
+    owner: Owner,
+    config: OperatorConfig,
+    auto: Autoscaling,
+    base: str | None = None,
 ) -> Manifest:
     """KEDA turns the query's total into a per-replica average (metricType AverageValue) against the target."""
     trigger_meta = {
-        "query": prometheus_query(spec, owner, auto),
+        "query": prometheus_query(spec, owner, auto, base),
         "serverAddress": config.prometheus_address,
         "threshold": number(auto.target_value),
     }
@@ -111,11 +118,13 @@ def hpa(owner: Owner, config: OperatorConfig, auto: Autoscaling) -> Manifest:
     }
 
 
-def render_autoscaler(spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig) -> list[Manifest]:
-    """The autoscaler spec.autoscaling asks for; none when it is off."""
+def render_autoscaler(
+    spec: InferenceServiceSpec, owner: Owner, config: OperatorConfig, base: str | None = None
+) -> list[Manifest]:
+    """The autoscaler spec.autoscaling asks for; none when it is off (`base`: the base's served name)."""
     auto = spec.autoscaling
     if auto is None:
         return []
     if auto.engine == "keda":
-        return [scaled_object(spec, owner, config, auto)]
+        return [scaled_object(spec, owner, config, auto, base)]
     return [hpa(owner, config, auto)]

@@ -9,7 +9,7 @@ from tuneops.api.common import ConditionStatus
 from tuneops.api.inferenceservice import InferenceServiceSpec, LoraSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.names import bounded_name
-from tuneops.render.types import Manifest, Owner, ResolvedAdapter
+from tuneops.render.types import Manifest, Owner, ResolvedAdapter, ResolvedModel
 
 SERVER = "server"
 CONTAINER = "server"
@@ -56,6 +56,11 @@ def effective_lora(spec: InferenceServiceSpec, adapters: Sequence[ResolvedAdapte
 def served_model_name(spec: InferenceServiceSpec, owner: Owner) -> str:
     """The name clients put in the request's model field for the base model."""
     return spec.vllm_settings().served_model_name or owner.name
+
+
+def base_served_name(spec: InferenceServiceSpec, owner: Owner, model: ResolvedModel | None) -> str:
+    """The base model's served name: the service's, unless an adapter took it (model.serve lora or auto)."""
+    return (model.base_name if model is not None else None) or served_model_name(spec, owner)
 
 
 def workload_name(owner: Owner) -> str:

@@ -39,7 +39,13 @@ from tuneops.render.serving.pod import (
     server_pod_spec,
     server_resources,
 )
-from tuneops.render.serving.types import PORT, SERVER, ServingRender, effective_lora, served_model_name
+from tuneops.render.serving.types import (
+    PORT,
+    SERVER,
+    ServingRender,
+    base_served_name,
+    effective_lora,
+)
 from tuneops.render.serving.workload import deployment, rollout, serving_render, workload_metadata
 from tuneops.render.types import Manifest, Owner, ResolvedAdapter, ResolvedModel
 from tuneops.render.volumes import Mounts, parse
@@ -225,7 +231,7 @@ def _pod_template(
     files, mounts = _model_and_mounts(spec, config, model, adapters, adapter_sources if lora else ())
     args = vllm_args(
         model_path=files.path,
-        served_name=served_model_name(spec, owner),
+        served_name=base_served_name(spec, owner, model),
         vllm=v,
         lora=lora,
         port=PORT,
@@ -277,7 +283,9 @@ def render_vllm(
     multinode = v.nodes > 1
     template = _pod_template(spec, owner, config, model, adapters, adapter_sources)
     strategy, note = rollout(spec, config, spec.gpus_per_pod())
-    modules = lora_modules(spec, owner, config, adapters) if lora else []
+    modules = (
+        lora_modules(spec, owner, config, adapters, base_served_name(spec, owner, model)) if lora else []
+    )
     workload = (
         _leaderworkerset(spec, owner, template, strategy)
         if multinode
@@ -290,7 +298,7 @@ def render_vllm(
         manifests=[_configmap(owner, modules, lora is not None)],
         workload=workload,
         note=note,
-        served_models=(served_model_name(spec, owner), *(a.name for a in adapters)),
+        served_models=(base_served_name(spec, owner, model), *(a.name for a in adapters)),
         service_selector=_service_selector(owner) if multinode else None,
         key_env=KEY_ENV,
         runtime_api=lora is not None and lora.dynamic,
