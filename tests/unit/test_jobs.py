@@ -88,3 +88,14 @@ def test_a_succeeded_pod_of_the_job_is_its_result_before_the_job_controller_writ
     # A Job the controller marked Failed stays failed whatever a Pod says.
     failed = {**job(("Failed", "True", "DeadlineExceeded")), "metadata": {"uid": "job-uid"}}
     assert observe_job(failed, [owned(pod("Succeeded", 0, "Completed", RESULT))]).state == "Failed"
+
+
+def test_the_result_is_the_workers_not_an_init_containers() -> None:
+    """The benchmark's Pod copies code in an init container that ends well first: its (empty) message is not the
+    step's result."""
+    p = pod("Succeeded", 0, "Completed", RESULT)
+    p["status"]["initContainerStatuses"] = [
+        {"name": "code", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": ""}}}
+    ]
+    out = observe_job(job(("Complete", "True", "")), [p])
+    assert out.state == "Succeeded" and out.result == json.loads(RESULT)

@@ -92,11 +92,17 @@ def _benchmark(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
         if outcome.result.get("passed") is False:
             failed = JobOutcome("Failed", Reason.QUALITY_CHECK_FAILED, measured.reason or "the two differ")
             outcome = sb.record_step(BENCHMARK.name, name, failed)
+    if outcome.state == "Succeeded" and (status.benchmark is None or status.benchmark.job != name):
+        # A Job that ends well without figures (a worker of another version, a lost termination message) has
+        # measured nothing: say so rather than report a recommendation of an earlier Job, or none.
+        lost = JobOutcome(
+            "Failed", Reason.JOB_FAILED, "the benchmark Job ended without figures in its result"
+        )
+        outcome = sb.record_step(BENCHMARK.name, name, lost)
     publish_benchmark(sb.owner.namespace, sb.owner.name, status.benchmark)
     if outcome.state == "Succeeded":
-        got = status.benchmark
-        message = (got.reason or "measured") if got is not None and got.job == name else "measured"
-        sb.condition(BENCHMARKED, True, Reason.SUCCEEDED, message)
+        assert status.benchmark is not None
+        sb.condition(BENCHMARKED, True, Reason.SUCCEEDED, status.benchmark.reason or "measured")
         return sb.ready("merged model is ready")
     if outcome.state == "Failed":
         reason = outcome.reason or Reason.JOB_FAILED

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from tuneops.api.conditions import Reason
 from tuneops.reconcile.workload import diagnose, parse_result
+from tuneops.render.jobs import WORKER_CONTAINER
 
 State = Literal["Missing", "Pending", "Running", "Succeeded", "Failed"]
 
@@ -90,10 +91,13 @@ def job_pods(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[
     return [dict(p) for p in pods if job_pod(job, p)]
 
 
-def _terminated(pod: dict[str, Any]) -> list[dict[str, Any]]:
+def _terminated(pod: dict[str, Any], only: str | None = None) -> list[dict[str, Any]]:
+    """Terminated states of the Pod's containers, init containers first (`only`: of that container alone)."""
     out = []
     status = pod.get("status") or {}
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        if only is not None and cs.get("name") != only:
+            continue
         for key in ("state", "lastState"):
             term = (cs.get(key) or {}).get("terminated")
             if term:
@@ -136,7 +140,8 @@ def observe_job(
     early = _succeeded_pod(job, pods) if not conds else None
     if early is not None or conds.get("Complete", {}).get("status") == "True":
         for pod in [early] if early is not None else _newest(pods):
-            for term in _terminated(pod):
+            # the result is the worker's: an init container that ended well (the benchmark's code copy) has none
+            for term in _terminated(pod, only=WORKER_CONTAINER):
                 if term.get("exitCode") == 0:
                     return JobOutcome("Succeeded", result=parse_result(term.get("message")))
         return JobOutcome("Succeeded")
