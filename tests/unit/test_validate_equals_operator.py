@@ -83,6 +83,10 @@ RUNTIME_ONLY: dict[tuple[str, str, str], str] = {
     ("validation/attach.py", "decide", "INVALID_SPEC"): "the adapter is judged by its service's reconcile",
     ("validation/attach.py", "decide", "NOT_ALLOWED"): "the adapter is judged by its service's reconcile",
     ("render/plan.py", "attach_verdict", "Problem("): "validate's prediction of the service's verdict",
+    ("render/plan.py", "serve_problems", "Problem("): (
+        "validate's prediction of the operator's refusal in reconcile/sources.py served_form (row "
+        "spec/serve-merged-of-an-unmerged-finetunedmodel)"
+    ),
     ("validation/references.py", "check_reference", "this resource itself"): (
         "no kind references its own kind, so no spec reaches it; kept as a guard"
     ),
@@ -131,6 +135,19 @@ class Row:
 
 
 ROWS = [
+    Row(
+        "spec/serve-merged-of-an-unmerged-finetunedmodel",
+        FTM_UNMERGED
+        + "---\n"
+        + IS_HEAD
+        + """metadata: {name: svc}
+spec:
+  model: {fineTunedModelRef: {name: tuned}, serve: merged}
+  resources: {gpus: 1}
+""",
+        "spec.model.serve",
+        Reason.INVALID_SPEC,
+    ),
     Row(
         "spec/vllm-tensor-parallel-without-gpus",
         IS_HEAD

@@ -22,7 +22,7 @@ from tuneops.render.finetunedmodel import base_uri, merge_output_uri
 from tuneops.render.serving.types import served_model_name
 from tuneops.render.types import Problem, ResolvedAdapter, ResolvedModel, model_format
 from tuneops.validation.references import uri_model
-from tuneops.validation.serving import check_inferenceservice
+from tuneops.validation.serving import check_inferenceservice, no_merged_model
 
 _ADAPTER_FIELD = re.compile(r"^spec\.lora\.adapters\[(\d+)\]")
 
@@ -82,8 +82,7 @@ def served_form(
     unmerged = status.artifact is None or status.artifact.format == "peft"
     if unmerged:
         if serve == "merged":
-            raise Invalid(f"model.serve is merged but FineTunedModel {ftm} has merge.enabled false: there is no "
-                          "merged model; set model.serve to lora or auto, or enable the merge")  # fmt: skip
+            raise Invalid(f"spec.model.serve: {no_merged_model(ftm)}")
         return ServedForm(serve="lora", reason=f"FineTunedModel {ftm} is not merged: its adapter on the base")
     if serve in (None, "merged"):
         return ServedForm(

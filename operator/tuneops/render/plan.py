@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from tuneops import API_VERSION
 from tuneops.api import KINDS, parse_spec
 from tuneops.api.common import ObjectRef
+from tuneops.api.conditions import Reason
 from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.loraadapter import LoRAAdapterSpec
@@ -35,7 +36,7 @@ from tuneops.validation.cluster import cluster_checks
 from tuneops.validation.policy import check_pod_policy
 from tuneops.validation.quantization import AdapterOnly, check_quantization_source
 from tuneops.validation.references import Reference, check_reference, check_routing, references, uri_model
-from tuneops.validation.serving import check_inferenceservice
+from tuneops.validation.serving import check_inferenceservice, no_merged_model
 
 _UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d1b-4c59-9a57-7e0b7d1c3a10")
 
@@ -160,7 +161,7 @@ class Resolver:
         return ResolvedModel(uri=spec.source.uri, token_secret=spec.source.token_secret_ref)
 
     def served(
-        self, spec: InferenceServiceSpec, namespace: str
+        self, spec: InferenceServiceSpec, namespace: str, owner: Owner | None = None
     ) -> tuple[ResolvedModel, list[ResolvedAdapter]]:
         adapters: list[ResolvedAdapter] = []
         src = spec.model
@@ -168,6 +169,15 @@ class Resolver:
             model, own = self.finetunedmodel(src.fine_tuned_model_ref, namespace)
             if own is not None:
                 adapters.append(own)
+            elif src.serve == "lora" and owner is not None:
+                # the LoRA form of a merged model, as the operator serves it (auto: merged until measured)
+                found = self._find("FineTunedModel", src.fine_tuned_model_ref, namespace)
+                if found is not None:
+                    assert isinstance(found.spec, FineTunedModelSpec)
+                    name = served_model_name(spec, owner)
+                    adapters.append(ResolvedAdapter(name=name, uri=found.spec.adapter.uri))
+                    model = ResolvedModel(uri=base_uri(found.spec), base_name=f"{name}-base",
+                                          token_secret=found.spec.base_model.token_secret_ref)  # fmt: skip
         elif src.quantization_job_ref is not None:
             model = self.quantizationjob(src.quantization_job_ref, namespace)
         else:
@@ -179,6 +189,16 @@ class Resolver:
                 assert a.uri is not None
                 adapters.append(ResolvedAdapter(name=a.name, uri=a.uri))
         return model, adapters
+
+    def serve_problems(self, spec: InferenceServiceSpec, namespace: str) -> list[Problem]:
+        """model.serve merged of a FineTunedModel in the input that is not merged."""
+        ref = spec.model.fine_tuned_model_ref
+        if spec.model.serve != "merged" or ref is None:
+            return []
+        found = self._find("FineTunedModel", ref, namespace)
+        if found is None or not isinstance(found.spec, FineTunedModelSpec) or found.spec.merge.enabled:
+            return []
+        return [Problem(Reason.INVALID_SPEC, "spec.model.serve", no_merged_model(found.name))]
 
     def quantization_input(
         self, spec: QuantizationJobSpec, namespace: str
@@ -251,6 +271,7 @@ def check_resource(resource: Resource, resolver: Resolver) -> Findings:
         if source is not None:
             problems += check_quantization_source(spec, source)
     elif isinstance(spec, InferenceServiceSpec):
+        problems += resolver.serve_problems(spec, ns)
         model, adapters = resolver.known_sources(spec, ns)
         problems += check_inferenceservice(spec, model=model, adapters=adapters)
     elif isinstance(spec, LoRAAdapterSpec):
@@ -267,7 +288,7 @@ def render_resource(resource: Resource, resolver: Resolver) -> list[Manifest] | 
         source = resolver.quantization_source(spec, resource.namespace)
         return render_quantizationjob(spec, resource.owner, config, source=source)
     assert isinstance(spec, InferenceServiceSpec)
-    model, adapters = resolver.served(spec, resource.namespace)
+    model, adapters = resolver.served(spec, resource.namespace, resource.owner)
     return render_inferenceservice(spec, resource.owner, config, model=model, adapters=adapters)
 
 

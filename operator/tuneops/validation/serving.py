@@ -135,3 +135,10 @@ def _adapter_problems(
             "serve; merge it instead"
         )
     return out
+
+
+def no_merged_model(ftm: str) -> str:
+    """Why model.serve merged cannot serve FineTunedModel `ftm` (merge disabled): the operator's words, and
+    `tuneops validate`'s."""
+    return (f"model.serve is merged but FineTunedModel {ftm} has merge.enabled false: there is no merged model; "
+            "set model.serve to lora or auto, or enable the merge")  # fmt: skip
