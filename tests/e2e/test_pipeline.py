@@ -244,28 +244,18 @@ def test_quickstart_end_to_end(cluster: LocalCluster) -> None:
 
 
 def test_the_quickstart_finetunedmodel_asks_for_the_benchmark(cluster: LocalCluster) -> None:
-    """The demo's FineTunedModel with spec.benchmark: after the merge, a Job in the vLLM image (the project's code
-    put beside it by an init container) serves the merged model, then the base with the adapter as LoRA, under
+    """`tuneops demo --benchmark`'s FineTunedModel: after the merge, a Job in the vLLM image (the project's code put
+    beside it by an init container) serves the merged model, then the base with the adapter as LoRA, under
     `vllm bench serve`, checks that both answer alike, and the figures and the recommendation reach status."""
     api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-e2e")
     demo.make_models(cluster.pvc_root)
     manifests = [m for m in demo.load_manifests() if m["metadata"]["name"] == "tiny-chat"]
-    (ftm,) = manifests
-    ftm["spec"]["benchmark"] = {"enabled": True, "concurrency": [1, 4], "inputLen": 32, "outputLen": 16,
-                                "prompts": 8, "maxModelLen": 256,
-                                "job": {"resources": {"requests": {"cpu": "2", "memory": "6Gi"}}}}  # fmt: skip
+    assert demo.with_benchmark(manifests) == ["tiny-chat"]
     demo.ensure_claims(api, demo.claims_of(manifests), NAMESPACE, cluster.pvc_root)
     demo.apply(api, manifests, NAMESPACE)
-
-    def benchmarked() -> Any:
-        obj = api.get(CUSTOM["FineTunedModel"], NAMESPACE, "tiny-chat") or {}
-        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-        # done either way: a failed benchmark says why in its condition
-        return obj["status"] if (conds.get("Benchmarked") or {}).get("status") in ("True", "False") else None
-
     try:
-        status = _wait(benchmarked, READY_TIMEOUT_S, "the benchmark's figures in status", interval=3)
-    except AssertionError:
+        status = demo.wait_benchmarked(api, NAMESPACE, "tiny-chat", READY_TIMEOUT_S)
+    except demo.DemoError:
         for pod in api.list(POD, NAMESPACE, {"app.kubernetes.io/component": "benchmark"}):
             print("benchmark Pod", pod["metadata"]["name"], json.dumps(pod.get("status"))[-3000:])
         raise
@@ -278,6 +268,6 @@ def test_the_quickstart_finetunedmodel_asks_for_the_benchmark(cluster: LocalClus
     assert rows == {("merged", 1), ("merged", 4), ("lora", 1), ("lora", 4)}
     assert all(f["outputTokensPerS"] > 0 and f["acceleratorSPerThousandTokens"] > 0 for f in got["figures"])
     assert 0 < got["loraThroughputRatio"] < 3
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
-    print(f"benchmark on the local node: {got['reason']} (LoRA/merged {got['loraThroughputRatio']})")
+    assert conds["Ready"]["status"] == "True"
+    print("benchmark on the local node:\n" + "\n".join(demo.benchmark_table(status)))
     demo.delete(api, manifests, NAMESPACE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -262,6 +263,52 @@ def served_names(api: Kube, namespace: str, name: str) -> list[str]:
     return list((obj.get("status") or {}).get("servedModels") or [])
 
 
+# A workload a tiny model on two cores measures in a minute or two: both servers, two concurrency levels.
+DEMO_BENCHMARK: dict[str, Any] = {
+    "enabled": True, "concurrency": [1, 4], "inputLen": 32, "outputLen": 16, "prompts": 8, "maxModelLen": 256,
+    "job": {"resources": {"requests": {"cpu": "2", "memory": "6Gi"}}},
+}  # fmt: skip
+
+
+def with_benchmark(manifests: Iterable[dict[str, Any]]) -> list[str]:
+    """Ask every merged FineTunedModel of `manifests` for the merge-or-serve benchmark; their names."""
+    names = []
+    for m in manifests:
+        if m["kind"] == "FineTunedModel" and (m["spec"].get("merge") or {}).get("enabled", True):
+            m["spec"]["benchmark"] = copy.deepcopy(DEMO_BENCHMARK)
+            names.append(m["metadata"]["name"])
+    return names
+
+
+def wait_benchmarked(api: Kube, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """A FineTunedModel's status once its Benchmarked condition is True or False (the caller reads which)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = api.get(CUSTOM["FineTunedModel"], namespace, name) or {}
+        status: dict[str, Any] = obj.get("status") or {}
+        cond: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Benchmarked"), {}
+        )
+        if cond.get("status") in ("True", "False"):
+            return status
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"ftm/{name}: no benchmark result after {timeout:.0f}s ({cond.get('message', '')})"
+            )
+        time.sleep(2)
+
+
+def benchmark_table(status: dict[str, Any]) -> list[str]:
+    """The benchmark's figures as lines of a table, then the recommendation."""
+    bench = status.get("benchmark") or {}
+    lines = [f"  {'variant':8} {'conc.':>5} {'tokens/s':>9} {'TTFT p50':>9} {'ITL p50':>8} {'s/1k tok':>8}"]
+    for f in bench.get("figures") or []:
+        lines.append(f"  {f['variant']:8} {f['concurrency']:>5} {f['outputTokensPerS']:>9.1f} "
+                     f"{f['ttftP50Ms']:>7.1f}ms {f['itlP50Ms']:>6.1f}ms {f['acceleratorSPerThousandTokens']:>8.2f}")  # fmt: skip
+    lines.append(f"  recommendation: {bench.get('reason')} (quality gap {bench.get('qualityGap')})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneops demo", description=__doc__)
     parser.add_argument(
@@ -282,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CONTAINERS", os.environ.get("TUNEOPS_CONTAINERS", "")) not in ("", "0"),
         help="run every Pod as a container from the project's images (`make images`; CONTAINERS=1)",
     )
+    parser.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="also measure each merged FineTunedModel against its LoRA path (spec.benchmark; docs/merge-or-serve.md)",
+    )
     args = parser.parse_args(argv)
     say: Say = print
     started = time.monotonic()
@@ -295,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         make_models(cluster.pvc_root, say)
         api = Kube.from_kubeconfig(cluster.kubeconfig, user_agent="tuneops-demo")
         manifests = load_manifests(args.filename)
+        benchmarked = with_benchmark(manifests) if args.benchmark else []
         ensure_claims(api, claims_of(manifests), args.namespace, cluster.pvc_root)
         apply(api, manifests, args.namespace)
         say(
@@ -314,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
                 answer = chat_when_serving(url, model, prompt, time.monotonic() + args.timeout, say)
                 say(f"  model {model!r:14} -> {answer.strip()[:100]!r}")
         say("\nThe answers come from tiny random models, so they are gibberish; the plumbing is real.")
+        for name in benchmarked:
+            say(
+                f"\n==> ftm/{name}: merged model against the base with the adapter as LoRA (vllm bench serve)"
+            )
+            status = wait_benchmarked(api, args.namespace, name, args.timeout)
+            cond = next(c for c in status["conditions"] if c["type"] == "Benchmarked")
+            if cond["status"] != "True":
+                raise DemoError(f"ftm/{name}: benchmark failed: {cond.get('message')}")
+            for line in benchmark_table(status):
+                say(line)
         say("Try:")
         say(f"  export KUBECONFIG={cluster.kubeconfig}")
         say("  kubectl get ftm,qjob,tisvc,jobs,pods -o wide")
