@@ -48,8 +48,11 @@ def test_a_broken_merge_fails_the_quality_check(
 ) -> None:
     broken = _merged(tiny_models, "w1", tmp_path / "broken")  # another adapter's weights
     outcome = measure(tiny_models.base, tiny_models.weights["w0"], broken,
-                       load=Load(concurrency=(1,), input_len=16, output_len=4, prompts=2),
-                       env=vllm_cpu_env(threads=2), workdir=tmp_path / "work", max_lora_rank=8)  # fmt: skip
+                       load=Load(concurrency=(1,), input_len=16, output_len=4, prompts=3),
+                       env=vllm_cpu_env(threads=2), workdir=tmp_path / "work", max_lora_rank=8,
+                       adapters=3)  # fmt: skip
+    # a shared deployment of 3 is measured with 3 LoRAs of its own on one server, the requests spread over them
+    assert "lora2" in (tmp_path / "work" / "lora.log").read_text()
     assert outcome.differences, "a merge of other weights must not pass"
     assert all("has log-probability" in d for d in outcome.differences), outcome.differences
     print(f"largest log-probability gap, LoRA vs a broken merge: {outcome.max_gap:.4f}")

@@ -99,8 +99,9 @@ class BenchmarkSpec(Model):
     dataset: Uri | None = None
     """A ShareGPT-format JSON file (pvc:// or file://) to take prompts from instead of random tokens."""
     adapters: int = Field(default=1, ge=1, le=1024)
-    """How many adapters like this one a shared LoRA deployment would serve (the recommendation weighs one
-    shared deployment against this many merged ones)."""
+    """How many adapters like this one a shared LoRA deployment would serve. Above 1 the LoRA server holds that
+    many copies of the adapter (at most 8), each a LoRA of its own, and the requests go to them in turn, as a
+    shared deployment's do; the recommendation weighs one shared deployment against this many merged ones."""
     max_model_len: int = Field(default=2048, ge=16, le=10_000_000)
     """Context length of both servers (must cover inputLen + outputLen)."""
     job: JobTemplate = Field(default_factory=JobTemplate)

@@ -45,6 +45,9 @@ PROMPTS = (
     "Kubernetes operators reconcile",
 )
 TOLERANCE = 0.1
+# A shared deployment of N adapters is measured with min(N, MAX_MEASURED_ADAPTERS) copies of the adapter, each a
+# LoRA of its own to vLLM, requests spread over them in turn: the batches mix adapters as a shared one's do.
+MAX_MEASURED_ADAPTERS = 8
 # the rule's thresholds (docs/merge-or-serve.md)
 ONE_ADAPTER_MAX_COST = 0.05
 SHARED_MAX_COST = 0.25
@@ -183,9 +186,16 @@ def max_gap(reference: Sequence[Scored], candidate: Sequence[Scored]) -> float:
 
 
 def _bench(
-    server: ServerProcess, model: str, served: str, concurrency: int, load: Load, out: Path
+    server: ServerProcess,
+    model: str,
+    served: str,
+    concurrency: int,
+    load: Load,
+    out: Path,
+    loras: Sequence[str] = (),
 ) -> Figures:
-    """vLLM's own benchmark against one running server, at one concurrency."""
+    """vLLM's own benchmark against one running server, at one concurrency (`loras`: the adapters' served names,
+    requests spread over them in turn; the figures are reported under `served`)."""
     name = f"bench-{served}-{concurrency}.json"
     argv = [
         str(vllm_bin()), "bench", "serve", "--backend", "openai", "--base-url", server.base_url,
@@ -196,6 +206,9 @@ def _bench(
         "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,95",
         "--save-result", "--result-dir", str(out), "--result-filename", name, "--disable-tqdm",
     ]  # fmt: skip
+    if loras:
+        argv[argv.index("--served-model-name") + 1] = loras[0]
+        argv += ["--lora-modules", *loras, "--lora-assignment", "round-robin"]
     if load.dataset is not None:
         argv[argv.index("random") - 1 : argv.index("random") + 1] = ["--dataset-name", "sharegpt"]
         argv += ["--dataset-path", str(load.dataset), "--sharegpt-output-len", str(load.output_len)]
@@ -232,8 +245,11 @@ def measure(
     env: dict[str, str] | None = None,
     workdir: Path | None = None,
     max_lora_rank: int = 16,
+    adapters: int = 1,
 ) -> Outcome:
-    """Both variants' figures (merged first, at each concurrency), and the quality check."""
+    """Both variants' figures (merged first, at each concurrency), and the quality check. With `adapters` > 1
+    the LoRA server holds that many copies of the adapter (at most MAX_MEASURED_ADAPTERS), each its own LoRA,
+    and the load goes to them in turn, as a shared deployment's would."""
     work = Path(workdir or tempfile.mkdtemp(prefix="tuneops-compare-"))
     figures: list[Figures] = []
     gpus = gpu_count()
@@ -248,13 +264,16 @@ def measure(
         reference = [score(server.base_url, "merged", p, c) for p, c in answers]
         figures += [_bench(server, str(merged), "merged", c, load, work) for c in load.concurrency]
     port = free_port()
+    copies = max(1, min(adapters, MAX_MEASURED_ADAPTERS))
+    names = ["lora"] if copies == 1 else [f"lora{i}" for i in range(copies)]
     argv = vllm_serve_argv(base, port=port, served_model_name="base", max_model_len=load.max_model_len,
-                           lora_modules=[LoraModule("lora", str(adapter))], max_lora_rank=max_lora_rank,
-                           max_loras=1, extra_args=extra)  # fmt: skip
+                           lora_modules=[LoraModule(n, str(adapter)) for n in names], max_lora_rank=max_lora_rank,
+                           max_loras=copies, extra_args=extra)  # fmt: skip
     with running_server(argv, port=port, log_path=work / "lora.log", env=env,
                         health_timeout_s=load.startup_timeout_s) as server:  # fmt: skip
-        candidate = [score(server.base_url, "lora", p, c) for p, c in answers]
-        figures += [_bench(server, str(base), "lora", c, load, work) for c in load.concurrency]
+        candidate = [score(server.base_url, names[0], p, c) for p, c in answers]
+        loras = names if copies > 1 else []
+        figures += [_bench(server, str(base), "lora", c, load, work, loras) for c in load.concurrency]
     return Outcome(figures, differences(reference, candidate), max_gap(reference, candidate))
 
 
@@ -312,7 +331,7 @@ def run_compare(
     from tuneops.storage import fetch
 
     base, adapter, merged = fetch(base_uri), fetch(adapter_uri), fetch(merged_uri)
-    outcome = measure(base, adapter, merged, load=load, max_lora_rank=max_lora_rank)
+    outcome = measure(base, adapter, merged, load=load, max_lora_rank=max_lora_rank, adapters=adapters)
     figures = [BenchmarkFigures.model_validate(asdict(f)) for f in outcome.figures]
     top = max(load.concurrency)
     ratio = throughput_ratio(outcome.figures, top)
