@@ -90,7 +90,11 @@ _JOBS = (Owned("Job"), Owned("Pod", via="Job"))
 TABLE: dict[str, KindWatches] = {
     w.kind: w
     for w in (
-        KindWatches("FineTunedModel", owns=_JOBS),
+        KindWatches(
+            "FineTunedModel",
+            owns=_JOBS,
+            watches=(Referenced("InferenceService", ("spec.benchmark.serviceRef",)),),
+        ),
         KindWatches(
             "QuantizationJob",
             owns=_JOBS,

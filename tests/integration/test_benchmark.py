@@ -164,3 +164,37 @@ def test_serve_merged_of_an_unmerged_model_is_refused(
         cluster, "inferenceservices", namespace, "chat", wait_until, ("False", "InvalidSpec"), timeout=40
     )
     assert "merge.enabled false" in cluster.ready("inferenceservices", namespace, "chat")["message"]  # type: ignore[index]
+
+
+def test_the_benchmark_waits_for_its_service_and_takes_its_hardware(
+    operator: OperatorProcess, cluster: Cluster, kubectl: Any, namespace: str, wait_until: Callable[..., Any]
+) -> None:
+    obj = ftm("m")
+    obj["spec"]["benchmark"] = {"enabled": True, "serviceRef": {"name": "chat"}}
+    kubectl.apply(obj, namespace=namespace)
+    inspect = job_named(cluster, namespace, "inspect", wait_until)
+    complete(cluster, namespace, inspect.metadata.name, ADAPTER_RESULT, wait_until)
+    merge = job_named(cluster, namespace, "merge", wait_until)
+    complete(cluster, namespace, merge.metadata.name, merge_result(namespace), wait_until)
+
+    def benchmarked() -> Any:
+        status = (cluster.get("finetunedmodels", namespace, "m") or {}).get("status") or {}
+        return {c["type"]: c for c in status.get("conditions") or []}.get("Benchmarked")
+
+    cond = wait_until(benchmarked, timeout=40, what="the Benchmarked condition")
+    assert (cond["status"], cond["reason"]) == ("Unknown", "WaitingForSource") and "chat" in cond[
+        "message"
+    ], cond
+    assert cluster.ready("finetunedmodels", namespace, "m")["status"] == "True"  # type: ignore[index]
+    # The service appearing wakes the model (a watched reference): the Job runs on its hardware.
+    service = _service("auto")
+    service["spec"]["resources"] = {"gpus": 0, "cpu": 3, "memory": "5Gi"}
+    service["spec"]["nodeSelector"] = {"pool": "serving"}
+    kubectl.apply(service, namespace=namespace)
+    bench = job_named(cluster, namespace, "benchmark", wait_until)
+    pod = bench.spec.template.spec
+    assert (
+        pod.containers[0].resources.requests["cpu"] == "3"
+        and pod.containers[0].resources.limits["memory"] == "5Gi"
+    )
+    assert pod.node_selector == {"pool": "serving"}

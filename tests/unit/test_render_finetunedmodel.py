@@ -381,3 +381,39 @@ def test_a_benchmark_that_cannot_run_is_refused(over: dict[str, Any], where: str
 def test_a_disabled_benchmark_renders_no_job() -> None:
     s = spec(benchmark={"enabled": False})
     assert [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in render_finetunedmodel(s, OWNER, OperatorConfig())] == ["inspect", "merge"]  # fmt: skip
+
+
+def test_the_benchmark_runs_on_the_named_services_hardware() -> None:
+    from tuneops.api.inferenceservice import InferenceServiceSpec
+    from tuneops.render.finetunedmodel import render_benchmark_job
+
+    svc = parse_spec("InferenceService", {"kind": "InferenceService", "metadata": {"name": "chat"}, "spec": {
+        "model": {"fineTunedModelRef": {"name": "x"}}, "vllm": {"tensorParallelSize": 2},
+        "resources": {"cpu": "16", "memory": "128Gi", "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+        "nodeSelector": {"pool": "serving"}, "priorityClassName": "serving-high",
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}]}})  # fmt: skip
+    assert isinstance(svc, InferenceServiceSpec)
+    s = spec(benchmark={"enabled": True, "serviceRef": {"name": "chat"}, "job": {"resources": {"limits": {"memory": "160Gi"}}}})  # fmt: skip
+    job = render_benchmark_job(s, OWNER, OperatorConfig(), merged_uri="pvc://models/support", merged_digest="sha256:m",
+                               max_lora_rank=8, service=svc)  # fmt: skip
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    res = worker(job)["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "2"  # tensorParallelSize 2: two GPUs, as the service's Pods
+    assert res["requests"]["cpu"] == "16" and res["limits"]["cpu"] == "16"
+    assert res["limits"]["memory"] == "160Gi"  # the benchmark's own value wins
+    assert pod["nodeSelector"] == {"pool": "serving"} and pod["priorityClassName"] == "serving-high"
+    assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]} in terms[
+        0
+    ]["matchExpressions"]
+    # A change to the service's hardware is measured again.
+    bigger = svc.model_copy(update={"node_selector": {"pool": "serving-b"}})
+    again = render_benchmark_job(s, OWNER, OperatorConfig(), merged_uri="pvc://models/support", merged_digest="sha256:m",
+                                 max_lora_rank=8, service=bigger)  # fmt: skip
+    assert again["metadata"]["name"] != job["metadata"]["name"]

@@ -136,6 +136,18 @@ class Row:
 
 ROWS = [
     Row(
+        "spec/benchmark-on-a-service-in-another-namespace",
+        FTM_HEAD
+        + """metadata: {name: tuned}
+spec:
+  baseModel: {uri: "pvc://models/base"}
+  adapter: {uri: "pvc://adapters/a"}
+  benchmark: {enabled: true, serviceRef: {name: svc, namespace: other}}
+""",
+        "spec.benchmark.serviceRef",
+        Reason.INVALID_SPEC,
+    ),
+    Row(
         "spec/serve-merged-of-an-unmerged-finetunedmodel",
         FTM_UNMERGED
         + "---\n"

@@ -160,7 +160,14 @@ def test_the_watches_column_names_every_reference_a_spec_can_hold() -> None:
     isvc_ftm = {"runtime": "vllm", "model": {"fineTunedModelRef": {"name": "f"}},
                 "lora": {"adapters": [{"name": "a", "fineTunedModelRef": {"name": "g"}}]}}  # fmt: skip
     found = {
-        "FineTunedModel": {},
+        "FineTunedModel": _fields(
+            "FineTunedModel",
+            {
+                "baseModel": {"uri": "pvc://m/b"},
+                "adapter": {"uri": "pvc://m/a"},
+                "benchmark": {"enabled": True, "serviceRef": {"name": "s"}},
+            },
+        ),
         "QuantizationJob": _fields("QuantizationJob", qj_spec("m")),
         "InferenceService": _fields("InferenceService", isvc_ftm),
         "LoRAAdapter": _fields("LoRAAdapter", {"serviceRef": {"name": "s"}, "uri": "s3://b/a"}),

@@ -12,6 +12,7 @@ from tuneops.api.common import (
     JobTemplate,
     Message,
     Model,
+    ObjectRef,
     OutputSpec,
     SecretKeyRef,
     ShortStr,
@@ -104,9 +105,13 @@ class BenchmarkSpec(Model):
     shared deployment's do; the recommendation weighs one shared deployment against this many merged ones."""
     max_model_len: int = Field(default=2048, ge=16, le=10_000_000)
     """Context length of both servers (must cover inputLen + outputLen)."""
+    service_ref: ObjectRef | None = None
+    """The InferenceService the measurement stands for: the Pod takes its GPUs (and GPU product), CPU, memory,
+    node selector, tolerations, affinity and priority class, so both run on the same class of hardware. Values
+    set in `job` win. A change to that service's spec is measured again."""
     job: JobTemplate = Field(default_factory=JobTemplate)
-    """Resources and placement of the benchmark Pod: the same class of hardware as the service it is for. The
-    image defaults to the operator's vLLM image."""
+    """Resources and placement of the benchmark Pod (over the service's, with serviceRef). The image defaults to
+    the operator's vLLM image."""
 
     @model_validator(mode="after")
     def _fits(self) -> BenchmarkSpec:

@@ -5,14 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from tuneops import labels, metrics
-from tuneops.api import FINETUNEDMODEL
+from tuneops.api import FINETUNEDMODEL, INFERENCESERVICE, SpecError
 from tuneops.api.common import Artifact
 from tuneops.api.conditions import BENCHMARKED, INSPECTED, MERGED, READY, Reason
 from tuneops.api.finetunedmodel import AdapterFacts, BenchmarkStatus, FineTunedModelSpec, FineTunedModelStatus
-from tuneops.reconcile.base import Outcome, StatusBuilder, Step, reconciler, retry_hint, run_step
+from tuneops.api.inferenceservice import InferenceServiceSpec
+from tuneops.kube import client as k
+from tuneops.reconcile.base import (
+    Invalid,
+    Outcome,
+    StatusBuilder,
+    Step,
+    Waiting,
+    blocked,
+    reconciler,
+    retry_hint,
+    run_step,
+)
 from tuneops.reconcile.common import artifact_from_result
 from tuneops.reconcile.jobs import JobOutcome
 from tuneops.render import finetunedmodel as render
+from tuneops.validation.references import check_reference, references
 
 Builder = StatusBuilder[FineTunedModelSpec, FineTunedModelStatus]
 
@@ -49,6 +62,8 @@ def adapter_facts(result: dict[str, Any]) -> AdapterFacts | None:
 @reconciler(FINETUNEDMODEL)
 def reconcile(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     status = sb.status
+    if refused := _refused_reference(sb, spec):
+        return sb.conclude(blocked(Invalid(refused)))
     _stop_stale_merge(sb, spec)
     refresh = (sb.obj["metadata"].get("annotations") or {}).get(labels.REFRESH)
     inspect_job = render.render_inspect_job(spec, sb.owner, sb.ctx.config, refresh=refresh)
@@ -79,11 +94,18 @@ def _benchmark(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
     takes Ready away."""
     status = sb.status
     assert status.artifact is not None  # the merge step succeeded
+    try:
+        service = _service_of(sb, spec)
+    except Invalid as err:
+        return sb.conclude(blocked(err))
+    except Waiting as err:
+        sb.condition(BENCHMARKED, None, err.reason, err.message)
+        return sb.ready("merged model is ready (its benchmark waits: see the Benchmarked condition)")
     facts = status.adapter
     job = render.render_benchmark_job(spec, sb.owner, sb.ctx.config, merged_uri=status.artifact.uri,
                                       merged_digest=status.artifact.digest,
                                       max_lora_rank=(facts.max_rank or facts.rank) if facts else None,
-                                      adapter_digest=status.adapter_digest)  # fmt: skip
+                                      service=service, adapter_digest=status.adapter_digest)  # fmt: skip
     outcome = run_step(sb, BENCHMARK, job)
     name = job["metadata"]["name"]  # a retry renames it
     measured = benchmark_status(name, outcome.result.get("benchmark"))
@@ -116,6 +138,39 @@ def _benchmark(sb: Builder, spec: FineTunedModelSpec) -> Outcome:
                  f"{BENCHMARK.name} Job {name}: {outcome.message or BENCHMARK.doing}")  # fmt: skip
     sb.condition(READY, True, Reason.SUCCEEDED, "merged model is ready (benchmark running)")
     return sb.finish(requeue=True)
+
+
+def _refused_reference(sb: Builder, spec: FineTunedModelSpec) -> str | None:
+    """Why the spec's one reference (benchmark.serviceRef) cannot be followed, if it cannot: another namespace
+    while the operator follows none."""
+    for ref in references(spec):
+        refused = check_reference(ref, kind=FINETUNEDMODEL.kind, namespace=sb.owner.namespace,
+                                  name=sb.owner.name, config=sb.ctx.config)  # fmt: skip
+        if refused is not None:
+            return str(refused)
+    return None
+
+
+def _service_of(sb: Builder, spec: FineTunedModelSpec) -> InferenceServiceSpec | None:
+    """The spec of benchmark.serviceRef, whose hardware the benchmark runs on (None without one). Only its spec
+    is read: it need not be Ready (it may wait for this very model)."""
+    assert spec.benchmark is not None
+    ref = spec.benchmark.service_ref
+    if ref is None:
+        return None
+    field = "spec.benchmark.serviceRef"
+    target_ns = (
+        ref.namespace or sb.owner.namespace
+    )  # a reference the operator may follow (_refused_reference)
+    target = sb.ctx.kube.get(k.INFERENCESERVICE, target_ns, ref.name)
+    if target is None:
+        raise Waiting(f"InferenceService {target_ns}/{ref.name} ({field}) does not exist yet")
+    try:
+        return INFERENCESERVICE.parse_spec(target)
+    except SpecError as err:
+        raise Waiting(
+            f"InferenceService {target_ns}/{ref.name} ({field}) has an invalid spec: {err}"
+        ) from err
 
 
 def _no_benchmark(sb: Builder) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypedDict, Unpack
 
+from tuneops.api.common import JobTemplate, ResourceRequirements
 from tuneops.api.finetunedmodel import FineTunedModelSpec
+from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.env import Source
 from tuneops.render.jobs import WorkerStep, job_gpus, render_job, worker_cmd
+from tuneops.render.pod import GPU_RESOURCE, with_gpu_product
 from tuneops.render.types import Manifest, Owner, RenderError
 from tuneops.storage.uri import with_revision
 
@@ -123,15 +126,16 @@ def render_benchmark_job(
     merged_uri: str,
     merged_digest: str | None,
     max_lora_rank: int | None,
+    service: InferenceServiceSpec | None = None,
     **digests: Unpack[InputDigests],
 ) -> Manifest:
     """The Job that serves the merged model, then the base with the adapter as LoRA, each under vLLM's own
     benchmark, and checks both answer alike (`tuneops worker compare`).
 
     It runs in the vLLM image (spec.benchmark.job.image, else the operator's), with the project's code put
-    beside it by an init container of the worker image; resources and placement come from
-    spec.benchmark.job, as for a service. Its name follows the merged model's digest: a new merge is measured
-    again."""
+    beside it by an init container of the worker image; resources and placement come from `service` (the
+    spec of benchmark.serviceRef) under spec.benchmark.job. Its name follows the merged model's digest: a new
+    merge is measured again."""
     bench = spec.benchmark
     if bench is None or not bench.enabled:
         raise RenderError("spec.benchmark is not enabled: there is no benchmark Job")
@@ -152,7 +156,8 @@ def render_benchmark_job(
     if bench.dataset:
         args += ["--dataset", bench.dataset]
         inputs.append(bench.dataset)
-    gpus = job_gpus(bench.job)
+    template = on_service_hardware(bench.job, service) if service is not None else bench.job
+    gpus = job_gpus(template)
     worker = WorkerStep(
         step=BENCHMARK,
         image=bench.job.image or config.images.vllm,
@@ -170,7 +175,37 @@ def render_benchmark_job(
         code_image=config.images.worker,
         shm=config.scratch.shm if gpus > 1 else config.scratch.engine_shm,
     )
-    return render_job(owner, config, bench.job, worker)
+    return render_job(owner, config, template, worker)
+
+
+def on_service_hardware(job: JobTemplate, service: InferenceServiceSpec) -> JobTemplate:
+    """`job` on the service's class of hardware: its GPUs (and GPU product), CPU and memory, node selector,
+    tolerations, affinity and priority class; what `job` sets itself wins."""
+    res = service.resources
+    requests: dict[str, str | int] = {}
+    limits: dict[str, str | int] = {}
+    gpus = service.gpus_per_pod()
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+    for key, value in (("cpu", res.cpu), ("memory", res.memory)):
+        if value is not None:
+            requests[key] = limits[key] = value
+    own = job.resources
+    if own is not None:
+        requests.update(own.requests or {})
+        limits.update(own.limits or {})
+    resources = ResourceRequirements(requests=requests or None, limits=limits or None)
+    selector = {**(service.node_selector or {}), **(job.node_selector or {})}
+    affinity = job.affinity or with_gpu_product(service.affinity, res.gpu_product if gpus else None)
+    return job.model_copy(
+        update={
+            "resources": resources if requests or limits else None,
+            "node_selector": selector or None,
+            "tolerations": job.tolerations or service.tolerations,
+            "affinity": affinity,
+            "priority_class_name": job.priority_class_name or service.priority_class_name,
+        }
+    )
 
 
 def render_finetunedmodel(

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from tuneops.api.common import ObjectRef
 from tuneops.api.conditions import Reason
+from tuneops.api.finetunedmodel import FineTunedModelSpec
 from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.api.loraadapter import LoRAAdapterSpec
 from tuneops.api.quantizationjob import QuantizationJobSpec
@@ -35,6 +36,13 @@ class Reference:
 def references(spec: BaseModel) -> list[Reference]:
     """Every reference in a spec, in field order."""
     out: list[Reference] = []
+    if (
+        isinstance(spec, FineTunedModelSpec)
+        and spec.benchmark
+        and spec.benchmark.enabled
+        and spec.benchmark.service_ref
+    ):
+        out.append(Reference("spec.benchmark.serviceRef", "InferenceService", spec.benchmark.service_ref))
     if isinstance(spec, QuantizationJobSpec) and spec.source.fine_tuned_model_ref is not None:
         out.append(
             Reference("spec.source.fineTunedModelRef", "FineTunedModel", spec.source.fine_tuned_model_ref)
