@@ -417,3 +417,29 @@ def test_the_benchmark_runs_on_the_named_services_hardware() -> None:
     again = render_benchmark_job(s, OWNER, OperatorConfig(), merged_uri="pvc://models/support", merged_digest="sha256:m",
                                  max_lora_rank=8, service=bigger)  # fmt: skip
     assert again["metadata"]["name"] != job["metadata"]["name"]
+
+
+def test_s3_inputs_of_the_benchmark_are_fetched_first_by_the_worker_image() -> None:
+    """vLLM's image has no S3 client: an s3:// input is downloaded into scratch by an init container of the worker
+    image, with its own Secret and the recorded digest, and the benchmark reads the copy."""
+    from tuneops.render.finetunedmodel import render_benchmark_job
+
+    s = spec(adapter={"uri": "s3://bucket/support", "tokenSecretRef": {"name": "aws", "key": "credentials"}},
+             benchmark={"enabled": True})  # fmt: skip
+    job = render_benchmark_job(s, OWNER, OperatorConfig(), merged_uri="pvc://models/support", merged_digest="sha256:m",
+                               max_lora_rank=8, adapter_digest="sha256:abc")  # fmt: skip
+    validate(job)
+    assert_restricted([job])
+    assert_no_secrets([job])
+    pod = job["spec"]["template"]["spec"]
+    code, fetch = pod["initContainers"]
+    assert (code["name"], fetch["name"]) == ("code", "fetch-adapter")
+    assert fetch["image"] == Images().worker
+    args = fetch["args"]
+    assert args[args.index("--source") + 1] == "s3://bucket/support"
+    assert args[args.index("--expect-digest") + 1] == "sha256:abc"
+    dest = args[args.index("--dest") + 1]
+    assert any(e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "aws" for e in fetch["env"])
+    main = worker(job)["args"]
+    assert main[main.index("--adapter") + 1] == f"file://{dest}"
+    assert main[main.index("--base") + 1].startswith("hf://")  # the Hub client is in vLLM's image

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 from tuneops.api.common import JobTemplate, ResourceRequirements
 from tuneops.api.finetunedmodel import FineTunedModelSpec
@@ -11,10 +11,11 @@ from tuneops.api.inferenceservice import InferenceServiceSpec
 from tuneops.config import OperatorConfig
 from tuneops.render.artifacts import default_output_uri
 from tuneops.render.env import Source
-from tuneops.render.jobs import WorkerStep, job_gpus, render_job, worker_cmd
+from tuneops.render.jobs import SCRATCH_DIR, WorkerStep, job_gpus, render_job, worker_cmd
 from tuneops.render.pod import GPU_RESOURCE, with_gpu_product
+from tuneops.render.serving.pod import fetch_container
 from tuneops.render.types import Manifest, Owner, RenderError
-from tuneops.storage.uri import with_revision
+from tuneops.storage.uri import parse_uri, with_revision
 
 INSPECT = "inspect"
 MERGE = "merge"
@@ -142,11 +143,25 @@ def render_benchmark_job(
     if not spec.merge.enabled:
         raise RenderError("spec.merge.enabled is false: the benchmark needs the merged model")
     base = base_uri(spec)
+    # vLLM's image has no S3 client: s3:// inputs are downloaded into scratch first, by init containers of the
+    # worker image (each with its own Secret and the digest its producer recorded), and read from there.
+    wanted = {"base": (base, digests.get("base_digest"), spec.base_model.token_secret_ref),
+              "adapter": (spec.adapter.uri, digests.get("adapter_digest"), spec.adapter.token_secret_ref),
+              "merged": (merged_uri, merged_digest, spec.output.token_secret_ref if spec.output else None)}  # fmt: skip
+    local: dict[str, str] = {}
+    fetches: list[dict[str, Any]] = []
+    for role, (uri, digest, secret) in wanted.items():
+        if parse_uri(uri).scheme == "s3":
+            dest = f"{SCRATCH_DIR}/inputs/{role}"
+            local[role] = f"file://{dest}"
+            fetches.append(fetch_container(uri, secret, config, digest, name=f"fetch-{role}", dest=dest,
+                                           volume="scratch", volume_path=SCRATCH_DIR))  # fmt: skip
     rank = max(max_lora_rank or 16, 8)
     # vLLM's allowed --max-lora-rank values: the rank rounded up to one of them
     lora_rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
     args = [
-        "compare", "--base", base, "--adapter", spec.adapter.uri, "--merged", merged_uri,
+        "compare", "--base", local.get("base", base), "--adapter", local.get("adapter", spec.adapter.uri),
+        "--merged", local.get("merged", merged_uri),
         "--concurrency", ",".join(str(c) for c in bench.concurrency),
         "--input-len", str(bench.input_len), "--output-len", str(bench.output_len),
         "--prompts", str(bench.prompts), "--max-model-len", str(bench.max_model_len),
@@ -174,6 +189,7 @@ def render_benchmark_job(
         command=("python3", "-m", "tuneops.workers.cli"),
         code_image=config.images.worker,
         shm=config.scratch.shm if gpus > 1 else config.scratch.engine_shm,
+        init=tuple(fetches),
     )
     return render_job(owner, config, template, worker)
 

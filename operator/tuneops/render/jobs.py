@@ -57,6 +57,8 @@ class WorkerStep:
     code_image: str | None = None
     # A memory-backed /dev/shm of this size (vLLM's engine queues, and NCCL across GPUs, need more than 64 MB)
     shm: str | None = None
+    # More init containers, after the code copy (the benchmark's downloads of s3:// inputs into scratch)
+    init: tuple[dict[str, Any], ...] = ()
 
 
 def worker_cmd(subcommand: str, *args: str) -> tuple[str, ...]:
@@ -166,6 +168,7 @@ def worker_pod_spec(config: OperatorConfig, template: JobTemplate, step: WorkerS
         priority_class_name=template.priority_class_name,
         service_account_name=template.service_account_name,
     )
+    init += step.init
     if init:
         spec["initContainers"] = init
     return {**spec, "restartPolicy": "Never"}

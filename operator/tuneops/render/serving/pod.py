@@ -68,14 +68,23 @@ def model_files(
         path=f"{MODEL_DIR}/{file}" if file else MODEL_DIR,
         volumes=(empty_dir("model", size),),
         mounts=({"mountPath": MODEL_DIR, "name": "model", "readOnly": True},),
-        init=(_fetch_container(uri, model_secret(spec, model), config, model.digest),),
+        init=(fetch_container(uri, model_secret(spec, model), config, model.digest),),
     )
 
 
-def _fetch_container(
-    uri: str, secret: SecretKeyRef | None, config: OperatorConfig, digest: str | None = None
+def fetch_container(
+    uri: str,
+    secret: SecretKeyRef | None,
+    config: OperatorConfig,
+    digest: str | None = None,
+    *,
+    name: str = FETCH_CONTAINER,
+    dest: str = MODEL_DIR,
+    volume: str = "model",
+    volume_path: str = MODEL_DIR,
 ) -> dict[str, Any]:
-    """Downloads the model; with the artifact's recorded digest, refuses any other content (DigestMismatch)."""
+    """Downloads a model into `dest` (on `volume`, mounted at `volume_path`); with the artifact's recorded digest,
+    refuses any other content (DigestMismatch)."""
     expect = ["--expect-digest", digest] if digest and digest.startswith("sha256:") else []
     env = merge_env(
         [
@@ -86,17 +95,17 @@ def _fetch_container(
         ]
     )
     return {
-        "args": ["worker", "fetch", "--source", uri, "--dest", MODEL_DIR, *expect],
+        "args": ["worker", "fetch", "--source", uri, "--dest", dest, *expect],
         "command": ["tuneops"],
         "env": env,
         "image": config.images.worker,
-        "name": FETCH_CONTAINER,
+        "name": name,
         # Downloading is network- and disk-bound; a small, fixed footprint keeps it off the model's budget.
         "resources": sorted_resources(
             {"memory": "2Gi"}, with_scratch_request({"cpu": "1", "memory": "1Gi"}, config)
         ),
         "volumeMounts": [
-            {"mountPath": MODEL_DIR, "name": "model"},
+            {"mountPath": volume_path, "name": volume},
             {"mountPath": "/tmp", "name": TMP_VOLUME},
         ],
         **container_defaults(),
