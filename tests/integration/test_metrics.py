@@ -45,7 +45,7 @@ def series(samples: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 
 
 def documented_metrics() -> set[str]:
-    return set(re.findall(r"^\| `(tuneops_[a-z_]+)`", DOCS.read_text(), flags=re.M))
+    return set(re.findall(r"^\| `(tuneops_[a-z0-9_]+)`", DOCS.read_text(), flags=re.M))
 
 
 def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
@@ -67,7 +67,7 @@ def registered_labels() -> dict[str, set[str]]:
 
 
 def documented_labels() -> dict[str, set[str]]:
-    rows = re.findall(r"^\| `(tuneops_[a-z_]+)` \| \w+ \| ([^|]*) \|", DOCS.read_text(), flags=re.M)
+    rows = re.findall(r"^\| `(tuneops_[a-z0-9_]+)` \| \w+ \| ([^|]*) \|", DOCS.read_text(), flags=re.M)
     return {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in rows}
 
 
