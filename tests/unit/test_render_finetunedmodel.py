@@ -23,6 +23,7 @@ from tuneops.config import Features, Images, OperatorConfig
 from tuneops.render import RenderError, render_finetunedmodel, render_inspect_job, render_merge_job
 from tuneops.render.finetunedmodel import merge_output_uri
 from tuneops.render.names import bounded_name
+from tuneops.render.serving.args import cpu_kv_cache_bytes
 
 OWNER = owner("FineTunedModel", "mistral-support")
 
@@ -330,6 +331,8 @@ def test_the_benchmark_job_runs_the_worker_code_in_the_vllm_image() -> None:
     assert args[args.index("--merged") + 1] == "pvc://models/support"
     assert args[args.index("--concurrency") + 1] == "1,16"
     assert args[args.index("--max-lora-rank") + 1] == "8"
+    # no GPUs: the KV cache within the Pod's memory (a quarter of the worker default), as for a served model
+    assert args[args.index("--kv-cache-bytes") + 1] == str(cpu_kv_cache_bytes(OperatorConfig().worker_memory))
     (init,) = pod["initContainers"]
     assert init["image"] == Images().worker and init["args"][:2] == ["worker", "export-code"]
     assert env_of(c)["PYTHONPATH"] == init["args"][-1]
@@ -361,6 +364,7 @@ def test_the_benchmark_job_takes_the_services_hardware() -> None:
     )
     args = c["args"]
     assert args[args.index("--max-lora-rank") + 1] == "64"  # rank 40 rounded up to a size vLLM accepts
+    assert "--kv-cache-bytes" not in args  # GPUs: vLLM's own share of GPU memory
 
 
 @pytest.mark.parametrize(

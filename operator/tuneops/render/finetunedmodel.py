@@ -13,6 +13,7 @@ from tuneops.render.artifacts import default_output_uri
 from tuneops.render.env import Source
 from tuneops.render.jobs import SCRATCH_DIR, WorkerStep, job_gpus, render_job, worker_cmd
 from tuneops.render.pod import GPU_RESOURCE, with_gpu_product
+from tuneops.render.serving.args import cpu_kv_cache_bytes
 from tuneops.render.serving.pod import fetch_container
 from tuneops.render.types import Manifest, Owner, RenderError
 from tuneops.storage.uri import parse_uri, with_revision
@@ -173,6 +174,15 @@ def render_benchmark_job(
         inputs.append(bench.dataset)
     template = on_service_hardware(bench.job, service) if service is not None else bench.job
     gpus = job_gpus(template)
+    if gpus == 0:
+        # vLLM's CPU build otherwise reserves a share of the node's memory, which the Pod's limit cannot give;
+        # as for a served model without GPUs, a quarter of the Pod's memory (one server runs at a time)
+        res = template.resources
+        memory = ((res.limits or {}).get("memory") or (res.requests or {}).get("memory")) if res else None
+        args += [
+            "--kv-cache-bytes",
+            str(cpu_kv_cache_bytes(memory or (None if res else config.worker_memory))),
+        ]
     worker = WorkerStep(
         step=BENCHMARK,
         image=bench.job.image or config.images.vllm,

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-model-len", type=int, default=2048)
     c.add_argument("--max-lora-rank", type=int, default=16)
     c.add_argument("--adapters", type=int, default=1, help="adapters one shared LoRA deployment would serve")
+    c.add_argument("--kv-cache-bytes", type=int, help="each server's KV cache (vLLM on CPU; unset on GPUs)")
 
     x = sub.add_parser("export-code", help="copy this package to a folder (for a container of another image)")
     x.add_argument("--to", required=True, help="folder that gets tuneops/ (put it on PYTHONPATH)")

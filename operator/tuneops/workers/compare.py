@@ -65,6 +65,9 @@ class Load:
     max_model_len: int = 1024
     timeout_s: float = 3600.0  # one `vllm bench serve` run
     startup_timeout_s: float = 1800.0  # one server's start (a large model loads for minutes)
+    kv_cache_bytes: int | None = (
+        None  # vLLM on CPU: the KV cache within the Pod's memory (GPUs: vLLM's own share)
+    )
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,8 @@ def measure(
     gpus = gpu_count()
     # Both servers spread over every GPU of the Pod, as the service they stand for would be.
     extra = ["--tensor-parallel-size", str(gpus)] if gpus > 1 else []
+    if load.kv_cache_bytes and not gpus:
+        extra += ["--kv-cache-memory-bytes", str(load.kv_cache_bytes)]
     port = free_port()
     argv = vllm_serve_argv(merged, port=port, served_model_name="merged", max_model_len=load.max_model_len,
                            extra_args=extra)  # fmt: skip
@@ -372,6 +377,7 @@ def compare_from_args(args: Any) -> WorkerResult:
 
         dataset = fetch(args.dataset)
     load = Load(concurrency=levels, input_len=args.input_len, output_len=args.output_len, prompts=args.prompts,
-                dataset=dataset, max_model_len=args.max_model_len)  # fmt: skip
+                dataset=dataset, max_model_len=args.max_model_len,
+                kv_cache_bytes=args.kv_cache_bytes)  # fmt: skip
     return run_compare(args.base, args.adapter, args.merged, load=load, adapters=args.adapters,
                        max_lora_rank=args.max_lora_rank)  # fmt: skip
