@@ -258,8 +258,12 @@ def measure(
     gpus = gpu_count()
     # Both servers spread over every GPU of the Pod, as the service they stand for would be.
     extra = ["--tensor-parallel-size", str(gpus)] if gpus > 1 else []
-    if load.kv_cache_bytes and not gpus:
-        extra += ["--kv-cache-memory-bytes", str(load.kv_cache_bytes)]
+    if not gpus:
+        # vLLM's CPU build turns torch.compile off whenever LoRA is enabled; the merged model runs eager too, so
+        # the two differ by the LoRA path alone (and no C++ compiler is needed in the image)
+        extra.append("--enforce-eager")
+        if load.kv_cache_bytes:
+            extra += ["--kv-cache-memory-bytes", str(load.kv_cache_bytes)]
     port = free_port()
     argv = vllm_serve_argv(merged, port=port, served_model_name="merged", max_model_len=load.max_model_len,
                            extra_args=extra)  # fmt: skip
