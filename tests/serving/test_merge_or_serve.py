@@ -38,7 +38,9 @@ def test_the_merge_answers_as_the_lora_path_and_both_are_measured(
     ]
     for f in figures:
         assert f.output_tokens_per_s > 0 and f.ttft_p50_ms > 0 and f.ttft_p95_ms >= f.ttft_p50_ms, f
-        assert f.itl_p50_ms > 0 and f.accelerator_s_per_thousand_tokens > 0, f
+        # tokens a busy server streams in one chunk arrive together: a median gap of 0 is a measurement, not a fault
+        assert f.itl_p50_ms >= 0 and f.accelerator_s_per_thousand_tokens > 0, f
+    assert any(f.itl_p50_ms > 0 for f in figures), figures
     choice = recommend(figures)
     assert choice.serve in ("merged", "lora") and "concurrency 4" in choice.reason
 
