@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -129,8 +130,12 @@ def _cpu_seconds(pid: int) -> float:
 def _post(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(f"{base_url}/v1/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        out: dict[str, Any] = json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            out: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as err:  # the server's own words, for the Job's result
+        detail = err.read().decode(errors="replace")[:600]
+        raise RuntimeError(f"{base_url}/v1/completions answered {err.code}: {detail}") from err
     return out
 
 
