@@ -99,3 +99,11 @@ def test_the_result_is_the_workers_not_an_init_containers() -> None:
     ]
     out = observe_job(job(("Complete", "True", "")), [p])
     assert out.state == "Succeeded" and out.result == json.loads(RESULT)
+
+
+def test_a_complete_job_whose_pod_is_not_read_yet_is_not_done() -> None:
+    """The Job's Complete can arrive before its Pod's terminated state: recording the step as succeeded then
+    would lose the worker's result for good (the step is not read again)."""
+    out = observe_job(job(("Complete", "True", "")), [pod("Running")])
+    assert out.state == "Running" and out.result == {}
+    assert observe_job(job(("Complete", "True", "")), []).state == "Running"

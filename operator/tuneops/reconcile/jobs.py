@@ -144,7 +144,9 @@ def observe_job(
             for term in _terminated(pod, only=WORKER_CONTAINER):
                 if term.get("exitCode") == 0:
                     return JobOutcome("Succeeded", result=parse_result(term.get("message")))
-        return JobOutcome("Succeeded")
+        # Complete, but the worker's terminated state is not in the Pods as read yet (the Pod informer trails the
+        # Job's): not done until its result is, or the step would be recorded as succeeded without it for good
+        return JobOutcome("Running", Reason.JOB_RUNNING, "the Job is complete; reading its worker's result")
     failed = conds.get("Failed", {})
     if failed.get("status") == "True":
         if failed.get("reason") == "DeadlineExceeded":
