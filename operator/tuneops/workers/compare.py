@@ -349,7 +349,8 @@ def run_compare(
     figures = [BenchmarkFigures.model_validate(asdict(f)) for f in outcome.figures]
     top = max(load.concurrency)
     ratio = throughput_ratio(outcome.figures, top)
-    accelerator = "gpu" if gpu_count() else "cpu"
+    gpus = gpu_count()
+    accelerator = "gpu" if gpus else "cpu"
     if outcome.differences:
         bench = Benchmark(figures=figures, recommendation="merged", quality_gap=round(outcome.max_gap, 4),
                           reason=f"the LoRA path and the merged model answer differently (largest log-probability "
@@ -357,7 +358,6 @@ def run_compare(
                           lora_throughput_ratio=ratio, accelerator=accelerator,
                           differences=outcome.differences)  # fmt: skip
         return WorkerResult(benchmark=bench, passed=False)
-    gpus = gpu_count()
     rec = recommend(outcome.figures, adapters=adapters, gpus_per_replica=max(gpus, 1),
                     unit="GPUs" if gpus else "replicas")  # fmt: skip
     bench = Benchmark(figures=figures, recommendation=rec.serve, reason=rec.reason, lora_throughput_ratio=ratio,
