@@ -7,10 +7,8 @@ Each run writes one JSON object to $TUNEOPS_TERMINATION_LOG (default /dev/termin
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-import threading
 import traceback
 
 from tuneops.storage import InputError, InvalidURIError
@@ -174,14 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
         log.info("tuneops package copied to %s", export_code(args.to))
         return EXIT_OK
-    # merge imports torch on a thread of its own; compare runs vLLM's processes and needs none itself
+    # merge imports torch only when it needs it (workers/merge.py: on a thread of its own, beside its first
+    # I/O; a merge the native kernel does whole never imports it); compare runs vLLM's processes
     threads = configure_threads(import_torch=args.worker not in ("merge", "compare"))
-    if args.worker == "merge":
-        # torch takes seconds of one core to import: the merge starts it now, on a thread of its own, and
-        # needs it only at the first tensor it changes (until then it checks its inputs and copies bytes)
-        threading.Thread(
-            target=importlib.import_module, args=("torch",), name="import-torch", daemon=True
-        ).start()
     log.info("tuneops worker %s (threads=%d)", args.worker, threads)
     try:
         out = _dispatch(args)

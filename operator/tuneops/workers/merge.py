@@ -3,9 +3,12 @@ mergeio's: each file read once and written once, untouched tensors copied as byt
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from typing import Any
 
 from tuneops import storage
 from tuneops.storage.manifest import tool_versions
+from tuneops.workers import kernel as native
 from tuneops.workers.common import (
     DTYPES,
     InvalidInput,
@@ -25,7 +29,7 @@ from tuneops.workers.common import (
     safetensors_shards,
     torch_dtype,
 )
-from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, scale_for
+from tuneops.workers.inspect import PEFT_PREFIX, Adapter, compatibility, safetensors_header, scale_for
 from tuneops.workers.mergeio import (
     Input,
     Ledger,
@@ -34,6 +38,7 @@ from tuneops.workers.mergeio import (
     commit_hashed,
     copy_hashed,
     may_hold_reusable,
+    parse_header,
     rewrite_safetensors,
     row_blocks,
     write_hashed,
@@ -114,18 +119,125 @@ def _plan(adapter: Adapter, names: _Names | None = None) -> _Plan:
     return plan
 
 
+_ADAPTER_HEADER_MAX = 100 << 20
+
+
+def _adapter_f32(adapter: Adapter, wanted: set[str]) -> dict[str, Any]:
+    """The named adapter tensors as C-contiguous float32 numpy arrays, read without torch: exactly torch's
+    `.float()` of them (F16 and BF16 widen exactly; F64 rounds to nearest even, as torch does)."""
+    import numpy as np
+
+    path = adapter.weights_file
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+        if n < 0 or n > _ADAPTER_HEADER_MAX or 8 + n > size:
+            raise InvalidInput(f"{path}: not a safetensors file")
+        tensors = {
+            t.name.removeprefix(PEFT_PREFIX): t for t in parse_header(f.read(n), size - 8 - n, str(path))
+        }
+        out: dict[str, Any] = {}
+        for name in sorted(wanted, key=lambda k: tensors[k].begin if k in tensors else -1):
+            t = tensors.get(name)
+            if t is None:
+                raise InvalidInput(f"{path}: tensor {name} not found")
+            f.seek(8 + n + t.begin)
+            raw = f.read(t.end - t.begin)
+            if len(raw) != t.end - t.begin:
+                raise InvalidInput(f"{path}: truncated safetensors file")
+            if t.dtype == "F32":
+                arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            elif t.dtype == "BF16":
+                arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            elif t.dtype in ("F16", "F64"):
+                arr = np.frombuffer(raw, dtype="<f2" if t.dtype == "F16" else "<f8").astype(np.float32)
+            else:
+                raise InvalidInput(f"{path}: tensor {name} has dtype {t.dtype}, not a float")
+            out[name] = np.ascontiguousarray(arr.reshape(t.shape))
+    return out
+
+
+class _Native:
+    """The native kernel and the adapter's linear deltas as float32 arrays, loaded on their first use."""
+
+    def __init__(self, kernel: native.Kernel, adapter: Adapter, names: _Names) -> None:
+        self.kernel, self._adapter, self._names = kernel, adapter, names
+        self._deltas: concurrent.futures.Future[dict[str, tuple[Any, Any, float]]] | None = None
+
+    def start(self) -> None:
+        """Loads the adapter's linear deltas on a thread of its own, beside the first tensors' copy."""
+        if self._deltas is None:
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="merge-adapter")
+            self._deltas = pool.submit(self._load)
+            pool.shutdown(wait=False)
+
+    def _load(self) -> dict[str, tuple[Any, Any, float]]:
+        wanted = {x for pair in self._names.linear.values() for x in pair}
+        arrays = _adapter_f32(self._adapter, wanted)
+        deltas = {}
+        for k, (a, b) in self._names.linear.items():
+            _, _, scaling = scale_for(self._adapter.config, k.removesuffix(".weight"))
+            deltas[k] = (arrays[a], arrays[b], scaling)
+        return deltas
+
+    def delta(self, key: str) -> tuple[Any, Any, float]:
+        """(A, B, scaling) of a linear weight, A and B float32."""
+        self.start()
+        assert self._deltas is not None
+        return self._deltas.result()[key]
+
+    def takes(self, t: Tensor, out_code: str) -> bool:
+        if t.name not in self._names.linear or len(t.shape) != 2:
+            return False
+        rank = self._names.shapes[self._names.linear[t.name][0]][0]
+        return native.fits(t.shape[0], t.shape[1], rank, t.dtype, out_code)
+
+
+def _needs_torch(shards: list[Path], names: _Names, dtype: str, kernel: native.Kernel | None) -> bool:
+    """Whether the merge will need torch: for embedding deltas, replaced tensors, dtype casts and deltas the
+    kernel does not take (or without the kernel). Read from the headers, before the pass, so that torch's
+    import overlaps the first tensors' copy when it is needed, and is not made when it is not."""
+    if not names.touched():
+        return False
+    if kernel is None or names.embedding or names.replace:
+        return True
+    out = _CODES[dtype]
+    probe = _Native(kernel, Adapter(Path(), {}, {}, Path()), names)
+    for shard in shards:
+        for name, info in safetensors_header(shard).items():
+            if name == "__metadata__" or not isinstance(info, dict):
+                continue
+            code = str(info.get("dtype", ""))
+            shape = tuple(int(d) for d in info.get("shape", ()))
+            if code in _FLOATS and code != out:
+                return True
+            if name in names.linear and not probe.takes(Tensor(name, code, shape, 0, 0), out):
+                return True
+    return False
+
+
 class _TorchLoader:
     """torch imported, its threads set and the adapter's tensors loaded, on a thread of its own: importing
     torch takes seconds of one core, during which the pass already copies the tensors no adapter touches.
     `plan()` waits for it (the first tensor that needs torch)."""
 
-    def __init__(self, adapter: Adapter, names: _Names) -> None:
+    def __init__(self, adapter: Adapter, names: _Names, *, start: bool = True) -> None:
         self._adapter, self._names = adapter, names
         self._plan: _Plan | None = None
         self._error: BaseException | None = None
         self.threads: int | None = None  # torch's thread count before the pass
         self._thread = threading.Thread(target=self._load, name="merge-torch", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self.started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self.started:
+                self.started = True
+                self._thread.start()
 
     def _load(self) -> None:
         try:
@@ -141,6 +253,7 @@ class _TorchLoader:
             self._error = exc
 
     def plan(self) -> _Plan:
+        self.start()  # a merge that was not expected to need torch (see _needs_torch) imports it now
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -148,6 +261,8 @@ class _TorchLoader:
         return self._plan
 
     def close(self) -> None:
+        if not self.started:
+            return
         self._thread.join()
         if self.threads is not None:
             import torch
@@ -199,7 +314,7 @@ def _as_bytes(t: Any) -> Any:
 
 
 def _steps(
-    dtype: str, names: _Names, torch_ready: _TorchLoader, pending: set[str]
+    dtype: str, names: _Names, torch_ready: _TorchLoader, pending: set[str], fused: _Native | None = None
 ) -> Callable[[Tensor], Step]:
     """What the merge does to each base tensor, for mergeio: bytes copied as they are (nothing touches it and
     its dtype stays), a cast, or the LoRA delta added a row range at a time (peft's arithmetic, see _merged:
@@ -254,6 +369,21 @@ def _steps(
             rows_out, cols_in = names.shapes[b_name][0], names.shapes[a_name][-1]
             if len(shape) != 2 or (rows_out, cols_in) != shape:
                 raise InvalidInput(f"{t.name}: LoRA delta {rows_out}x{cols_in} does not fit {list(shape)}")
+            if fused is not None and fused.takes(t, out):
+                kernel = fused.kernel
+
+                def fused_rows(data: memoryview, r0: int, r1: int) -> Any:
+                    a, b, scaling = fused.delta(t.name)
+                    if kernel.merge_rows(
+                        data, t.dtype, data, out, b[r0:r1], a, r1 - r0, shape[1], a.shape[0], scaling
+                    ):
+                        raise InvalidInput(
+                            f"{t.name}: the merged weight has NaN values (the base weight or the adapter holds NaN "
+                            "or infinite values)"
+                        )
+                    return data
+
+                return Step(out, fused_rows)
             loaded: list[Any] = []
 
             def rows(data: memoryview, r0: int, r1: int) -> Any:
@@ -300,6 +430,7 @@ class Streamed:
     read: Ledger  # base files, relative to the base folder
     written: Ledger  # output files, relative to the output folder
     shards: list[str]
+    kernel: str = "torch"  # what merged the linear deltas it could: "native" (kernel.py) or "torch"
 
 
 def stream_merge(
@@ -316,13 +447,18 @@ def stream_merge(
     done = Streamed({}, {}, [s.name for s in shards])
     weight_map: dict[str, str] = {}
     total = 0
-    torch_ready = _TorchLoader(adapter, names)
+    kernel = native.load()
+    fused = _Native(kernel, adapter, names) if kernel is not None else None
+    if fused is not None and names.linear:
+        fused.start()
+    torch_ready = _TorchLoader(adapter, names, start=_needs_torch(shards, names, dtype, kernel))
+    done.kernel = "native" if kernel is not None else "torch"
     try:
         for i, shard in enumerate(shards):
             r = rewrite_safetensors(
                 shard,
                 out_dir / shard.name,
-                _steps(dtype, names, torch_ready, pending),
+                _steps(dtype, names, torch_ready, pending, fused),
                 hash_input=hash_input,
             )
             if r.input is not None:
@@ -331,11 +467,13 @@ def stream_merge(
             weight_map.update(dict.fromkeys(r.names, shard.name))
             total += r.data_bytes
             log.info(
-                "merged shard %d/%d (%s, %.0f MB): %s",
+                "merged shard %d/%d (%s, %.0f MB): kernel %s, torch %s, %s",
                 i + 1,
                 len(shards),
                 shard.name,
                 r.output.size / 1e6,
+                done.kernel,
+                "imported" if torch_ready.started else "not imported",
                 ", ".join(f"{k} {v:.2f}s" for k, v in r.seconds.items()),
             )
     finally:
@@ -427,16 +565,23 @@ def run_merge(
             "streaming merge does not handle %s: using peft's merge_and_unload", ", ".join(unsupported)
         )
         used = "peft"
-    adapter_digest = storage.digest_of(adapter_dir)
+    # the adapter's digest is needed before the pass only to look for a merge to reuse: it is hashed beside
+    # the pass otherwise
+    adapter_hash = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="merge-adapter-digest")
+    adapter_digest = adapter_hash.submit(storage.digest_of, adapter_dir)
+    adapter_hash.shutdown(wait=False)
     params = {"dtype": dtype, "method": used}
     tools = tool_versions(*TOOLS)
 
     def key_for(base_digest: str) -> str:
-        return storage.reuse_key("merge", {"base": base_digest, "adapter": adapter_digest}, params, tools)
+        return storage.reuse_key(
+            "merge", {"base": base_digest, "adapter": adapter_digest.result()}, params, tools
+        )
 
-    if used == "peft" or (base.digest is None and may_hold_reusable(out)):
+    reusable = may_hold_reusable(out)
+    if used == "peft" or (base.digest is None and reusable):
         base.verify_now()
-    if base.digest is not None:
+    if base.digest is not None and reusable:
         found = out.reusable(key_for(base.digest))
         if found is not None:
             base.verify_now()
@@ -467,7 +612,7 @@ def run_merge(
             key=key,
             inputs={
                 "base": {"uri": base_uri, "digest": base_digest},
-                "adapter": {"uri": adapter_uri, "digest": adapter_digest},
+                "adapter": {"uri": adapter_uri, "digest": adapter_digest.result()},
             },
             parameters=params,
             tools=tools,

@@ -70,6 +70,7 @@ _IO = 8 << 20  # bytes per read/write system call
 # start writing back every this many bytes (sync_file_range), so that the final sync has little left to do
 _WRITEBACK = 64 << 20
 _HEADER_MAX = 100 << 20
+_ALIGN = 4096  # O_DIRECT's alignment of memory, offsets and lengths: the largest logical block size in use
 
 ITEMSIZE = {
     "F64": 8,
@@ -167,7 +168,9 @@ def output_header(tensors: list[Tensor], steps: dict[str, Step]) -> tuple[bytes,
         offset += n
     out["__metadata__"] = {"format": "pt"}
     raw = json.dumps(out, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    # padded with spaces (as the format allows) so that the data section starts on a 4 KiB boundary: pieces
+    # then land at aligned offsets, and the writer sends them to the disk from their own buffers (_Sink)
+    raw += b" " * (-(8 + len(raw)) % _ALIGN)
     return struct.pack("<Q", len(raw)) + raw, sizes
 
 
@@ -225,22 +228,23 @@ class _Budget:
 
 
 class _Pool:
-    """Reused buffers of one size (fresh allocations cost a page fault per 4 KiB): taken under the budget."""
+    """Reused buffers of one size (fresh allocations cost a page fault per 4 KiB): taken under the budget.
+    They are anonymous mappings, so page-aligned: the writer can send them to an O_DIRECT file as they are."""
 
     def __init__(self, size: int, budget: _Budget) -> None:
         self.size, self.budget = size, budget
-        self.free: list[bytearray] = []
+        self.free: list[mmap.mmap] = []
         self.lock = threading.Lock()
 
-    def take(self, n: int) -> bytearray:
+    def take(self, n: int) -> mmap.mmap:
         size = max(n, self.size)
         self.budget.acquire(size)
         with self.lock:
             if n <= self.size and self.free:
                 return self.free.pop()
-        return bytearray(size)
+        return mmap.mmap(-1, size)
 
-    def give(self, buf: bytearray) -> None:
+    def give(self, buf: mmap.mmap) -> None:
         if len(buf) == self.size:
             with self.lock:
                 self.free.append(buf)
@@ -265,6 +269,16 @@ def _sync_file_range() -> Callable[[int, int, int], None]:
 _START_WRITEBACK = _sync_file_range()
 
 
+def _page_aligned(view: memoryview) -> bool:
+    """Whether a writable buffer starts on a 4 KiB boundary (read-only ones are not sent directly)."""
+    if view.readonly or not view.c_contiguous or not len(view):
+        return False
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view)) % _ALIGN == 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _read_into(fd: int, view: memoryview, where: str) -> None:
     done = 0
     while done < len(view):
@@ -280,7 +294,6 @@ def _write_all(fd: int, view: memoryview) -> None:
         done += os.write(fd, view[done : done + _IO])
 
 
-_ALIGN = 4096  # O_DIRECT's alignment of memory, offsets and lengths: the largest logical block size in use
 _DIRECT_BLOCK = 8 << 20
 # `0`: never write the output with O_DIRECT
 DIRECT_IO_ENV = "TUNEOPS_MERGE_DIRECT_IO"
@@ -308,6 +321,15 @@ class _Sink:
                 self.direct = True
 
     def write(self, data: memoryview) -> None:
+        if self.direct and self.block is not None and self.pos % _ALIGN == 0 and _page_aligned(data):
+            # straight from the caller's buffer: its whole 4 KiB blocks, after what the block holds
+            k = len(data) - len(data) % _ALIGN
+            if k:
+                if self.pos:
+                    self._flush_block(self.pos)
+                self._put(data[:k])
+                self.written += k
+                data = data[k:]
         if not self.direct or self.block is None:
             if self.pos:  # what the block holds from before a refused direct write goes first
                 self._flush_block(self.pos)
@@ -327,26 +349,30 @@ class _Sink:
                 self._flush_block(_DIRECT_BLOCK)
         self.written += len(data)
 
+    def _put(self, view: memoryview) -> None:
+        """Writes view at self.offset: directly while the file takes it, else buffered from here on."""
+        if self.direct:
+            try:
+                _write_all(self.fd, view)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # refused after all (alignment this filesystem wants otherwise): buffered from here on
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self.direct = False
+                os.lseek(self.fd, self.offset, os.SEEK_SET)
+                _write_all(self.fd, view)
+        else:
+            _write_all(self.fd, view)
+        self.offset += len(view)
+
     def _flush_block(self, n: int) -> None:
         assert self.block is not None
         view = memoryview(self.block)[:n]
         try:
-            if self.direct:
-                try:
-                    _write_all(self.fd, view)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    # refused after all (alignment this filesystem wants otherwise): buffered from here on
-                    fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    self.direct = False
-                    os.lseek(self.fd, self.offset, os.SEEK_SET)
-                    _write_all(self.fd, view)
-            else:
-                _write_all(self.fd, view)
+            self._put(view)
         finally:
             view.release()
-        self.offset += n
         self.pos = 0
 
     def finish(self) -> None:
@@ -371,7 +397,7 @@ class _Sink:
 @dataclass
 class _Piece:
     tensor: Tensor | None  # None: the output header
-    buf: Any  # bytearray from the pool, or bytes
+    buf: Any  # a buffer from the pool (an anonymous mapping, page-aligned), or bytes
     n: int
     row0: int = 0
     row1: int = 0
