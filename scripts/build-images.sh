@@ -102,8 +102,12 @@ for name in $images; do
       build operator images/operator/Dockerfile \
         "$(key_of "$base" images/operator/Dockerfile images/operator/requirements.txt "${src_files[@]}")" ;;
     worker)
+      # the merge kernel `make setup` built from the same source is copied in, else the image compiles it
+      opts=()
+      kernel_lib=$("$root/.venv/bin/python" -m tuneops.workers.kernel path 2>/dev/null || true)
+      [ -n "$kernel_lib" ] && [ -f "$kernel_lib" ] && opts+=(-v "$(dirname "$kernel_lib"):/prebuilt:ro")
       build worker images/worker/Dockerfile \
-        "$(key_of "$base $torch" images/worker/Dockerfile "${src_files[@]}")-$torch" --build-arg "TORCH=$torch" ;;
+        "$(key_of "$base $torch" images/worker/Dockerfile "${src_files[@]}")-$torch" --build-arg "TORCH=$torch" "${opts[@]}" ;;
     gguf)
       # llama.cpp's tools are the ones scripts/build-llamacpp.sh caches (same script, same version); a cached
       # build is copied in, else the image compiles it.

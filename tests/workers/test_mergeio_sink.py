@@ -4,6 +4,7 @@ buffered where it does not, and the same bytes either way, whatever the sizes of
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 from pathlib import Path
@@ -92,3 +93,91 @@ def test_other_write_errors_are_raised(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(mergeio, "_write_all", full)
     with pytest.raises(OSError, match="No space left"):
         _write(tmp_path / "out", _pieces(5))
+
+
+def _mapped(data: bytes) -> memoryview:
+    """A page-aligned, writable buffer holding data (as the merge's pool hands out)."""
+    buf = mmap.mmap(-1, max(len(data), 1))
+    buf[: len(data)] = data
+    return memoryview(buf)[: len(data)]
+
+
+def _aligned_pieces(seed: int) -> list[memoryview | bytes]:
+    """A header that ends on a 4 KiB boundary, then aligned buffers (sent as they are) mixed with pieces that
+    are not (copied through the block), as a merge's output file has them."""
+    rng = random.Random(seed)
+    pieces: list[memoryview | bytes] = [rng.randbytes(mergeio._ALIGN * 2)]
+    for n in (mergeio._ALIGN * 3, 16 << 20, 4096 * 5 + 100, mergeio._ALIGN, 77, 8 << 20, 3 * mergeio._ALIGN):
+        pieces.append(_mapped(rng.randbytes(n)))
+    pieces.append(rng.randbytes(5000))
+    return pieces
+
+
+def test_aligned_buffers_are_written_from_where_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page-aligned piece at an aligned file offset goes to the disk from its own buffer (its whole 4 KiB
+    blocks; the rest through the block), and the file holds exactly the bytes, whatever the mix."""
+    direct: list[int] = []
+    real = mergeio._write_all
+
+    def watch(fd: int, view: memoryview) -> None:
+        if not isinstance(view.obj, mmap.mmap) or view.obj is not sink_block():
+            direct.append(len(view))
+        real(fd, view)
+
+    sink_ref: dict[str, mergeio._Sink] = {}
+
+    def sink_block() -> object:
+        return sink_ref["sink"].block
+
+    monkeypatch.setattr(mergeio, "_write_all", watch)
+    pieces = _aligned_pieces(6)
+    sink = mergeio._Sink(tmp_path / "out")
+    sink_ref["sink"] = sink
+    try:
+        for p in pieces:
+            sink.write(p if isinstance(p, memoryview) else memoryview(p))
+        sink.finish()
+    finally:
+        sink.close()
+    assert sink.direct
+    want = b"".join(bytes(p) for p in pieces)
+    assert (tmp_path / "out").read_bytes() == want and sink.written == len(want)
+    assert direct, "aligned pieces were sent from their own buffers"
+    assert all(n % mergeio._ALIGN == 0 for n in direct)
+    # up to the piece that leaves the file at an unaligned offset (4096 * 5 + 100): after it, all is copied
+    assert sum(direct) == 3 * mergeio._ALIGN + (16 << 20) + 5 * mergeio._ALIGN
+
+
+def test_a_direct_write_from_a_piece_refused_goes_on_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = mergeio._write_all
+    calls = {"n": 0}
+
+    def refuse_third(fd: int, view: memoryview) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view)
+
+    monkeypatch.setattr(mergeio, "_write_all", refuse_third)
+    pieces = _aligned_pieces(7)
+    sink = mergeio._Sink(tmp_path / "out")
+    try:
+        for p in pieces:
+            sink.write(p if isinstance(p, memoryview) else memoryview(p))
+        sink.finish()
+    finally:
+        sink.close()
+    assert not sink.direct
+    assert (tmp_path / "out").read_bytes() == b"".join(bytes(p) for p in pieces)
+
+
+def test_the_output_header_ends_on_a_4k_boundary() -> None:
+    t = mergeio.Tensor("w", "BF16", (3, 5), 0, 30)
+    header, sizes = mergeio.output_header([t], {"w": mergeio.Step("BF16")})
+    assert len(header) % mergeio._ALIGN == 0 and sizes == {"w": 30}
+    (n,) = mergeio.struct.unpack("<Q", header[:8])
+    assert n == len(header) - 8 and header.rstrip(b" ").endswith(b"}")
