@@ -4,9 +4,11 @@
   8 of its layers, one file, and a rank-16 adapter on all seven linear modules. Each round times, from the start
   of the process until `sync` returns, `cp -r` of the base, the whole `tuneops worker merge` of the base as a
   fetch step publishes it (with its manifest, so not hashed again), and the same merge of the base without a
-  manifest (hashed as it is read) (file:// output: imports, checks, hashing, merge, fsync, publication), each
-  going first in one round; the best of ROUNDS_FLOOR of each. Peak RSS is the worker process's VmHWM, against
-  the largest tensor. The merged tensors are then checked against peft's own LoRA layer merge, tensor by tensor.
+  manifest (hashed as it is read) (file:// output: imports, checks, hashing, merge, fsync, publication), and
+  the first again with the LoRA deltas through torch instead of the native kernel ($TUNEOPS_MERGE_KERNEL=torch),
+  the order turning each round; the best of ROUNDS_FLOOR of each. Peak RSS is the worker process's VmHWM,
+  against the largest tensor. The merged tensors are then checked against peft's own LoRA layer merge, tensor by
+  tensor, and the kernel's output against the torch path's, file for file (their manifests' digests).
 - peft (0.5B): the streaming merge against peft's merge_and_unload, each in a fresh process, alternating over
   ROUNDS; the outputs must be identical.
 
@@ -37,6 +39,9 @@ RSS_TARGET = 0.5
 TIME_TARGET = 0.8
 # issue 25: the whole merge process within 1.5x the copy; peak RSS within 2x the largest tensor + 300 MB
 FLOOR_TARGET = 1.5
+# the native kernel's reason to exist: the whole merge at most 0.8x the time of the same merge through torch
+KERNEL_TARGET = 0.8
+KERNEL_ENV = "TUNEOPS_MERGE_KERNEL"
 RSS_SLACK_MB = 300
 SPEC = TinyModelSpec(
     vocab_size=32000,
@@ -164,10 +169,18 @@ def copy_floor(base: Path, out: Path) -> float:
     return time.monotonic() - start
 
 
-def worker_merge(base: Path, adapter: Path, out: Path, tmp: Path) -> tuple[float, float, str]:
-    """The whole `tuneops worker merge` process, then `sync`: (seconds, peak RSS MB, the merge's profile line)."""
+def worker_merge(
+    base: Path, adapter: Path, out: Path, tmp: Path, kernel: str = "auto"
+) -> tuple[float, float, str]:
+    """The whole `tuneops worker merge` process, then `sync`: (seconds, peak RSS MB, the merge's profile line).
+    kernel: $TUNEOPS_MERGE_KERNEL (`torch`: the LoRA deltas through torch, as without the native kernel)."""
     hwm = tmp / "hwm"
-    env = {**_env(), "BENCH_HWM": str(hwm), "TUNEOPS_TERMINATION_LOG": str(tmp / "termination-log")}
+    env = {
+        **_env(),
+        "BENCH_HWM": str(hwm),
+        "TUNEOPS_TERMINATION_LOG": str(tmp / "termination-log"),
+        "TUNEOPS_MERGE_KERNEL": kernel,
+    }
     argv = ["merge", "--base", str(base), "--adapter", str(adapter), "--output", f"file://{out}"]
     start = time.monotonic()
     proc = subprocess.run(
@@ -243,6 +256,13 @@ def equals_peft_layers(base: Path, adapter: Path, merged: Path) -> bool:
     return True
 
 
+def _digest(out: Path) -> str:
+    from tuneops.storage.manifest import read_manifest
+
+    m = read_manifest(out)
+    return m.digest if m is not None else ""
+
+
 def identical(a: Path, b: Path) -> bool:
     """Tensor-by-tensor equality of two merged models (read one tensor at a time)."""
     import torch
@@ -270,30 +290,49 @@ def floor_rows() -> list[dict[str, Any]]:
     base = with_manifest(plain)
     largest = largest_tensor_mb(base)
     size_gb = sum(f.stat().st_size for f in plain.iterdir()) / 1e9
-    runs: dict[str, list[tuple[float, float, str]]] = {"copy": [], "merge": [], "merge-unlisted": []}
+    runs: dict[str, list[tuple[float, float, str]]] = {
+        "copy": [],
+        "merge": [],
+        "merge-unlisted": [],
+        "merge-torch": [],
+    }
     order = list(runs)
+    kept = ("merge", "merge-torch")
     with tempfile.TemporaryDirectory(prefix="tuneops-bench-floor-", dir=toolpaths.cache_dir()) as tmp:
         root = Path(tmp)
         for i in range(ROUNDS_FLOOR):
-            for what in order[i % 3 :] + order[: i % 3]:  # each goes first once
+            for what in order[i % 4 :] + order[: i % 4]:  # the order turns each round
                 out = root / f"{what}-{i}"
                 if what == "copy":
                     runs[what].append((copy_floor(plain, out), 0.0, ""))
                 else:
-                    runs[what].append(worker_merge(base if what == "merge" else plain, adapter, out, root))
-                if i < ROUNDS_FLOOR - 1 or what != "merge":
+                    runs[what].append(
+                        worker_merge(
+                            plain if what == "merge-unlisted" else base,
+                            adapter,
+                            out,
+                            root,
+                            kernel="torch" if what == "merge-torch" else "native",
+                        )
+                    )
+                if i < ROUNDS_FLOOR - 1 or what not in kept:
                     shutil.rmtree(out)
                     subprocess.run(["sync"], check=True)
-        same = equals_peft_layers(base, adapter, root / f"merge-{ROUNDS_FLOOR - 1}")
-    for what in ("merge", "merge-unlisted"):
+        last = ROUNDS_FLOOR - 1
+        same = equals_peft_layers(base, adapter, root / f"merge-{last}")
+        same_files = _digest(root / f"merge-{last}") == _digest(root / f"merge-torch-{last}")
+    for what in ("merge", "merge-unlisted", "merge-torch"):
         for (m, rss, profile), (c, _, _) in zip(runs[what], runs["copy"], strict=True):
             print(
                 f"bench merge floor: {what} {m:.2f} s, copy {c:.2f} s, peak RSS {rss:.0f} MB; {profile}",
                 file=sys.stderr,
             )
     best_c = min(c for c, _, _ in runs["copy"])
-    best_m, best_u = (min(m for m, _, _ in runs[w]) for w in ("merge", "merge-unlisted"))
+    best_m, best_u, best_t = (
+        min(m for m, _, _ in runs[w]) for w in ("merge", "merge-unlisted", "merge-torch")
+    )
     peak = max(rss for w in ("merge", "merge-unlisted") for _, rss, _ in runs[w])
+    peak_t = max(rss for _, rss, _ in runs["merge-torch"])
     bound = 2 * largest + RSS_SLACK_MB
     label = f"7B shapes, {SPEC_7B.num_layers} layers, {size_gb:.1f} GB {DTYPE}, one file"
     return [
@@ -322,6 +361,32 @@ def floor_rows() -> list[dict[str, Any]]:
             "ratio": round(peak / largest, 3),
             "target": f"<= 2 x largest + {RSS_SLACK_MB} MB ({bound:.0f})",
             "ok": peak <= bound,
+        },
+        {
+            "name": f"merge: native kernel vs the same merge through torch ({KERNEL_ENV}=torch), best of "
+            f"{ROUNDS_FLOOR}",
+            "value": round(best_m, 2),
+            "unit": "s",
+            "baseline": round(best_t, 2),
+            "ratio": round(best_m / best_t, 3),
+            "target": f"ratio <= {KERNEL_TARGET}",
+        },
+        {
+            "name": "merge: peak RSS, native kernel vs through torch",
+            "value": round(peak),
+            "unit": "MB",
+            "baseline": round(peak_t),
+            "ratio": round(peak / peak_t, 3),
+            "no_target": "shown for torch's own footprint; the bound that matters is the row against the largest "
+            "tensor",
+        },
+        {
+            "name": "merge: native kernel's output file equals the torch path's, byte for byte (7B shapes)",
+            "value": "identical" if same_files else "DIFFERENT",
+            "unit": "",
+            "baseline": None,
+            "ratio": None,
+            "target": "identical",
         },
         {
             "name": "merge: output equals peft's LoRA layer merge, tensor for tensor (7B shapes)",

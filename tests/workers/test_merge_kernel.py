@@ -318,3 +318,34 @@ def test_adapter_tensors_read_without_torch_are_torchs_float(half_models: dict[s
     for k, v in want.items():
         assert got[k].dtype == np.float32 and got[k].flags.c_contiguous
         assert torch.equal(torch.from_numpy(got[k]), v), k
+
+
+def test_an_adapter_whose_a_and_b_disagree_is_refused_not_read_past(
+    half_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The kernel trusts its sizes: an A of rank 8 with a B of rank 4 (an untrusted adapter) is refused before
+    any pointer reaches it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "adapter"
+    shutil.copytree(half_models["bfloat16-adapter"], bad)
+    t = load_file(str(bad / "adapter_model.safetensors"))
+    key = next(k for k in sorted(t) if k.endswith("q_proj.lora_B.weight"))
+    t[key] = t[key][:, :4].contiguous()
+    save_file(t, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(InvalidInput):
+        run_merge(str(half_models["bfloat16"]), str(bad), str(tmp_path / "out"), dtype="bfloat16")
+
+
+def test_the_kernel_checks_every_size_it_is_given(kern: native.Kernel) -> None:
+    w = bytearray(64 * 64 * 2)
+    a, b = np.zeros((8, 64), np.float32), np.zeros((64, 8), np.float32)
+    with pytest.raises(ValueError, match="fewer than"):
+        kern.merge_rows(memoryview(w)[:-2], "BF16", memoryview(w), "BF16", b, a, 64, 64, 8, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        kern.merge_rows(memoryview(w), "BF16", memoryview(w), "BF16", b[:, :4].copy(), a, 64, 64, 8, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        kern.merge_rows(memoryview(w), "BF16", memoryview(w), "BF16", b, a.astype(np.float64), 64, 64, 8, 1.0)
+    assert kern.merge_rows(memoryview(w), "BF16", memoryview(w), "BF16", b, a, 64, 64, 8, 1.0) == 0

@@ -30,6 +30,7 @@ LIB_ENV = "TUNEOPS_MERGE_KERNEL_LIB"  # an explicit path to the built library
 SOURCE = Path(__file__).parent / "native" / "merge_kernel.c"
 CFLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Werror")
 CODES = {"F32": 0, "F16": 1, "BF16": 2}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 # The BLAS sums a product of rank r in order, with fused multiply-adds, for these shapes: below them (a few
 # rows or columns) it takes small-matrix paths, and above this rank it sums in blocks. Outside, torch merges.
 MAX_RANK = 128
@@ -94,7 +95,13 @@ class Kernel:
     ) -> int:
         """out[rows x cols] = round(w + (b @ a) * scaling); w and out are writable buffers (they may be the
         same one), b and a C-contiguous float32 arrays (rows x rank, rank x cols). 0, or 1 when a result is
-        NaN."""
+        NaN. Every size is checked against its buffer first: the kernel trusts them."""
+        for name, arr, shape in (("b", b, (rows, rank)), ("a", a, (rank, cols))):
+            if arr.dtype.str != "<f4" or not arr.flags.c_contiguous or tuple(arr.shape) != shape:
+                raise ValueError(f"merge kernel: {name} must be C-contiguous float32 of shape {shape}")
+        for name, buf, code in (("w", w, in_code), ("out", out, out_code)):
+            if memoryview(buf).nbytes < rows * cols * _ITEMSIZE[code]:
+                raise ValueError(f"merge kernel: {name} holds fewer than {rows} x {cols} {code} values")
         rc = int(
             self.lib.tuneops_lora_merge_rows(
                 _address(w),

@@ -371,6 +371,12 @@ def _steps(
                 raise InvalidInput(f"{t.name}: LoRA delta {rows_out}x{cols_in} does not fit {list(shape)}")
             if fused is not None and fused.takes(t, out):
                 kernel = fused.kernel
+                rank = names.shapes[a_name][0]
+                if names.shapes[a_name] != (rank, shape[1]) or names.shapes[b_name] != (shape[0], rank):
+                    raise InvalidInput(
+                        f"{t.name}: LoRA A {list(names.shapes[a_name])} and B {list(names.shapes[b_name])} "
+                        "do not make a delta of one rank"
+                    )
 
                 def fused_rows(data: memoryview, r0: int, r1: int) -> Any:
                     a, b, scaling = fused.delta(t.name)
