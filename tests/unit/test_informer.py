@@ -3,6 +3,8 @@ disconnects, a list again that changes nothing, and the lost wake-up of a write'
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ from kubernetes import client
 from tuneops import backoff, labels
 from tuneops.kube import client as k
 from tuneops.kube import informer as inf
+from tuneops.kube import types as kt
 from tuneops.kube.cache import CachedKube
 
 NS = "ns"
@@ -325,3 +328,32 @@ def test_a_write_answer_that_comes_after_the_watch_moved_on_does_not_replace_the
     # An answer the watch has not brought yet is still taken at once (the next read sees our write).
     stored, _ = store.written(obj("Job", "j", "7", uid="u"))
     assert stored
+
+
+def test_children_wait_for_owners_that_list_past_an_owner_kind_with_nothing_to_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An owner kind with no object never begins listing; the children's informer passes it after
+    DEPENDS_WAIT_S and goes on waiting for the owners whose listing has begun (a restart with thousands of
+    owners otherwise lists the children first: a GET per child)."""
+    monkeypatch.setattr(inf, "DEPENDS_WAIT_S", 0.1)
+    monkeypatch.setattr(inf, "DEPENDS_LISTING_WAIT_S", 5.0)
+    api = FakeApi()
+    empty = inf.Informer(api, kt.LORAADAPTER, name="empty", namespace=NS)  # never lists
+    slow = inf.Informer(api, k.FINETUNEDMODEL, name="slow", namespace=NS)
+    slow.listing.set()  # its listing has begun, and ends 0.6 s later
+    child = inf.Informer(api, k.JOB, name="child", namespace=NS)
+    child.depends = lambda: [empty, slow]
+    threading.Timer(0.6, slow._synced.set).start()
+    t0 = time.monotonic()
+    child._wait_for_depends()
+    waited = time.monotonic() - t0
+    assert slow.synced and 0.5 <= waited < 2.0, waited
+    # and a listing that never ends is waited for DEPENDS_LISTING_WAIT_S at most
+    monkeypatch.setattr(inf, "DEPENDS_LISTING_WAIT_S", 0.3)
+    stuck = inf.Informer(api, kt.QUANTIZATIONJOB, name="stuck", namespace=NS)
+    stuck.listing.set()
+    child.depends = lambda: [empty, stuck]
+    t0 = time.monotonic()
+    child._wait_for_depends()
+    assert time.monotonic() - t0 < 1.0

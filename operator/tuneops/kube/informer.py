@@ -591,10 +591,13 @@ class Informer:
         for other in self.depends():
             while other is not self and not other.synced and not self._stop.is_set():
                 waited = time.monotonic() - start
-                if waited > DEPENDS_LISTING_WAIT_S or (
-                    waited > DEPENDS_WAIT_S and not other.listing.is_set()
-                ):
+                if waited > DEPENDS_LISTING_WAIT_S:
                     return
+                if waited > DEPENDS_WAIT_S and not other.listing.is_set():
+                    # a kind with nothing to list (kopf lists one only once it exists): on to the next owner,
+                    # whose listing may well be under way (returning here listed the children before thousands
+                    # of owners whenever one owner kind had no object, a GET per child)
+                    break
                 other.wait_synced(0.2)
 
     def _pause(self, seconds: float) -> None:
