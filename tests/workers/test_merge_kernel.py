@@ -349,3 +349,16 @@ def test_the_kernel_checks_every_size_it_is_given(kern: native.Kernel) -> None:
     with pytest.raises(ValueError, match="float32"):
         kern.merge_rows(memoryview(w), "BF16", memoryview(w), "BF16", b, a.astype(np.float64), 64, 64, 8, 1.0)
     assert kern.merge_rows(memoryview(w), "BF16", memoryview(w), "BF16", b, a, 64, 64, 8, 1.0) == 0
+
+
+def test_the_torch_path_writes_the_same_bytes(
+    half_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kern: native.Kernel
+) -> None:
+    """TUNEOPS_MERGE_KERNEL=torch (a worker without the kernel) and the kernel publish the same files."""
+    base, adapter = str(half_models["bfloat16"]), str(half_models["bfloat16-adapter"])
+    monkeypatch.setenv(native.KERNEL_ENV, "native")
+    k = run_merge(base, adapter, str(tmp_path / "k"), dtype="bfloat16")
+    monkeypatch.setenv(native.KERNEL_ENV, "torch")
+    t = run_merge(base, adapter, str(tmp_path / "t"), dtype="bfloat16")
+    assert k.artifact is not None and t.artifact is not None
+    assert k.artifact.digest == t.artifact.digest
