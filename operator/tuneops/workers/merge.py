@@ -188,10 +188,15 @@ class _Native:
         return self._deltas.result()[key]
 
     def takes(self, t: Tensor, out_code: str) -> bool:
-        if t.name not in self._names.linear or len(t.shape) != 2:
-            return False
-        rank = self._names.shapes[self._names.linear[t.name][0]][0]
-        return native.fits(t.shape[0], t.shape[1], rank, t.dtype, out_code)
+        return _kernel_takes(self._names, t, out_code)
+
+
+def _kernel_takes(names: _Names, t: Tensor, out_code: str) -> bool:
+    """Whether the kernel merges this base tensor's LoRA delta (kernel.fits: shapes, rank, no cast)."""
+    if t.name not in names.linear or len(t.shape) != 2:
+        return False
+    rank = names.shapes[names.linear[t.name][0]][0]
+    return native.fits(t.shape[0], t.shape[1], rank, t.dtype, out_code)
 
 
 def _needs_torch(shards: list[Path], names: _Names, dtype: str, kernel: native.Kernel | None) -> bool:
@@ -203,7 +208,6 @@ def _needs_torch(shards: list[Path], names: _Names, dtype: str, kernel: native.K
     if kernel is None or names.embedding or names.replace:
         return True
     out = _CODES[dtype]
-    probe = _Native(kernel, Adapter(Path(), {}, {}, Path()), names)
     for shard in shards:
         for name, info in safetensors_header(shard).items():
             if name == "__metadata__" or not isinstance(info, dict):
@@ -212,7 +216,7 @@ def _needs_torch(shards: list[Path], names: _Names, dtype: str, kernel: native.K
             shape = tuple(int(d) for d in info.get("shape", ()))
             if code in _FLOATS and code != out:
                 return True
-            if name in names.linear and not probe.takes(Tensor(name, code, shape, 0, 0), out):
+            if name in names.linear and not _kernel_takes(names, Tensor(name, code, shape, 0, 0), out):
                 return True
     return False
 
