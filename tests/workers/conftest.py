@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Two cores are shared: oversubscribed BLAS threads make these tests many times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def tensors(model_dir: Path) -> dict[str, Any]:
+    """Every tensor of a model folder's safetensors files, by name."""
+    from safetensors.torch import load_file
+
+    out: dict[str, Any] = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
 
 RICH_ADAPTER = TinyAdapterSpec(
     target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "embed_tokens"),

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.workers.conftest import run_cli
+from tests.workers.conftest import run_cli, tensors
 from tuneops import storage
 from tuneops.workers.merge import resolve_dtype, run_merge
 from tuneops.workers.tiny import TinyAdapterSpec, TinyModelSpec, make_adapter, make_model
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.workers
 
 # merged-model logits vs the unmerged adapter model (measured: ~7e-7 fp32, ~1e-3 fp16, ~1e-2 bf16)
 LOGIT_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 6e-2}
-
-
-def tensors(model_dir: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 CASES = [

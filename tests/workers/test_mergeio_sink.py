@@ -7,6 +7,7 @@ import errno
 import mmap
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def _pieces(seed: int) -> list[bytes]:
     return [rng.randbytes(n) for n in sizes]
 
 
-def _write(path: Path, pieces: list[bytes]) -> mergeio._Sink:
+def _write(path: Path, pieces: Sequence[bytes | memoryview]) -> mergeio._Sink:
     sink = mergeio._Sink(path)
     try:
         for p in pieces:
@@ -29,6 +30,20 @@ def _write(path: Path, pieces: list[bytes]) -> mergeio._Sink:
     finally:
         sink.close()
     return sink
+
+
+def _refuse_write(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
+    """The nth write the sink makes fails with EINVAL (a filesystem that took O_DIRECT at open refusing it)."""
+    real = mergeio._write_all
+    calls = {"n": 0}
+
+    def refuse(fd: int, view: memoryview) -> None:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, view)
+
+    monkeypatch.setattr(mergeio, "_write_all", refuse)
 
 
 def test_direct_writes_give_the_exact_bytes_and_size(tmp_path: Path) -> None:
@@ -70,16 +85,7 @@ def test_a_direct_write_refused_midway_goes_on_buffered(
 ) -> None:
     """EINVAL from a filesystem that took O_DIRECT at open but refuses a write: the block is written again,
     buffered, at its place, and so is everything after it."""
-    real = mergeio._write_all
-    calls = {"n": 0}
-
-    def refuse_second(fd: int, view: memoryview) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        real(fd, view)
-
-    monkeypatch.setattr(mergeio, "_write_all", refuse_second)
+    _refuse_write(monkeypatch, 2)
     pieces = _pieces(4)
     sink = _write(tmp_path / "out", pieces)
     assert not sink.direct, "switched to buffered writes"
@@ -153,24 +159,9 @@ def test_aligned_buffers_are_written_from_where_they_are(
 def test_a_direct_write_from_a_piece_refused_goes_on_buffered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = mergeio._write_all
-    calls = {"n": 0}
-
-    def refuse_third(fd: int, view: memoryview) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        real(fd, view)
-
-    monkeypatch.setattr(mergeio, "_write_all", refuse_third)
+    _refuse_write(monkeypatch, 3)
     pieces = _aligned_pieces(7)
-    sink = mergeio._Sink(tmp_path / "out")
-    try:
-        for p in pieces:
-            sink.write(p if isinstance(p, memoryview) else memoryview(p))
-        sink.finish()
-    finally:
-        sink.close()
+    sink = _write(tmp_path / "out", pieces)
     assert not sink.direct
     assert (tmp_path / "out").read_bytes() == b"".join(bytes(p) for p in pieces)
 

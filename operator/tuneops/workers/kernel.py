@@ -122,11 +122,10 @@ class Kernel:
 
 
 def _address(buf: Any) -> int:
-    if isinstance(buf, memoryview):
-        if buf.readonly:
-            raise ValueError("the merge kernel needs a writable buffer")
-        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    return int(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+    view = memoryview(buf)
+    if view.readonly:
+        raise ValueError("the merge kernel needs a writable buffer")
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 def mode() -> str:

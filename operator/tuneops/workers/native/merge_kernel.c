@@ -194,22 +194,6 @@ __attribute__((target("avx2,fma,f16c"))) static int vector_cols(const void *w, i
 #define W 1
 #endif
 
-int tuneops_lora_merge_rows(const void *w, int in_code, void *out, int out_code, const float *b,
-                            const float *a, int64_t rows, int64_t cols, int64_t rank, float scaling) {
-  if (in_code < F32 || in_code > BF16 || out_code < F32 || out_code > BF16) return 2;
-  if (!HAVE_F16 && (in_code == F16 || out_code == F16)) return 2;
-  int64_t done = 0;
-  int nan = 0;
-#if VEC
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-    done = cols / W * W;
-    nan |= vector_cols(w, in_code, out, out_code, b, a, rows, cols, rank, scaling, done);
-  }
-#endif
-  if (done < cols) nan |= scalar_cols(w, in_code, out, out_code, b, a, rows, cols, rank, scaling, done, cols);
-  return nan;
-}
-
 /* Which path this CPU takes: 1 vector, 0 scalar. */
 int tuneops_lora_merge_vector(void) {
 #if VEC
@@ -217,4 +201,20 @@ int tuneops_lora_merge_vector(void) {
 #else
   return 0;
 #endif
+}
+
+int tuneops_lora_merge_rows(const void *w, int in_code, void *out, int out_code, const float *b,
+                            const float *a, int64_t rows, int64_t cols, int64_t rank, float scaling) {
+  if (in_code < F32 || in_code > BF16 || out_code < F32 || out_code > BF16) return 2;
+  if (!HAVE_F16 && (in_code == F16 || out_code == F16)) return 2;
+  int64_t done = 0;
+  int nan = 0;
+#if VEC
+  if (tuneops_lora_merge_vector()) {
+    done = cols / W * W;
+    nan |= vector_cols(w, in_code, out, out_code, b, a, rows, cols, rank, scaling, done);
+  }
+#endif
+  if (done < cols) nan |= scalar_cols(w, in_code, out, out_code, b, a, rows, cols, rank, scaling, done, cols);
+  return nan;
 }
